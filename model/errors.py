@@ -1,0 +1,34 @@
+"""Errors raised by the model library.
+
+Every error names the thing that failed (a folder, a tensor key, a setting) and why, and also
+inherits the matching builtin so callers can catch either (``CheckpointError`` is a ``FileNotFoundError``
+only where it is about a missing file, etc.)::
+
+    ModelError
+    ├── CheckpointError (ValueError)          bad or incomplete weights folder, key/shape mismatch
+    │   └── WeightsNotFoundError (FileNotFoundError)   no weights where they were expected
+    ├── ConfigMismatchError (ValueError)      config.json and preprocessor_config.json disagree
+    └── PromptTooLongError (ValueError)       prompt exceeds max_inp_length; says what to lower
+"""
+
+from __future__ import annotations
+
+
+class ModelError(Exception):
+    """Base class of every error the model library raises on purpose."""
+
+
+class CheckpointError(ModelError, ValueError):
+    """A checkpoint folder or file cannot be used as a MiniCPM-V 2.6 checkpoint."""
+
+
+class WeightsNotFoundError(CheckpointError, FileNotFoundError):
+    """The weights are not where they were looked for (and cannot be downloaded here)."""
+
+
+class ConfigMismatchError(ModelError, ValueError):
+    """Two configuration sources disagree on a value both must hold."""
+
+
+class PromptTooLongError(ModelError, ValueError):
+    """The tokenized prompt is longer than ``max_inp_length``."""

@@ -1,0 +1,1 @@
+"""vidnarrate: real-time video stream analysis with rolling dense captions."""

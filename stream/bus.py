@@ -1,0 +1,230 @@
+"""The zmq bus between the processes of one run.
+
+Topology (fan-in to the gateway, which fans out to websocket clients):
+
+* ``events``: every process that reports something (capture, inference, supervisor) *binds* its own
+  :class:`Publisher` on ``pub-<role>.sock``; a :class:`Subscriber` (the gateway, a test, a tool)
+  *connects* to every publisher of the run. zmq reconnects by itself when either side restarts.
+  (Publishers bind because a connecting XPUB never sees the subscription of a binding SUB until it
+  has sent something, which would defeat the slow-joiner guard below.)
+* ``asks``: the gateway *connects* an :class:`AskSender` (PUSH) to the inference process's
+  :class:`AskReceiver` (PULL, bound). Answers come back as ``answer`` messages on ``events``.
+
+Endpoints are ``ipc://`` files under a per-run directory whose name holds the run id, so two runs
+never share (and never silently steal) a socket path. Every socket closes with ``linger=0``.
+
+Slow joiners: a PUB drops what it sends before the subscriber's subscription has arrived. The
+publisher side is an XPUB, which *sees* subscriptions arrive; :meth:`Publisher.wait_for_subscriber`
+blocks until one has, so nothing sent at start is lost. Messages are one JSON object each, sent as two
+frames: the message ``type`` (the zmq topic) and the JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from .errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+
+# Bounded queues everywhere: a stuck peer costs at most this many messages of memory.
+_HWM = 10_000
+
+
+def default_runs_root() -> Path:
+    """Where per-run directories live: $XDG_RUNTIME_DIR if set, else the system temp dir."""
+    base = os.environ.get("VIDNARRATE_RUN_ROOT") or os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return Path(base) / f"vidnarrate-{os.getuid()}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The per-run directory and the endpoints in it."""
+
+    run_id: str
+    run_dir: Path
+
+    @classmethod
+    def create(cls, run_id: str | None = None, root: Path | None = None) -> RunPaths:
+        run_id = run_id or uuid.uuid4().hex[:12]
+        run_dir = (root or default_runs_root()) / run_id
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return cls(run_id=run_id, run_dir=run_dir)
+
+    def publisher_endpoint(self, role: str) -> str:
+        """The endpoint the process with this role (``inference``, ``capture:cam0``...) publishes on."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "-", role)
+        return f"ipc://{self.run_dir / f'pub-{safe}.sock'}"
+
+    @property
+    def asks_endpoint(self) -> str:
+        return f"ipc://{self.run_dir / 'asks.sock'}"
+
+    def remove(self) -> None:
+        """Delete the run directory and every socket file in it."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def encode(message: Message) -> list[bytes]:
+    kind = message.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ProtocolError(f"bus message has no string 'type' field: {message!r:.200}")
+    return [kind.encode(), json.dumps(message, separators=(",", ":"), allow_nan=False).encode()]
+
+
+def decode(frames: list[bytes]) -> Message:
+    if len(frames) != 2:
+        raise ProtocolError(f"bus message has {len(frames)} frames, expected 2 (type, json)")
+    try:
+        message = json.loads(frames[1])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"bus message body is not JSON: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ProtocolError("bus message body is not a JSON object")
+    return message
+
+
+def _socket(context: zmq.Context, kind: int) -> zmq.Socket:
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, _HWM)
+    sock.setsockopt(zmq.RCVHWM, _HWM)
+    return sock
+
+
+class Publisher:
+    """Binds this process's endpoint and sends to every connected subscriber. Never blocks: when a
+    subscriber's queue is full, the message is dropped for it (live data)."""
+
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self._sock = _socket(self._context, zmq.XPUB)
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self._sock.bind(endpoint)
+        self.endpoint = endpoint
+        self._subscribed = False
+
+    def wait_for_subscriber(self, timeout: float = 5.0) -> bool:
+        """Block until a subscriber's subscription has arrived (the slow-joiner guard)."""
+        deadline = time.monotonic() + timeout
+        while not self._subscribed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if self._sock.poll(int(remaining * 1000), zmq.POLLIN):
+                frame = self._sock.recv()
+                if frame[:1] == b"\x01":
+                    self._subscribed = True
+        return True
+
+    def send(self, message: Message) -> None:
+        # A PUB never blocks: a subscriber whose queue (SNDHWM) is full misses this message.
+        self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class Subscriber:
+    """Connects to publishers and receives all their messages (sync API)."""
+
+    def __init__(self, endpoints: list[str], *, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self._sock = _socket(self._context, zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.endpoints: list[str] = []
+        for endpoint in endpoints:
+            self.connect(endpoint)
+
+    def connect(self, endpoint: str) -> None:
+        if endpoint not in self.endpoints:
+            self._sock.connect(endpoint)
+            self.endpoints.append(endpoint)
+
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next message, or None when ``timeout`` seconds pass without one."""
+        if timeout is not None and not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
+            return None
+        return decode(self._sock.recv_multipart())
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class AsyncSubscriber:
+    """The same as :class:`Subscriber` for asyncio code (the gateway)."""
+
+    def __init__(self, endpoints: list[str], *, context: zmq.asyncio.Context | None = None) -> None:
+        self._context = context or zmq.asyncio.Context.instance()
+        self._sock = _socket(self._context, zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.endpoints: list[str] = []
+        for endpoint in endpoints:
+            self.connect(endpoint)
+
+    def connect(self, endpoint: str) -> None:
+        if endpoint not in self.endpoints:
+            self._sock.connect(endpoint)
+            self.endpoints.append(endpoint)
+
+    async def recv(self) -> Message:
+        return decode(await self._sock.recv_multipart())
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class AskSender:
+    """Sends ``ask`` requests to the inference process; never blocks (drops when it is down)."""
+
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self._sock = _socket(self._context, zmq.PUSH)
+        self._sock.connect(endpoint)
+
+    def send(self, message: Message) -> bool:
+        try:
+            self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class AskReceiver:
+    """Binds the asks endpoint in the inference process."""
+
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None) -> None:
+        self._context = context or zmq.Context.instance()
+        self._sock = _socket(self._context, zmq.PULL)
+        self._sock.bind(endpoint)
+
+    def poll(self) -> list[Message]:
+        """Every ask waiting now (non-blocking); malformed ones are logged and dropped."""
+        asks: list[Message] = []
+        while self._sock.poll(0, zmq.POLLIN):
+            try:
+                asks.append(decode(self._sock.recv_multipart()))
+            except ProtocolError as exc:
+                log.warning("dropping malformed ask: %s", exc)
+        return asks
+
+    def close(self) -> None:
+        self._sock.close(linger=0)

@@ -1,0 +1,34 @@
+"""Shared test helpers.
+
+Real parts (GStreamer's RTSP server, Xvfb, Chromium) are installed by ``tools/test.sh``. Where one is
+missing, a test that needs it is skipped on a developer machine but **fails** in CI (``CI`` set), so a
+skipped real-part test can never pass as green there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def require_real_part(ok: bool, what: str) -> None:
+    """Skip (locally) or fail (in CI) when a real part the test drives is not installed."""
+    if ok:
+        return
+    message = f"{what} is not installed here; run tools/install_test_system_deps.sh"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_executable(name: str) -> str:
+    path = shutil.which(name)
+    require_real_part(path is not None, name)
+    assert path is not None
+    return path
