@@ -1,0 +1,561 @@
+// vidnarrate viewer: one websocket to the gateway (same origin, /ws), live captions, thumbnails,
+// status and questions per stream. Plain JavaScript, no build step, no external requests.
+//
+// Rules this file keeps:
+// - message data only ever reaches the page through textContent / attributes set from
+//   whitelists, never innerHTML;
+// - memory is bounded: per stream at most TIMELINE_MAX captions, ANSWERS_MAX asks, one thumbnail;
+//   at most STREAMS_MAX streams;
+// - the token is read from ?token= once, removed from the address bar and kept in
+//   sessionStorage (so a reload of this tab still has it), never shown;
+// - browsers cannot see websocket protocol pings, so the page sends application pings and treats a
+//   connection that stays silent for pongTimeoutMs as dead; every drop reconnects with capped,
+//   jittered exponential backoff and says so on screen.
+"use strict";
+
+(() => {
+  const CONFIG = Object.assign({
+    pingIntervalMs: 5000,
+    pongTimeoutMs: 15000,
+    reconnectBaseMs: 500,
+    reconnectMaxMs: 15000,
+    replay: 20,
+    askTimeoutMs: 60000,
+  }, window.VIDNARRATE_CONFIG || {});  // tests shorten the timings through an init script
+  const TIMELINE_MAX = 200;
+  const ANSWERS_MAX = 20;
+  const STREAMS_MAX = 64;
+  const STATES = new Set(["connecting", "live", "lost", "ended"]);
+  const TOKEN_KEY = "vidnarrate.token";
+  const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+
+  // ---- token: taken from the URL once, then only in memory and this tab's sessionStorage ----
+  const token = (() => {
+    const url = new URL(window.location.href);
+    let value = url.searchParams.get("token");
+    if (value !== null) {
+      url.searchParams.delete("token");
+      history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+      try { sessionStorage.setItem(TOKEN_KEY, value); } catch (e) { /* storage off: memory only */ }
+    } else {
+      try { value = sessionStorage.getItem(TOKEN_KEY); } catch (e) { value = null; }
+    }
+    return value || null;
+  })();
+
+  // ---- state ----
+  const streams = new Map();   // name -> stream record (see streamRecord)
+  let selected = null;
+  let userPicked = false;      // once the user picks a stream, arriving streams never steal the view
+  const wantedAtLoad = streamFromHash();
+  let ws = null;
+  let attempt = 0;             // consecutive failed connection attempts
+  let everConnected = false;
+  let reconnectTimer = null;
+  let countdownTimer = null;
+  let heartbeatTimer = null;
+  let lastHeard = 0;
+  let pingCounter = 0;
+  let askCounter = 0;
+  const askTimers = new Map(); // ask id -> timeout handle
+
+  const $ = (id) => document.getElementById(id);
+  let el = {};
+
+  function streamRecord(name) {
+    let s = streams.get(name);
+    if (s) return s;
+    if (streams.size >= STREAMS_MAX) return null;
+    s = {
+      name,
+      status: {},
+      captions: [],          // sorted oldest -> newest, at most TIMELINE_MAX
+      keys: new Set(),       // dedupe replayed captions after a reconnect
+      partial: null,         // {seq, text, at}
+      thumb: null,           // {src, t, wall}
+      answers: [],           // {id, question, text, state}, newest last
+      tab: null,             // picker button and its fields
+    };
+    streams.set(name, s);
+    addTab(s);
+    if (selected === null || (!userPicked && name === wantedAtLoad)) select(name);
+    return s;
+  }
+
+  function streamFromHash() {
+    try { return decodeURIComponent(window.location.hash.slice(1)); } catch (e) { return ""; }
+  }
+
+  // ---- formatting ----
+  const wallFormat = new Intl.DateTimeFormat(undefined, {
+    hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
+  });
+
+  function num(x) { return typeof x === "number" && Number.isFinite(x) ? x : null; }
+
+  function fmtStreamTime(t) {
+    t = num(t);
+    if (t === null) return "–";
+    const tenths = Math.round(Math.abs(t) * 10);
+    const h = Math.floor(tenths / 36000);
+    const m = Math.floor((tenths % 36000) / 600);
+    const s = (tenths % 600) / 10;
+    const ss = s.toFixed(1).padStart(4, "0");
+    const mm = String(m).padStart(2, "0");
+    return (t < 0 ? "-" : "") + (h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`);
+  }
+
+  function fmtWall(w) {
+    w = num(w);
+    return w === null ? "–" : wallFormat.format(new Date(w * 1000));
+  }
+
+  function fmtRange(a, b, fmt) { return `${fmt(a)}–${fmt(b)}`; }
+
+  function fmtMs(ms) {
+    ms = num(ms);
+    if (ms === null) return "–";
+    return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+  }
+
+  function fmtFixed(x, digits, unit) {
+    x = num(x);
+    return x === null ? "–" : x.toFixed(digits) + (unit || "");
+  }
+
+  function fmtInt(x) {
+    x = num(x);
+    return x === null ? "–" : String(Math.round(x));
+  }
+
+  function node(tag, className, text) {
+    const n = document.createElement(tag);
+    if (className) n.className = className;
+    if (text !== undefined) n.textContent = text;
+    return n;
+  }
+
+  // ---- connection ----
+  function wsUrl() {
+    const url = new URL("ws", window.location.href);   // /ws next to the page (works behind a prefix)
+    url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+    url.search = token ? `?token=${encodeURIComponent(token)}` : "";
+    url.hash = "";
+    return url.href;
+  }
+
+  function setConn(state, text) {
+    el.conn.dataset.state = state;
+    el.connText.textContent = text;
+    document.body.dataset.conn = state;
+  }
+
+  function connect() {
+    clearTimeout(reconnectTimer);
+    clearInterval(countdownTimer);
+    reconnectTimer = countdownTimer = null;
+    setConn(everConnected ? "reconnecting" : "connecting",
+            everConnected ? `reconnecting… (attempt ${attempt})` : "connecting…");
+    let sock;
+    try {
+      sock = new WebSocket(wsUrl());
+    } catch (e) {
+      scheduleReconnect();
+      return;
+    }
+    ws = sock;
+    sock.onopen = () => {
+      lastHeard = performance.now();
+      send({ type: "subscribe", streams: "*", replay: CONFIG.replay, thumbnails: true });
+      startHeartbeat();
+    };
+    sock.onmessage = (event) => {
+      lastHeard = performance.now();
+      if (attempt !== 0 || el.conn.dataset.state !== "live") {
+        attempt = 0;
+        everConnected = true;
+        setConn("live", "live");
+      }
+      let msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      if (msg && typeof msg === "object" && !Array.isArray(msg)) handle(msg);
+    };
+    sock.onclose = () => { if (ws === sock) dropped(); };
+    sock.onerror = () => { /* onclose follows */ };
+  }
+
+  function dropped() {
+    const old = ws;
+    ws = null;
+    stopHeartbeat();
+    if (old) {
+      old.onopen = old.onmessage = old.onclose = old.onerror = null;
+      try { old.close(); } catch (e) { /* already closed */ }
+    }
+    failPendingAsks("the connection to the gateway was lost");
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    const ceiling = Math.min(CONFIG.reconnectMaxMs, CONFIG.reconnectBaseMs * 2 ** Math.min(attempt, 16));
+    const delay = ceiling / 2 + Math.random() * ceiling / 2;
+    attempt += 1;
+    const due = performance.now() + delay;
+    const show = () => {
+      const left = Math.max(0, Math.ceil((due - performance.now()) / 1000));
+      setConn("reconnecting", `reconnecting in ${left} s (attempt ${attempt})`);
+    };
+    show();
+    countdownTimer = setInterval(show, 1000);
+    reconnectTimer = setTimeout(connect, delay);
+  }
+
+  function send(msg) {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(msg));
+    return true;
+  }
+
+  function startHeartbeat() {
+    stopHeartbeat();
+    heartbeatTimer = setInterval(() => {
+      if (performance.now() - lastHeard > CONFIG.pongTimeoutMs) {
+        dropped();            // silent for too long: half-open TCP or a stuck gateway
+        return;
+      }
+      pingCounter += 1;
+      send({ type: "ping", id: `p${pingCounter}`, t: Date.now() / 1000 });
+    }, CONFIG.pingIntervalMs);
+  }
+
+  function stopHeartbeat() {
+    clearInterval(heartbeatTimer);
+    heartbeatTimer = null;
+  }
+
+  // Come back at once when the network returns or the tab is shown again after a long sleep.
+  function reconnectNow() {
+    if (reconnectTimer !== null) connect();
+  }
+
+  // ---- messages ----
+  function handle(msg) {
+    switch (msg.type) {
+      case "caption": return onCaption(msg);
+      case "partial": return onPartial(msg);
+      case "event": return onEvent(msg);
+      case "status": return onStatus(msg);
+      case "thumbnail": return onThumbnail(msg);
+      case "answer": return onAnswer(msg);
+      case "error": return onError(msg);
+      case "dropped": return showNotice(`This viewer fell behind: the gateway dropped ${fmtInt(msg.count)} messages.`);
+      default: return undefined;  // pong and anything newer: the heartbeat already counted it
+    }
+  }
+
+  function named(msg) {
+    return typeof msg.stream === "string" && msg.stream ? streamRecord(msg.stream) : null;
+  }
+
+  function onStatus(msg) {
+    const all = msg.streams;
+    if (!all || typeof all !== "object") return;
+    for (const [name, figures] of Object.entries(all)) {
+      const s = streamRecord(name);
+      if (!s || !figures || typeof figures !== "object") continue;
+      s.status = figures;
+      renderTab(s);
+    }
+  }
+
+  function captionKey(c) { return `${c.seq}|${c.t_start}|${c.t_end}|${c.wall_end}`; }
+
+  function sortTime(c) { return num(c.wall_end) ?? num(c._received) ?? 0; }
+
+  function insertEntry(s, entry) {
+    const key = captionKey(entry);
+    if (s.keys.has(key)) return false;
+    s.keys.add(key);
+    entry._key = key;
+    let i = s.captions.length;
+    while (i > 0 && sortTime(s.captions[i - 1]) > sortTime(entry)) i -= 1;
+    s.captions.splice(i, 0, entry);
+    while (s.captions.length > TIMELINE_MAX) s.keys.delete(s.captions.shift()._key);
+    return true;
+  }
+
+  function onCaption(msg) {
+    const s = named(msg);
+    if (!s || typeof msg.text !== "string") return;
+    const entry = Object.assign({}, msg, { _received: Date.now() / 1000 });
+    if (!insertEntry(s, entry)) return;
+    const p = s.partial;
+    if (p && (num(msg.seq) === null || msg.seq >= p.seq || performance.now() - p.at > 30000)) s.partial = null;
+    if (s.name === selected) {
+      renderCurrent(s);
+      renderTimeline(s);
+      if (newestCaption(s) === entry) el.announce.textContent = entry.text;
+    }
+  }
+
+  function onEvent(msg) {
+    const s = named(msg);
+    if (!s || typeof msg.text !== "string") return;
+    if (!insertEntry(s, Object.assign({}, msg, { _received: Date.now() / 1000, _event: true }))) return;
+    if (s.name === selected) { renderCurrent(s); renderTimeline(s); }
+  }
+
+  function onPartial(msg) {
+    const s = named(msg);
+    if (!s || typeof msg.text !== "string") return;
+    s.partial = { seq: num(msg.seq) ?? 0, text: msg.text, at: performance.now() };
+    if (s.name === selected) { renderCurrent(s); renderTimeline(s); }
+  }
+
+  function onThumbnail(msg) {
+    const s = named(msg);
+    if (!s || typeof msg.jpeg !== "string" || !BASE64.test(msg.jpeg)) return;
+    s.thumb = { src: `data:image/jpeg;base64,${msg.jpeg}`, t: msg.t, wall: msg.wall };
+    if (s.name === selected) renderThumb(s);
+  }
+
+  function findAsk(id) {
+    for (const s of streams.values()) {
+      const a = s.answers.find((x) => x.id === id);
+      if (a) return [s, a];
+    }
+    return [null, null];
+  }
+
+  function onAnswer(msg) {
+    const [s, a] = findAsk(msg.id);
+    if (!a) return;
+    settleAsk(s, a, "answered", typeof msg.text === "string" ? msg.text : "");
+  }
+
+  function onError(msg) {
+    const text = typeof msg.message === "string" ? msg.message : String(msg.error || "error");
+    const [s, a] = msg.id !== undefined ? findAsk(msg.id) : [null, null];
+    if (a) settleAsk(s, a, "failed", text);
+    else showNotice(`Gateway: ${text}`);
+  }
+
+  function showNotice(text) {
+    el.notice.textContent = text;
+    el.notice.hidden = false;
+    clearTimeout(showNotice.timer);
+    showNotice.timer = setTimeout(() => { el.notice.hidden = true; }, 10000);
+  }
+
+  // ---- asks ----
+  function submitAsk(event) {
+    event.preventDefault();
+    const s = streams.get(selected);
+    const question = el.question.value.trim();
+    if (!s || !question) return;
+    askCounter += 1;
+    const id = `a${askCounter}-${Math.random().toString(36).slice(2, 8)}`;
+    const a = { id, question, text: "", state: "waiting" };
+    s.answers.push(a);
+    while (s.answers.length > ANSWERS_MAX) s.answers.shift();
+    if (send({ type: "ask", id, stream: s.name, question })) {
+      askTimers.set(id, setTimeout(() => settleAsk(s, a, "failed", "No answer in time."), CONFIG.askTimeoutMs));
+      el.question.value = "";
+    } else {
+      a.state = "failed";
+      a.text = "Not connected to the gateway; ask again when the viewer is live.";
+    }
+    renderAnswers(s);
+  }
+
+  function settleAsk(s, a, state, text) {
+    if (a.state !== "waiting") return;
+    a.state = state;
+    a.text = text;
+    clearTimeout(askTimers.get(a.id));
+    askTimers.delete(a.id);
+    if (s.name === selected) renderAnswers(s);
+  }
+
+  function failPendingAsks(reason) {
+    for (const s of streams.values()) {
+      for (const a of s.answers) if (a.state === "waiting") settleAsk(s, a, "failed", `No answer: ${reason}.`);
+    }
+  }
+
+  // ---- rendering ----
+  function addTab(s) {
+    const b = node("button", "tab");
+    b.type = "button";
+    b.setAttribute("role", "tab");
+    b.dataset.stream = s.name;
+    const head = node("span", "tab-head");
+    const name = node("span", "tab-name", s.name);
+    const state = node("span", "state", "…");
+    head.append(name, state);
+    const strip = node("span", "strip");
+    const fields = {};
+    for (const [key, label] of [["fps", "fps"], ["drops", "drops"], ["reconnects", "reconnects"],
+                                ["lag", "lag"], ["latency", "latency"]]) {
+      const item = node("span", "fig");
+      item.dataset.field = key;
+      const value = node("b", "", "–");
+      item.append(node("span", "fig-label", `${label} `), value);
+      strip.append(item);
+      fields[key] = value;
+    }
+    b.append(head, strip);
+    b.addEventListener("click", () => { userPicked = true; select(s.name); });
+    s.tab = { button: b, state, fields };
+    el.picker.append(b);
+    el.empty.hidden = true;
+    renderTab(s);
+  }
+
+  function renderTab(s) {
+    const st = s.status;
+    const state = STATES.has(st.state) ? st.state : "unknown";
+    s.tab.button.dataset.state = state;
+    s.tab.state.textContent = STATES.has(st.state) ? st.state : "…";
+    const latency = st.caption_latency_ms ?? (st.inference && st.inference.caption_latency_ms);
+    const lag = st.lag_s ?? (st.inference && st.inference.lag_s);
+    s.tab.fields.fps.textContent = fmtFixed(st.fps, 1);
+    s.tab.fields.drops.textContent = fmtInt(st.drops);
+    s.tab.fields.reconnects.textContent = fmtInt(st.reconnects);
+    s.tab.fields.lag.textContent = fmtFixed(lag, 1, " s");
+    s.tab.fields.latency.textContent = fmtMs(latency);
+    s.tab.button.title = st.error ? `${s.name}: ${st.error}` : s.name;
+  }
+
+  function select(name) {
+    if (!streams.has(name)) return;
+    selected = name;
+    for (const s of streams.values()) {
+      s.tab.button.setAttribute("aria-selected", String(s.name === name));
+      s.tab.button.tabIndex = s.name === name ? 0 : -1;
+    }
+    const hash = `#${encodeURIComponent(name)}`;
+    if (window.location.hash !== hash) history.replaceState(history.state, "", hash);
+    const s = streams.get(name);
+    el.stream.hidden = false;
+    el.stream.dataset.stream = name;
+    el.question.placeholder = `Ask about the last window of ${name}…`;
+    el.announce.textContent = "";
+    renderThumb(s);
+    renderCurrent(s);
+    renderTimeline(s);
+    renderAnswers(s);
+  }
+
+  function renderThumb(s) {
+    if (!s.thumb) {
+      el.thumb.hidden = true;
+      el.thumb.removeAttribute("src");
+      el.thumbNone.hidden = false;
+      el.thumbTime.textContent = "";
+      return;
+    }
+    if (el.thumb.getAttribute("src") !== s.thumb.src) el.thumb.src = s.thumb.src;
+    el.thumb.hidden = false;
+    el.thumbNone.hidden = true;
+    el.thumbTime.textContent = `frame at ${fmtStreamTime(s.thumb.t)} · ${fmtWall(s.thumb.wall)}`;
+  }
+
+  function newestCaption(s) {
+    for (let i = s.captions.length - 1; i >= 0; i -= 1) if (!s.captions[i]._event) return s.captions[i];
+    return null;
+  }
+
+  function renderCurrent(s) {
+    const c = newestCaption(s);
+    if (s.partial) {
+      el.current.dataset.kind = "partial";
+      el.currentLabel.textContent = "writing…";
+      el.currentRange.textContent = "";
+      el.currentWall.textContent = "";
+      el.currentText.textContent = s.partial.text;
+    } else if (c) {
+      el.current.dataset.kind = "caption";
+      el.current.dataset.seq = String(c.seq);
+      el.currentLabel.textContent = "now";
+      el.currentRange.textContent = fmtRange(c.t_start, c.t_end, fmtStreamTime);
+      el.currentWall.textContent = fmtRange(c.wall_start, c.wall_end, fmtWall);
+      el.currentText.textContent = c.text;
+    } else {
+      el.current.dataset.kind = "none";
+      el.currentLabel.textContent = "now";
+      el.currentRange.textContent = el.currentWall.textContent = "";
+      el.currentText.textContent = "No caption yet.";
+    }
+  }
+
+  // The timeline holds the past: every caption and event except the caption shown as current.
+  function renderTimeline(s) {
+    const current = s.partial ? null : newestCaption(s);
+    const frag = document.createDocumentFragment();
+    let count = 0;
+    for (let i = s.captions.length - 1; i >= 0; i -= 1) {
+      const c = s.captions[i];
+      if (c === current) continue;
+      const li = node("li", c._event ? "entry event" : "entry");
+      li.dataset.seq = String(c.seq);
+      const meta = node("div", "meta");
+      meta.append(node("span", "range", fmtRange(c.t_start, c.t_end, fmtStreamTime)),
+                  node("span", "wall", num(c.wall_start) === null
+                    ? fmtWall(c.wall_end ?? c._received) : fmtRange(c.wall_start, c.wall_end, fmtWall)));
+      if (c._event) meta.prepend(node("span", "rule", typeof c.rule === "string" ? c.rule : "event"));
+      if (num(c.skipped)) meta.append(node("span", "skipped", `${fmtInt(c.skipped)} skipped`));
+      li.append(meta, node("p", "text", c.text));
+      frag.append(li);
+      count += 1;
+    }
+    el.timeline.replaceChildren(frag);
+    el.timelineCount.textContent = count ? `(${count})` : "";
+  }
+
+  function renderAnswers(s) {
+    const frag = document.createDocumentFragment();
+    for (let i = s.answers.length - 1; i >= 0; i -= 1) {
+      const a = s.answers[i];
+      const li = node("li", "answer");
+      li.dataset.id = a.id;
+      li.dataset.state = a.state;
+      li.append(node("p", "question", a.question),
+                node("p", "reply", a.state === "waiting" ? "thinking…" : a.text));
+      frag.append(li);
+    }
+    el.answers.replaceChildren(frag);
+  }
+
+  // ---- start ----
+  function start() {
+    el = {
+      conn: $("conn"), connText: $("conn-text"), picker: $("picker"), empty: $("empty"),
+      notice: $("notice"), stream: $("stream"), thumb: $("thumb"), thumbNone: $("thumb-none"),
+      thumbTime: $("thumb-time"), current: $("current"), currentLabel: $("current-label"),
+      currentRange: $("current-range"), currentWall: $("current-wall"), currentText: $("current-text"),
+      announce: $("announce"), ask: $("ask"), question: $("question"), answers: $("answers"),
+      timeline: $("timeline"), timelineCount: $("timeline-count"),
+    };
+    el.ask.addEventListener("submit", submitAsk);
+    el.picker.addEventListener("keydown", (event) => {
+      if (event.key !== "ArrowRight" && event.key !== "ArrowLeft") return;
+      const names = [...streams.keys()];
+      const step = event.key === "ArrowRight" ? 1 : -1;
+      const next = names[(names.indexOf(selected) + step + names.length) % names.length];
+      userPicked = true;
+      select(next);
+      streams.get(next).tab.button.focus();
+    });
+    window.addEventListener("hashchange", () => {
+      const name = streamFromHash();
+      if (streams.has(name) && name !== selected) { userPicked = true; select(name); }
+    });
+    window.addEventListener("online", reconnectNow);
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) reconnectNow(); });
+    connect();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
