@@ -191,7 +191,7 @@ def pieces_to_pixel_values(
     for piece in pieces:
         if piece.dtype != np.uint8 or piece.ndim != 3 or piece.shape[2] != 3:
             raise ValueError(f"a piece must be uint8 (H, W, 3), got {piece.dtype} {piece.shape}")
-        chw = torch.tensor(piece).permute(2, 0, 1).to(torch.float32)  # copies: pieces may be read-only
+        chw = torch.from_numpy(piece.transpose(2, 0, 1).astype(np.float32))  # a copy: pieces are read-only
         x = (chw / 255 - mean_t) / std_t
         out.append(x.to(dtype).contiguous())
     return out

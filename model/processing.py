@@ -135,7 +135,7 @@ class ProcessorConfig:
         unknown = sorted(k for k in pre if k not in known)
         if unknown:
             raise CheckpointError(f"{pre_path} has unknown keys {unknown}")
-        if "version" in pre and float(pre["version"]) != 2.6:
+        if "version" in pre and str(pre["version"]) != "2.6":
             raise CheckpointError(f"{pre_path} is for MiniCPM-V version {pre['version']}, not 2.6")
         for key, expected in _TOKEN_KEYS.items():
             if key in pre and pre[key] != expected:
@@ -204,8 +204,9 @@ def prepare(
     """Messages -> ids, image bounds, patch sizes and pieces, as the official ``chat()`` builds them.
 
     ``use_image_id`` and ``max_slice_nums`` default to ``cfg``'s (video: ``False`` and 2, as the model
-    card says). Raises ValueError for malformed messages and PromptTooLongError when the prompt has
-    more than ``max_inp_length`` tokens.
+    card says). ``max_slice_nums`` applies to PIL images only: pre-sliced items and layouts keep the
+    grid they were made with. Raises ValueError for malformed messages and PromptTooLongError when the
+    prompt has more than ``max_inp_length`` tokens.
     """
     tok = as_minicpmv_tokenizer(tokenizer)
     id_images = cfg.use_image_id if use_image_id is None else use_image_id

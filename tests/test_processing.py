@@ -375,6 +375,8 @@ def test_processor_config_is_strict(tmp_path: Path) -> None:
         ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "colour": 1}, None))
     with pytest.raises(CheckpointError, match="unk="):
         ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "unk": "<pad>"}, None))
+    with pytest.raises(CheckpointError, match="version 2.5, not 2.6"):
+        ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "version": 2.5}, None))
     with pytest.raises(CheckpointError, match="patch_size must be a positive int"):
         ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "patch_size": 0}, {}))
     with pytest.raises(CheckpointError, match="preprocessor_config.json is missing"):
