@@ -84,7 +84,11 @@ def encode(message: Message) -> list[bytes]:
     kind = message.get("type")
     if not isinstance(kind, str) or not kind:
         raise ProtocolError(f"bus message has no string 'type' field: {message!r:.200}")
-    return [kind.encode(), json.dumps(message, separators=(",", ":"), allow_nan=False).encode()]
+    try:
+        body = json.dumps(message, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:  # NaN/Infinity, or a value JSON cannot hold
+        raise ProtocolError(f"bus message {kind!r} cannot be encoded as JSON: {exc}") from exc
+    return [kind.encode(), body.encode()]
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -183,6 +187,8 @@ class AsyncSubscriber:
             self.endpoints.append(endpoint)
 
     async def recv(self) -> Message:
+        """The next message; raises :class:`ProtocolError` for a malformed one (the caller logs it
+        and carries on: a bad publisher must not stop the reader)."""
         return decode(await self._sock.recv_multipart())
 
     def close(self) -> None:
@@ -190,14 +196,23 @@ class AsyncSubscriber:
 
 
 class AskSender:
-    """Sends ``ask`` requests to the inference process; never blocks (drops when it is down)."""
+    """Sends ``ask`` requests to the inference process; never blocks.
 
-    def __init__(self, endpoint: str, *, context: zmq.Context | None = None) -> None:
+    ``IMMEDIATE`` is set, so while no inference process is connected :meth:`send` returns False at
+    once instead of queueing the ask for a process that may never come (the gateway then tells the
+    asker). An ask sent just before the process dies is lost: the gateway's ask timeout covers that.
+    """
+
+    def __init__(self, endpoint: str, *, context: zmq.Context | None = None, hwm: int = 1000) -> None:
         self._context = context or zmq.Context.instance()
         self._sock = _socket(self._context, zmq.PUSH)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
         self._sock.connect(endpoint)
+        self.endpoint = endpoint
 
     def send(self, message: Message) -> bool:
+        """True when the ask was handed to a connected inference process."""
         try:
             self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -216,10 +231,13 @@ class AskReceiver:
         self._sock = _socket(self._context, zmq.PULL)
         self._sock.bind(endpoint)
 
-    def poll(self) -> list[Message]:
-        """Every ask waiting now (non-blocking); malformed ones are logged and dropped."""
+    def poll(self, timeout: float = 0.0) -> list[Message]:
+        """Every ask waiting now, after waiting up to ``timeout`` seconds for the first one;
+        malformed ones are logged and dropped."""
         asks: list[Message] = []
-        while self._sock.poll(0, zmq.POLLIN):
+        wait_ms = int(timeout * 1000)
+        while self._sock.poll(wait_ms, zmq.POLLIN):
+            wait_ms = 0
             try:
                 asks.append(decode(self._sock.recv_multipart()))
             except ProtocolError as exc:

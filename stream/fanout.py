@@ -1,0 +1,299 @@
+"""The gateway's state, without I/O: per-client queues, the replay store, the status board and the
+pending asks. :mod:`stream.gateway` wires these to websockets and zmq; everything here is plain data
+structures with bounded memory, tested on their own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from . import messages
+from .messages import Ask, AskId, ErrorCode, Message, MessageError, StreamState, Subscribe
+
+
+class ClientQueue:
+    """A bounded queue of encoded messages for one client; when full, the oldest message goes.
+
+    Drops are counted; :meth:`pop` hands out a ``dropped`` notice (count since the last notice and the
+    total) before the next surviving message, so the client learns exactly where the gap is.
+    ``behind_since`` is when the queue last overflowed without having emptied since: the gateway
+    closes a client that stays behind too long.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"client queue capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self._items: deque[bytes] = deque()
+        self.dropped_pending = 0
+        self.dropped_total = 0
+        self.behind_since: float | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items) or self.dropped_pending > 0
+
+    def push(self, item: bytes, now: float) -> bool:
+        """Queue ``item``; returns True when an older message had to be dropped for it."""
+        overflow = len(self._items) >= self.capacity
+        if overflow:
+            self._items.popleft()
+            self.dropped_pending += 1
+            self.dropped_total += 1
+            if self.behind_since is None:
+                self.behind_since = now
+        self._items.append(item)
+        return overflow
+
+    def pop(self) -> bytes | None:
+        """The next thing to send (a ``dropped`` notice first, if messages were lost), or None."""
+        if self.dropped_pending:
+            notice = messages.dropped(count=self.dropped_pending, total=self.dropped_total)
+            self.dropped_pending = 0
+            return messages.to_json(notice).encode()
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        if not self._items:
+            self.behind_since = None  # caught up
+        return item
+
+    def behind_for(self, now: float) -> float:
+        return 0.0 if self.behind_since is None else now - self.behind_since
+
+
+class ReplayStore:
+    """The last ``per_stream`` captions of each stream (at most ``max_streams`` streams; the stream
+    heard from least recently is forgotten first)."""
+
+    def __init__(self, per_stream: int, *, max_streams: int = 256) -> None:
+        self.per_stream = per_stream
+        self.max_streams = max_streams
+        self._streams: OrderedDict[str, deque[Message]] = OrderedDict()
+
+    def add(self, message: Message) -> None:
+        if self.per_stream <= 0:
+            return
+        stream = message["stream"]
+        store = self._streams.get(stream)
+        if store is None:
+            store = self._streams[stream] = deque(maxlen=self.per_stream)
+            while len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+        else:
+            self._streams.move_to_end(stream)
+        store.append(message)
+
+    def recent(self, request: Subscribe, count: int) -> list[Message]:
+        """Up to ``count`` most recent captions of each requested stream, oldest first (by wall time)."""
+        if count <= 0:
+            return []
+        picked: list[Message] = []
+        for stream, store in self._streams.items():
+            if request.wants(stream):
+                picked.extend(itertools.islice(store, max(0, len(store) - count), None))
+        picked.sort(key=_wall_key)
+        return picked
+
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+
+def _wall_key(message: Message) -> float:
+    wall = message.get("wall_end", message.get("wall", 0.0))
+    return float(wall) if isinstance(wall, int | float) else 0.0
+
+
+_CAPTURE_FIELDS = ("fps", "frames", "drops", "reconnects", "decode_errors", "width", "height", "error")
+_INFERENCE_FIELDS = ("lag_s", "skipped", "captions", "encodes_per_frame", "caption_latency_ms")
+
+
+class StatusBoard:
+    """Merges ``capture_status``, ``inference_status`` and ``processes`` reports into the client-facing
+    ``status`` message.
+
+    Per stream: the capture figures (``state``, ``fps``, ``frames``, ``drops``, ``reconnects``,
+    ``decode_errors``, ``width``, ``height``, ``error``), ``age_s`` (seconds since the capture report)
+    and the inference figures (``lag_s``, ``skipped``, ``captions``, ``encodes_per_frame``,
+    ``caption_latency_ms`` and whatever else the inference process adds). A stream whose capture
+    process the supervisor reports as not alive is shown ``lost`` (unless it had ``ended``): its
+    last report would otherwise say ``live`` forever.
+    """
+
+    def __init__(self, *, max_streams: int = 256) -> None:
+        self.max_streams = max_streams
+        self._capture: dict[str, Message] = {}
+        self._capture_at: dict[str, float] = {}
+        self._inference: dict[str, Message] = {}
+        self._inference_meta: Message = {}
+        self._processes: dict[str, Message] = {}
+
+    def update(self, message: Message, now: float) -> bool:
+        """Fold in a report; True when something a viewer should see at once changed (a stream
+        appeared or changed state, a process restarted or died, the model changed).
+
+        Raises :class:`ValueError` (naming the field) for a report that does not fit its schema.
+        """
+        kind = message.get("type")
+        if kind == "capture_status":
+            return self._update_capture(message, now)
+        if kind == "inference_status":
+            return self._update_inference(message)
+        if kind == "processes":
+            return self._update_processes(message)
+        raise ValueError(f"not a status report: type {kind!r}")
+
+    def _update_capture(self, message: Message, now: float) -> bool:
+        stream = message.get("stream")
+        if not isinstance(stream, str) or not stream:
+            raise ValueError("capture_status without a 'stream' name")
+        state = message.get("state")
+        if state not in StreamState.__members__.values():
+            raise ValueError(f"capture_status of {stream!r} has an unknown state {state!r}")
+        old = self._capture.get(stream)
+        if old is None and not self._room_for(stream):
+            raise ValueError(f"capture_status of {stream!r} ignored: already tracking {self.max_streams} streams")
+        self._capture[stream] = message
+        self._capture_at[stream] = now
+        return old is None or old.get("state") != state or old.get("error") != message.get("error")
+
+    def _update_inference(self, message: Message) -> bool:
+        streams = message.get("streams")
+        if not isinstance(streams, dict):
+            raise ValueError("inference_status without a 'streams' object")
+        figures: dict[str, Message] = {}
+        for name, values in itertools.islice(streams.items(), self.max_streams):
+            if isinstance(values, dict):
+                figures[name] = values
+        new_streams = set(figures) - set(self._inference)
+        meta = {key: message.get(key) for key in ("model", "device")}
+        changed = bool(new_streams) or meta != {k: self._inference_meta.get(k) for k in meta}
+        self._inference = figures
+        self._inference_meta = meta
+        return changed
+
+    def _update_processes(self, message: Message) -> bool:
+        procs = message.get("processes")
+        if not isinstance(procs, dict):
+            raise ValueError("processes report without a 'processes' object")
+        fresh = {role: dict(info) for role, info in itertools.islice(procs.items(), 4 * self.max_streams)
+                 if isinstance(info, dict)}
+
+        def key(info: Message) -> tuple[Any, ...]:
+            return info.get("pid"), info.get("restarts"), info.get("alive")
+
+        changed = fresh.keys() != self._processes.keys() or any(
+            key(info) != key(self._processes[role]) for role, info in fresh.items())
+        self._processes = fresh
+        return changed
+
+    def _room_for(self, stream: str) -> bool:
+        return stream in self.streams() or len(self.streams()) < self.max_streams
+
+    def streams(self) -> set[str]:
+        return set(self._capture) | set(self._inference)
+
+    def snapshot(self, *, now: float, wall: float, **extra: Any) -> Message:
+        streams: dict[str, Message] = {}
+        for name in sorted(self.streams()):
+            report = self._capture.get(name, {})
+            entry: Message = {"state": report.get("state", StreamState.CONNECTING.value)}
+            for field in _CAPTURE_FIELDS:
+                entry[field] = report.get(field)
+            entry["age_s"] = round(now - self._capture_at[name], 3) if name in self._capture_at else None
+            proc = self._processes.get(f"capture:{name}")
+            if proc is not None and proc.get("alive") is False and entry["state"] != StreamState.ENDED:
+                entry["state"] = StreamState.LOST.value
+                entry["error"] = entry["error"] or "its capture process is not running"
+            figures = self._inference.get(name, {})
+            for field in _INFERENCE_FIELDS:
+                entry[field] = figures.get(field)
+            for field, value in figures.items():
+                entry.setdefault(field, value)
+            streams[name] = entry
+        return messages.status(streams=streams, processes={r: dict(p) for r, p in self._processes.items()},
+                               wall=wall, model=self._inference_meta.get("model"),
+                               device=self._inference_meta.get("device"), **extra)
+
+
+@dataclass(frozen=True)
+class PendingAsk:
+    key: str  # the gateway's id for the request, sent to the inference process
+    client: int  # the asking client's connection number
+    request_id: AskId  # the client's own id, echoed in the reply
+    stream: str
+    deadline: float  # monotonic time after which the asker gets an ask_timeout error
+
+
+class PendingAsks:
+    """Asks forwarded to the inference process and not answered yet, capped per client and in all.
+
+    The inference process sees the gateway's own key, never the client's id: two clients may both use
+    ``"id": 1``, and an answer must reach only its asker.
+    """
+
+    def __init__(self, *, timeout: float, per_client: int = 8, total: int = 1024) -> None:
+        self.timeout = timeout
+        self.per_client = per_client
+        self.total = total
+        self._prefix = uuid.uuid4().hex[:8]
+        self._counter = itertools.count(1)
+        self._pending: dict[str, PendingAsk] = {}
+        self._per_client: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def add(self, client: int, ask: Ask, now: float) -> PendingAsk:
+        """Register an ask; raises :class:`MessageError` (``too_many_asks``) past a cap."""
+        if self._per_client.get(client, 0) >= self.per_client:
+            raise MessageError(ErrorCode.TOO_MANY_ASKS,
+                               f"{self.per_client} of your asks are still unanswered; wait for one", ask.id)
+        if len(self._pending) >= self.total:
+            raise MessageError(ErrorCode.TOO_MANY_ASKS, "the server has too many unanswered asks; retry later",
+                               ask.id)
+        pending = PendingAsk(key=f"{self._prefix}-{next(self._counter)}", client=client, request_id=ask.id,
+                             stream=ask.stream, deadline=now + self.timeout)
+        self._pending[pending.key] = pending
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        return pending
+
+    def resolve(self, key: Any) -> PendingAsk | None:
+        """The ask this answer key belongs to (removed), or None (late, or another gateway's)."""
+        if not isinstance(key, str):
+            return None
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            self._release(pending.client)
+        return pending
+
+    def expire(self, now: float) -> list[PendingAsk]:
+        expired = [p for p in self._pending.values() if p.deadline <= now]
+        for pending in expired:
+            del self._pending[pending.key]
+            self._release(pending.client)
+        return expired
+
+    def drop_client(self, client: int) -> None:
+        for key in [k for k, p in self._pending.items() if p.client == client]:
+            del self._pending[key]
+        self._per_client.pop(client, None)
+
+    def _release(self, client: int) -> None:
+        left = self._per_client.get(client, 0) - 1
+        if left > 0:
+            self._per_client[client] = left
+        else:
+            self._per_client.pop(client, None)
+
+
+def stream_of(message: Message) -> str | None:
+    """The ``stream`` a bus message belongs to, if it has a usable one."""
+    stream = message.get("stream")
+    return stream if isinstance(stream, str) and stream else None

@@ -1,0 +1,169 @@
+"""The gateway's I/O-free state: drop-oldest queues, replay store, status merge, pending asks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stream import messages
+from stream.fanout import ClientQueue, PendingAsks, ReplayStore, StatusBoard
+from stream.messages import Ask, ErrorCode, MessageError, Subscribe
+
+
+def test_client_queue_drops_oldest_and_reports_the_gap() -> None:
+    queue = ClientQueue(3)
+    for i in range(5):
+        queue.push(str(i).encode(), now=float(i))
+    assert len(queue) == 3 and queue.dropped_total == 2
+    assert queue.behind_since == 3.0  # first overflow
+    assert queue.behind_for(5.0) == 2.0
+    notice = json.loads(queue.pop() or b"")
+    assert notice == {"type": "dropped", "count": 2, "total": 2}
+    assert [queue.pop(), queue.pop()] == [b"2", b"3"]
+    assert queue.behind_since == 3.0  # still one message behind
+    assert queue.pop() == b"4"
+    assert queue.behind_since is None and queue.behind_for(9.0) == 0.0
+    assert queue.pop() is None and not queue
+
+
+def test_client_queue_counts_every_loss_exactly() -> None:
+    queue = ClientQueue(4)
+    delivered, told = [], 0
+    for i in range(100):
+        queue.push(f"{i}".encode(), now=0.0)
+        if i % 7 == 0:  # a reader that sometimes takes one message
+            item = queue.pop()
+            assert item is not None
+            if item.startswith(b"{"):
+                told += json.loads(item)["count"]
+            else:
+                delivered.append(int(item))
+    while (item := queue.pop()) is not None:
+        if item.startswith(b"{"):
+            told += json.loads(item)["count"]
+        else:
+            delivered.append(int(item))
+    assert delivered == sorted(delivered)
+    assert len(delivered) + told == 100
+
+
+def test_client_queue_rejects_zero_capacity() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        ClientQueue(0)
+
+
+def _caption(stream: str, seq: int) -> dict[str, object]:
+    return messages.caption(stream=stream, seq=seq, t_start=seq, t_end=seq + 4.0, frame_times=[float(seq)],
+                            wall_start=1000.0 + seq, wall_end=1004.0 + seq, text=f"{stream} {seq}",
+                            model="tiny", latency_ms=1.0)
+
+
+def test_replay_store_keeps_the_last_n_per_stream_in_time_order() -> None:
+    store = ReplayStore(3, max_streams=2)
+    for seq in range(5):
+        store.add(_caption("a", seq))
+        store.add(_caption("b", seq))
+    picked = store.recent(Subscribe(), 2)
+    assert [(m["stream"], m["seq"]) for m in picked] == [("a", 3), ("b", 3), ("a", 4), ("b", 4)]
+    assert [m["seq"] for m in store.recent(Subscribe(streams=frozenset({"a"})), 10)] == [2, 3, 4]
+    assert store.recent(Subscribe(), 0) == []
+    store.add(_caption("c", 0))  # a third stream evicts the least recently heard one
+    assert sorted(store.streams()) == ["b", "c"]
+
+
+def test_replay_store_with_zero_capacity_stores_nothing() -> None:
+    store = ReplayStore(0)
+    store.add(_caption("a", 0))
+    assert store.recent(Subscribe(), 5) == [] and store.streams() == []
+
+
+def _capture(stream: str, state: str, frames: int = 10, error: str | None = None) -> dict[str, object]:
+    return messages.capture_status(stream=stream, state=state, frames=frames, fps=25.0, decode_errors=1,
+                                   reconnects=2, drops=3, width=640, height=360, error=error, wall=1.0)
+
+
+def test_status_board_merges_capture_inference_and_processes() -> None:
+    board = StatusBoard()
+    assert board.update(_capture("cam0", "connecting"), now=10.0) is True
+    assert board.update(_capture("cam0", "live", frames=20), now=11.0) is True  # state changed
+    assert board.update(_capture("cam0", "live", frames=45), now=12.0) is False  # figures only
+    assert board.update(messages.inference_status(
+        streams={"cam0": {"lag_s": 0.4, "skipped": 1, "captions": 7, "encodes_per_frame": 1.0,
+                          "caption_latency_ms": 850.0, "window_s": 16}},
+        model="tiny", device="cpu", wall=1.0), now=12.0) is True
+    assert board.update(messages.processes(processes={
+        "capture:cam0": {"pid": 11, "restarts": 0, "alive": True},
+        "inference": {"pid": 12, "restarts": 1, "alive": True}}, wall=1.0), now=12.0) is True
+    snap = board.snapshot(now=12.5, wall=99.0)
+    assert snap["type"] == "status" and snap["wall"] == 99.0
+    assert snap["model"] == "tiny" and snap["device"] == "cpu"
+    cam = snap["streams"]["cam0"]
+    assert cam["state"] == "live" and cam["frames"] == 45 and cam["fps"] == 25.0
+    assert (cam["drops"], cam["reconnects"], cam["decode_errors"]) == (3, 2, 1)
+    assert cam["lag_s"] == 0.4 and cam["encodes_per_frame"] == 1.0 and cam["window_s"] == 16
+    assert cam["age_s"] == 0.5
+    assert snap["processes"]["inference"] == {"pid": 12, "restarts": 1, "alive": True}
+
+
+def test_status_board_shows_a_dead_capture_as_lost() -> None:
+    board = StatusBoard()
+    board.update(_capture("cam0", "live"), now=0.0)
+    board.update(_capture("file", "ended"), now=0.0)
+    changed = board.update(messages.processes(processes={
+        "capture:cam0": {"pid": 11, "restarts": 0, "alive": False},
+        "capture:file": {"pid": 12, "restarts": 0, "alive": False}}, wall=1.0), now=1.0)
+    assert changed
+    snap = board.snapshot(now=1.0, wall=1.0)
+    assert snap["streams"]["cam0"]["state"] == "lost"
+    assert "not running" in snap["streams"]["cam0"]["error"]
+    assert snap["streams"]["file"]["state"] == "ended"
+
+
+def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> None:
+    board = StatusBoard()
+    board.update(messages.inference_status(streams={"cam9": {"lag_s": 0.0}}, model="m", device="d", wall=1.0),
+                 now=0.0)
+    assert board.snapshot(now=0.0, wall=0.0)["streams"]["cam9"]["state"] == "connecting"
+
+
+@pytest.mark.parametrize("report", [
+    {"type": "capture_status", "state": "live"},
+    {"type": "capture_status", "stream": "cam0", "state": "dancing"},
+    {"type": "inference_status", "streams": []},
+    {"type": "processes", "processes": "none"},
+    {"type": "caption"},
+])
+def test_status_board_rejects_malformed_reports(report: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        StatusBoard().update(report, now=0.0)
+
+
+def test_status_board_caps_the_number_of_streams() -> None:
+    board = StatusBoard(max_streams=2)
+    board.update(_capture("a", "live"), now=0.0)
+    board.update(_capture("b", "live"), now=0.0)
+    with pytest.raises(ValueError, match="already tracking 2"):
+        board.update(_capture("c", "live"), now=0.0)
+    assert board.streams() == {"a", "b"}
+
+
+def test_pending_asks_route_by_gateway_key_cap_and_expire() -> None:
+    asks = PendingAsks(timeout=5.0, per_client=2, total=3)
+    a1 = asks.add(1, Ask(id=1, stream="cam0", question="q"), now=0.0)
+    b1 = asks.add(2, Ask(id=1, stream="cam0", question="q"), now=1.0)
+    assert a1.key != b1.key  # two clients may both use id 1
+    asks.add(1, Ask(id=2, stream="cam0", question="q"), now=0.0)
+    with pytest.raises(MessageError) as info:
+        asks.add(1, Ask(id=3, stream="cam0", question="q"), now=0.0)
+    assert info.value.code == ErrorCode.TOO_MANY_ASKS and info.value.id == 3
+    with pytest.raises(MessageError, match="server"):
+        asks.add(3, Ask(id=1, stream="cam0", question="q"), now=0.0)  # total cap
+    resolved = asks.resolve(a1.key)
+    assert resolved is not None and resolved.client == 1 and resolved.request_id == 1
+    assert asks.resolve(a1.key) is None and asks.resolve(None) is None and asks.resolve(123) is None
+    expired = asks.expire(now=5.5)
+    assert [p.client for p in expired] == [1]  # b1 (asked at 1.0) has until 6.0
+    asks.drop_client(2)
+    assert len(asks) == 0
+    asks.add(1, Ask(id=9, stream="cam0", question="q"), now=10.0)  # capacity came back
