@@ -1,0 +1,220 @@
+"""Generation for ``MiniCPMV.chat``: the official defaults, HF ``generate`` on embeddings, and streaming.
+
+The official ``chat()`` semantics (MODEL_SPEC §8.2), kept exactly:
+* ``sampling=True``: top-p 0.8, top-k 100, temperature 0.7, repetition penalty 1.05;
+  ``sampling=False``: beam search with 3 beams and repetition penalty 1.2;
+* keyword overrides replace only keys already in the chosen set (others are dropped, as officially,
+  but logged here); ``min_new_tokens`` is added only when > 0;
+* always ``pad_token_id=0`` and both terminators as ``eos_token_id``.
+
+Generation starts from ``inputs_embeds``, so ``generate`` returns only new tokens and the repetition
+penalty sees only generated tokens, as in the official code.
+
+Streaming runs ``generate`` in one worker thread that feeds token ids through a queue. Closing the
+generator early (``break``, ``close()``, garbage collection) sets a stop flag that a stopping criterion
+checks every step, then joins the thread, so no thread outlives the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.generation.streamers import BaseStreamer
+
+log = logging.getLogger(__name__)
+
+SAMPLING_DEFAULTS: Mapping[str, Any] = {
+    "top_p": 0.8,
+    "top_k": 100,
+    "temperature": 0.7,
+    "do_sample": True,
+    "repetition_penalty": 1.05,
+}
+BEAM_DEFAULTS: Mapping[str, Any] = {"num_beams": 3, "repetition_penalty": 1.2}
+PAD_ID = 0
+
+
+def generation_kwargs(sampling: bool, min_new_tokens: int, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The official decoding settings for ``sampling``, with ``overrides`` applied to known keys only."""
+    kwargs = dict(SAMPLING_DEFAULTS if sampling else BEAM_DEFAULTS)
+    dropped = sorted(k for k in overrides if k not in kwargs)
+    if dropped:
+        log.warning(
+            "ignoring generation settings %s: with sampling=%s only %s can be overridden",
+            dropped,
+            sampling,
+            sorted(kwargs),
+        )
+    kwargs.update({k: v for k, v in overrides.items() if k in kwargs})
+    if min_new_tokens > 0:
+        kwargs["min_new_tokens"] = min_new_tokens
+    return kwargs
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One ``generate`` call: left-padded embeddings and what the official code always passes."""
+
+    inputs_embeds: torch.Tensor  # [B, T, D]
+    attention_mask: torch.Tensor  # [B, T], long
+    eos_token_ids: tuple[int, ...]
+    max_new_tokens: int
+    kwargs: Mapping[str, Any]
+
+    def call_kwargs(self) -> dict[str, Any]:
+        kwargs = {
+            "inputs_embeds": self.inputs_embeds,
+            "attention_mask": self.attention_mask,
+            "pad_token_id": PAD_ID,
+            "eos_token_id": list(self.eos_token_ids),
+            "max_new_tokens": self.max_new_tokens,
+            **self.kwargs,
+        }
+        penalty = float(self.kwargs.get("repetition_penalty", 1.0))
+        if penalty != 1.0 and self.inputs_embeds.shape[0] > 1:
+            # transformers 5 tells its own repetition-penalty processor to skip the first pad-length
+            # *generated* tokens of left-padded rows; the official (4.4x) penalty sees every generated
+            # token. A processor of the same type replaces the default in place (same order).
+            kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
+        return kwargs
+
+
+def run_generate(llm: Any, kwargs: Mapping[str, Any]) -> torch.Tensor:
+    """``llm.generate`` without the notice that the repetition penalty skips the prompt.
+
+    Starting from embeddings, the penalty sees only generated tokens: that is the official behaviour,
+    so transformers' UserWarning about it is silenced here (and only it).
+    """
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
+        return llm.generate(**kwargs)
+
+
+def generate_ids(llm: Any, request: GenerationRequest) -> torch.Tensor:
+    """New token ids ``[B, n]`` (rows that finished early are padded with 0)."""
+    return run_generate(llm, request.call_kwargs())
+
+
+class TextPieces:
+    """Turns a growing list of token ids into text pieces whose concatenation is the final answer.
+
+    ``decode`` is the answer decoding of the final text (drop pads and terminators, decode, strip).
+    A piece is released only up to the last character that cannot change: a trailing run of
+    whitespace (the final ``strip`` may remove it) or of U+FFFD (an incomplete UTF-8 sequence a later
+    byte token may complete) is held back until more text follows or the stream ends.
+    """
+
+    def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
+        self._decode = decode
+        self._ids: list[int] = []
+        self._sent = ""
+
+    def push(self, ids: Sequence[int]) -> str:
+        self._ids.extend(int(i) for i in ids)
+        text = self._decode(self._ids)
+        stable = len(text)
+        while stable and (text[stable - 1].isspace() or text[stable - 1] == "\ufffd"):
+            stable -= 1
+        return self._release(text[:stable])
+
+    def finish(self) -> str:
+        return self._release(self._decode(self._ids))
+
+    def _release(self, text: str) -> str:
+        if not text.startswith(self._sent):  # cannot happen with byte-level BPE; never emit garbage
+            log.warning("streamed text diverged from the decoded answer; holding back the rest")
+            return ""
+        piece = text[len(self._sent) :]
+        self._sent = text
+        return piece
+
+
+class _QueueStreamer(BaseStreamer):
+    """Receives new token ids from ``generate`` (in the worker thread) and queues them."""
+
+    def __init__(self, out: queue.Queue[Any]) -> None:
+        self._out = out
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.numel():  # the first call carries the (empty) prompt ids
+            self._out.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        """The worker signals the end itself, also when generate raises."""
+
+
+class _StopFlag(StoppingCriteria):
+    def __init__(self, flag: threading.Event) -> None:
+        self._flag = flag
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full(
+            (input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+_END = object()
+
+
+def stream_text(
+    llm: Any, request: GenerationRequest, decode: Callable[[Sequence[int]], str]
+) -> Iterator[str]:
+    """Yield text pieces of a one-sample generation as tokens arrive (see ``TextPieces``)."""
+    if request.inputs_embeds.shape[0] != 1:
+        raise ValueError("stream=True takes one conversation, not a batch")
+    if int(request.kwargs.get("num_beams", 1)) > 1:
+        raise ValueError("stream=True needs sampling=True or num_beams=1: beam search cannot stream")
+    tokens: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            kwargs = request.call_kwargs()
+            kwargs["streamer"] = _QueueStreamer(tokens)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopFlag(stop)])
+            run_generate(llm, kwargs)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            tokens.put(exc)
+        finally:
+            tokens.put(_END)
+
+    return _consume(tokens, stop, threading.Thread(target=work, name="minicpmv-stream", daemon=True), decode)
+
+
+def _consume(
+    tokens: queue.Queue[Any],
+    stop: threading.Event,
+    worker: threading.Thread,
+    decode: Callable[[Sequence[int]], str],
+) -> Iterator[str]:
+    pieces = TextPieces(decode)
+    worker.start()
+    try:
+        while True:
+            item = tokens.get()
+            if item is _END:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            piece = pieces.push(item)
+            if piece:
+                yield piece
+        tail = pieces.finish()
+        if tail:
+            yield tail
+    finally:
+        stop.set()
+        worker.join()

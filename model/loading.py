@@ -1,0 +1,200 @@
+"""Finding and strictly loading a MiniCPM-V 2.6 checkpoint (local folder or hub id).
+
+A checkpoint is the official repo layout: ``config.json``, ``preprocessor_config.json``, the tokenizer
+files and the weights as ``model.safetensors`` or shards listed in ``model.safetensors.index.json``.
+Loading is strict and checked before any tensor is read: every parameter of the built model must be
+in the files with its exact shape, and the files may hold nothing else. Tensors are read straight onto
+the target device and assigned into modules built on the meta device, so weights exist once in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import nn
+
+from model.errors import CheckpointError, WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+_SHOWN = 8  # names listed in an error message before "... and N more"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` means CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
+    """``None`` means bfloat16 on CUDA and float32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        resolved = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"dtype {dtype!r} is not a torch dtype (try 'bfloat16', 'float16' or 'float32')")
+        return resolved
+    return dtype
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path) -> Path:
+    """A local checkpoint folder, or the folder of a hub id's snapshot (downloaded if the network allows)."""
+    text = str(path_or_hub_id)
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise CheckpointError(
+                f"{local} is a file; expected a checkpoint folder (config.json, safetensors)"
+            )
+        return local
+    if not _looks_like_hub_id(text):
+        raise WeightsNotFoundError(f"checkpoint folder {local} does not exist")
+    return _download(text)
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and "\\" not in text
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:  # a cached snapshot needs no network
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except (OSError, ValueError):
+        log.info("no cached snapshot of %s; downloading", repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except (OSError, ValueError, HfHubHTTPError) as exc:
+        raise WeightsNotFoundError(
+            f"cannot get the weights of hub id {repo_id!r} ({type(exc).__name__}: {_first_line(exc)}). "
+            f"Download them on a machine with network access (`hf download {repo_id}`) and either copy the "
+            "Hugging Face cache here (set HF_HOME to it) or pass the checkpoint folder path instead of the id"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no detail"
+
+
+def weight_files(folder: Path) -> dict[str, Path]:
+    """Map every tensor key to the safetensors file that holds it, from the index or the single file."""
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index with a 'weight_map' ({exc})") from exc
+        files = {key: folder / name for key, name in weight_map.items()}
+        for path in sorted(set(files.values())):
+            if not path.is_file():
+                raise WeightsNotFoundError(f"{index} lists shard {path.name}, which is not in {folder}")
+        return files
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        return {key: single for key in _file_keys(single)}
+    others = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+        p.name for p in folder.glob("*.safetensors")
+    )
+    hint = (
+        f" (found {', '.join(others)}: only {SINGLE_FILE} or {INDEX_FILE} shards are read)" if others else ""
+    )
+    raise WeightsNotFoundError(f"{folder}: no weights: neither {INDEX_FILE} nor {SINGLE_FILE}{hint}")
+
+
+def _file_keys(path: Path) -> list[str]:
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return list(handle.keys())
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def read_shapes(files: Mapping[str, Path]) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor from the safetensors headers alone (no tensor data is read)."""
+    by_file: dict[Path, list[str]] = {}
+    for key, path in files.items():
+        by_file.setdefault(path, []).append(key)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path, keys in by_file.items():
+        try:
+            with safe_open(path, framework="pt") as handle:
+                present = set(handle.keys())
+                for key in keys:
+                    if key not in present:
+                        raise CheckpointError(
+                            f"{path.name}: the index lists tensor {key!r}, but the file lacks it"
+                        )
+                    shapes[key] = tuple(handle.get_slice(key).get_shape())
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    return shapes
+
+
+def check_tensors(
+    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], where: Path
+) -> None:
+    """Raise CheckpointError naming missing, unexpected and misshapen tensors."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    misshapen = sorted(k for k in set(expected) & set(found) if tuple(expected[k]) != tuple(found[k]))
+    if missing:
+        problems.append(f"missing tensors: {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_names(unexpected)}")
+    if misshapen:
+        shown = [f"{k} is {list(found[k])}, model needs {list(expected[k])}" for k in misshapen[:_SHOWN]]
+        more = f" ... and {len(misshapen) - _SHOWN} more" if len(misshapen) > _SHOWN else ""
+        problems.append("shape mismatch: " + "; ".join(shown) + more)
+    if problems:
+        raise CheckpointError(f"{where}: checkpoint does not fit the model: " + " | ".join(problems))
+
+
+def _names(keys: list[str]) -> str:
+    more = f" ... and {len(keys) - _SHOWN} more" if len(keys) > _SHOWN else ""
+    return ", ".join(keys[:_SHOWN]) + more
+
+
+def load_weights(
+    module: nn.Module,
+    folder: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    ignore_prefixes: tuple[str, ...] = (),
+) -> None:
+    """Check, then assign every tensor of ``folder`` into ``module`` (built on the meta device).
+
+    ``ignore_prefixes`` name checkpoint tensors the model deliberately does not use (a dropped vision
+    layer): they may be present or absent.
+    """
+    files = weight_files(folder)
+    shapes = {k: s for k, s in read_shapes(files).items() if not k.startswith(ignore_prefixes)}
+    expected = {k: tuple(p.shape) for k, p in module.state_dict().items()}
+    check_tensors(expected, shapes, folder)
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for key in shapes:
+        by_file.setdefault(files[key], []).append(key)
+    target = str(device) if device.type != "cuda" or device.index is not None else "cuda:0"
+    for path, keys in by_file.items():
+        log.debug("reading %d tensors from %s", len(keys), path.name)
+        with safe_open(path, framework="pt", device=target) as handle:
+            for key in keys:
+                tensor = handle.get_tensor(key)
+                state[key] = tensor if tensor.dtype == dtype else tensor.to(dtype)
+    module.load_state_dict(state, strict=True, assign=True)
