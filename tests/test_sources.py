@@ -1,0 +1,458 @@
+"""stream/sources.py: parsing, and real decoding of real files (clips made from the committed photos),
+over real local HTTP servers (a remote file, MJPEG, HLS), and the webcam code path through OpenCV.
+
+RTSP and the screen have their own files (test_rtsp.py, test_screen.py).
+"""
+
+from __future__ import annotations
+
+import http.server
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from realparts import load_tool, make_clip
+
+from stream.errors import ConfigError, SourceError, SourceNotFound, UnsupportedSource
+from stream.sources import (
+    SourceOptions,
+    SourceSpec,
+    open_source,
+    parse_source,
+    redact,
+    resize,
+    rotate,
+    scaled_size,
+)
+
+msv = load_tool("make_sample_video")
+FPS = 30
+SIZE = (320, 180)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="module")
+def clip(clips: Path) -> Path:
+    """3 s, 320x180, 30 fps, H.264 in mp4, frame index stamped in."""
+    return make_clip(clips / "clip.mp4", size="320x180", fps=FPS, seconds=3.0)
+
+
+def read_all(source_text: str | Path | SourceSpec, **options: object) -> tuple[list, object]:
+    spec = source_text if isinstance(source_text, SourceSpec) else str(source_text)
+    with open_source(spec, SourceOptions(**options)) as source:  # type: ignore[arg-type]
+        frames = list(source)
+    return frames, source
+
+
+# -- parsing -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "kind", "target"),
+    [
+        ("clip.mp4", "file", "clip.mp4"),
+        ("/data/cam 1.mkv", "file", "/data/cam 1.mkv"),
+        ("dir/with:colon.ts", "file", "dir/with:colon.ts"),
+        ("file:///data/x.mp4", "file", "/data/x.mp4"),
+        ("rtsp://10.0.0.2:554/stream1", "network", "rtsp://10.0.0.2:554/stream1"),
+        ("RTSPS://cam.local/live", "network", "RTSPS://cam.local/live"),
+        ("http://cam.local/video.mjpg", "network", "http://cam.local/video.mjpg"),
+        ("https://example.org/live/index.m3u8", "network", "https://example.org/live/index.m3u8"),
+        ("webcam", "webcam", "0"),
+        ("webcam:0", "webcam", "0"),
+        ("webcam:02", "webcam", "2"),
+        ("webcam:/dev/video3", "webcam", "/dev/video3"),
+        ("/dev/video0", "webcam", "/dev/video0"),
+        ("screen", "screen", ""),
+        ("screen::99", "screen", ":99"),
+        ("screen:99", "screen", ":99"),
+        ("screen::1.0", "screen", ":1.0"),
+        ("  screen::5 ", "screen", ":5"),
+    ],
+)
+def test_parse_source(text: str, kind: str, target: str) -> None:
+    spec = parse_source(text)
+    assert (spec.kind, spec.target) == (kind, target)
+    assert spec.live == (kind != "file")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty source"),
+        ("   ", "empty source"),
+        ("ftp://host/x.mp4", "unsupported scheme ftp://"),
+        ("udp://239.0.0.1:1234", "unsupported scheme udp://"),
+        ("rtsp:///path", "without a host"),
+        ("webcam:front", "not a number"),
+        ("screen:nope", "not an X display"),
+        ("file://", "without a path"),
+    ],
+)
+def test_parse_source_rejects_with_a_clear_message(text: str, reason: str) -> None:
+    with pytest.raises(UnsupportedSource) as info:
+        parse_source(text)
+    message = str(info.value)
+    assert reason in message
+    if text.strip():
+        assert repr(text) in message or text in message
+    assert isinstance(info.value, ValueError) and isinstance(info.value, SourceError)
+
+
+def test_unknown_scheme_lists_what_is_accepted() -> None:
+    message = str(pytest.raises(UnsupportedSource, parse_source, "gopher://x/y").value)
+    for accepted in ("rtsp://", "rtsps://", "http://", "https://", "webcam:N", "/dev/videoN", "screen"):
+        assert accepted in message
+
+
+def test_passwords_never_appear_in_labels_or_errors() -> None:
+    assert redact("rtsp://admin:hunter2@10.0.0.2:554/s") == "rtsp://admin:***@10.0.0.2:554/s"
+    assert redact("rtsp://10.0.0.2/s") == "rtsp://10.0.0.2/s"
+    assert "hunter2" not in parse_source("rtsp://admin:hunter2@cam/s").label
+    message = str(pytest.raises(UnsupportedSource, parse_source, "ftp://u:hunter2@h/x").value)
+    assert "hunter2" not in message
+
+
+def test_source_options_are_checked() -> None:
+    SourceOptions(max_side=0)  # no limit
+    for bad in ({"max_side": -1}, {"max_side": 8}, {"read_timeout": 0}, {"fps_hint": -1.0},
+                {"rtsp_transport": "http"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            SourceOptions(**bad)  # type: ignore[arg-type]
+
+
+# -- pixel helpers -------------------------------------------------------------------------------------
+def test_scaled_size_keeps_aspect_and_limits_the_long_side() -> None:
+    assert scaled_size(1920, 1080, 1344) == (1344, 756)
+    assert scaled_size(1080, 1920, 1344) == (756, 1344)
+    assert scaled_size(640, 360, 1344) == (640, 360)
+    assert scaled_size(4000, 3000, 0) == (4000, 3000)
+    assert scaled_size(5000, 10, 100) == (100, 1)
+
+
+def test_resize_and_rotate() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :100] = (255, 0, 0)
+    small = resize(image, (50, 25))
+    assert small.shape == (25, 50, 3) and small.flags.c_contiguous
+    assert small[:, :20, 0].min() == 255 and small[:, 30:, 0].max() == 0
+    assert resize(image, (200, 100)) is image
+    tiny = resize(image, (20, 10))  # factor < 1/2: area averaging
+    assert tiny[:, :9, 0].min() == 255
+    # FFmpeg's display rotation is counterclockwise: +90 turns the left (red) half to the bottom.
+    turned = rotate(image, 90)
+    assert turned.shape == (200, 100, 3) and turned.flags.c_contiguous
+    assert turned[150:, :, 0].min() == 255 and turned[:50, :, 0].max() == 0
+    assert rotate(image, 0) is image
+    assert rotate(image, -180)[:, 150:, 0].min() == 255
+
+
+# -- real files ----------------------------------------------------------------------------------------
+def test_file_frames_are_rgb_in_order_with_pts(clip: Path) -> None:
+    frames, source = read_all(clip, realtime=False)
+    assert len(frames) == 90
+    assert source.decode_errors == 0 and source.finite
+    photos = msv.load_photos()
+    expected = list(msv.frames(photos, *SIZE, FPS, 90))
+    for index, frame in enumerate(frames):
+        image = frame.image
+        assert image.dtype == np.uint8 and image.shape == (180, 320, 3) and image.flags.c_contiguous
+        assert msv.read_stamp(image) == index
+        assert frame.pts == pytest.approx(index / FPS, abs=1e-3)
+    assert np.all(np.diff([f.wall for f in frames]) >= 0)
+    # Channel order: the decoded frame matches the RGB picture that was encoded (BGR would not).
+    diff = np.abs(frames[45].image.astype(int) - expected[45].astype(int)).mean()
+    swapped = np.abs(frames[45].image[..., ::-1].astype(int) - expected[45].astype(int)).mean()
+    assert diff < 8 < swapped
+
+
+def test_max_side_downscales_on_capture(clips: Path) -> None:
+    clip = make_clip(clips / "wide.mp4", size="640x360", fps=FPS, seconds=1.0)
+    frames, _ = read_all(clip, realtime=False, max_side=320)
+    assert [f.image.shape for f in frames[:1]] == [(180, 320, 3)]
+    assert [msv.read_stamp(f.image, made_width=640) for f in frames] == list(range(30))
+    full, _ = read_all(clip, realtime=False, max_side=0)
+    assert full[0].image.shape == (360, 640, 3)
+
+
+def test_real_time_pacing(clip: Path) -> None:
+    started = time.monotonic()
+    frames, _ = read_all(clip, realtime=True, max_side=160)
+    paced = time.monotonic() - started
+    started = time.monotonic()
+    read_all(clip, realtime=False, max_side=160)
+    fast = time.monotonic() - started
+    assert len(frames) == 90
+    assert 2.8 < paced < 4.5, paced  # a 3-s clip (last frame at 2.967 s) plays in about 3 s
+    assert fast < paced / 2, (fast, paced)
+    # Frames are released at their pts: wall-clock spacing follows the timeline.
+    walls = np.array([f.wall for f in frames])
+    pts = np.array([f.pts for f in frames])
+    assert np.abs((walls - walls[0]) - (pts - pts[0])).max() < 0.25
+
+
+def test_loop_replays_a_file_with_increasing_pts(clips: Path) -> None:
+    clip = make_clip(clips / "short.mkv", size="160x90", fps=FPS, seconds=0.5)
+    got = []
+    with open_source(str(clip), SourceOptions(realtime=False, loop=True)) as source:
+        for frame in source:
+            got.append(frame)
+            if len(got) == 40:
+                break
+    assert [msv.read_stamp(f.image) for f in got] == [i % 15 for i in range(40)]
+    steps = np.diff([f.pts for f in got])
+    assert steps.min() > 0.02 and steps.max() < 0.05
+
+
+def scribble(src: Path, dst: Path, spots: tuple[float, ...] = (0.3, 0.5, 0.7), length: int = 3000) -> Path:
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(7)
+    for spot in spots:
+        offset = int(len(data) * spot)
+        data[offset : offset + length] = rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_corrupt_packets_are_skipped_and_counted(clip: Path, tmp_path: Path) -> None:
+    bad = scribble(clip, tmp_path / "corrupt.mp4")
+    frames, source = read_all(bad, realtime=False)
+    assert source.decode_errors > 0
+    assert 60 < len(frames) < 90  # the damaged packets are gone, the rest decodes
+    stamps = [msv.read_stamp(f.image) for f in frames]
+    assert stamps[0] == 0 and max(stamps) >= 85  # it went on to the end of the file
+    assert np.all(np.diff([f.pts for f in frames]) > 0)
+
+
+def test_truncated_stream_file_plays_up_to_the_cut(clips: Path, tmp_path: Path) -> None:
+    clip = make_clip(clips / "clip.ts", size="320x180", fps=FPS, seconds=3.0)
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    frames, _ = read_all(cut, realtime=False)
+    assert 30 < len(frames) < 80
+    stamps = [msv.read_stamp(f.image) for f in frames]
+    # In order from the first frame; the very last one is cut mid-packet and may be concealed.
+    assert stamps[:-1] == list(range(len(frames) - 1)) and stamps[-1] <= len(frames) - 1
+
+
+def test_truncated_mp4_without_index_is_a_clear_error(clip: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])  # the moov index is at the end
+    with pytest.raises(UnsupportedSource, match=r"cut\.mp4.*not a video file PyAV can read"):
+        open_source(str(cut))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.mp4"
+    with pytest.raises(SourceNotFound, match=r"nope\.mp4'?: no such file") as info:
+        open_source(str(path))
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_directory_and_non_video_files(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedSource, match="is a directory"):
+        open_source(str(tmp_path))
+    text = tmp_path / "notes.mp4"
+    text.write_text("these are not the frames you are looking for\n" * 50)
+    with pytest.raises(UnsupportedSource, match=r"notes\.mp4.*not a video file"):
+        open_source(str(text))
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
+    path = tmp_path / "tone.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        samples = (np.sin(np.arange(16000) * 0.1) * 0.3).astype(np.float32)[None]
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with pytest.raises(UnsupportedSource, match=r"tone\.m4a.*has no video stream"):
+        open_source(str(path))
+
+
+def test_unsupported_codec(clips: Path, tmp_path: Path) -> None:
+    """A Matroska file whose video track names a codec FFmpeg does not know (ID patched in place)."""
+    clip = make_clip(clips / "codec.mkv", size="160x90", fps=FPS, seconds=0.5)
+    data = clip.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    odd = tmp_path / "odd.mkv"
+    odd.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/ZZZ"))
+    with pytest.raises(UnsupportedSource, match=r"odd\.mkv.*codec"):
+        open_source(str(odd))
+
+
+# -- webcam code path (OpenCV) -------------------------------------------------------------------------
+def test_webcam_path_through_opencv(clip: Path) -> None:
+    """There is no camera on these machines: the one boundary we cannot reach is the V4L2 device
+    itself. WebcamSource is driven here with a target OpenCV opens the same way (a file path through
+    cv2.VideoCapture(target, CAP_ANY)), so everything after the device (reads, BGR->RGB, downscale,
+    timestamps, end of stream) runs for real."""
+    spec = SourceSpec("webcam", str(clip), "webcam-test")
+    frames, source = read_all(spec, max_side=160)
+    assert not source.finite  # a camera that stops delivering is a drop, not an end
+    assert len(frames) == 90
+    assert frames[0].image.shape == (90, 160, 3) and frames[0].image.flags.c_contiguous
+    assert [msv.read_stamp(f.image, made_width=320) for f in frames] == list(range(90))
+    assert np.all(np.diff([f.pts for f in frames]) > 0)
+    photos = msv.load_photos()
+    expected = cv2.resize(next(msv.frames(photos, *SIZE, FPS, 1)), (160, 90), interpolation=cv2.INTER_AREA)
+    assert np.abs(frames[0].image.astype(int) - expected.astype(int)).mean() < 10  # RGB, not BGR
+
+
+def test_webcam_that_does_not_exist() -> None:
+    with pytest.raises(SourceNotFound, match="/dev/video97.*no such device"):
+        open_source("/dev/video97")
+    with pytest.raises(SourceError, match="webcam:63.*OpenCV cannot open it"):
+        open_source("webcam:63")
+
+
+# -- http(s): a remote file, MJPEG, HLS, from real local servers ---------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
+
+class _RangeHandler(_QuietHandler):
+    """Static files with HTTP range requests, as every real web server answers them (FFmpeg seeks to
+    an mp4's index at the end of the file that way); the stdlib handler ignores ``Range``."""
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        header = self.headers.get("Range", "")
+        path = Path(self.translate_path(self.path))
+        if not header.startswith("bytes=") or not path.is_file():
+            return super().send_head()
+        size = path.stat().st_size
+        first, _, last = header[len("bytes="):].partition("-")
+        start, end = int(first or 0), min(int(last) if last else size - 1, size - 1)
+        if start >= size:
+            self.send_error(416)
+            return None
+        handle = path.open("rb")
+        handle.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        return _Limited(handle, end - start + 1)
+
+
+class _Limited:
+    """A file object that reads at most ``left`` bytes (copyfile reads until EOF)."""
+
+    def __init__(self, handle, left: int) -> None:  # type: ignore[no-untyped-def]
+        self.handle, self.left = handle, left
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.handle.read(n)
+        self.left -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve(handler: type[http.server.BaseHTTPRequestHandler] | partial) -> Iterator[str]:
+    server = _Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def file_server(clips: Path) -> Iterator[str]:
+    yield from serve(partial(_RangeHandler, directory=str(clips)))
+
+
+def test_http_file_is_finite(clip: Path, file_server: str) -> None:
+    frames, source = read_all(f"{file_server}/{clip.name}", realtime=False)
+    assert source.finite  # it has a duration: the end is the end, not a drop
+    assert [msv.read_stamp(f.image) for f in frames] == list(range(90))
+
+
+def test_http_404_names_the_url(file_server: str) -> None:
+    with pytest.raises(SourceError, match=r"missing\.mp4.*cannot open.*404"):
+        open_source(f"{file_server}/missing.mp4")
+
+
+def test_hls_playlist(clips: Path, tmp_path: Path) -> None:
+    clip = make_clip(clips / "clip.mp4", size="320x180", fps=FPS, seconds=3.0)
+    hls = tmp_path / "hls"
+    hls.mkdir()
+    with av.open(str(clip)) as src, av.open(str(hls / "index.m3u8"), "w", format="hls",
+                                            options={"hls_time": "1", "hls_playlist_type": "vod"}) as out:
+        in_stream = src.streams.video[0]
+        out_stream = out.add_stream_from_template(in_stream)
+        for packet in src.demux(in_stream):
+            if packet.dts is None:
+                continue
+            packet.stream = out_stream
+            out.mux(packet)
+    assert len(list(hls.glob("*.ts"))) >= 2
+    for url in serve(partial(_QuietHandler, directory=str(hls))):
+        frames, source = read_all(f"{url}/index.m3u8", realtime=False)
+    assert source.finite  # a VOD playlist ends
+    assert [msv.read_stamp(f.image) for f in frames] == list(range(90))
+
+
+class _MjpegHandler(http.server.BaseHTTPRequestHandler):
+    """An MJPEG IP camera: multipart/x-mixed-replace JPEGs at 20 fps, endless, stamped frames."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        photos = msv.load_photos()
+        index = 0
+        try:
+            while True:
+                image = next(msv.frames(photos, 320, 240, 20, 1))
+                msv.draw_stamp(image, index, index / 20)
+                bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+                ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+                assert ok
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                 + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg.tobytes() + b"\r\n")
+                index += 1
+                time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def test_mjpeg_over_http_is_live() -> None:
+    for url in serve(_MjpegHandler):
+        with open_source(f"{url}/video.mjpg", SourceOptions(open_timeout=5, read_timeout=2)) as source:
+            assert not source.finite  # a camera: its end would be a drop
+            got = []
+            for frame in source:
+                got.append(frame)
+                if len(got) == 10:
+                    break
+    assert [msv.read_stamp(f.image) for f in got] == list(range(10))
+    assert got[0].image.shape == (240, 320, 3)
