@@ -17,6 +17,7 @@
   const CONFIG = Object.assign({
     pingIntervalMs: 5000,
     pongTimeoutMs: 15000,
+    connectTimeoutMs: 10000,
     reconnectBaseMs: 500,
     reconnectMaxMs: 15000,
     replay: 20,
@@ -53,6 +54,7 @@
   let everConnected = false;
   let reconnectTimer = null;
   let countdownTimer = null;
+  let connectTimer = null;
   let heartbeatTimer = null;
   let lastHeard = 0;
   let pingCounter = 0;
@@ -164,7 +166,10 @@
       return;
     }
     ws = sock;
+    // A hung server accepts the TCP connection but never answers the handshake: give up and retry.
+    connectTimer = setTimeout(() => { if (ws === sock) dropped(); }, CONFIG.connectTimeoutMs);
     sock.onopen = () => {
+      clearTimeout(connectTimer);
       lastHeard = performance.now();
       send({ type: "subscribe", streams: "*", replay: CONFIG.replay, thumbnails: true });
       startHeartbeat();
@@ -187,6 +192,7 @@
   function dropped() {
     const old = ws;
     ws = null;
+    clearTimeout(connectTimer);
     stopHeartbeat();
     if (old) {
       old.onopen = old.onmessage = old.onclose = old.onerror = null;
@@ -248,6 +254,7 @@
       case "thumbnail": return onThumbnail(msg);
       case "answer": return onAnswer(msg);
       case "error": return onError(msg);
+      case "subscribed": return undefined;
       case "dropped": return showNotice(`This viewer fell behind: the gateway dropped ${fmtInt(msg.count)} messages.`);
       default: return undefined;  // pong and anything newer: the heartbeat already counted it
     }
@@ -258,6 +265,8 @@
   }
 
   function onStatus(msg) {
+    const about = [msg.model, msg.device].filter((x) => typeof x === "string" && x).join(" · ");
+    if (el.model.textContent !== about) el.model.textContent = about;
     const all = msg.streams;
     if (!all || typeof all !== "object") return;
     for (const [name, figures] of Object.entries(all)) {
@@ -530,7 +539,7 @@
   // ---- start ----
   function start() {
     el = {
-      conn: $("conn"), connText: $("conn-text"), picker: $("picker"), empty: $("empty"),
+      conn: $("conn"), connText: $("conn-text"), model: $("model"), picker: $("picker"), empty: $("empty"),
       notice: $("notice"), stream: $("stream"), thumb: $("thumb"), thumbNone: $("thumb-none"),
       thumbTime: $("thumb-time"), current: $("current"), currentLabel: $("current-label"),
       currentRange: $("current-range"), currentWall: $("current-wall"), currentText: $("current-text"),
