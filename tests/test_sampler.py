@@ -71,6 +71,23 @@ def check_invariants(run: Run) -> None:
         assert all(job.t_start <= t <= job.t_end for t in ft)
         assert job.t_end - job.t_start <= s.window + EPS * max(1, job.t_end)
         assert all(by_seq[f.seq] == f for f in job.frames)
+        # Reference model: the job holds exactly the card's subsample of every sample in its window,
+        # (index * stride - window, t_end], or [0, t_end] when that reaches back before the start.
+        lower = job.index * s.stride - s.window
+        inside = [x for x in run.samples if (x.t > lower or lower < 0) and x.t <= job.t_end]
+        assert list(job.frames) == uniform_subsample(inside, s.max_frames)
+        assert job.t_start == max(lower, 0.0)
+    # Every stride point the stream reached whose window holds a sample got its job (unless the caller
+    # fell behind and it was dropped); the others were skipped.
+    grid_jobs = {j.index for j in run.jobs if j.t_end == j.index * s.stride}
+    expected = set()
+    for x in run.samples:
+        for k in range(max(1, math.floor(x.t / s.stride)), math.ceil((x.t + s.window) / s.stride) + 1):
+            lower = k * s.stride - s.window
+            if k * s.stride <= s.now and (x.t > lower or lower < 0) and x.t <= k * s.stride:
+                expected.add(k)
+    assert grid_jobs <= expected
+    assert len(expected - grid_jobs) == s.counters.jobs_dropped
     # Bounded memory, whatever the stream did.
     assert run.max_window <= s.window_capacity
     assert len(s.window_frames) <= s.window_capacity
