@@ -82,6 +82,7 @@ _R_PID, _R_START, _R_CURSOR = range(3)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _SHM_DIR = Path("/dev/shm")
+_HAVE_PROC = Path("/proc/self/stat").exists()
 # How often a blocked lossless writer checks whether the readers it waits for are still alive.
 _REAP_INTERVAL_S = 0.25
 
@@ -99,7 +100,8 @@ class Frame:
 def ring_name(run_id: str, source: str) -> str:
     """The shared-memory name for one source of one run: ``vn-<run id prefix>-<hash of both>``.
 
-    22 characters, within macOS's 31-character limit; the hash keeps it unique per run and source.
+    At most 22 characters, within macOS's 31-character limit; the hash keeps it unique per run and
+    source.
     """
     if not run_id or not source:
         raise RingError(f"ring name needs a run id and a source name (got {run_id!r}, {source!r})")
@@ -127,17 +129,18 @@ def _process_start(pid: int) -> int | None:
     """
     if pid <= 0:
         return None
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        stat = ""
-    if stat:
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+    if _HAVE_PROC:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
             return None
-        return int(fields[19])
+        except PermissionError:  # /proc mounted with hidepid: fall back to the pid alone
+            stat = ""
+        if stat:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+                return None
+            return int(fields[19])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -548,7 +551,8 @@ def remove_stale_rings(prefix: str = "vn-") -> list[str]:
     """Unlink rings whose creator process is dead (a run killed with SIGKILL); return their names.
 
     Only segments that carry a ring header are touched; a live run's rings (creator alive) stay.
-    Needs /dev/shm (Linux); elsewhere it returns [].
+    Needs /dev/shm (Linux); elsewhere it returns []. Pids are those of this pid namespace: containers
+    sharing one /dev/shm across namespaces must not both run it.
     """
     if not _SHM_DIR.is_dir():
         log.debug("no %s here: cannot list shared memory, nothing removed", _SHM_DIR)

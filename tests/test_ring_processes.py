@@ -356,7 +356,11 @@ def test_sigkilled_run_leaves_a_segment_that_remove_stale_rings_removes(run_id: 
     creator, conn = start(creator_that_gets_killed, stale)
     assert recv(conn) == "ready"
     os.kill(creator.pid, signal.SIGKILL)
-    creator.join(10)
+    # Not joined yet: a zombie (exited, unreaped) holds its pid and must count as dead.
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{creator.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "killed child never became a zombie"
+        time.sleep(0.01)
     assert (SHM / stale).exists()  # nobody cleaned up: the creator had no chance
     with FrameRing.create(ring_name(run_id, "live"), slots=2, max_height=8, max_width=8) as alive:
         not_a_ring = SHM / ring_name(run_id, "junk")
@@ -369,6 +373,7 @@ def test_sigkilled_run_leaves_a_segment_that_remove_stale_rings_removes(run_id: 
             assert not_a_ring.exists() and not_a_ring.name not in removed
         finally:
             not_a_ring.unlink()
+            creator.join(10)
     assert stale not in remove_stale_rings()
 
 
