@@ -265,6 +265,7 @@ class StreamPlay:
 
     name: str
     state: str = "live"
+    error: str | None = None  # what the capture process says went wrong
     fps: float = 25.0
     thumbnails: Sequence[bytes] = ()
     caption_every: float | None = None  # seconds between automatic captions, None: only on request
@@ -428,13 +429,14 @@ class ViewerFeed:
         t = wall - self.started_wall
         inference: dict[str, Any] = {}
         with self._lock:
-            plays = [(s.name, s.state, s.fps, list(s.thumbnails), s.seq) for s in self.streams.values()]
-        for name, state, fps, thumbnails, seq in plays:
+            plays = [(s.name, s.state, s.error, s.fps, list(s.thumbnails), s.seq)
+                     for s in self.streams.values()]
+        for name, state, error, fps, thumbnails, seq in plays:
             play = self.streams[name]
             play.frames = int(t * fps)
             publishers[f"capture:{name}"].send(messages.capture_status(
                 stream=name, state=state, frames=play.frames, fps=fps if state == "live" else 0.0,
-                decode_errors=0, reconnects=0, drops=0, width=1280, height=720, error=None, wall=wall))
+                decode_errors=0, reconnects=0, drops=0, width=1280, height=720, error=error, wall=wall))
             inference[name] = {"lag_s": 0.4, "skipped": 0, "captions": seq, "encodes_per_frame": 1.0,
                                "caption_latency_ms": 850.0}
             if thumbnails and state == "live":

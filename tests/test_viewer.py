@@ -30,6 +30,7 @@ from browser import (
     save_screenshot,
 )
 
+from stream import messages
 from stream.bus import RunPaths
 
 pytestmark = pytest.mark.integration
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "s3cret-Token_for-tests"
 WAIT_MS = 15_000  # generous: two shared CPU cores
 NO_ANSWER = "(no answer please)"
+DOOR_ERROR = "rtsp://127.0.0.1:8554/door: connection refused; retrying in 4 s"
 # Short timings so the heartbeat and reconnect paths run in seconds (the page's documented hook).
 FAST = {"pingIntervalMs": 300, "pongTimeoutMs": 1500, "connectTimeoutMs": 1500, "reconnectBaseMs": 200,
         "reconnectMaxMs": 800}
@@ -61,7 +63,8 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerFeed]:
     paths = RunPaths.create(root=tmp_path_factory.mktemp("run"))
-    streams = [StreamPlay("cam0", thumbnails=photo_thumbnails()), StreamPlay("door", state="lost", fps=0.0)]
+    streams = [StreamPlay("cam0", thumbnails=photo_thumbnails()),
+               StreamPlay("door", state="lost", fps=0.0, error=DOOR_ERROR)]
     with ViewerFeed(paths, streams, period=0.4, answer=_answer) as running:
         yield running
     paths.remove()
@@ -131,6 +134,8 @@ def test_live_stream_shows_status_thumbnail_and_updating_captions(
     expect(cam0.locator('[data-field="lag"] b')).to_have_text("0.4 s")
     expect(cam0.locator('[data-field="latency"] b')).to_have_text("850 ms")
     expect(cam0).to_have_attribute("aria-selected", "true")
+    expect(door.locator(".tab-error")).to_have_text(DOOR_ERROR)
+    expect(cam0.locator(".tab-error")).to_be_hidden()
 
     # The thumbnail is a real JPEG the browser decoded, and it follows the newest sampled frame.
     page.wait_for_function("() => { const i = document.getElementById('thumb');"
@@ -159,6 +164,14 @@ def test_live_stream_shows_status_thumbnail_and_updating_captions(
     entry_meta = page.locator("#timeline li .meta").first.text_content() or ""
     assert _stream_time(published[1]["t_end"]) in entry_meta
     assert re.search(r"\d\d:\d\d:\d\d–\d\d:\d\d:\d\d", entry_meta), entry_meta
+
+    # An alert event goes into the timeline, marked with its rule.
+    feed.publish("inference", messages.event(stream="cam0", seq=0, t_start=1.0, t_end=5.0, rule="person",
+                                             text="A person climbs the fence."))
+    event = page.locator("#timeline li.event").first
+    expect(event.locator(".rule")).to_have_text("person", timeout=WAIT_MS)
+    expect(event.locator(".text")).to_have_text("A person climbs the fence.")
+    expect(current_text(page)).to_have_text(texts[-1])  # an event is not a caption
 
     # The header says which model and device produce the captions.
     expect(page.locator("#model")).to_have_text("feed · cpu")

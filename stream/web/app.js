@@ -413,9 +413,11 @@
       strip.append(item);
       fields[key] = value;
     }
-    b.append(head, strip);
+    const error = node("span", "tab-error");
+    error.hidden = true;
+    b.append(head, strip, error);
     b.addEventListener("click", () => { userPicked = true; select(s.name); });
-    s.tab = { button: b, state, fields };
+    s.tab = { button: b, state, fields, error };
     el.picker.append(b);
     el.empty.hidden = true;
     renderTab(s);
@@ -433,7 +435,10 @@
     s.tab.fields.reconnects.textContent = fmtInt(st.reconnects);
     s.tab.fields.lag.textContent = fmtFixed(lag, 1, " s");
     s.tab.fields.latency.textContent = fmtMs(latency);
-    s.tab.button.title = st.error ? `${s.name}: ${st.error}` : s.name;
+    const error = typeof st.error === "string" && st.state !== "live" ? st.error : "";
+    s.tab.error.textContent = error;
+    s.tab.error.hidden = !error;
+    s.tab.button.title = error ? `${s.name}: ${error}` : s.name;
   }
 
   function select(name) {
