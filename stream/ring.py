@@ -97,6 +97,17 @@ class Frame:
     image: np.ndarray  # uint8 (H, W, 3)
 
 
+@dataclass(frozen=True)
+class FrameInfo:
+    """A frame's metadata without its pixels (see :meth:`FrameRing.info`)."""
+
+    seq: int
+    pts: float
+    wall: float
+    height: int
+    width: int
+
+
 def ring_name(run_id: str, source: str) -> str:
     """The shared-memory name for one source of one run: ``vn-<run id prefix>-<hash of both>``.
 
@@ -386,6 +397,21 @@ class FrameRing:
         if int(si[slot, _STATE]) != want:
             return None  # overwritten while we copied: the copy may be torn, drop it
         return Frame(seq, pts, wall, image)
+
+    def info(self, seq: int) -> FrameInfo | None:
+        """Frame ``seq``'s metadata without copying its pixels (None as for :meth:`read`): a reader that
+        keeps 1 frame in 30 (the sampler) decides on this and reads only the frames it keeps."""
+        self._check_open()
+        if seq < 0:
+            return None
+        slot = seq % self._slots
+        want = 2 * seq + 2
+        si = self._slot_i
+        if int(si[slot, _STATE]) != want:
+            return None
+        info = FrameInfo(seq, float(self._slot_f[slot, _PTS]), float(self._slot_f[slot, _WALL]),
+                         int(si[slot, _H]), int(si[slot, _W]))
+        return info if int(si[slot, _STATE]) == want else None
 
     def latest(self) -> Frame | None:
         """The newest complete frame, or None while the ring is empty."""

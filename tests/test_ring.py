@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from stream.errors import RingError
-from stream.ring import Frame, FrameRing, ring_name
+from stream.ring import Frame, FrameInfo, FrameRing, ring_name
 
 SHM = Path("/dev/shm")
 
@@ -85,6 +85,15 @@ def test_write_read_round_trip_with_differing_shapes(make_ring: MakeRing) -> Non
         assert (frame.seq, frame.pts, frame.wall) == (seq, seq / 30, 1000.0 + seq)
         assert frame.image.shape == (h, w, 3) and frame.image.dtype == np.uint8
         np.testing.assert_array_equal(frame.image, frame_for(seq, h, w))
+
+
+def test_info_gives_metadata_without_pixels(make_ring: MakeRing) -> None:
+    ring = make_ring(slots=2)
+    for seq, (h, w) in enumerate([(40, 60), (17, 33), (48, 64)]):
+        ring.write(frame_for(seq, h, w), seq / 30, 1000.0 + seq)
+    assert ring.info(2) == FrameInfo(2, 2 / 30, 1002.0, 48, 64)
+    assert ring.info(1) == FrameInfo(1, 1 / 30, 1001.0, 17, 33)
+    assert ring.info(0) is None and ring.info(3) is None and ring.info(-1) is None
 
 
 def test_frames_are_private_copies(make_ring: MakeRing) -> None:

@@ -103,6 +103,10 @@ def checking_reader(name: str, how: str, progress: Any, conn: Connection) -> Non
             check(frame)
             if head - ring.slots + 1 >= 0:  # the oldest frame: the slot the writer takes next
                 check(ring.read(head - ring.slots + 1))
+                info = ring.info(head - ring.slots + 1)
+                if info is not None:  # metadata only: as consistent as a full read
+                    good = (info.height, info.width) == shape_for(info.seq) and info.pts == info.seq / 30
+                    stats["ok" if good else "bad"] += 1
             last = frame.seq
         else:
             frames = ring.since(last)

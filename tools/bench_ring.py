@@ -195,6 +195,7 @@ def main() -> int:
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     frame_bytes = args.height * args.width * 3
+    load_before = os.getloadavg()[0]
 
     memcpy_fps = bench_memcpy(args.height, args.width, args.seconds, hot=False)
     memcpy_hot_fps = bench_memcpy(args.height, args.width, args.seconds, hot=True)
@@ -214,7 +215,8 @@ def main() -> int:
     ]
     print(f"{args.width}x{args.height} RGB frames ({frame_bytes / 1e6:.1f} MB), ring of {args.slots} slots, "
           f"{args.seconds:g} s each; {cpu_model()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}")
+          f"Python {platform.python_version()}; load average {load_before:.1f} before "
+          "(other processes compete for the CPUs: the ring needs two, memcpy one)")
     header = ("path", "frames/s", "GB/s", "vs memcpy", "delivered", "missed", "bad")
     print("{:34} {:>9} {:>6} {:>9} {:>9} {:>7} {:>4}".format(*header))
     for label, fps, res in rows:
@@ -236,6 +238,7 @@ def main() -> int:
         "memcpy_hot_fps": round(memcpy_hot_fps, 1),
         "ring_vs_queue": round(ratio_queue, 2), "ring_vs_memcpy": round(ratio_memcpy, 3),
         "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "load_average_before": round(load_before, 2),
     }
     print(json.dumps(figures))
     return 0 if lossless["bad"] == live["bad"] == queue["bad"] == lossless["missed"] == 0 else 1
