@@ -1,4 +1,4 @@
-"""Real parts the source/capture tests drive: sample clips, GStreamer's RTSP server, Xvfb, HTTP servers.
+"""Real parts the source/capture tests drive: sample clips, GStreamer's RTSP server, Xvfb.
 
 Every helper starts its process in a new session (its own process group) and kills the whole group
 when done, so a failing test never leaves a server behind.
@@ -64,6 +64,20 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """SIGTERM the process group (so servers remove their sockets and lock files), SIGKILL after
+    ``grace`` seconds if it is still there."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=grace)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(proc)
 
 
 def _read_line(proc: subprocess.Popen[bytes], prefix: bytes, timeout: float, what: str) -> str:
@@ -142,29 +156,49 @@ class Xvfb:
     def __init__(self, width: int = 640, height: int = 480) -> None:
         require_executable("Xvfb")
         self.size = (width, height)
+        self._painter: subprocess.Popen[bytes] | None = None
         read_fd, write_fd = os.pipe()
         self.proc = subprocess.Popen(
             ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
             pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         os.close(write_fd)
-        try:
-            ready, _, _ = select.select([read_fd], [], [], 20.0)
-            number = os.read(read_fd, 64).decode().strip() if ready else ""
+        data = b""
+        try:  # Xvfb writes "N\n" once it accepts connections; read up to the newline
+            deadline = time.monotonic() + 20.0
+            while not data.endswith(b"\n") and time.monotonic() < deadline:
+                ready, _, _ = select.select([read_fd], [], [], 0.1)
+                chunk = os.read(read_fd, 64) if ready else b""
+                if ready and not chunk:
+                    break
+                data += chunk
         finally:
             os.close(read_fd)
+        number = data.decode().strip()
         if not number.isdigit():
             kill_group(self.proc)
             raise RuntimeError("Xvfb did not report its display number")
         self.display = f":{number}"
 
     def fill(self, color: str) -> None:
-        """Paint the root window a solid colour (xsetroot, twice: the first may race the server)."""
-        xsetroot = require_executable("xsetroot")
-        for _ in range(2):
-            subprocess.run([xsetroot, "-display", self.display, "-solid", color], check=True, timeout=10)
+        """Cover the whole screen with one colour: a borderless xterm whose background and text are
+        that colour. (``xsetroot -solid`` changes nothing visible on Debian 12's Xvfb 21.1: the
+        root stays black in every grab, with mss and with FFmpeg's x11grab alike.) The window maps
+        within a moment; callers poll for the colour."""
+        xterm = require_executable("xterm")
+        previous = self._painter
+        self._painter = subprocess.Popen(
+            [xterm, "-display", self.display, "-bg", color, "-fg", color, "-geometry", "500x300+0+0",
+             "-bw", "0", "-b", "0", "-e", "sleep", "3600"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        if previous is not None:
+            time.sleep(0.3)  # let the new window map before the old one goes
+            stop_group(previous)
 
     def close(self) -> None:
-        kill_group(self.proc)
+        if self._painter is not None:
+            stop_group(self._painter)
+            self._painter = None
+        stop_group(self.proc)  # a clean exit removes /tmp/.X11-unix/XN and /tmp/.XN-lock
 
     def __enter__(self) -> Xvfb:
         return self

@@ -125,10 +125,17 @@ def make_video(out: Path, *, width: int = 640, height: int = 360, fps: float = 3
         raise ValueError(f"size {width}x{height}: width and height must be even (yuv420p)")
     count = max(1, round(seconds * fps))
     rate = Fraction(fps).limit_denominator(1001)
+    try:
+        is_video = av.Codec(codec, "w").type == "video"
+    except av.codec.codec.UnknownCodecError:
+        is_video = False
+    if not is_video:
+        raise ValueError(f"codec {codec!r} is not a video encoder this PyAV build has")
     images = load_photos(photos)
     out.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(out), mode="w") as container:
         stream = container.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
         if codec == "libx264":

@@ -1,0 +1,465 @@
+"""The capture process: read one source, stamp frames with stream time, write them into its ring.
+
+:class:`Capture` is the I/O loop (usable in-process, which is how the tests drive it); :func:`capture_main`
+is the process entry the supervisor spawns. States (published on every change, and about once a
+second with counters)::
+
+    connecting ──first frame──► live ──drop / error / stall──► lost ──backoff──► connecting ...
+        │                        │
+        └── file over, fatal first open, given up ──────────────────────────────► ended
+
+* A **file** that ends -> ``ended`` (``SourceOptions.loop`` replays it as if live instead). A file
+  that cannot be opened (missing, not a video, no decoder) -> ``ended`` with ``error``.
+* A **live** source (network, webcam, screen) that ends, errors or stalls -> ``lost``, then reconnects
+  with capped exponential backoff (``backoff_initial`` doubling to ``backoff_max``; reset once a
+  connection delivered frames), forever unless ``max_reconnects``. PyAV sees a killed RTSP server as a
+  plain end of stream, so for a live source the end *is* a drop. A connection refused is ``lost``
+  too (the camera may come back); only an :class:`~stream.errors.UnsupportedSource` on the *first*
+  attempt (bad scheme, no decoder) is fatal.
+* **Stall watchdog**: a hung server (SIGSTOP, a cut cable) blocks inside PyAV until its read timeout
+  fires, about twice ``read_timeout`` later. The reader therefore runs in its own thread; this loop
+  watches it and declares ``lost`` when no frame arrived for ``stall_timeout`` seconds (default: the
+  read timeout), abandons that reader (its late frames are discarded) and reconnects. The abandoned
+  thread ends when PyAV's own timeout fires.
+
+**Stream time.** The ring's ``pts`` is seconds since the source's first frame, monotonic across
+reconnects: within a connection it follows the source's pts; on a reconnect (a camera restarts its
+pts at 0, or at any value) it continues from the last stream time plus the wall-clock gap. For live
+sources a pts jump of more than ``max_jump`` seconds beyond the wall-clock gap, or any step backwards,
+is re-anchored the same way (see :class:`StreamClock`). ``wall`` is time.time() at decode.
+
+**Counters.** ``frames`` written to the ring; ``fps`` over the last status interval; ``decode_errors``
+(corrupt packets skipped, over all connections); ``reconnects`` (attempts after a loss); ``drops``
+(frames decoded but not written: too large for a slot, or a lossless ring whose reader never made room).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing.synchronize
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import zmq
+
+from .bus import Publisher
+from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
+from .messages import StreamState, capture_status
+from .sources import SourceOptions, SourceSpec, VideoFrame, VideoSource, open_source, parse_source
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.05  # how often the watchdog looks at the reader thread
+LOSSLESS_WAIT_S = 0.1  # a lossless write waits this long for readers before re-checking for a stop
+ABANDON_JOIN_S = 1.0  # how long a stop waits for the reader to leave cleanly
+_EPS = 1e-6
+
+
+# The states are the bus schema's (connecting, live, lost, ended): one definition for both sides.
+CaptureState = StreamState
+
+
+@dataclass
+class CaptureStats:
+    frames: int = 0
+    fps: float = 0.0
+    decode_errors: int = 0
+    reconnects: int = 0
+    drops: int = 0
+    width: int = 0
+    height: int = 0
+
+
+class FrameWriter(Protocol):
+    """What capture needs of a ring (``stream.ring.FrameRing`` is the real one). ``write`` returns the
+    frame's seq, or -1 when a lossless ring had no room within ``timeout``."""
+
+    @property
+    def lossless(self) -> bool: ...
+
+    def write(self, image: np.ndarray, pts: float, wall: float, *, timeout: float | None = None) -> int: ...
+
+    def mark_ended(self) -> None: ...
+
+
+class StreamClock:
+    """Maps source pts to stream time: 0 at the first frame, strictly increasing, continuous across
+    reconnects. Pure logic; call :meth:`new_segment` before the first frame of each new connection.
+
+    ``max_jump`` (seconds, None = trust the source) bounds how far the source's pts may run ahead of
+    the wall clock between two frames before it counts as a discontinuity. Use None for files, whose
+    pts legitimately outrun the wall clock when decoding faster than real time.
+    """
+
+    def __init__(self, max_jump: float | None = 10.0) -> None:
+        self.max_jump = max_jump
+        self._last_t: float | None = None
+        self._last_wall = 0.0
+        self._anchor: tuple[float, float] | None = None  # (source pts, stream time) of the segment
+
+    @property
+    def last(self) -> float | None:
+        return self._last_t
+
+    def new_segment(self) -> None:
+        self._anchor = None
+
+    def __call__(self, pts: float | None, wall: float) -> float:
+        t: float | None = None
+        if self._last_t is None:
+            t = 0.0
+        elif self._anchor is not None and pts is not None:
+            t = self._anchor[1] + (pts - self._anchor[0])
+            gap = wall - self._last_wall
+            if t <= self._last_t or (self.max_jump is not None and (t - self._last_t) - gap > self.max_jump):
+                t = None  # backwards, repeated, or a jump: a discontinuity
+        if t is None:
+            t = self._continue(wall)
+            self._anchor = None
+        if self._anchor is None and pts is not None:
+            self._anchor = (pts, t)
+        self._last_t, self._last_wall = t, wall
+        return t
+
+    def _continue(self, wall: float) -> float:
+        assert self._last_t is not None
+        return self._last_t + max(wall - self._last_wall, _EPS)
+
+
+@dataclass
+class _Attempt:
+    """What one connection's reader thread reports back to the watchdog."""
+
+    generation: int
+    started: float
+    opened: bool = False
+    finished: bool = False  # the iterator ended by itself
+    finite: bool = False
+    error: SourceError | None = None
+    crash: BaseException | None = None  # a bug: re-raised by the watchdog
+    frames: int = 0
+    last_frame: float = 0.0
+    decode_errors: int = 0
+
+
+class Capture:
+    """Runs one source into one ring until the source ends, a fatal error, or ``stop``.
+
+    ``on_status`` receives every status message (see the module doc and :meth:`status`); it is
+    called from the thread that called :meth:`run`, never from the reader thread.
+    """
+
+    def __init__(self, name: str, spec: SourceSpec, ring: FrameWriter, *,
+                 options: SourceOptions | None = None,
+                 on_status: Callable[[dict[str, Any]], None] | None = None,
+                 backoff_initial: float = 0.5, backoff_max: float = 10.0, max_reconnects: int | None = None,
+                 stall_timeout: float | None = None, status_interval: float = 1.0,
+                 opener: Callable[[SourceSpec, SourceOptions], VideoSource] = open_source) -> None:
+        self.name = name
+        self.spec = spec
+        self.options = options or SourceOptions()
+        self._ring = ring
+        self._lossless = bool(getattr(ring, "lossless", False))
+        self._on_status = on_status
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.max_reconnects = max_reconnects
+        default_stall = self.options.read_timeout
+        if spec.kind == "screen":
+            default_stall = max(default_stall, 3.0 / self.options.fps_hint)
+        self.stall_timeout = stall_timeout if stall_timeout is not None else default_stall
+        self.status_interval = status_interval
+        self._opener = opener
+        self.state = CaptureState.CONNECTING
+        self.error: str | None = None
+        self.stats = CaptureStats()
+        self._clock = StreamClock(max_jump=10.0 if spec.live else None)
+        self._lock = threading.Lock()
+        self._active: int | None = None  # generation whose frames are accepted
+        self._generation = 0
+        self._errors_done = 0  # decode errors of finished connections
+        self._attempt: _Attempt | None = None
+        self._last_status = 0.0
+        self._fps_mark = (0.0, 0)  # (monotonic, frames) at the last fps measurement
+        self._logged_drop = False
+
+    # -- the watchdog loop -----------------------------------------------------------------------
+    def run(self, stop: threading.Event | multiprocessing.synchronize.Event) -> CaptureState:
+        """Capture until the source ends or ``stop`` is set; returns the final state (``ended`` after
+        a stop too). ``self.error`` then holds the reason if it ended because of an error."""
+        backoff = self.backoff_initial
+        first = True
+        self._fps_mark = (time.monotonic(), 0)
+        self._set_state(CaptureState.CONNECTING)
+        try:
+            while not stop.is_set():
+                attempt = self._run_attempt(stop)
+                if attempt is None:  # stopped
+                    break
+                if self._finished(attempt, first):
+                    break
+                first = False
+                if self.max_reconnects is not None and self.stats.reconnects >= self.max_reconnects:
+                    self._end(f"gave up after {self.stats.reconnects} reconnects; last error: {self.error}")
+                    break
+                if attempt.frames:
+                    backoff = self.backoff_initial
+                log.info("%s: lost (%s); reconnecting in %.1f s", self.name, self.error, backoff)
+                if self._wait(stop, backoff):
+                    break
+                backoff = min(backoff * 2.0, self.backoff_max)
+                self.stats.reconnects += 1
+                self._set_state(CaptureState.CONNECTING)
+        finally:
+            self._abandon()
+        if self.state != CaptureState.ENDED:
+            self.state = CaptureState.ENDED
+            self._publish()
+        return self.state
+
+    def _finished(self, attempt: _Attempt, first: bool) -> bool:
+        """Decide after a connection ended: True = state ended (stop), False = lost (reconnect)."""
+        error = attempt.error
+        if attempt.finished and (attempt.finite or not self.spec.live):
+            self._end(None)
+            return True
+        if not self.spec.live:
+            self._end(str(error) if error else f"{self.spec.label}: stopped delivering frames")
+            return True
+        if first and isinstance(error, (UnsupportedSource, SourceNotFound)):
+            self._end(str(error))
+            return True
+        if error is None:
+            label = f"{self.spec.kind} source {self.spec.label!r}"
+            error = SourceError(f"{label}: stream ended (connection dropped)")
+        self.error = str(error)
+        self._set_state(CaptureState.LOST)
+        return False
+
+    def _run_attempt(self, stop: threading.Event | multiprocessing.synchronize.Event) -> _Attempt | None:
+        """Start a reader thread for one connection and watch it; None if ``stop`` was set."""
+        with self._lock:
+            self._generation += 1
+            attempt = _Attempt(self._generation, time.monotonic())
+            self._attempt = attempt
+            self._active = attempt.generation
+            self._clock.new_segment()
+        reader = threading.Thread(target=self._read, args=(attempt,), name=f"capture-{self.name}",
+                                  daemon=True)
+        reader.start()
+        while True:
+            reader.join(POLL_S)
+            now = time.monotonic()
+            if attempt.crash is not None:
+                self._abandon()
+                raise attempt.crash
+            if attempt.frames and self.state != CaptureState.LIVE:
+                self.error = None
+                self._set_state(CaptureState.LIVE)
+            if not reader.is_alive():
+                self._abandon()
+                return attempt
+            if stop.is_set():
+                self._abandon()
+                reader.join(ABANDON_JOIN_S)
+                return None
+            stalled = self._stalled(attempt, now)
+            if stalled is not None:
+                self._abandon()
+                attempt.error = SourceTimeout(stalled)
+                return attempt
+            if now - self._last_status >= self.status_interval:
+                self._publish()
+
+    def _stalled(self, attempt: _Attempt, now: float) -> str | None:
+        if not self.spec.live:
+            return None  # a local file cannot hang like a network; real-time pacing sleeps on purpose
+        label = f"{self.spec.kind} source {self.spec.label!r}"
+        if attempt.frames and now - attempt.last_frame > self.stall_timeout:
+            return f"{label}: no frame for {now - attempt.last_frame:.1f} s (stalled)"
+        limit = self.options.open_timeout + self.stall_timeout
+        if not attempt.frames and now - attempt.started > limit:
+            return f"{label}: no frame within {limit:.1f} s of connecting"
+        return None
+
+    def _abandon(self) -> None:
+        """Stop accepting frames from the current reader (it may still be blocked in PyAV)."""
+        with self._lock:
+            self._active = None
+            attempt = self._attempt
+            if attempt is not None:
+                self._errors_done += attempt.decode_errors
+                self._attempt = None
+
+    def _wait(self, stop: threading.Event | multiprocessing.synchronize.Event, seconds: float) -> bool:
+        """Sleep ``seconds`` (sending status on time); True if ``stop`` was set meanwhile."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return stop.is_set()
+            if stop.wait(min(remaining, self.status_interval)):
+                return True
+            if time.monotonic() - self._last_status >= self.status_interval:
+                self._publish()
+
+    def _end(self, error: str | None) -> None:
+        self.error = error
+        if error:
+            log.error("%s: %s", self.name, error)
+        with self._lock:
+            self._ring.mark_ended()
+        self._set_state(CaptureState.ENDED)
+
+    # -- the reader thread -----------------------------------------------------------------------
+    def _read(self, attempt: _Attempt) -> None:
+        source: VideoSource | None = None
+        try:
+            with self._opener(self.spec, self.options) as source:
+                attempt.opened = True
+                attempt.finite = source.finite
+                for frame in source:
+                    if not self._emit(attempt, frame, source.decode_errors):
+                        return
+                self._count_errors(attempt, source.decode_errors)
+            attempt.finished = True
+        except SourceError as exc:
+            if source is not None:
+                self._count_errors(attempt, source.decode_errors)
+            attempt.error = exc
+        except Exception as exc:  # a bug in a source: hand it to the watchdog thread, which re-raises
+            attempt.crash = exc
+
+    def _count_errors(self, attempt: _Attempt, decode_errors: int) -> None:
+        with self._lock:
+            if self._active == attempt.generation:
+                attempt.decode_errors = decode_errors
+
+    def _emit(self, attempt: _Attempt, frame: VideoFrame, decode_errors: int) -> bool:
+        """Write one frame into the ring; False when this reader has been abandoned.
+
+        The lock makes "still the active reader?" and the write one step, so an abandoned reader
+        never writes (and never touches a ring being closed). A lossless ring without room is
+        retried in short waits with the lock released, so a stop is never held up by a slow reader.
+        """
+        t: float | None = None
+        while True:
+            with self._lock:
+                if self._active != attempt.generation:
+                    return False
+                attempt.decode_errors = decode_errors
+                if t is None:
+                    t = self._clock(frame.pts, frame.wall)
+                try:
+                    seq = self._ring.write(frame.image, t, frame.wall,
+                                           timeout=LOSSLESS_WAIT_S if self._lossless else None)
+                except RingError as exc:
+                    self.stats.drops += 1
+                    if not self._logged_drop:
+                        self._logged_drop = True
+                        log.warning("%s: frame dropped: %s", self.name, exc)
+                    return True
+                attempt.last_frame = time.monotonic()  # waiting on readers is not a stalled source
+                if seq >= 0:
+                    attempt.frames += 1
+                    self.stats.frames += 1
+                    self.stats.height, self.stats.width = frame.image.shape[:2]
+                    return True
+
+    # -- status ----------------------------------------------------------------------------------
+    def _set_state(self, state: CaptureState) -> None:
+        if state != self.state:
+            log.info("%s: %s -> %s", self.name, self.state.value, state.value)
+        self.state = state
+        self._publish()
+
+    def status(self) -> dict[str, Any]:
+        """The ``capture_status`` message for now (also refreshes ``stats.fps``)."""
+        now = time.monotonic()
+        with self._lock:
+            attempt = self._attempt
+            self.stats.decode_errors = self._errors_done + (attempt.decode_errors if attempt else 0)
+            frames = self.stats.frames
+        mark_time, mark_frames = self._fps_mark
+        if now - mark_time >= 0.5 * self.status_interval:
+            self.stats.fps = round((frames - mark_frames) / (now - mark_time), 2)
+            self._fps_mark = (now, frames)
+        if self.state != CaptureState.LIVE and not (attempt and attempt.frames):
+            self.stats.fps = 0.0
+        return capture_status(stream=self.name, state=self.state, **asdict(self.stats), error=self.error,
+                              wall=time.time())
+
+    def _publish(self) -> None:
+        self._last_status = time.monotonic()
+        message = self.status()
+        if self._on_status is not None:
+            self._on_status(message)
+
+
+def _install_signal_handlers(stop_event: Any) -> None:
+    """SIGTERM/SIGINT set ``stop_event`` (clean stop). A signal already ignored (the supervisor's
+    children ignore SIGINT on purpose, see ``stream.process``) stays ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue
+        signal.signal(signum, lambda _sig, _frame: stop_event.set())
+
+
+def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | None, options: SourceOptions,
+                 stop_event: Any, *, backoff_initial: float = 0.5, backoff_max: float = 10.0,
+                 max_reconnects: int | None = None, stall_timeout: float | None = None) -> int:
+    """Process entry: capture ``source`` into the ring ``ring_name`` (created by the supervisor).
+
+    Exit code 0 after a clean stop or a source that ended normally; 1 when it ended because of an
+    error (cannot be opened, gave up reconnecting), which the status message's ``error`` explains.
+    """
+    from .ring import FrameRing  # imported here so the capture loop itself does not need the ring
+
+    _install_signal_handlers(stop_event)
+    publisher = Publisher(status_endpoint) if status_endpoint else None
+    if publisher is not None:
+        publisher.wait_for_subscriber(1.0)
+
+    def send(message: dict[str, Any]) -> None:
+        if publisher is None:
+            return
+        try:
+            publisher.send(message)
+        except zmq.ZMQError as exc:
+            log.warning("%s: status not sent: %s", name, exc)
+
+    def fail(error: str) -> int:
+        log.error("%s: %s", name, error)
+        send(capture_status(stream=name, state=CaptureState.ENDED, **asdict(CaptureStats()), error=error,
+                            wall=time.time()))
+        return 1
+
+    try:
+        try:
+            spec = parse_source(source)
+        except UnsupportedSource as exc:
+            return fail(str(exc))
+        try:
+            ring = FrameRing.attach(ring_name)
+        except RingError as exc:
+            return fail(f"ring {ring_name!r}: {exc}")
+        try:
+            capture = Capture(name, spec, ring, options=options, on_status=send,
+                              backoff_initial=backoff_initial, backoff_max=backoff_max,
+                              max_reconnects=max_reconnects, stall_timeout=stall_timeout)
+            capture.run(stop_event)
+        finally:
+            ring.close()
+        if capture.error is not None and not stop_event.is_set():
+            return 1
+        return 0
+    finally:
+        if publisher is not None:
+            publisher.close()
