@@ -5,13 +5,18 @@
 * ``/healthz``: JSON health figures (never needs the token: load balancers and supervisors poll it).
 
 Fan-out never waits for a client. A message goes straight into a client's socket buffer while that
-buffer is short (``write_buffer`` bytes); otherwise into the client's :class:`~stream.fanout.ClientQueue`
+buffer is short (``write_buffer`` bytes, beyond a kernel send buffer fixed at ``send_buffer``) and
+nothing is queued for it; otherwise into the client's
+:class:`~stream.fanout.ClientQueue`
 (``client_queue`` messages), which a per-client writer task drains with backpressure. A full queue
 drops its oldest message and the client is told how many it lost (a ``dropped`` message right before
 the next one it gets); a client whose queue stays overflowing for ``slow_client_timeout`` seconds is
 closed with code 4000 ("too slow"). So a slow or stuck client costs bounded memory and never delays
 the bus reader or the other clients. Permessage-deflate is off: compressing every message once per
-client costs more CPU than captions save in bandwidth.
+client costs more CPU than captions save in bandwidth. Without it, and since server frames are not
+masked, a message's frame is the same bytes for every client: the direct path serializes it once
+(with websockets' own ``Frame``) and writes those bytes to each client, the cost that dominates a
+fan-out to a thousand clients. Queued messages go through ``connection.send()`` as usual.
 
 Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as a child process
 (:func:`gateway_main`, picklable for ``multiprocessing`` "spawn").
@@ -29,6 +34,7 @@ import logging
 import mimetypes
 import os
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -37,9 +43,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -97,6 +104,7 @@ class Gateway:
         client_queue: int = 256,
         replay: int = 100,
         write_buffer: int = 64 * 1024,
+        send_buffer: int | None = 256 * 1024,
         slow_client_timeout: float = 30.0,
         max_clients: int = 10_000,
         status_interval: float = 1.0,
@@ -114,6 +122,18 @@ class Gateway:
         ping_timeout: float | None = 20.0,
         max_streams: int = 256,
     ) -> None:
+        for name, value, low in (("client_queue", client_queue, 1), ("replay", replay, 0),
+                                 ("write_buffer", write_buffer, 0), ("max_clients", max_clients, 1),
+                                 ("max_message_bytes", max_message_bytes, 1), ("max_errors", max_errors, 1),
+                                 ("asks_per_client", asks_per_client, 1), ("max_pending_asks", max_pending_asks, 1),
+                                 ("max_streams", max_streams, 1), ("send_buffer", send_buffer or 1, 1)):
+            if value < low:
+                raise ValueError(f"gateway option {name} must be at least {low}, got {value}")
+        for name, seconds in (("slow_client_timeout", slow_client_timeout), ("status_interval", status_interval),
+                              ("error_window", error_window), ("ask_timeout", ask_timeout),
+                              ("close_timeout", close_timeout)):
+            if not seconds > 0:
+                raise ValueError(f"gateway option {name} must be a positive number of seconds, got {seconds}")
         self.host = host
         self.port = port
         self._token = token or ""
@@ -122,6 +142,7 @@ class Gateway:
         self._asks_endpoint = asks_endpoint
         self._client_queue = client_queue
         self._write_buffer = write_buffer
+        self._send_buffer = send_buffer
         self._slow_client_timeout = slow_client_timeout
         self._max_clients = max_clients
         self._status_interval = status_interval
@@ -143,6 +164,7 @@ class Gateway:
         self._ask_sender: AskSender | None = None
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
         self._redactor: _RedactToken | None = None
         self._started_at = 0.0
         self._last_status = 0.0
@@ -181,8 +203,7 @@ class Gateway:
             raise
         self.port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._last_status = time.monotonic()
-        self._spawn(self._read_bus())
-        self._spawn(self._tick())
+        self._loops = [self._spawn(self._read_bus()), self._spawn(self._tick())]
         log.info("gateway listening on http://%s:%d/ (websockets at %s, auth %s)", self.host, self.port,
                  WS_PATH, "on" if self._token else "off")
 
@@ -192,12 +213,11 @@ class Gateway:
             return
         server, self._server = self._server, None
         server.close(close_connections=False)
-        for task in list(self._tasks):
+        for task in self._loops:
             task.cancel()
-        closers = [self._close(client, CloseCode.GOING_AWAY, "server shutting down")
-                   for client in list(self._clients.values())]
-        if closers:
-            await asyncio.gather(*closers)
+        for client in list(self._clients.values()):
+            self._close_soon(client, CloseCode.GOING_AWAY, "server shutting down")
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # every close ends within close_timeout
         try:
             async with asyncio.timeout(self._close_timeout + 2.0):
                 await server.wait_closed()
@@ -207,7 +227,6 @@ class Gateway:
                 conn.transport.abort()
         if self._status_handle is not None:
             self._status_handle.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._close_bus()
         if self._redactor is not None:
             _ws_log.removeFilter(self._redactor)
@@ -228,10 +247,11 @@ class Gateway:
             self._ask_sender.close()
             self._ask_sender = None
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     @property
     def clients(self) -> int:
@@ -246,6 +266,9 @@ class Gateway:
             "last_message_wall": self._last_bus_wall,
             "last_message_age_s": None if self._last_bus_wall is None else round(now - self._last_bus_wall, 3),
             "pending_asks": len(self._asks),
+            # Clients with messages waiting in their queue (their socket buffer is full) and those messages.
+            "clients_behind": sum(1 for c in self._clients.values() if c.queue),
+            "queued_messages": sum(len(c.queue) for c in self._clients.values()),
             **self.stats,
         }
 
@@ -317,6 +340,12 @@ class Gateway:
     # -- websocket clients -----------------------------------------------------------------------
     async def _handle(self, conn: ServerConnection) -> None:
         client = _Client(next(self._numbers), conn, self._client_queue, self._max_errors)
+        if self._send_buffer is not None:
+            # A fixed kernel send buffer (no autotuning up to 4 MiB per socket) bounds what a stuck
+            # client pins in the kernel, and lets its backpressure reach the queue policy sooner.
+            sock = conn.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         self._clients[client.number] = client
         writer = asyncio.get_running_loop().create_task(self._writer(client))
         log.debug("client #%d connected from %s", client.number, conn.remote_address)
@@ -405,14 +434,14 @@ class Gateway:
         if client.closing:
             return
         if self._writable_now(client):
-            broadcast([client.conn], data, text=True)
+            client.conn.transport.write(_text_frame(data))
         else:
             self._enqueue(client, data, time.monotonic())
 
     def _fanout(self, data: bytes, stream: str | None, *, thumbnail: bool = False) -> None:
         """Give ``data`` to every subscribed client that wants ``stream`` (None: all of them)."""
         now = time.monotonic()
-        direct: list[ServerConnection] = []
+        frame: bytes | None = None
         for client in self._clients.values():
             sub = client.subscription
             if sub is None or client.closing:
@@ -422,17 +451,20 @@ class Gateway:
             if thumbnail and not sub.thumbnails:
                 continue
             if self._writable_now(client):
-                direct.append(client.conn)
+                if frame is None:
+                    frame = _text_frame(data)
+                client.conn.transport.write(frame)
             else:
                 self._enqueue(client, data, now)
-        if direct:
-            broadcast(direct, data, text=True)
 
     def _writable_now(self, client: _Client) -> bool:
         """True when nothing is waiting for this client and its socket buffer has room: the message
-        can be written at once, in order, without a task switch."""
+        can be written at once, in order, without a task switch. (websockets writes whole frames
+        from this same thread, and this gateway never sends fragmented messages, so a frame written
+        here cannot interleave with one of its own.)"""
         conn = client.conn
         return (not client.queue and not client.sending and conn.protocol.state is State.OPEN
+                and conn.send_in_progress is None and not conn.transport.is_closing()
                 and conn.transport.get_write_buffer_size() <= self._write_buffer)
 
     def _enqueue(self, client: _Client, data: bytes, now: float) -> None:
@@ -443,26 +475,26 @@ class Gateway:
 
     def _check_slow(self, client: _Client, now: float) -> None:
         behind = client.queue.behind_for(now)
-        if behind > self._slow_client_timeout and not client.closing:
+        if behind > self._slow_client_timeout and self._close_soon(
+                client, CloseCode.TOO_SLOW,
+                f"too slow: dropping messages for {behind:.0f} s ({client.queue.dropped_total} dropped)"):
             self.stats["slow_clients_closed"] += 1
-            self._close_soon(client, CloseCode.TOO_SLOW,
-                             f"too slow: dropping messages for {behind:.0f} s "
-                             f"({client.queue.dropped_total} dropped)")
 
-    def _close_soon(self, client: _Client, code: int, reason: str) -> None:
-        if not client.closing:
-            self._spawn(self._close(client, code, reason))
-
-    async def _close(self, client: _Client, code: int, reason: str) -> None:
-        """Close with ``code``; a client that does not complete the handshake in time is aborted
-        (``close()`` alone would wait forever for a client that stopped reading)."""
+    def _close_soon(self, client: _Client, code: int, reason: str) -> bool:
+        """Start closing ``client`` (once: False if it already is); nothing more is sent to it."""
         if client.closing:
-            return
+            return False
         client.closing = True
         if code != CloseCode.GOING_AWAY:
             log.info("closing client #%d (code %d): %s", client.number, code, reason)
         while client.queue.pop() is not None:  # free its memory now
             pass
+        self._spawn(self._close(client, code, reason))
+        return True
+
+    async def _close(self, client: _Client, code: int, reason: str) -> None:
+        """Close with ``code``; a client that does not complete the handshake in time is aborted
+        (``close()`` alone would wait forever for a client that stopped reading)."""
         try:
             async with asyncio.timeout(self._close_timeout):
                 await client.conn.close(code, reason)
@@ -567,6 +599,11 @@ class Gateway:
             self._send(client, messages.error(
                 ErrorCode.ASK_TIMEOUT, f"no answer within {self._asks.timeout:g} s; the inference process "
                 "may be busy or down", id=pending.request_id))
+
+
+def _text_frame(data: bytes) -> bytes:
+    """The wire bytes of a server text message (unmasked, no extensions: the same for every client)."""
+    return Frame(Opcode.TEXT, data).serialize(mask=False)
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,

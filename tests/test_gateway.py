@@ -760,3 +760,10 @@ def test_gateway_main_says_when_it_cannot_listen(run: RunPaths) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert gateway_main([], None, port=port, stop_event=threading.Event()) == 2
+
+
+def test_nonsensical_options_are_refused_with_their_name() -> None:
+    with pytest.raises(ValueError, match="client_queue"):
+        Gateway(client_queue=0)
+    with pytest.raises(ValueError, match="ask_timeout"):
+        Gateway(ask_timeout=0)
