@@ -384,8 +384,9 @@ def test_sigkilled_run_leaves_a_segment_that_remove_stale_rings_removes(run_id: 
 @pytest.mark.slow
 def test_bench_ring_runs_and_ends_with_its_json_figures() -> None:
     """The benchmark tool itself (tiny frames, short runs): it must keep working, not be fast here."""
-    bench = subprocess.run([sys.executable, "tools/bench_ring.py", "--seconds", "0.3", "--height", "72",
-                            "--width", "128"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    bench = subprocess.run([sys.executable, "tools/bench_ring.py", "--seconds", "0.3", "--rounds", "1",
+                            "--height", "72", "--width", "128"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert bench.returncode == 0, bench.stderr
     figures = json.loads(bench.stdout.strip().splitlines()[-1])
     assert figures["ring_fps"] > 0 and figures["queue_fps"] > 0 and figures["memcpy_fps"] > 0
