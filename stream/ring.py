@@ -5,7 +5,7 @@ Layout of one POSIX shared-memory segment (all integers little-endian int64)::
     0      global header: magic, version, geometry, creator pid + start time, head seq, ended flag
     256    reader table: MAX_READERS x (pid, start time, cursor, spare), the lossless-mode cursors
     1024   slot headers: slots x 64 bytes (state, height, width, pts, wall)
-    4096k  slot data: slots x round_up(max_height * max_width * 3, 4096), page aligned
+    4096*n slot data: slots x round_up(max_height * max_width * 3, 4096), page aligned
 
 Frame ``seq`` lives in slot ``seq % slots``. Each slot's ``state`` is a seqlock that also names the
 frame: ``2*seq + 1`` while the writer copies frame ``seq`` in, ``2*seq + 2`` once it is complete. A reader
@@ -27,13 +27,21 @@ Modes:
   real time loses nothing before the inference process attaches). A reader process that died is
   unregistered by the waiting writer, so a crash never blocks capture forever.
 
+Use: a writer calls :meth:`FrameRing.write` per frame (in lossless mode with a short ``timeout`` in a
+loop that checks its stop flag: -1 means nothing was written yet). A live reader takes
+:meth:`~FrameRing.latest` or everything it has not seen with :meth:`~FrameRing.since`; a reader that
+needs only some frames (the sampler keeps 1 in 30) reads :meth:`~FrameRing.info` for each and
+:meth:`~FrameRing.read` for those it keeps. A lossless reader registers, reads ``last + 1``, releases
+it, waits with :meth:`~FrameRing.wait_for`, and stops once :attr:`~FrameRing.ended` and drained.
+
 Lifetime: the creator (the supervisor) owns the name: it ``unlink``-s it on clean shutdown (leaving a
 ``with`` block does). ``attach`` never registers the segment with ``multiprocessing``'s
 resource_tracker, on any Python version: on 3.11 ``SharedMemory`` registers every attach in a tracker
 that spawned children share, and its set-based bookkeeping unlinks segments still in use or prints
-KeyErrors (bpo-38119). We call the same POSIX primitives ``SharedMemory`` uses, without the tracker
-(what ``track=False`` does on 3.13+). A run killed with SIGKILL leaves its segments behind;
-:func:`remove_stale_rings` removes those whose creator process is gone, at the next start.
+KeyErrors (CPython gh-82300, bpo-38119). We call the same POSIX primitives ``SharedMemory`` uses,
+without the tracker (what ``track=False`` does on 3.13+). A run killed with SIGKILL leaves its
+segments behind; :func:`remove_stale_rings` removes those whose creator process is gone, at the next
+start.
 """
 
 from __future__ import annotations
