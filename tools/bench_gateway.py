@@ -248,10 +248,12 @@ def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, a
                 break
             publish(time.monotonic() + 1.0, measure=False)
         fill_s = time.monotonic() - fill_started
+        load_before = os.getloadavg()[0]
         cpu0, wall0 = _cpu_seconds(gateway_pid), time.monotonic()
         sent = publish(wall0 + args.duration, measure=True)
         cpu1, wall1 = _cpu_seconds(gateway_pid), time.monotonic()
         during = _health(port)
+        load_after = os.getloadavg()[0]
         time.sleep(1.0)  # let the last messages arrive
         after = _health(port)
         stop.set()
@@ -286,6 +288,8 @@ def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, a
         "p99_ms": round(_percentile(ms, 99), 2),
         "max_ms": round(max(ms), 2) if ms else None,
         "gateway_cpu_pct": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
+        # Gateway CPU per message per client: unlike latency, barely moved by other load on the machine.
+        "gateway_cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / (sent * args.clients), 2) if sent else None,
         "clients_cpu_pct": round(100 * sum(r["cpu_s"] / r["wall_s"] for r in reports), 1),
         "connect_s": round(connect_s, 2),
         "fill_s": round(fill_s, 1),
@@ -293,6 +297,8 @@ def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, a
         "queued_messages": during["queued_messages"],
         "gateway_dropped": after["dropped_messages"] - before["dropped_messages"],
         "gateway_slow_closed": after["slow_clients_closed"] - before["slow_clients_closed"],
+        # The 1-minute load average around the measurement: latency here includes waiting for a CPU.
+        "loadavg_1m": [round(load_before, 2), round(load_after, 2)],
     }
     return figures, seq
 
@@ -353,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         run.remove()
 
     header = ["phase", "readers", "msg/s", "delivered", "missed", "p50 ms", "p99 ms", "max ms", "gw CPU %",
-              "clients CPU %", "behind", "dropped", "closed"]
+              "gw us/delivery", "clients CPU %", "behind", "dropped", "closed", "load 1m"]
     rows = [[p["phase"], p["readers"], f"{p['rate_per_s']:g}", p["delivered"], p["missed_per_reader"],
-             p["p50_ms"], p["p99_ms"], p["max_ms"], p["gateway_cpu_pct"], p["clients_cpu_pct"],
-             p["clients_behind"], p["gateway_dropped"], p["gateway_slow_closed"]] for p in phases]
+             p["p50_ms"], p["p99_ms"], p["max_ms"], p["gateway_cpu_pct"], p["gateway_cpu_us_per_delivery"],
+             p["clients_cpu_pct"], p["clients_behind"], p["gateway_dropped"], p["gateway_slow_closed"],
+             "-".join(f"{x:.1f}" for x in p["loadavg_1m"])] for p in phases]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
     machine = _cpu_model()
     print(f"gateway fan-out: {args.clients} websocket clients in {args.procs} processes, captions of "
