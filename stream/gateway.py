@@ -344,8 +344,11 @@ class Gateway:
             # A fixed kernel send buffer (no autotuning up to 4 MiB per socket) bounds what a stuck
             # client pins in the kernel, and lets its backpressure reach the queue policy sooner.
             sock = conn.transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            try:
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+            except OSError as exc:  # the peer is already gone: the receive loop below notices
+                log.debug("client #%d: cannot set its send buffer: %s", client.number, exc)
         self._clients[client.number] = client
         writer = asyncio.get_running_loop().create_task(self._writer(client))
         log.debug("client #%d connected from %s", client.number, conn.remote_address)
