@@ -50,6 +50,7 @@ import zmq
 from .bus import Publisher
 from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
 from .messages import StreamState, capture_status
+from .ring import FrameRing
 from .sources import SourceOptions, SourceSpec, VideoFrame, VideoSource, open_source, parse_source
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,8 @@ class Capture:
     # -- the watchdog loop -----------------------------------------------------------------------
     def run(self, stop: threading.Event | multiprocessing.synchronize.Event) -> CaptureState:
         """Capture until the source ends or ``stop`` is set; returns the final state (``ended`` after
-        a stop too). ``self.error`` then holds the reason if it ended because of an error."""
+        a stop too). ``self.error`` then holds the reason if it ended because of an error (None
+        after a stop or a source that ended normally)."""
         backoff = self.backoff_initial
         first = True
         self._fps_mark = (time.monotonic(), 0)
@@ -217,8 +219,9 @@ class Capture:
                 self._set_state(CaptureState.CONNECTING)
         finally:
             self._abandon()
-        if self.state != CaptureState.ENDED:
+        if self.state != CaptureState.ENDED:  # stopped: a clean end, whatever the last loss was
             self.state = CaptureState.ENDED
+            self.error = None
             self._publish()
         return self.state
 
@@ -420,8 +423,6 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
     Exit code 0 after a clean stop or a source that ended normally; 1 when it ended because of an
     error (cannot be opened, gave up reconnecting), which the status message's ``error`` explains.
     """
-    from .ring import FrameRing  # imported here so the capture loop itself does not need the ring
-
     _install_signal_handlers(stop_event)
     publisher = Publisher(status_endpoint) if status_endpoint else None
     if publisher is not None:
@@ -457,9 +458,7 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
             capture.run(stop_event)
         finally:
             ring.close()
-        if capture.error is not None and not stop_event.is_set():
-            return 1
-        return 0
+        return 1 if capture.error is not None else 0
     finally:
         if publisher is not None:
             publisher.close()
