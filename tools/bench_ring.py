@@ -17,6 +17,10 @@ And the physical limit: one ``np.copyto`` of a 1080p frame into a preallocated a
 more frames than the last-level cache holds (the ring's frames are distinct, so they come from DRAM
 too); the cache-hot figure (same source and destination every time) is printed for reference.
 
+Rounds of all paths are interleaved and medians reported, and each path's CPU time per frame is
+printed too: on a shared machine other processes take CPUs away, which costs the ring (two busy
+processes) more than the one-thread memcpy; CPU per frame is what a path costs whatever the load.
+
 Every frame through the ring carries its seq in its first 8 bytes (its pool index through the Queue)
 and the reader checks it, so a wrong or torn frame would be counted. Prints a table, then one JSON
 line with the figures; exits 1 if any frame was wrong or a lossless one went missing.
@@ -65,14 +69,14 @@ def ring_writer(name: str, height: int, width: int, seconds: float, go: Any, out
     pool = make_pool(height, width)
     go.wait()
     count = 0
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     end = t0 + seconds
     while time.monotonic() < end:
         seq = ring.head_seq + 1
         if ring.write(stamp(pool[seq % POOL], seq), seq / 30, time.time(), timeout=1.0) >= 0:
             count += 1
     ring.mark_ended()
-    out.put(("writer", count, t0, time.monotonic()))
+    out.put(("writer", count, t0, time.monotonic(), time.process_time() - cpu0))
     ring.close()
 
 
@@ -80,6 +84,7 @@ def ring_reader(name: str, lossless: bool, ready: Any, out: Any) -> None:
     ring = FrameRing.attach(name)
     rid = ring.register_reader() if lossless else None
     ready.set()
+    cpu0 = time.process_time()
     got = bad = missed = 0
     last = -1
     t_first = t_last = 0.0
@@ -99,7 +104,7 @@ def ring_reader(name: str, lossless: bool, ready: Any, out: Any) -> None:
         if rid is not None:
             ring.release(rid, last)
         t_last = time.monotonic()
-    out.put(("reader", got, bad, missed, t_first, t_last))
+    out.put(("reader", got, bad, missed, t_first, t_last, time.process_time() - cpu0))
     ring.close()
 
 
@@ -109,17 +114,18 @@ def queue_writer(q: Any, height: int, width: int, seconds: float, go: Any, out: 
     pool = [stamp(frame, i) for i, frame in enumerate(make_pool(height, width))]
     go.wait()
     count = 0
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     end = t0 + seconds
     while time.monotonic() < end:
         q.put((count, pool[count % POOL]))
         count += 1
     q.put(None)
-    out.put(("writer", count, t0, time.monotonic()))
+    out.put(("writer", count, t0, time.monotonic(), time.process_time() - cpu0))
 
 
 def queue_reader(q: Any, ready: Any, out: Any) -> None:
     ready.set()
+    cpu0 = time.process_time()
     got = bad = 0
     t_last = 0.0
     while (item := q.get()) is not None:
@@ -127,7 +133,7 @@ def queue_reader(q: Any, ready: Any, out: Any) -> None:
         got += 1
         bad += stamp_of(image) != seq % POOL
         t_last = time.monotonic()
-    out.put(("reader", got, bad, 0, 0.0, t_last))
+    out.put(("reader", got, bad, 0, 0.0, t_last, time.process_time() - cpu0))
 
 
 # -- measurements ---------------------------------------------------------------------------------
@@ -144,11 +150,14 @@ def run_pair(ctx: Any, writer: Any, writer_args: tuple, reader: Any, reader_args
     results = {msg[0]: msg[1:] for msg in (out.get(timeout=120), out.get(timeout=120))}
     w.join(30)
     r.join(30)
-    written, t0, t_end_w = results["writer"]
-    got, bad, missed, _t_first, t_last = results["reader"]
+    written, t0, t_end_w, writer_cpu = results["writer"]
+    got, bad, missed, _t_first, t_last, reader_cpu = results["reader"]
     elapsed = t_last - t0
     return {"written": written, "delivered": got, "bad": bad, "missed": missed,
-            "writer_fps": written / (t_end_w - t0), "fps": got / elapsed, "seconds": elapsed}
+            "writer_fps": written / (t_end_w - t0), "fps": got / elapsed, "seconds": elapsed,
+            # CPU time per frame, whatever else runs on the machine: what the path costs.
+            "writer_cpu_ms": 1e3 * writer_cpu / max(written, 1),
+            "reader_cpu_ms": 1e3 * reader_cpu / max(got, 1)}
 
 
 def bench_ring(ctx: Any, height: int, width: int, slots: int, seconds: float,
@@ -163,19 +172,19 @@ def bench_queue(ctx: Any, height: int, width: int, slots: int, seconds: float) -
     return run_pair(ctx, queue_writer, (q, height, width, seconds), queue_reader, (q,))
 
 
-def bench_memcpy(height: int, width: int, seconds: float, hot: bool) -> float:
+def bench_memcpy(height: int, width: int, seconds: float, hot: bool) -> dict[str, float]:
     src = make_pool(height, width)[: 1 if hot else POOL]
     dst = [np.empty_like(src[0]) for _ in src]
     for s, d in zip(src, dst, strict=True):  # fault the pages in before timing
         np.copyto(d, s)
     count = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     end = t0 + seconds
     while time.perf_counter() < end:
         for s, d in zip(src, dst, strict=True):
             np.copyto(d, s)
         count += len(src)
-    return count / (time.perf_counter() - t0)
+    return {"fps": count / (time.perf_counter() - t0), "cpu_ms": 1e3 * (time.process_time() - cpu0) / count}
 
 
 def cpu_model() -> str:
@@ -189,10 +198,10 @@ def cpu_model() -> str:
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round with the median frames/s, plus the totals of frames that were wrong or missing."""
+    """The round with the median frames/s; frames that were wrong or missing are totalled over all."""
     chosen = dict(sorted(runs, key=lambda r: r["fps"])[len(runs) // 2])
-    chosen["bad"] = sum(r["bad"] for r in runs)
-    chosen["missed_total"] = sum(r["missed"] for r in runs)
+    chosen["bad"] = sum(r.get("bad", 0) for r in runs)
+    chosen["missed_total"] = sum(r.get("missed", 0) for r in runs)
     return chosen
 
 
@@ -210,39 +219,51 @@ def main() -> int:
     load_before = os.getloadavg()[0]
 
     # Interleaved rounds, so a burst of load from other processes hits every path alike.
-    runs: dict[str, list[Any]] = {"memcpy": [], "memcpy_hot": [], "lossless": [], "live": [], "queue": []}
+    paths = ("memcpy", "memcpy_hot", "lossless", "live", "queue")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
     for _ in range(args.rounds):
         runs["memcpy"].append(bench_memcpy(args.height, args.width, args.seconds, hot=False))
         runs["lossless"].append(bench_ring(ctx, args.height, args.width, args.slots, args.seconds, True))
         runs["live"].append(bench_ring(ctx, args.height, args.width, args.slots, args.seconds, False))
         runs["queue"].append(bench_queue(ctx, args.height, args.width, args.slots, args.seconds))
         runs["memcpy_hot"].append(bench_memcpy(args.height, args.width, args.seconds, hot=True))
-    memcpy_fps = sorted(runs["memcpy"])[args.rounds // 2]
-    memcpy_hot_fps = sorted(runs["memcpy_hot"])[args.rounds // 2]
-    lossless, live, queue = (median_run(runs[k]) for k in ("lossless", "live", "queue"))
+    memcpy, memcpy_hot, lossless, live, queue = (median_run(runs[k]) for k in paths)
+    memcpy_fps = memcpy["fps"]
 
     def gbps(fps: float) -> float:
         return fps * frame_bytes / 1e9
 
+    def cpu(res: dict[str, Any]) -> str:
+        if "cpu_ms" in res:
+            return f"{res['cpu_ms']:.2f}"
+        return f"{res['writer_cpu_ms']:.2f}+{res['reader_cpu_ms']:.2f}"
+
     rows = [
-        ("memcpy (np.copyto, DRAM)", memcpy_fps, None),
-        ("memcpy (np.copyto, cache-hot)", memcpy_hot_fps, None),
-        ("ring lossless (process->process)", lossless["fps"], lossless),
-        ("ring live (process->process)", live["fps"], live),
-        ("multiprocessing.Queue", queue["fps"], queue),
+        ("memcpy (np.copyto, DRAM)", memcpy),
+        ("memcpy (np.copyto, cache-hot)", memcpy_hot),
+        ("ring lossless (process->process)", lossless),
+        ("ring live (process->process)", live),
+        ("multiprocessing.Queue", queue),
     ]
     print(f"{args.width}x{args.height} RGB frames ({frame_bytes / 1e6:.1f} MB), ring of {args.slots} slots, "
           f"median of {args.rounds} interleaved rounds of {args.seconds:g} s; {cpu_model()}, "
           f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average {load_before:.1f} "
           "before (other processes compete for the CPUs: the ring needs two, memcpy one)")
-    header = ("path", "frames/s", "GB/s", "vs memcpy", "delivered", "missed", "bad")
-    print("{:34} {:>9} {:>6} {:>9} {:>9} {:>7} {:>4}".format(*header))
-    for label, fps, res in rows:
-        extra = (f"{res['delivered']:>9} {res['missed']:>7} {res['bad']:>4}" if res else "")
-        print(f"{label:34} {fps:9.1f} {gbps(fps):6.2f} {fps / memcpy_fps:9.0%} {extra}")
-    per_round = {k: [r["fps"] if isinstance(r, dict) else r for r in v] for k, v in runs.items()}
+    header = ("path", "frames/s", "GB/s", "vs memcpy", "CPU ms/frame", "delivered", "missed", "bad")
+    print("{:34} {:>9} {:>6} {:>9} {:>13} {:>9} {:>7} {:>4}".format(*header))
+    for label, res in rows:
+        extra = (f"{res['delivered']:>9} {res['missed']:>7} {res['bad']:>4}" if "delivered" in res else "")
+        fps = res["fps"]
+        print(f"{label:34} {fps:9.1f} {gbps(fps):6.2f} {fps / memcpy_fps:9.0%} {cpu(res):>13} {extra}")
     print("every round, frames/s: " + "; ".join(
-        f"{k} " + " ".join(f"{fps:.0f}" for fps in v) for k, v in per_round.items()))
+        f"{k} " + " ".join(f"{r['fps']:.0f}" for r in v) for k, v in runs.items()))
+    # What the CPU cost per frame implies with a free core each for the writer and the reader
+    # (a derived estimate for a loaded machine, not a measurement).
+    ideal_fps = 1e3 / max(lossless["writer_cpu_ms"], lossless["reader_cpu_ms"])
+    print(f"CPU per frame: ring writer {lossless['writer_cpu_ms']:.2f} ms, reader "
+          f"{lossless['reader_cpu_ms']:.2f} ms, memcpy {memcpy['cpu_ms']:.2f} ms: with a free core each "
+          f"the ring would reach ~{ideal_fps:.0f} frames/s "
+          f"({ideal_fps / (1e3 / memcpy['cpu_ms']):.0%} of memcpy; an estimate, not a measurement)")
     ratio_queue = lossless["fps"] / queue["fps"]
     ratio_memcpy = lossless["fps"] / memcpy_fps
     print(f"ring lossless = {ratio_queue:.1f}x the Queue (target >= 10x), "
@@ -257,7 +278,12 @@ def main() -> int:
         "ring_live_writer_fps": round(live["writer_fps"], 1), "ring_live_missed": live["missed"],
         "queue_fps": round(queue["fps"], 1), "queue_gbps": round(gbps(queue["fps"]), 2),
         "memcpy_fps": round(memcpy_fps, 1), "memcpy_gbps": round(gbps(memcpy_fps), 2),
-        "memcpy_hot_fps": round(memcpy_hot_fps, 1),
+        "memcpy_hot_fps": round(memcpy_hot["fps"], 1),
+        "ring_writer_cpu_ms": round(lossless["writer_cpu_ms"], 3),
+        "ring_reader_cpu_ms": round(lossless["reader_cpu_ms"], 3),
+        "queue_writer_cpu_ms": round(queue["writer_cpu_ms"], 3),
+        "queue_reader_cpu_ms": round(queue["reader_cpu_ms"], 3),
+        "memcpy_cpu_ms": round(memcpy["cpu_ms"], 3), "ring_fps_free_cores_estimate": round(ideal_fps, 1),
         "ring_vs_queue": round(ratio_queue, 2), "ring_vs_memcpy": round(ratio_memcpy, 3),
         "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
         "load_average_before": round(load_before, 2),
