@@ -332,7 +332,7 @@ def test_a_dead_reader_stops_holding_back_a_lossless_writer(run_id: str, start: 
         dead.join(10)
         t0 = time.monotonic()
         assert ring.write(frame_for(2), 0.0, 0.0, timeout=10) == 2
-        assert time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 < 5  # reaped within a few checks (every 0.25 s), not after the timeout
         assert f"pid {dead.pid}) died" in caplog.text
 
 
