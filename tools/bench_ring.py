@@ -9,10 +9,11 @@ in one run:
 
 * ring, lossless (the headline): every frame is delivered; the reader gets each as a private copy
   (``FrameRing.read``), i.e. one copy into shared memory and one copy out, as a real reader does;
-* ring, live: the writer never waits; the reader takes what is there (``since``), counting what it
-  missed;
+* ring, live: the writer never waits; the reader takes the oldest frame it has not seen that is
+  still there (``since``), counting what it missed;
 * ``multiprocessing.Queue`` (bounded like the ring) carrying the same frames (pickled, piped, unpickled).
 
+``ring.write`` and ``ring.read`` are also timed alone in one process: each side's cost next to memcpy.
 And the physical limit: one ``np.copyto`` of a 1080p frame into a preallocated array, cycling over
 more frames than the last-level cache holds (the ring's frames are distinct, so they come from DRAM
 too); the cache-hot figure (same source and destination every time) is printed for reference.
@@ -187,6 +188,26 @@ def bench_memcpy(height: int, width: int, seconds: float, hot: bool) -> dict[str
     return {"fps": count / (time.perf_counter() - t0), "cpu_ms": 1e3 * (time.process_time() - cpu0) / count}
 
 
+def bench_ring_op(height: int, width: int, seconds: float, op: str) -> dict[str, float]:
+    """``write`` or ``read`` alone, in this process: what one side of the ring costs next to memcpy."""
+    pool = make_pool(height, width)
+    name = ring_name(uuid.uuid4().hex, "bench-op")
+    with FrameRing.create(name, slots=POOL, max_height=height, max_width=width) as ring:
+        for frame in pool:
+            ring.write(frame, 0.0, 0.0)
+        count = 0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        while time.perf_counter() < t0 + seconds:
+            for i, frame in enumerate(pool):
+                if op == "write":
+                    ring.write(frame, 0.0, 0.0)
+                else:
+                    assert ring.read(ring.head_seq - i) is not None
+            count += len(pool)
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        return {"fps": count / elapsed, "cpu_ms": 1e3 * cpu / count}
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -219,15 +240,17 @@ def main() -> int:
     load_before = os.getloadavg()[0]
 
     # Interleaved rounds, so a burst of load from other processes hits every path alike.
-    paths = ("memcpy", "memcpy_hot", "lossless", "live", "queue")
+    paths = ("memcpy", "memcpy_hot", "write", "read", "lossless", "live", "queue")
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in paths}
     for _ in range(args.rounds):
         runs["memcpy"].append(bench_memcpy(args.height, args.width, args.seconds, hot=False))
+        runs["write"].append(bench_ring_op(args.height, args.width, args.seconds / 2, "write"))
+        runs["read"].append(bench_ring_op(args.height, args.width, args.seconds / 2, "read"))
         runs["lossless"].append(bench_ring(ctx, args.height, args.width, args.slots, args.seconds, True))
         runs["live"].append(bench_ring(ctx, args.height, args.width, args.slots, args.seconds, False))
         runs["queue"].append(bench_queue(ctx, args.height, args.width, args.slots, args.seconds))
         runs["memcpy_hot"].append(bench_memcpy(args.height, args.width, args.seconds, hot=True))
-    memcpy, memcpy_hot, lossless, live, queue = (median_run(runs[k]) for k in paths)
+    memcpy, memcpy_hot, write, read, lossless, live, queue = (median_run(runs[k]) for k in paths)
     memcpy_fps = memcpy["fps"]
 
     def gbps(fps: float) -> float:
@@ -241,6 +264,8 @@ def main() -> int:
     rows = [
         ("memcpy (np.copyto, DRAM)", memcpy),
         ("memcpy (np.copyto, cache-hot)", memcpy_hot),
+        ("ring.write alone (one process)", write),
+        ("ring.read alone (one process)", read),
         ("ring lossless (process->process)", lossless),
         ("ring live (process->process)", live),
         ("multiprocessing.Queue", queue),
@@ -283,6 +308,7 @@ def main() -> int:
         "queue_fps": round(queue["fps"], 1), "queue_gbps": round(gbps(queue["fps"]), 2),
         "memcpy_fps": round(memcpy_fps, 1), "memcpy_gbps": round(gbps(memcpy_fps), 2),
         "memcpy_hot_fps": round(memcpy_hot["fps"], 1),
+        "ring_write_alone_fps": round(write["fps"], 1), "ring_read_alone_fps": round(read["fps"], 1),
         "ring_writer_cpu_ms": round(lossless["writer_cpu_ms"], 3),
         "ring_reader_cpu_ms": round(lossless["reader_cpu_ms"], 3),
         "queue_writer_cpu_ms": round(queue["writer_cpu_ms"], 3),
