@@ -14,10 +14,12 @@ second with counters)::
   with capped exponential backoff (``backoff_initial`` doubling to ``backoff_max``; reset once a
   connection delivered frames), forever unless ``max_reconnects``. PyAV sees a killed RTSP server as a
   plain end of stream, so for a live source the end *is* a drop. A connection refused is ``lost``
-  too (the camera may come back); only an :class:`~stream.errors.UnsupportedSource` on the *first*
-  attempt (bad scheme, no decoder) is fatal.
+  too (the camera may come back); only an invalid source on the *first* attempt is fatal
+  (:class:`~stream.errors.UnsupportedSource`: no decoder, no DISPLAY; :class:`~stream.errors.SourceNotFound`:
+  no such /dev/videoN).
 * **Stall watchdog**: a hung server (SIGSTOP, a cut cable) blocks inside PyAV until its read timeout
-  fires, about twice ``read_timeout`` later. The reader therefore runs in its own thread; this loop
+  fires, one to two ``read_timeout`` later; a webcam driver may block with no timeout at all. The
+  reader therefore runs in its own thread; this loop
   watches it and declares ``lost`` when no frame arrived for ``stall_timeout`` seconds (default: the
   read timeout), abandons that reader (its late frames are discarded) and reconnects. The abandoned
   thread ends when PyAV's own timeout fires.
@@ -30,7 +32,8 @@ is re-anchored the same way (see :class:`StreamClock`). ``wall`` is time.time() 
 
 **Counters.** ``frames`` written to the ring; ``fps`` over the last status interval; ``decode_errors``
 (corrupt packets skipped, over all connections); ``reconnects`` (attempts after a loss); ``drops``
-(frames decoded but not written: too large for a slot, or a lossless ring whose reader never made room).
+(frames decoded but not written because they do not fit the ring's slots; a live ring's overwrites
+are the readers' business, and a lossless ring makes capture wait instead).
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ For each clip, in the same run and interleaved round by round (so both see the s
   status: what the capture process does;
 * **capture, max_side 1344** (only where the clip is larger): the default downscale, for reference.
 
-The figure that matters is the overhead of capture over bare decoding (target <= 10%): in frames/s
-(the best of ``--rounds`` runs of each, the least disturbed by other processes) and in CPU time per
-frame over all threads (the least of the rounds; less sensitive to other processes taking the CPUs).
-The load average at the start is printed, since the CPUs may be shared. Prints a table, then one
-JSON line.
+The figure that matters is the overhead of capture over bare decoding (target <= 10%), in frames/s
+and in CPU time per frame over all threads (less sensitive to other processes taking the CPUs). Each
+round runs bare then capture back to back; the overhead printed is the median over rounds of those
+pairs, and the frames/s and CPU ms columns are the best of the rounds. The load average at the start
+is printed, since the CPUs may be shared. Prints a table, then one JSON line.
 
 Clips are made with tools/make_sample_video.py (pan/zoom over real photos, libx264 crf 23, key frame
 every 2 s) and cached in ``--workdir``. Content upscaled from 600-px photos is smoother than camera
@@ -33,11 +33,14 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +134,8 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     print(f"capture vs bare PyAV decoding to RGB; {cpu_model()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, PyAV {av.__version__}; load average {load_before:.1f} before; "
-          f"best of {args.rounds} rounds")
+          f"Python {platform.python_version()}, PyAV {av.__version__}; load average {load_before:.1f} "
+          f"before; {args.rounds} rounds (overheads: median of per-round pairs)")
     header = ("clip", "size", "frames", "Mbit/s", "bare fps", "capture fps", "overhead", "bare cpu ms",
               "capture cpu ms", "cpu overhead", "capture@1344 fps")
     print("{:8} {:>9} {:>6} {:>6} {:>8} {:>11} {:>8} {:>11} {:>14} {:>12} {:>16}".format(*header))
@@ -144,19 +147,26 @@ def main() -> int:
         fps = {"bare": 0.0, "capture": 0.0, "capture_1344": 0.0}
         cpu = {"bare": float("inf"), "capture": float("inf"), "capture_1344": float("inf")}
         count = 0
+        paired: list[float] = []  # per round: capture's fps against the bare run right before it
+        paired_cpu: list[float] = []
         for _ in range(args.rounds):
-            runs = [("bare", lambda: bare(path)), ("capture", lambda: capture(path, 0))]
+            runs: list[tuple[str, Callable[[], tuple[int, float, float]]]] = [
+                ("bare", partial(bare, path)), ("capture", partial(capture, path, 0))]
             if downscale:
-                runs.append(("capture_1344", lambda: capture(path, 1344)))
+                runs.append(("capture_1344", partial(capture, path, 1344)))
+            this_round: dict[str, tuple[float, float]] = {}
             for key, run in runs:
                 frames, seconds, cpu_seconds = run()
                 count = frames if key == "bare" else count
                 if frames != count:
                     raise RuntimeError(f"{key} got {frames} frames of {path}, bare decoding got {count}")
+                this_round[key] = (frames / seconds, cpu_seconds / frames * 1e3)
                 fps[key] = max(fps[key], frames / seconds)
                 cpu[key] = min(cpu[key], cpu_seconds / frames * 1e3)
-        overhead = 1.0 - fps["capture"] / fps["bare"]
-        cpu_overhead = cpu["capture"] / cpu["bare"] - 1.0
+            paired.append(1.0 - this_round["capture"][0] / this_round["bare"][0])
+            paired_cpu.append(this_round["capture"][1] / this_round["bare"][1] - 1.0)
+        overhead = statistics.median(paired)
+        cpu_overhead = statistics.median(paired_cpu)
         worst = max(worst, overhead)
         scaled = f"{fps['capture_1344']:.1f}" if downscale else "-"
         print(f"{label:8} {width:>4}x{height:<4} {count:>6} {mbits:>6.1f} {fps['bare']:>8.1f} "
