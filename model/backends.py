@@ -12,13 +12,15 @@ Backends are not thread-safe: one inference loop drives one backend.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from model.generation import generate_ids, stream_text
 from model.modeling import FrameEmbedding, MiniCPMV
 from model.tiny import build_tiny_model
 
@@ -26,6 +28,12 @@ log = logging.getLogger(__name__)
 
 Frame = Image.Image | np.ndarray
 TextCallback = Callable[[str], None]
+
+
+DECODINGS = ("greedy", "sampling", "beam")
+# Greedy keeps the official sampling preset's light repetition penalty: deterministic captions that
+# do not loop, at the cost of one forward pass per token (beam search costs three).
+GREEDY_SETTINGS: dict[str, object] = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.05}
 
 
 @runtime_checkable
@@ -45,7 +53,7 @@ class CaptionBackend(Protocol):
         *,
         context: str | None = None,
         max_new_tokens: int = 256,
-        sampling: bool = True,
+        decoding: str = "greedy",
         on_text: TextCallback | None = None,
     ) -> str:
         """A caption of the frames (oldest first) as asked by ``prompt``."""
@@ -58,7 +66,7 @@ class CaptionBackend(Protocol):
         *,
         context: str | None = None,
         max_new_tokens: int = 256,
-        sampling: bool = True,
+        decoding: str = "greedy",
         on_text: TextCallback | None = None,
     ) -> str:
         """An answer to a user's question about the frames."""
@@ -68,13 +76,15 @@ class CaptionBackend(Protocol):
 class LocalBackend:
     """``CaptionBackend`` on an in-process ``MiniCPMV`` (CUDA bf16 + SDPA, or CPU).
 
-    With ``sampling=False`` the official decoding is beam search, which cannot stream: ``on_text`` then
-    receives the whole answer once at the end.
+    ``decoding``: ``"greedy"`` (deterministic, fastest), ``"sampling"`` (the model card's default:
+    T 0.7, top-p 0.8, top-k 100) or ``"beam"`` (the card's non-sampling default, 3 beams). Beam search
+    cannot stream: ``on_text`` then receives the whole answer once at the end.
     """
 
-    def __init__(self, model: MiniCPMV, name: str = "minicpm-v-2.6") -> None:
+    def __init__(self, model: MiniCPMV, name: str = "minicpm-v-2.6", *, max_inp_length: int = 8192) -> None:
         self.model = model
         self.name = name
+        self.max_inp_length = max_inp_length
 
     def encode_frames(self, frames: Sequence[Frame], max_slice_nums: int) -> list[FrameEmbedding]:
         return self.model.encode_frames(frames, max_slice_nums=max_slice_nums)
@@ -86,10 +96,10 @@ class LocalBackend:
         *,
         context: str | None = None,
         max_new_tokens: int = 256,
-        sampling: bool = True,
+        decoding: str = "greedy",
         on_text: TextCallback | None = None,
     ) -> str:
-        return self._video_chat(frames, prompt, context, max_new_tokens, sampling, on_text)
+        return self._video_chat(frames, prompt, context, max_new_tokens, decoding, on_text)
 
     def ask(
         self,
@@ -98,10 +108,10 @@ class LocalBackend:
         *,
         context: str | None = None,
         max_new_tokens: int = 256,
-        sampling: bool = True,
+        decoding: str = "greedy",
         on_text: TextCallback | None = None,
     ) -> str:
-        return self._video_chat(frames, question, context, max_new_tokens, sampling, on_text)
+        return self._video_chat(frames, question, context, max_new_tokens, decoding, on_text)
 
     def _video_chat(
         self,
@@ -109,32 +119,41 @@ class LocalBackend:
         text: str,
         context: str | None,
         max_new_tokens: int,
-        sampling: bool,
+        decoding: str,
         on_text: TextCallback | None,
     ) -> str:
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding {decoding!r} is not one of {', '.join(DECODINGS)}")
         content: list[object] = [context] if context else []
         content.extend(frames)
         content.append(text)
         msgs = [{"role": "user", "content": content}]
-        stream = on_text is not None and sampling
-        answer = self.model.chat(
-            msgs, sampling=sampling, stream=stream, max_new_tokens=max_new_tokens, use_image_id=False
-        )
-        if isinstance(answer, str):
-            if on_text is not None and answer:
-                on_text(answer)
-            return answer
-        assert isinstance(answer, Iterator) and on_text is not None
-        pieces = []
-        for piece in answer:
-            pieces.append(piece)
-            on_text(piece)
+        prep = self.model.prepare(msgs, use_image_id=False, max_inp_length=self.max_inp_length)
+        request = self.model.generation_request([prep], decoding == "sampling", max_new_tokens)
+        if decoding == "greedy":
+            request = replace(request, kwargs=dict(GREEDY_SETTINGS))
+        with torch.inference_mode():
+            if on_text is None or decoding == "beam":
+                answer = self.model.decode(generate_ids(self.model.llm, request)[0].tolist())
+                if on_text is not None and answer:
+                    on_text(answer)
+                return answer
+            pieces = []
+            for piece in stream_text(self.model.llm, request, self.model.decode):
+                pieces.append(piece)
+                on_text(piece)
         return "".join(pieces)
 
 
-def load_backend(spec: str, device: str | torch.device | None = None) -> LocalBackend:
+def load_backend(
+    spec: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    max_inp_length: int = 8192,
+) -> LocalBackend:
     """``"tiny"`` (the tiny random model, CPU unless ``device`` says otherwise), or a hub id / folder."""
     if spec == "tiny":
-        return LocalBackend(build_tiny_model(device=device or "cpu"), name="tiny")
-    model = MiniCPMV.from_pretrained(spec, device=device)
-    return LocalBackend(model, name=str(spec))
+        return LocalBackend(build_tiny_model(device=device or "cpu"), name="tiny", max_inp_length=max_inp_length)
+    model = MiniCPMV.from_pretrained(spec, device=device, dtype=dtype)
+    return LocalBackend(model, name=str(spec), max_inp_length=max_inp_length)

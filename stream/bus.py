@@ -21,6 +21,7 @@ frames: the message ``type`` (the zmq topic) and the JSON body.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,11 +37,14 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+
+# sockaddr_un.sun_path holds 108 bytes with the terminating NUL on Linux.
+MAX_IPC_PATH = 107
 
 # Bounded queues everywhere: a stuck peer costs at most this many messages of memory.
 _HWM = 10_000
@@ -63,13 +67,22 @@ class RunPaths:
     def create(cls, run_id: str | None = None, root: Path | None = None) -> RunPaths:
         run_id = run_id or uuid.uuid4().hex[:12]
         run_dir = (root or default_runs_root()) / run_id
+        longest = len(str(run_dir / "pub-0123456789.sock").encode())
+        if longest > MAX_IPC_PATH:
+            raise ConfigError(
+                f"run directory {run_dir} is too long for zmq ipc socket paths ({longest} > {MAX_IPC_PATH} "
+                "bytes, the operating system's limit): set VIDNARRATE_RUN_ROOT to a shorter folder"
+            )
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return cls(run_id=run_id, run_dir=run_dir)
 
     def publisher_endpoint(self, role: str) -> str:
         """The endpoint the process with this role (``inference``, ``capture:cam0``...) publishes on."""
         safe = re.sub(r"[^A-Za-z0-9_.-]", "-", role)
-        return f"ipc://{self.run_dir / f'pub-{safe}.sock'}"
+        path = self.run_dir / f"pub-{safe}.sock"
+        if len(str(path).encode()) > MAX_IPC_PATH:  # a long source name: a short, stable stand-in
+            path = self.run_dir / f"pub-{hashlib.blake2b(role.encode(), digest_size=5).hexdigest()}.sock"
+        return f"ipc://{path}"
 
     @property
     def asks_endpoint(self) -> str:

@@ -124,7 +124,7 @@ class Sampler:
     """Samples one stream at ``fps`` and cuts captioning jobs from a rolling window. See the module doc."""
 
     def __init__(self, *, fps: float = 1.0, window: float = 16.0, stride: float = 4.0, max_frames: int = 64,
-                 stream: str | None = None, max_pending: int = 64) -> None:
+                 stream: str | None = None, max_pending: int = 64, origin: float | None = None) -> None:
         self.fps = _positive("fps", fps)
         self.window = _positive("window", window)
         self.stride = _positive("stride", stride)
@@ -135,6 +135,10 @@ class Sampler:
         self.max_frames = max_frames
         self.stream = stream
         self.max_pending = max_pending
+        # None: the first frame offered is t = 0. A number: stream time is pts - origin from the start
+        # (the live pipeline passes 0.0: capture already stamps stream time, and a reader that attaches
+        # late, e.g. a restarted inference process, must keep the capture's timeline).
+        self.origin = origin
         self.counters = SamplerCounters()
         self._bucket_s = 1.0 / self.fps
         self._offset = 0.0  # stream time = pts + offset
@@ -188,9 +192,10 @@ class Sampler:
     def _stream_time(self, pts: float, wall: float) -> float | None:
         """Map pts to strictly increasing stream time, or None for a frame to ignore."""
         if self._last_pts is None:
-            self._offset = -pts
-            self._last_pts, self._last_t, self._last_wall = pts, 0.0, wall
-            return 0.0
+            self._offset = -pts if self.origin is None else -self.origin
+            start = pts + self._offset
+            self._last_pts, self._last_t, self._last_wall = pts, start, wall
+            return start
         step = pts - self._last_pts
         if step == 0:
             self.counters.repeats += 1

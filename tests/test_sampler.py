@@ -377,3 +377,19 @@ def test_non_finite_pts_is_an_error_naming_the_frame() -> None:
     sampler = Sampler()
     with pytest.raises(ValueError, match="frame 7"):
         sampler.offer(7, float("nan"), 0.0)
+
+
+def test_origin_keeps_the_callers_timeline_for_a_late_reader() -> None:
+    """The live pipeline passes origin=0: capture stamps stream time, and an inference process that
+    attaches 16.5 s into the stream must caption t = 16.5..., not restart the clock at 0."""
+    late = Sampler(fps=1.0, window=16.0, stride=4.0, origin=0.0)
+    fresh = Sampler(fps=1.0, window=16.0, stride=4.0)
+    jobs_late, jobs_fresh = [], []
+    for i in range(495, 700):  # 30 fps from t = 16.5 s
+        late.offer(i, i / 30, 1000 + i / 30)
+        fresh.offer(i, i / 30, 1000 + i / 30)
+        jobs_late += late.due()
+        jobs_fresh += fresh.due()
+    assert jobs_late[0].frame_times[0] == 16.5
+    assert all(16.5 <= t <= 700 / 30 for job in jobs_late for t in job.frame_times)
+    assert jobs_fresh[0].frame_times[0] == 0.0

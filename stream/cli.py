@@ -1,0 +1,258 @@
+"""The ``vidnarrate`` command line: ``run`` (the live pipeline) and ``caption`` (a file, offline).
+
+Settings come from ``config/default.toml``'s defaults, then ``--config FILE``, then the flags, then
+``--set section.key=value`` (any key). Everything is checked before a process starts: an unknown
+key, a bad value, a missing file or an unknown source scheme is one clear line on stderr and exit
+code 2; a model whose weights are not there says how to get them (or to try ``--model tiny``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Config, apply_overrides, load_config
+from .errors import ConfigError, SourceError, VidnarrateError
+
+log = logging.getLogger("vidnarrate")
+
+EXIT_USAGE = 2
+DEMO_SOURCE = "demo"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="a TOML file with the settings to change")
+    parser.add_argument("--model", help="hub id, checkpoint folder, or 'tiny' (random weights, smoke runs)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--prompt", help="preset (narration, cctv, screen) or your own prompt text")
+    parser.add_argument("--window", type=float, help="seconds of video each caption looks at")
+    parser.add_argument("--stride", type=float, help="seconds between captions")
+    parser.add_argument("--max-slice-nums", type=int, help="tiles per frame (1 = source image only)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override any setting of config/default.toml (repeatable)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidnarrate", description="Rolling dense captions of live video.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="caption live sources and serve the viewer and websockets")
+    run.add_argument("--source", action="append", required=True, metavar="[NAME=]SRC",
+                     help="a file, rtsp://..., http(s)://..., webcam:N, /dev/videoN, screen[:DISPLAY], "
+                          "or 'demo' (a sample clip played as live); repeatable")
+    run.add_argument("--host", help="interface to listen on (default 127.0.0.1: this machine only)")
+    run.add_argument("--port", type=int, help="port of the viewer and websockets (default 8765)")
+    run.add_argument("--token", help="require this token on the page and websockets (or $VIDNARRATE_TOKEN)")
+    run.add_argument("--stream-tokens", action="store_true", default=None,
+                     help="publish captions token by token (partial messages)")
+    run.add_argument("--loop", action="store_true", default=None, help="replay file sources forever")
+    _add_common(run)
+
+    caption = commands.add_parser("caption", help="caption a video file offline, as fast as possible")
+    caption.add_argument("file", help="the video file")
+    caption.add_argument("--out", action="append", type=Path, default=[], metavar="FILE.jsonl|.vtt|.srt",
+                         help="where to write captions (repeatable; default FILE's name .jsonl and .vtt "
+                              "in the current folder)")
+    caption.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_common(caption)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    flags: dict[str, Any] = {
+        "model.name": args.model,
+        "model.device": args.device,
+        "captions.prompt": args.prompt,
+    }
+    offline = args.command == "caption"
+    section = "offline" if offline else "sampler"
+    flags[f"{section}.window"] = args.window
+    flags[f"{section}.stride"] = args.stride
+    flags["offline.max_slice_nums" if offline else "model.max_slice_nums"] = args.max_slice_nums
+    if not offline:
+        flags.update({
+            "gateway.host": args.host,
+            "gateway.port": args.port,
+            "gateway.token": args.token,
+            "captions.stream_tokens": args.stream_tokens,
+            "capture.loop_files": args.loop,
+        })
+    config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, "command line")
+    return apply_overrides(config, args.overrides, "--set")
+
+
+def check_model_available(name: str) -> None:
+    """Fail before starting anything when the checkpoint is unusable: no folder, no weights, a
+    config that is not MiniCPM-V 2.6 (a hub id is downloaded here, in the foreground, if it can be).
+    Reads only config and index files: the weights are loaded by the inference process."""
+    if name == "tiny":
+        return
+    from model.configuration import MiniCPMVConfig
+    from model.errors import ModelError
+    from model.loading import resolve_checkpoint, weight_files
+    from model.processing import ProcessorConfig
+
+    try:
+        folder = resolve_checkpoint(name)
+        MiniCPMVConfig.from_folder(folder)
+        ProcessorConfig.from_folder(folder)
+        weight_files(folder)
+    except (ModelError, OSError) as exc:
+        raise ConfigError(f"model {name}: {exc}\nFor a smoke run without weights use --model tiny "
+                          "(random weights: the captions are gibberish by design).") from None
+
+
+def demo_clip() -> Path:
+    """A sample clip made from the bundled photos (built once, cached beside the repo)."""
+    root = Path(__file__).resolve().parent.parent
+    clip = root / "samples" / "demo.mp4"
+    if clip.exists():
+        return clip
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sample_video", root / "tools" / "make_sample_video.py")
+    if spec is None or spec.loader is None:
+        raise ConfigError("the demo source needs tools/make_sample_video.py from the vidnarrate repository")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    clip.parent.mkdir(parents=True, exist_ok=True)
+    partial = clip.with_suffix(".partial.mp4")
+    module.make_video(partial, width=1280, height=720, fps=30.0, seconds=60.0)
+    partial.replace(clip)
+    return clip
+
+
+def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
+    """Named sources, with ``demo`` replaced by the sample clip; missing files refused now (not in a
+    child process). Returns the sources and whether the demo clip is among them."""
+    from .pipeline import NamedSource, parse_named_sources
+    from .sources import parse_source
+
+    resolved, has_demo = [], False
+    for source in parse_named_sources(values):
+        if source.source == DEMO_SOURCE:
+            has_demo = True
+            source = NamedSource(source.name, str(demo_clip()))
+        spec = parse_source(source.source)
+        if spec.kind == "file" and not Path(spec.target).is_file():
+            raise ConfigError(f"--source {source.source!r}: no such file {spec.target}")
+        resolved.append(source)
+    return resolved, has_demo
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import LivePipeline
+
+    config = resolve_config(args)
+    sources, has_demo = resolve_sources(args.source)
+    if has_demo and args.loop is None:
+        config = apply_overrides(config, {"capture.loop_files": True}, "demo")
+    check_model_available(config.model.name)
+
+    stop = {"signal": None}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    pipeline = LivePipeline(config, sources, log_level=args.log_level)
+    code = 0
+    try:
+        pipeline.start()
+        info = pipeline.wait_ready()
+        token = config.gateway.resolved_token()
+        url = pipeline.viewer_url(info)
+        shown = f"{url}?token=…" if token else url
+        print(f"vidnarrate: viewer at {shown}  (websockets: {url.replace('http', 'ws', 1)}ws)", flush=True)
+        print(f"vidnarrate: model {config.model.name}; sources: "
+              + ", ".join(f"{s.name}={s.source}" for s in sources) + "; Ctrl-C stops", flush=True)
+        while stop["signal"] is None:
+            pipeline.poll()
+            fatal = pipeline.fatal_exit()
+            if fatal is not None and not fatal[0].startswith("capture:"):
+                print(f"vidnarrate: {fatal[0]} failed (exit code {fatal[1]}); stopping. See the log above.",
+                      file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.1)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"vidnarrate: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        pipeline.stop()
+    if stop["signal"] is not None:
+        print("vidnarrate: stopped", flush=True)
+    return code
+
+
+def cmd_caption(args: argparse.Namespace) -> int:
+    from .offline import caption_file, probe_duration
+    from .pipeline import caption_settings
+
+    config = resolve_config(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"caption: no such file {path}")
+    outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
+    check_model_available(config.model.name)
+    from model.backends import load_backend
+
+    device = None if config.model.device == "auto" else config.model.device
+    dtype = None if config.model.dtype == "auto" else config.model.dtype
+    backend = load_backend(config.model.name, device=device, dtype=dtype,
+                           max_inp_length=config.model.max_inp_length)
+    duration = probe_duration(str(path))
+    bar = None
+    if args.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(duration, 1) if duration else None, unit="s", desc=path.name,
+                   bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]")
+
+    def progress(t: float) -> None:
+        if bar is not None:
+            bar.update(max(0.0, round(t, 1) - bar.n))
+
+    try:
+        result = caption_file(str(path), backend, caption_settings(config, offline=True), outputs,
+                              max_side=config.capture.max_side, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
+          f"({result.frames} frames, {result.decode_errors} decode errors) -> "
+          + ", ".join(str(p) for p in result.outputs), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .process import configure_logging
+
+    configure_logging("main", args.log_level)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_caption(args)
+    except (ConfigError, SourceError) as exc:
+        print(f"vidnarrate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except VidnarrateError as exc:
+        print(f"vidnarrate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

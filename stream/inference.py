@@ -1,0 +1,316 @@
+"""The inference process: one per GPU, serving every source of the run.
+
+Two threads share the per-stream :class:`~stream.captioning.StreamWorker` state:
+
+* the **frame tap** polls every source's shared-memory ring (headers only: pixels are copied out
+  only for the frames the 1-fps sampler keeps), queues kept frames for encoding, publishes their
+  thumbnails, and notices a source that ended;
+* the **model loop** (main thread) answers asks first (a person is waiting), then encodes every
+  queued frame in one batched vision call, then captions the next window (streams in turn, newest
+  window first, older ones skipped and counted), and publishes ``caption``/``partial``/``answer``
+  and, at ~1 Hz, ``inference_status``.
+
+The tap never waits for the model, so sampling stays on time while a caption is being generated.
+A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
+exits with :data:`EXIT_CONFIG` and the supervisor stops the run instead of restarting it forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from . import messages
+from .bus import AskReceiver, Publisher, RunPaths
+from .captioning import Captioner, CaptionSettings, StreamWorker
+from .ring import FrameRing
+
+log = logging.getLogger(__name__)
+
+READY_FILE = "inference.ready"  # written in the run directory once the model is loaded
+EXIT_CONFIG = 78  # sysexits' EX_CONFIG: the supervisor does not restart a child that exits with it
+
+_TAP_IDLE_S = 0.01
+_STATUS_EVERY_S = 1.0
+_PARTIAL_EVERY_S = 0.1
+_THUMBNAIL_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Everything the inference process needs; picklable for the ``spawn`` start method."""
+
+    run_id: str
+    run_dir: str
+    streams: dict[str, str]  # stream name -> ring name
+    model: str = "tiny"
+    device: str = "auto"
+    dtype: str = "auto"
+    captions: CaptionSettings = field(default_factory=lambda: CaptionSettings(prompt="Describe the video."))
+    stream_tokens: bool = False
+    thumbnails: bool = True
+    thumbnail_side: int = 320
+    max_inp_length: int = 8192
+
+
+class Bus:
+    """The inference process's publisher, safe to use from both threads."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._publisher.send(message)
+
+    def close(self) -> None:
+        with self._lock:
+            self._publisher.close()
+
+
+def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
+    """A small JPEG of an RGB frame, base64-encoded for a JSON message."""
+    picture = Image.fromarray(image)
+    picture.thumbnail((side, side), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    picture.save(out, format="JPEG", quality=quality)
+    return base64.b64encode(out.getvalue()).decode("ascii")
+
+
+class FrameTap(threading.Thread):
+    """Feeds ring frames to the stream workers (see the module docstring)."""
+
+    def __init__(self, workers: dict[str, StreamWorker], ring_names: dict[str, str], bus: Bus,
+                 options: InferenceOptions, wake: threading.Event, stop: threading.Event) -> None:
+        super().__init__(name="frame-tap", daemon=True)
+        self.workers = workers
+        self.ring_names = ring_names
+        self.bus = bus
+        self.options = options
+        self.wake = wake
+        self.stop = stop
+        self.rings: dict[str, FrameRing | None] = dict.fromkeys(ring_names)
+        self.cursor: dict[str, int] = dict.fromkeys(ring_names, -1)
+        self.last_thumbnail: dict[str, float] = dict.fromkeys(ring_names, 0.0)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                if not any([self._poll(name) for name in self.ring_names]):
+                    self.stop.wait(_TAP_IDLE_S)
+        except BaseException as exc:  # surfaced by the model loop, which exits with an error
+            self.error = exc
+            log.exception("frame tap failed")
+            self.stop.set()
+        finally:
+            for ring in self.rings.values():
+                if ring is not None:
+                    ring.close()
+
+    def _ring(self, name: str) -> FrameRing | None:
+        ring = self.rings[name]
+        if ring is None:
+            try:
+                ring = FrameRing.attach(self.ring_names[name])
+            except FileNotFoundError:
+                return None  # the supervisor creates rings first; tests may attach late
+            self.rings[name] = ring
+        return ring
+
+    def _poll(self, name: str) -> bool:
+        """Take the new frames of one stream; True if there were any."""
+        ring = self._ring(name)
+        if ring is None:
+            return False
+        worker = self.workers[name]
+        head = ring.head_seq
+        cursor = self.cursor[name]
+        if head <= cursor:
+            if ring.ended and not worker.ended and head == cursor:
+                with worker.lock:
+                    worker.finish()
+                self.wake.set()
+            return False
+        first = max(cursor + 1, head - ring.slots + 1)
+        for seq in range(first, head + 1):
+            info = ring.info(seq)
+            if info is None:
+                continue  # overwritten before we looked: the sampler sees a gap
+            pts, wall = info.pts, info.wall
+            kept: dict[str, np.ndarray] = {}
+
+            def read_pixels(seq: int = seq) -> np.ndarray | None:
+                frame = ring.read(seq)
+                if frame is None:
+                    return None
+                kept["image"] = frame.image
+                return frame.image
+
+            with worker.lock:
+                sample = worker.offer(seq, pts, wall, read_pixels)
+            if sample is not None and "image" in kept:
+                self.wake.set()
+                self._thumbnail(name, sample.t, wall, kept["image"])
+        self.cursor[name] = head
+        with worker.lock:
+            if worker.due:
+                self.wake.set()
+        return True
+
+    def _thumbnail(self, name: str, t: float, wall: float, image: np.ndarray) -> None:
+        if not self.options.thumbnails:
+            return
+        now = time.monotonic()
+        if now - self.last_thumbnail[name] < _THUMBNAIL_EVERY_S:
+            return
+        self.last_thumbnail[name] = now
+        jpeg = thumbnail_jpeg(image, self.options.thumbnail_side)
+        self.bus.send(messages.thumbnail(stream=name, t=round(t, 3), wall=wall, jpeg=jpeg,
+                                         width=int(image.shape[1]), height=int(image.shape[0])))
+
+
+class PartialPublisher:
+    """Turns token pieces into throttled ``partial`` messages (at most one per 100 ms)."""
+
+    def __init__(self, bus: Bus, stream: str, seq: int) -> None:
+        self.bus, self.stream, self.seq = bus, stream, seq
+        self.text = ""
+        self._last = 0.0
+
+    def __call__(self, piece: str) -> None:
+        self.text += piece
+        now = time.monotonic()
+        if now - self._last >= _PARTIAL_EVERY_S:
+            self._last = now
+            self.bus.send(messages.partial(stream=self.stream, seq=self.seq, text=self.text))
+
+
+def load_caption_backend(options: InferenceOptions) -> Any:
+    from model.backends import load_backend  # heavy (torch): only the inference process pays for it
+
+    device = None if options.device == "auto" else options.device
+    dtype = None if options.dtype == "auto" else options.dtype
+    return load_backend(options.model, device=device, dtype=dtype, max_inp_length=options.max_inp_length)
+
+
+def inference_main(options: InferenceOptions, stop_event: Any,
+                   backend_factory: Callable[[InferenceOptions], Any] = load_caption_backend) -> int:
+    """Process entry (see the module docstring). Returns the exit code."""
+    from model.errors import CheckpointError
+
+    run = RunPaths(run_id=options.run_id, run_dir=Path(options.run_dir))
+    bus = Bus(Publisher(run.publisher_endpoint("inference")))
+    asks = AskReceiver(run.asks_endpoint)
+    status_base = {"model": options.model, "device": options.device}
+    try:
+        bus.send(messages.inference_status(streams={}, wall=time.time(), state="loading", **status_base))
+        try:
+            backend = backend_factory(options)
+        except (CheckpointError, FileNotFoundError) as exc:
+            log.error("cannot load model %s: %s", options.model, exc)
+            bus.send(messages.inference_status(streams={}, wall=time.time(), state="failed",
+                                               error=str(exc), **status_base))
+            time.sleep(0.2)  # let the message leave before the socket closes
+            return EXIT_CONFIG
+        status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
+        (Path(options.run_dir) / READY_FILE).write_text(str(os.getpid()))
+        return ModelLoop(options, backend, bus, asks, stop_event, status_base).run()
+    finally:
+        asks.close()
+        bus.close()
+
+
+class ModelLoop:
+    """The main thread of the inference process (see the module docstring)."""
+
+    def __init__(self, options: InferenceOptions, backend: Any, bus: Bus, asks: AskReceiver,
+                 stop_event: Any, status_base: dict[str, Any]) -> None:
+        self.options = options
+        self.bus = bus
+        self.asks = asks
+        self.stop_event = stop_event
+        self.status_base = status_base
+        self.captioner = Captioner(backend, options.captions)
+        for name in options.streams:
+            self.captioner.add_stream(name)
+        self.wake = threading.Event()
+        self.tap_stop = threading.Event()
+        self.tap = FrameTap(self.captioner.workers, options.streams, bus, options, self.wake, self.tap_stop)
+        self._last_status = 0.0
+
+    def run(self) -> int:
+        self.tap.start()
+        try:
+            self._publish_status(force=True)
+            while not self.stop_event.is_set() and not self.tap_stop.is_set():
+                did = self._answer_asks()
+                did += self.captioner.encode_pending()
+                job = self.captioner.next_job()
+                if job is not None:
+                    self._caption(*job)
+                    did += 1
+                self._publish_status()
+                if not did:
+                    self.wake.wait(0.05)
+                    self.wake.clear()
+        finally:
+            self.tap_stop.set()
+            self.tap.join(timeout=2.0)
+        if self.tap.error is not None:
+            return 1
+        return 0
+
+    def _caption(self, worker: StreamWorker, job: Any) -> None:
+        on_text = None
+        if self.options.stream_tokens:
+            on_text = PartialPublisher(self.bus, worker.name, job.index - 1)
+        message = self.captioner.caption(worker, job, on_text=on_text)
+        if message is not None:
+            self.bus.send(message)
+
+    def _answer_asks(self) -> int:
+        handled = 0
+        for ask in self.asks.poll():
+            handled += 1
+            ask_id, stream, question = ask.get("id"), ask.get("stream"), ask.get("question")
+            worker = self.captioner.workers.get(stream) if isinstance(stream, str) else None
+            if worker is None or not isinstance(question, str):
+                self.bus.send(messages.answer(id=ask_id, stream=str(stream), text="", error="unknown_stream",
+                                              message=f"no stream named {stream!r} in this run"))
+                continue
+            self.captioner.encode_pending()  # the newest frames belong in the answer
+            try:
+                text, frames = self.captioner.answer(worker, question)
+            except LookupError as exc:
+                self.bus.send(messages.answer(id=ask_id, stream=stream, text="", error="no_frames",
+                                              message=str(exc)))
+                continue
+            self.bus.send(messages.answer(id=ask_id, stream=stream, text=text,
+                                          t_start=round(frames[0].t, 3), t_end=round(frames[-1].t, 3),
+                                          frame_times=[round(f.t, 3) for f in frames]))
+        return handled
+
+    def _publish_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < _STATUS_EVERY_S:
+            return
+        self._last_status = now
+        streams = {}
+        for name, worker in self.captioner.workers.items():
+            with worker.lock:
+                streams[name] = worker.status()
+        self.bus.send(messages.inference_status(streams=streams, wall=time.time(), state="ready",
+                                                **self.status_base))

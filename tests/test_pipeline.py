@@ -1,0 +1,161 @@
+"""The live pipeline through real processes: ``vidnarrate run`` on two files played as live (looped),
+the tiny model, real websocket clients. One run serves the tests of this module in order; the last
+one stops it with Ctrl-C and checks that nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from liverun import LiveRun, collect, descendants, of_type, short_run_root, shm_rings, wait_for
+from realparts import make_clip
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
+
+WINDOW = 8.0
+STRIDE = 4.0
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("clips")
+    return {
+        "yard": make_clip(folder / "yard.mp4", size="640x360", fps=30.0, seconds=20.0),
+        "door": make_clip(folder / "door.mp4", size="320x240", fps=25.0, seconds=20.0),
+    }
+
+
+@pytest.fixture(scope="module")
+def live(clips: dict[str, Path]) -> Iterator[LiveRun]:
+    with short_run_root() as root:
+        run = LiveRun([f"yard={clips['yard']}", f"door={clips['door']}"], root,
+                      extra=["--window", str(WINDOW), "--stride", str(STRIDE), "--loop"])
+        run.start()
+        yield run
+        run.kill()
+
+
+def check_caption(message: dict[str, Any]) -> None:
+    assert isinstance(message["seq"], int) and message["seq"] >= 0
+    t_start, t_end, times = message["t_start"], message["t_end"], message["frame_times"]
+    assert 0 <= t_start < t_end <= t_start + WINDOW + 1e-6
+    assert t_end % STRIDE == pytest.approx(0.0, abs=1e-6), "a window ends every stride seconds"
+    assert 1 <= len(times) <= 64
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert all(t_start <= t <= t_end for t in times)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(0.95 <= gap <= 1.05 for gap in gaps), f"frames are 1 s apart in stream time: {times}"
+    assert message["wall_start"] <= message["wall_end"]
+    assert message["latency_ms"] >= 0 and message["model"] == "tiny" and isinstance(message["text"], str)
+
+
+def test_captions_reach_a_websocket_client_for_every_source_at_the_stride(live: LiveRun) -> None:
+    def enough(messages: list[dict[str, Any]]) -> bool:
+        return all(len(of_type(messages, "caption", s)) >= 3 for s in ("yard", "door"))
+
+    messages = collect(live.ws_url, enough, timeout=150)
+    assert enough(messages), live.log()
+    for stream in ("yard", "door"):
+        captions = of_type(messages, "caption", stream)
+        for caption in captions:
+            check_caption(caption)
+        for before, after in zip(captions, captions[1:]):
+            assert after["seq"] == before["seq"] + 1 + after["skipped"]
+            assert after["t_end"] - before["t_end"] == pytest.approx(STRIDE * (1 + after["skipped"]))
+    statuses = of_type(messages, "status")
+    last = statuses[-1]["streams"]
+    for stream in ("yard", "door"):
+        assert last[stream]["state"] == "live"
+        assert last[stream]["encodes_per_frame"] == 1.0, "each sampled frame is encoded exactly once"
+        # status is sent at ~1 Hz, so it may not count the newest caption yet
+        assert last[stream]["captions"] >= len(of_type(messages, "caption", stream)) - 1
+
+
+def test_replay_ask_and_malformed_messages(live: LiveRun) -> None:
+    ask = {"type": "ask", "id": "q-1", "stream": "door", "question": "What is in front of the door?"}
+
+    def answered(messages: list[dict[str, Any]]) -> bool:
+        return any(m["type"] in ("answer", "error") and m.get("id") == "q-1" for m in messages) and bool(
+            of_type(messages, "error"))
+
+    messages = collect(live.ws_url, answered, timeout=90,
+                       subscribe={"type": "subscribe", "streams": ["door"], "replay": 2},
+                       send=[ask, {"not": "a message"}])
+    replies = [m for m in messages if m.get("id") == "q-1"]
+    assert replies and replies[0]["type"] == "answer", messages[-5:]
+    assert replies[0]["stream"] == "door" and isinstance(replies[0]["text"], str)
+    assert replies[0]["frame_times"] and replies[0]["frame_times"] == sorted(replies[0]["frame_times"])
+    assert any(m["type"] == "error" and m["error"] == "unknown_type" for m in messages)
+    replayed = of_type(messages, "caption")
+    assert replayed and all(m["stream"] == "door" for m in replayed), "stream filter and replay"
+
+
+def test_killed_inference_is_restarted_and_captions_resume(live: LiveRun) -> None:
+    status = of_type(collect(live.ws_url, lambda m: bool(of_type(m, "status")), timeout=10), "status")[-1]
+    pid = status["processes"]["inference"]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+
+    def resumed(messages: list[dict[str, Any]]) -> bool:
+        fresh = [c for c in of_type(messages, "caption") if c["wall_end"] > killed_at]
+        return len({c["stream"] for c in fresh}) == 2
+
+    messages = collect(live.ws_url, resumed, timeout=150)
+    assert resumed(messages), live.log()
+    processes = of_type(messages, "status")[-1]["processes"]
+    assert processes["inference"]["restarts"] >= 1 and processes["inference"]["pid"] != pid
+    assert "inference exited with code" in "".join(live.stderr)
+
+
+def test_ctrl_c_stops_everything_and_leaves_nothing_behind(live: LiveRun) -> None:
+    assert live.proc is not None
+    children = descendants(live.proc.pid)
+    assert len(children) >= 4  # gateway, inference, two captures (plus multiprocessing helpers)
+    run_dirs = live.run_dirs
+    run_id = run_dirs[0].name[:8]  # ring names carry the run id's first 8 characters
+    assert len(shm_rings(run_id)) == 2, "a ring per source while running"
+    started = time.monotonic()
+    assert live.stop(signal.SIGINT) == 0, live.log()
+    assert time.monotonic() - started < 10
+    wait_for(lambda: not [p for p in children if Path(f"/proc/{p}").exists()
+                          and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]],
+             5, "every child process to exit")
+    assert shm_rings(run_id) == []
+    assert not any(p.exists() for p in run_dirs), "the run directory (zmq sockets) is removed"
+    assert "stopped" in "".join(live.stdout)
+    tail = "".join(live.stderr)
+    assert "Traceback" not in tail and "leaked" not in tail, tail[-3000:]
+
+
+def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict[str, Path]) -> None:
+    import subprocess
+
+    from liverun import VIDNARRATE
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VIDNARRATE_RUN_ROOT": str(tmp_path / "runs")}
+        return subprocess.run([str(VIDNARRATE), *args], capture_output=True, text=True, timeout=60, env=env)
+
+    missing = run("run", "--source", str(tmp_path / "nope.mp4"), "--model", "tiny")
+    assert missing.returncode == 2 and "nope.mp4" in missing.stderr and "no such file" in missing.stderr
+    scheme = run("run", "--source", "gopher://cam/1", "--model", "tiny")
+    assert scheme.returncode == 2 and "unsupported scheme gopher://" in scheme.stderr
+    key = run("run", "--source", str(clips["yard"]), "--model", "tiny", "--set", "sampler.windw=3")
+    assert key.returncode == 2 and "unknown key sampler.windw" in key.stderr
+    no_weights = tmp_path / "empty-model"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text(json.dumps({"version": 2.6}))
+    weights = run("run", "--source", str(clips["yard"]), "--model", str(no_weights))
+    assert weights.returncode == 2 and str(no_weights) in weights.stderr, weights.stderr
+    assert not (tmp_path / "runs").exists(), "nothing was started"
+    env_long = {**os.environ, "VIDNARRATE_RUN_ROOT": str(tmp_path / ("r" * 80))}
+    too_long = subprocess.run([str(VIDNARRATE), "run", "--source", str(clips["yard"]), "--model", "tiny"],
+                              capture_output=True, text=True, timeout=60, env=env_long)
+    assert too_long.returncode == 2 and "too long for zmq ipc socket paths" in too_long.stderr
