@@ -154,6 +154,8 @@ def load_backend(
 ) -> LocalBackend:
     """``"tiny"`` (the tiny random model, CPU unless ``device`` says otherwise), or a hub id / folder."""
     if spec == "tiny":
-        return LocalBackend(build_tiny_model(device=device or "cpu"), name="tiny", max_inp_length=max_inp_length)
+        return LocalBackend(
+            build_tiny_model(device=device or "cpu"), name="tiny", max_inp_length=max_inp_length
+        )
     model = MiniCPMV.from_pretrained(spec, device=device, dtype=dtype)
     return LocalBackend(model, name=str(spec), max_inp_length=max_inp_length)

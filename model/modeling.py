@@ -259,11 +259,18 @@ class MiniCPMV(nn.Module):
         return torch.cat(parts)
 
     @torch.inference_mode()
-    def embed(self, preps: Sequence[processing.Prepared]) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self,
+        preps: Sequence[processing.Prepared],
+        vision: Sequence[torch.Tensor | None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ``inputs_embeds [B, T, D]`` and the official mask ``input_ids != 0`` ``[B, T]``.
 
+        ``vision`` optionally gives each prompt's ``visual_embeddings`` already computed (None: compute).
         Pad id 0 is ``"!"``: like the official code, a genuine ``"!"`` in a prompt is masked too.
         """
+        if vision is not None and len(vision) != len(preps):
+            raise ValueError(f"vision has {len(vision)} entries for {len(preps)} prompts")
         length = max(int(p.input_ids.shape[0]) for p in preps)
         ids = torch.zeros((len(preps), length), dtype=torch.long)
         for b, prep in enumerate(preps):
@@ -275,25 +282,26 @@ class MiniCPMV(nn.Module):
             bounds = prep.image_bound
             if bounds.numel() == 0:
                 continue
-            vision = self.visual_embeddings(prep)
+            given = None if vision is None else vision[b]
+            visual = self.visual_embeddings(prep) if given is None else given
             spans = (bounds[:, 1] - bounds[:, 0]).tolist()
-            if len(spans) != vision.shape[0] or any(s != query for s in spans):
+            if len(spans) != visual.shape[0] or any(s != query for s in spans):
                 raise ValueError(
                     f"prompt has {len(spans)} placeholder runs of lengths {sorted(set(spans))}, but its "
-                    f"images give {vision.shape[0]} pieces of {query} vectors"
+                    f"images give {visual.shape[0]} pieces of {query} vectors"
                 )
             pad = length - int(prep.input_ids.shape[0])
             rows = torch.cat([torch.arange(int(s), int(e)) for s, e in bounds.tolist()]) + pad
-            embeds[b, rows.to(self.device)] = vision.reshape(-1, vision.shape[-1]).to(embeds.dtype)
+            embeds[b, rows.to(self.device)] = visual.reshape(-1, visual.shape[-1]).to(embeds.dtype)
         return embeds, (ids != 0).long()
 
     @torch.inference_mode()
-    def logits(self, prep: processing.Prepared) -> torch.Tensor:
-        """Logits ``[T, vocab]`` at every prompt position.
+    def logits(self, prep: processing.Prepared, vision: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[T, vocab]`` at every prompt position (``vision``: see ``embed``).
 
         Positions are ``cumsum(mask) - 1``, as in ``generate``'s first step (the oracle's logits too).
         """
-        embeds, mask = self.embed([prep])
+        embeds, mask = self.embed([prep], None if vision is None else [vision])
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         return out.logits[0]

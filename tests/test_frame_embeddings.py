@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,15 @@ ORACLE = DATA_DIR / "oracle"
 FRAMES = [ORACLE / "expected" / "images" / f"video_frame_{i}.png" for i in range(8)]
 QUESTION = "Describe the video."
 VIDEO = {"use_image_id": False, "max_slice_nums": 2}  # the model card's video settings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads, and on a busy 2-core box spinning threads cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +59,9 @@ def test_embedding_path_equals_pixel_path(model: MiniCPMV, frames: list[Image.Im
     assert cached_prep.pieces == []  # nothing left to encode
     assert torch.equal(model.logits(cached_prep), model.logits(pixel_prep))
 
-    with np.load(ORACLE / "expected" / "video_8f.npz") as oracle:
+    with np.load(ORACLE / "expected" / "video_8f.npz") as oracle:  # the pixel path's answer
         np.testing.assert_array_equal(cached_prep.input_ids.numpy(), oracle["input_ids"][0])
-        assert (
-            greedy(model, video_msgs(embedded))
-            == greedy(model, video_msgs(frames))
-            == str(oracle["greedy_text"][0])
-        )
+        assert greedy(model, video_msgs(embedded)) == str(oracle["greedy_text"][0])
 
 
 def test_frames_encoded_one_by_one_match_the_pixel_path(model: MiniCPMV, frames: list[Image.Image]) -> None:

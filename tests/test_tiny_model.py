@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,16 @@ from model.generation import BEAM_DEFAULTS, SAMPLING_DEFAULTS, TextPieces, gener
 from model.tiny import tiny_state_dict, write_tiny_checkpoint
 from tests.conftest import DATA_DIR
 
-FRAME = DATA_DIR / "oracle" / "expected" / "images" / "video_frame_0.png"
+FRAME = DATA_DIR / "oracle" / "expected" / "images" / "img_64x64.png"  # one piece: fast
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model gains nothing from threads, and on a busy 2-core box spinning threads cost 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,7 @@ def test_tiny_model_chats_about_images_and_text(tiny: MiniCPMV, image: Image.Ima
         {"role": "user", "content": [image, "And this one?"]},
     ]
     prep = tiny.prepare(few_shot)
-    assert prep.n_pieces == 2 * 3 and prep.chat_text.count("<|im_start|>assistant") == 2
+    assert prep.n_pieces == 2 and prep.chat_text.count("<|im_start|>assistant") == 2
     assert isinstance(tiny.chat(few_shot, max_new_tokens=4), str)
 
 
@@ -103,7 +113,7 @@ def test_sampling_follows_the_seed(tiny: MiniCPMV, image: Image.Image) -> None:
 
 
 def test_stream_pieces_concatenate_to_the_non_stream_text(tiny: MiniCPMV, image: Image.Image) -> None:
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         torch.manual_seed(seed)
         whole = tiny.chat(ask(image), max_new_tokens=24)
         torch.manual_seed(seed)
@@ -169,26 +179,30 @@ def test_load_backend_tiny_needs_no_files_outside_the_package(image: Image.Image
     assert backend.name == "tiny"
     frames = backend.encode_frames([image, image], max_slice_nums=1)
     assert [f.n_pieces for f in frames] == [1, 1]
+    video = [{"role": "user", "content": [*frames, "Describe the video."]}]
 
     seen: list[str] = []
     torch.manual_seed(4)
-    caption = backend.describe(frames, "Describe the video.", max_new_tokens=10, on_text=seen.append)
+    caption = backend.describe(
+        frames, "Describe the video.", max_new_tokens=10, decoding="sampling", on_text=seen.append
+    )
     assert "".join(seen) == caption
     torch.manual_seed(4)
-    assert backend.describe(frames, "Describe the video.", max_new_tokens=10) == caption
+    assert backend.describe(frames, "Describe the video.", max_new_tokens=10, decoding="sampling") == caption
     torch.manual_seed(4)
-    direct = backend.model.chat(
-        [{"role": "user", "content": [*frames, "Describe the video."]}], max_new_tokens=10, use_image_id=False
-    )
-    assert direct == caption
+    assert (
+        backend.model.chat(video, max_new_tokens=10, use_image_id=False) == caption
+    )  # the card's video chat
 
     seen.clear()
+    question = [{"role": "user", "content": ["Earlier: a street.", *frames, "Is anyone there?"]}]
     answer = backend.ask(
         frames,
         "Is anyone there?",
         context="Earlier: a street.",
-        sampling=False,
+        decoding="beam",
         max_new_tokens=6,
         on_text=seen.append,
     )
-    assert seen == ([answer] if answer else [])
+    assert answer == backend.model.chat(question, sampling=False, max_new_tokens=6, use_image_id=False)
+    assert seen == ([answer] if answer else [])  # beam search cannot stream: one piece at the end

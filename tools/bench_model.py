@@ -1,0 +1,237 @@
+"""Benchmark the native MiniCPM-V 2.6: frame encoding, prefill, decode and one 16-frame caption.
+
+Default: the tiny random model on the CPU (what CI machines have). ``--full-size`` builds the real 2.6
+architecture (SigLIP-400M + resampler + Qwen2-7B, 8.1B parameters) with random bf16 weights drawn
+directly on the device: no checkpoint is needed and speed does not depend on the weight values. It
+uses the tiny tokenizer, whose ids are valid rows of the big vocabulary, so prompts have the real
+layout and length while the text is meaningless. ``--layers N`` keeps only N LLM and N vision layers
+(a CPU dry run of the full-size code path: ``--full-size --device cpu --layers 2 --quick``; on a CPU
+the weights are float32 unless ``--dtype`` says otherwise, since CPU bf16 matmuls are very slow).
+
+Figures (frames are 640x360, the live default of one piece per frame unless said):
+* frames encoded per second with 1 piece (max_slice_nums=1) and 3 pieces (max_slice_nums=2) per frame;
+* prefill tokens/s of a 16- and a 64-frame window prompt built from cached frame embeddings;
+* decode tokens/s at batch 1 and 8 (greedy, fixed length, after a 16-frame prompt);
+* one 16-frame caption with cached embeddings and from pixels (frames encoded inside ``chat``);
+* peak GPU memory.
+
+Prints a table, then one JSON line with the figures.
+
+    .venv/bin/python tools/bench_model.py                      # tiny, CPU
+    .venv/bin/python tools/bench_model.py --full-size          # GPU (about 3 minutes on one H200)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.configuration import MiniCPMVConfig  # noqa: E402
+from model.loading import resolve_dtype  # noqa: E402
+from model.modeling import MiniCPMV  # noqa: E402
+from model.processing import ProcessorConfig  # noqa: E402
+from model.tiny import TOKENIZER_DIR, build_tiny_model, randomise_  # noqa: E402
+from model.tokenizer import load_tokenizer  # noqa: E402
+
+QUESTION = "Describe what happens in the video in detail."
+GREEDY = {"sampling": False, "num_beams": 1, "repetition_penalty": 1.0}
+
+
+def build_full_size(device: torch.device, dtype: torch.dtype, layers: int | None, seed: int) -> MiniCPMV:
+    """The real architecture with random weights, drawn on ``device`` (never materialised elsewhere)."""
+    config = MiniCPMVConfig.full_size()
+    if layers is not None:
+        config = replace(
+            config,
+            text=replace(config.text, num_hidden_layers=layers, max_window_layers=layers),
+            vision=replace(config.vision, num_hidden_layers=layers),
+        )
+    with torch.device("meta"):
+        model = MiniCPMV(config, load_tokenizer(TOKENIZER_DIR), ProcessorConfig())
+    model.to(dtype=dtype)
+    model.to_empty(device=device)
+    randomise_(model, seed)
+    model.finish_materialising(device)
+    return model.eval()
+
+
+class Clock:
+    """Wall time of a call, synchronising the device so queued kernels are counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def time(self, fn: Callable[[], Any], repeats: int) -> float:
+        """Median seconds over ``repeats`` calls, after one untimed warm-up call."""
+        fn()
+        times = []
+        for _ in range(repeats):
+            self.sync()
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def frames(count: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    return [Image.fromarray(np.roll(base, 7 * i, axis=1)) for i in range(count)]
+
+
+def window(items: list) -> list[dict]:
+    return [{"role": "user", "content": [*items, QUESTION]}]
+
+
+def progress(started: float, what: str) -> None:
+    """Stage marks on stderr, so a run cut short by a time limit still shows how far it got."""
+    print(f"[{time.perf_counter() - started:7.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def prefill(model: MiniCPMV, prep: Any) -> None:
+    with torch.inference_mode():
+        embeds, mask = model.embed([prep])
+        model.llm(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    if args.full_size:
+        model = build_full_size(device, resolve_dtype(device, args.dtype), args.layers, args.seed)
+    else:
+        model = build_tiny_model(seed=args.seed, device=device)
+    progress(started, f"model built ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    clock = Clock(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    quick = args.quick
+    n_encode = 2 if quick else (64 if device.type == "cuda" else 16)
+    new_tokens = 4 if quick else args.new_tokens
+    repeats = 1 if quick else args.repeats
+    window_sizes = (2, 3) if quick else (16, 64)
+    figures: dict[str, Any] = {
+        "model": model_name(args),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "build_s": round(time.perf_counter() - started, 2),
+    }
+
+    video = frames(max(n_encode, window_sizes[1]))
+    progress(started, "encoding frames")
+    for pieces, limit in ((1, 1), (3, 2)):
+        batch = video[:n_encode]
+        seconds = clock.time(lambda batch=batch, limit=limit: model.encode_frames(batch, limit), repeats)
+        figures[f"encode_{pieces}piece_frames_per_s"] = n_encode / seconds
+
+    cached = model.encode_frames(video[: window_sizes[1]], max_slice_nums=args.max_slice_nums)
+    progress(started, "prefill")
+    for label, size in zip(("16f", "64f"), window_sizes, strict=True):
+        prep = model.prepare(window(cached[:size]), use_image_id=False, max_inp_length=32768)
+        seconds = clock.time(lambda prep=prep: prefill(model, prep), repeats)
+        figures[f"prefill_{label}_tokens"] = int(prep.input_ids.shape[0])
+        figures[f"prefill_{label}_tokens_per_s"] = prep.input_ids.shape[0] / seconds
+
+    prep16 = model.prepare(window(cached[: window_sizes[0]]), use_image_id=False)
+    progress(started, "decode")
+    for batch in (1, 8):
+        preps = [prep16] * batch
+        one = clock.time(lambda preps=preps: model.generate(preps, max_new_tokens=1, **GREEDY), repeats)
+        full = clock.time(
+            lambda preps=preps: model.generate(
+                preps, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **GREEDY
+            ),
+            repeats,
+        )
+        figures[f"decode_batch{batch}_tokens_per_s"] = batch * (new_tokens - 1) / max(full - one, 1e-9)
+
+    def caption(items: list) -> None:
+        model.chat(
+            window(items),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            use_image_id=False,
+            max_slice_nums=args.max_slice_nums,
+            **GREEDY,
+        )
+
+    progress(started, "captions")
+    figures["caption_16f_cached_s"] = clock.time(lambda: caption(cached[: window_sizes[0]]), repeats)
+    figures["caption_16f_pixels_s"] = clock.time(lambda: caption(video[: window_sizes[0]]), repeats)
+    figures["caption_new_tokens"] = new_tokens
+    if device.type == "cuda":
+        figures["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    figures["total_s"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):  # other work on the machine skews CPU figures
+        figures["load_avg_1m"] = os.getloadavg()[0]
+    return figures
+
+
+def model_name(args: argparse.Namespace) -> str:
+    if not args.full_size:
+        return "tiny"
+    return "full-size" + (f" ({args.layers} layers)" if args.layers else "")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full-size", action="store_true", help="real 2.6 architecture, random bf16 weights")
+    parser.add_argument("--device", default=None, help="default: cuda with --full-size if present, else cpu")
+    parser.add_argument("--dtype", default=None, help="full-size weights (default: bf16 on cuda, f32 on cpu)")
+    parser.add_argument("--layers", type=int, default=None, help="keep only N LLM and vision layers")
+    parser.add_argument("--new-tokens", type=int, default=None, help="decode length (64 on CPU, 160 on GPU)")
+    parser.add_argument("--max-slice-nums", type=int, default=1, help="pieces per frame in windows (live: 1)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny workloads: proves the code path runs")
+    args = parser.parse_args()
+    if args.device is None:
+        args.device = "cuda" if args.full_size and torch.cuda.is_available() else "cpu"
+    if args.new_tokens is None:
+        args.new_tokens = 160 if args.device.startswith("cuda") else 64
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    figures = run(args)
+    print(f"{'figure':<34}{'value':>24}")
+    for name, value in figures.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else str(value)
+        print(f"{name:<34}{shown:>24}")
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
