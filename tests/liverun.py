@@ -9,6 +9,7 @@ short asyncio loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -158,7 +159,9 @@ def collect(ws_url: str, until: Callable[[list[dict[str, Any]]], bool], *, timeo
                 got.append(json.loads(raw))
         return got
 
-    return asyncio.run(run())
+    # Its own thread: the caller may already run an event loop (Playwright's sync API does).
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
 
 
 def of_type(messages: list[dict[str, Any]], kind: str, stream: str | None = None) -> list[dict[str, Any]]:
