@@ -107,7 +107,7 @@ class MiniCPMV(nn.Module):
         target_dtype = resolve_dtype(target, dtype)
         with torch.device("meta"):
             model = cls(config, tokenizer, processor_config)
-        dropped = ()
+        dropped: tuple[str, ...] = ()
         if config.drop_vision_last_layer:
             dropped = (f"vpm.encoder.layers.{config.vision.num_hidden_layers - 1}.",)
         load_weights(model, folder, target, target_dtype, ignore_prefixes=dropped)
@@ -192,8 +192,8 @@ class MiniCPMV(nn.Module):
             n = len(s.pieces)
             result.append(
                 FrameEmbedding(
-                    original_size=tuple(s.original_size),
-                    grid=None if s.grid is None else tuple(s.grid),
+                    original_size=(int(s.original_size[0]), int(s.original_size[1])),
+                    grid=None if s.grid is None else (int(s.grid[0]), int(s.grid[1])),
                     tgt_sizes=tuple((int(h), int(w)) for h, w in s.tgt_sizes),
                     embeddings=embeddings[start : start + n].clone(),
                     max_slice_nums=limit,
@@ -247,7 +247,7 @@ class MiniCPMV(nn.Module):
                         f"[{item.n_pieces}, {want[0]}, {want[1]}] (was it made by another model?)"
                     )
                 parts.append(item.embeddings.to(self.device, self.dtype))
-            else:
+            elif isinstance(item, processing.SlicedImage):
                 n = len(item.pieces)
                 assert encoded is not None
                 parts.append(encoded[used : used + n])

@@ -32,7 +32,7 @@ def official_buckets(n: int, num_patches_per_side: int) -> tuple[int, ...]:
         raise ValueError(f"patch count must be >= 1, got {n}")
     boundaries = torch.arange(1 / num_patches_per_side, 1.0, 1 / num_patches_per_side)
     step = 1 / torch.tensor(n, dtype=torch.int32)
-    fractions = torch.arange(0, 1 - 1e-6, step)
+    fractions = torch.arange(0, 1 - 1e-6, step)  # type: ignore[call-overload]  # a tensor step, as officially
     buckets = torch.bucketize(fractions, boundaries, right=True)
     if buckets.numel() != n:  # cannot happen for n < 1e6; guards the float reasoning above
         raise AssertionError(f"official arange gave {buckets.numel()} coordinates for n={n}")

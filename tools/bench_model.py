@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from model.tiny import TOKENIZER_DIR, build_tiny_model, randomise_  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 
 QUESTION = "Describe what happens in the video in detail."
-GREEDY = {"sampling": False, "num_beams": 1, "repetition_penalty": 1.0}
+GREEDY: dict[str, Any] = {"sampling": False, "num_beams": 1, "repetition_penalty": 1.0}
 
 
 def build_full_size(device: torch.device, dtype: torch.dtype, layers: int | None, seed: int) -> MiniCPMV:
@@ -142,15 +143,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     video = frames(max(n_encode, window_sizes[1]))
     progress(started, "encoding frames")
     for pieces, limit in ((1, 1), (3, 2)):
-        batch = video[:n_encode]
-        seconds = clock.time(lambda batch=batch, limit=limit: model.encode_frames(batch, limit), repeats)
+        some = video[:n_encode]
+        seconds = clock.time(partial(model.encode_frames, some, limit), repeats)
         figures[f"encode_{pieces}piece_frames_per_s"] = n_encode / seconds
 
     cached = model.encode_frames(video[: window_sizes[1]], max_slice_nums=args.max_slice_nums)
     progress(started, "prefill")
     for label, size in zip(("16f", "64f"), window_sizes, strict=True):
         prep = model.prepare(window(cached[:size]), use_image_id=False, max_inp_length=32768)
-        seconds = clock.time(lambda prep=prep: prefill(model, prep), repeats)
+        seconds = clock.time(partial(prefill, model, prep), repeats)
         figures[f"prefill_{label}_tokens"] = int(prep.input_ids.shape[0])
         figures[f"prefill_{label}_tokens_per_s"] = prep.input_ids.shape[0] / seconds
 
@@ -158,13 +159,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     progress(started, "decode")
     for batch in (1, 8):
         preps = [prep16] * batch
-        one = clock.time(lambda preps=preps: model.generate(preps, max_new_tokens=1, **GREEDY), repeats)
-        full = clock.time(
-            lambda preps=preps: model.generate(
-                preps, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **GREEDY
-            ),
-            repeats,
-        )
+        one = clock.time(partial(model.generate, preps, max_new_tokens=1, **GREEDY), repeats)
+        fixed = partial(model.generate, preps, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **GREEDY)
+        full = clock.time(fixed, repeats)
         figures[f"decode_batch{batch}_tokens_per_s"] = batch * (new_tokens - 1) / max(full - one, 1e-9)
 
     def caption(items: list) -> None:
