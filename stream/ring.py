@@ -54,7 +54,7 @@ import os
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,13 +335,23 @@ class FrameRing:
         does); after ``timeout`` seconds (None: forever) it gives up, writes nothing and returns -1,
         so a capture loop can check its stop flag and call again.
         """
-        self._check_open()
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise RingError(f"ring {self._name}: frames must be uint8 (H, W, 3), "
                             f"got {image.dtype} {tuple(image.shape)}")
-        h, w = int(image.shape[0]), int(image.shape[1])
+        return self.write_with(int(image.shape[0]), int(image.shape[1]),
+                               lambda view: np.copyto(view, image, casting="no"), pts, wall, timeout=timeout)
+
+    def write_with(self, height: int, width: int, fill: Callable[[np.ndarray], object], pts: float,
+                   wall: float, *, timeout: float | None = None) -> int:
+        """Like :meth:`write`, but ``fill(view)`` puts the pixels into the slot itself: ``view`` is a
+        C-contiguous uint8 (height, width, 3) array in shared memory, valid only during the call
+        (keep no reference). A decoder that converts straight into it saves ``write``'s copy. If
+        ``fill`` raises, nothing is published (the slot reads as being written until the next write).
+        """
+        self._check_open()
+        h, w = int(height), int(width)
         if h > self._max_h or w > self._max_w or h < 1 or w < 1:
-            raise RingError(f"ring {self._name}: frame of shape {tuple(image.shape)} does not fit its "
+            raise RingError(f"ring {self._name}: frame of shape {(h, w, 3)} does not fit its "
                             f"slots of at most {self.max_shape}")
         seq = int(self._head[_HEAD]) + 1
         slot = seq % self._slots
@@ -353,7 +363,7 @@ class FrameRing:
         si[slot, _W] = w
         self._slot_f[slot, _PTS] = pts
         self._slot_f[slot, _WALL] = wall
-        np.copyto(self._data[slot][: h * w * 3].reshape(h, w, 3), image, casting="no")
+        fill(self._data[slot][: h * w * 3].reshape(h, w, 3))
         si[slot, _STATE] = 2 * seq + 2
         self._head[_HEAD] = seq
         return seq
