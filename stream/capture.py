@@ -54,7 +54,7 @@ from .bus import Publisher
 from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
 from .messages import StreamState, capture_status
 from .ring import FrameRing
-from .sources import SourceOptions, SourceSpec, VideoFrame, VideoSource, open_source, parse_source
+from .sources import PendingFrame, SourceOptions, SourceSpec, VideoSource, open_source, parse_source
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ class CaptureStats:
 
 class FrameWriter(Protocol):
     """What capture needs of a ring (``stream.ring.FrameRing`` is the real one). ``write`` returns the
-    frame's seq, or -1 when a lossless ring had no room within ``timeout``."""
+    frame's seq, or -1 when a lossless ring had no room within ``timeout``. A writer that also has
+    ``write_with(height, width, fill, pts, wall, *, timeout)`` (FrameRing does) gets each frame
+    converted straight into its slot instead of converted and then copied."""
 
     @property
     def lossless(self) -> bool: ...
@@ -169,6 +171,7 @@ class Capture:
         self.options = options or SourceOptions()
         self._ring = ring
         self._lossless = bool(getattr(ring, "lossless", False))
+        self._write_with: Callable[..., int] | None = getattr(ring, "write_with", None)
         self._on_status = on_status
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -329,7 +332,7 @@ class Capture:
             with self._opener(self.spec, self.options) as source:
                 attempt.opened = True
                 attempt.finite = source.finite
-                for frame in source:
+                for frame in source.pending():
                     if not self._emit(attempt, frame, source.decode_errors):
                         return
                 self._count_errors(attempt, source.decode_errors)
@@ -346,14 +349,16 @@ class Capture:
             if self._active == attempt.generation:
                 attempt.decode_errors = decode_errors
 
-    def _emit(self, attempt: _Attempt, frame: VideoFrame, decode_errors: int) -> bool:
-        """Write one frame into the ring; False when this reader has been abandoned.
+    def _emit(self, attempt: _Attempt, frame: PendingFrame, decode_errors: int) -> bool:
+        """Convert one frame into the ring; False when this reader has been abandoned.
 
         The lock makes "still the active reader?" and the write one step, so an abandoned reader
         never writes (and never touches a ring being closed). A lossless ring without room is
         retried in short waits with the lock released, so a stop is never held up by a slow reader.
         """
         t: float | None = None
+        image = None
+        timeout = LOSSLESS_WAIT_S if self._lossless else None
         while True:
             with self._lock:
                 if self._active != attempt.generation:
@@ -362,8 +367,12 @@ class Capture:
                 if t is None:
                     t = self._clock(frame.pts, frame.wall)
                 try:
-                    seq = self._ring.write(frame.image, t, frame.wall,
-                                           timeout=LOSSLESS_WAIT_S if self._lossless else None)
+                    if self._write_with is not None:  # converted straight into the slot
+                        seq = self._write_with(frame.height, frame.width, frame.fill, t, frame.wall,
+                                               timeout=timeout)
+                    else:
+                        image = frame.to_video_frame().image if image is None else image
+                        seq = self._ring.write(image, t, frame.wall, timeout=timeout)
                 except RingError as exc:
                     self.stats.drops += 1
                     if not self._logged_drop:
@@ -374,7 +383,7 @@ class Capture:
                 if seq >= 0:
                     attempt.frames += 1
                     self.stats.frames += 1
-                    self.stats.height, self.stats.width = frame.image.shape[:2]
+                    self.stats.height, self.stats.width = frame.height, frame.width
                     return True
 
     # -- status ----------------------------------------------------------------------------------

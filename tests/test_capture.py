@@ -25,7 +25,7 @@ from realparts import free_port, load_tool, make_clip
 from stream.bus import RunPaths, Subscriber
 from stream.capture import Capture, CaptureState, StreamClock, capture_main
 from stream.ring import FrameRing, ring_name
-from stream.sources import SourceOptions, SourceSpec, VideoFrame, parse_source
+from stream.sources import PendingFrame, SourceOptions, SourceSpec, parse_source
 
 msv = load_tool("make_sample_video")
 SHM = Path("/dev/shm")
@@ -154,6 +154,22 @@ def test_file_into_ring_ends_cleanly(clip: Path, ring: FrameRing) -> None:
     assert last.pts == pytest.approx(59 / 30, abs=1e-3)  # stream time = seconds since the first frame
 
 
+def test_ring_write_with_publishes_only_a_complete_fill(ring: FrameRing) -> None:
+    """The ring API capture converts into: a fill that fails publishes nothing; the next write works."""
+    def broken(view: np.ndarray) -> None:
+        view[:2] = 7
+        raise ValueError("decoder fell over mid-frame")
+
+    assert ring.write_with(4, 6, lambda view: view.fill(1), 0.0, 1.0) == 0
+    with pytest.raises(ValueError, match="mid-frame"):
+        ring.write_with(4, 6, broken, 0.1, 1.1)
+    assert ring.head_seq == 0 and ring.read(1) is None
+    assert ring.write_with(4, 6, lambda view: view.fill(3), 0.2, 1.2) == 1
+    frame = ring.read(1)
+    assert frame is not None and frame.image.shape == (4, 6, 3) and (frame.image == 3).all()
+    assert frame.pts == 0.2
+
+
 def test_lossless_ring_gets_every_frame_with_stream_time(clip: Path) -> None:
     with new_ring(lossless=True, slots=4) as ring:
         reader_ring = FrameRing.attach(ring.name)
@@ -273,12 +289,15 @@ class HangingSource:
     def __exit__(self, *exc: object) -> None:
         self.release.set()
 
-    def __iter__(self) -> Iterator[VideoFrame]:
+    def pending(self) -> Iterator[PendingFrame]:
+        def fill(out: np.ndarray) -> None:
+            out[:] = self.value
+
         for i in range(self.count):
-            yield VideoFrame(np.full((16, 16, 3), self.value, np.uint8), 100.0 + i / 30, time.time())
+            yield PendingFrame(16, 16, 100.0 + i / 30, time.time(), fill)
             time.sleep(1 / 30)
         self.release.wait()
-        yield VideoFrame(np.full((16, 16, 3), self.value, np.uint8), 999.0, time.time())
+        yield PendingFrame(16, 16, 999.0, time.time(), fill)
 
 
 def test_watchdog_abandons_a_hung_reader_and_reconnects(ring: FrameRing) -> None:

@@ -22,6 +22,7 @@ from realparts import load_tool, make_clip
 
 from stream.errors import ConfigError, SourceError, SourceNotFound, UnsupportedSource
 from stream.sources import (
+    DirectRGB,
     SourceOptions,
     SourceSpec,
     open_source,
@@ -154,6 +155,57 @@ def test_resize_and_rotate() -> None:
     assert turned[150:, :, 0].min() == 255 and turned[:50, :, 0].max() == 0
     assert rotate(image, 0) is image
     assert rotate(image, -180)[:, 150:, 0].min() == 255
+
+
+# -- direct RGB conversion (libswscale into the caller's array) ----------------------------------------
+@pytest.mark.parametrize(
+    ("name", "kwargs", "pix_fmt", "colorspace", "color_range"),
+    [
+        ("plain.mp4", {}, "yuv420p", 2, 0),  # untagged: BT.601, limited range
+        ("bt709.mp4", {"x264_params": "colorprim=bt709:transfer=bt709:colormatrix=bt709"}, "yuv420p", 1, 1),
+        ("full.mp4", {"x264_params": "fullrange=on:colormatrix=bt709"}, "yuvj420p", 1, 2),
+        ("444.mp4", {"pix_fmt": "yuv444p"}, "yuv444p", 2, 0),
+        ("422.mp4", {"pix_fmt": "yuv422p"}, "yuv422p", 2, 0),
+        ("mjpeg.avi", {"codec": "mjpeg"}, "yuvj420p", None, 2),
+    ],
+)
+def test_direct_rgb_gives_exactly_pyavs_pixels(clips: Path, name: str, kwargs: dict[str, str], pix_fmt: str,
+                                               colorspace: int | None, color_range: int) -> None:
+    clip = make_clip(clips / name, size="320x180", fps=FPS, seconds=0.2, **kwargs)
+    direct = DirectRGB(name)
+    with av.open(str(clip)) as container:
+        for frame in container.decode(video=0):
+            assert frame.format.name == pix_fmt and int(frame.color_range) == color_range
+            assert colorspace is None or int(frame.colorspace) == colorspace
+            out = np.zeros((frame.height, frame.width, 3), np.uint8)
+            assert direct.convert(frame, out)
+            assert np.array_equal(out, frame.to_ndarray(format="rgb24"))
+    assert list(direct._checked.values()) == [True]  # verified once, then used without PyAV
+
+
+def test_direct_rgb_falls_back_to_pyav_when_it_differs(clips: Path) -> None:
+    """An odd-width frame: swscale's unaligned path differs from PyAV's (aligned) output in the last
+    bits, the first-frame check notices, and PyAV's conversion is used from then on."""
+    clip = make_clip(clips / "odd.mp4", size="322x182", fps=FPS, seconds=0.2)
+    frames, _ = read_all(clip, realtime=False)
+    with av.open(str(clip)) as container:
+        expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == len(expected) == 6
+    assert all(np.array_equal(f.image, e) for f, e in zip(frames, expected, strict=True))
+
+
+def test_pending_frames_fill_any_target(clip: Path) -> None:
+    """What capture does: convert straight into a (ring slot) array; same pixels as iterating."""
+    with open_source(str(clip), SourceOptions(realtime=False, max_side=160)) as source:
+        slots = []
+        for pending in source.pending():
+            assert (pending.height, pending.width) == (90, 160)
+            slot = np.zeros((pending.height, pending.width, 3), np.uint8)
+            pending.fill(slot)
+            slots.append(slot)
+    frames, _ = read_all(clip, realtime=False, max_side=160)
+    assert len(slots) == len(frames) == 90
+    assert all(np.array_equal(s, f.image) for s, f in zip(slots, frames, strict=True))
 
 
 # -- real files ----------------------------------------------------------------------------------------

@@ -119,8 +119,12 @@ def frames(photos: Sequence[np.ndarray], width: int, height: int, fps: float, co
 
 def make_video(out: Path, *, width: int = 640, height: int = 360, fps: float = 30.0, seconds: float = 10.0,
                codec: str = "libx264", crf: int = 23, preset: str = "veryfast", gop: int | None = None,
-               stamp: bool = True, photos: Sequence[Path] | None = None) -> int:
-    """Encode the clip to ``out`` (container from the suffix); returns the number of frames."""
+               stamp: bool = True, photos: Sequence[Path] | None = None, pix_fmt: str | None = None,
+               x264_params: str = "") -> int:
+    """Encode the clip to ``out`` (container from the suffix); returns the number of frames.
+
+    ``pix_fmt`` defaults to yuv420p (yuvj420p for mjpeg); ``x264_params`` passes libx264 settings
+    such as ``colormatrix=bt709:fullrange=on`` (colour tags the decoder then reports)."""
     if width % 2 or height % 2:
         raise ValueError(f"size {width}x{height}: width and height must be even (yuv420p)")
     count = max(1, round(seconds * fps))
@@ -137,9 +141,11 @@ def make_video(out: Path, *, width: int = 640, height: int = 360, fps: float = 3
         stream = container.add_stream(codec, rate=rate)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = width, height
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
         if codec == "libx264":
             stream.options = {"crf": str(crf), "preset": preset, "g": str(gop or max(1, round(2 * fps)))}
+            if x264_params:
+                stream.options |= {"x264-params": x264_params}
         for index, image in enumerate(frames(images, width, height, fps, count, stamp)):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = index
@@ -166,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crf", type=int, default=23, help="libx264 quality (lower is better)")
     parser.add_argument("--preset", default="veryfast", help="libx264 preset")
     parser.add_argument("--gop", type=int, default=None, help="key frame interval in frames (default 2 s)")
+    parser.add_argument("--pix-fmt", default=None, help="pixel format (default yuv420p; yuvj420p for mjpeg)")
+    parser.add_argument("--x264-params", default="", help="e.g. colormatrix=bt709:fullrange=on")
     parser.add_argument("--no-stamp", dest="stamp", action="store_false", help="no frame counter burnt in")
     parser.add_argument("--photo", dest="photos", type=Path, action="append",
                         help="photo to use (repeatable; default tests/data/photos/*.jpg)")
@@ -174,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         count = make_video(args.out, width=width, height=height, fps=args.fps, seconds=args.seconds,
                            codec=args.codec, crf=args.crf, preset=args.preset, gop=args.gop, stamp=args.stamp,
-                           photos=args.photos)
+                           photos=args.photos, pix_fmt=args.pix_fmt, x264_params=args.x264_params)
     except (OSError, ValueError) as exc:
         print(f"make_sample_video: {exc}", file=sys.stderr)
         return 1
