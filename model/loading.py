@@ -79,7 +79,8 @@ def _download(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
     except (OSError, ValueError, HfHubHTTPError) as exc:
         raise WeightsNotFoundError(
-            f"cannot get the weights of hub id {repo_id!r} ({type(exc).__name__}: {_first_line(exc)}). "
+            f"no local folder {repo_id!r}, and cannot get the weights of hub id {repo_id!r} "
+            f"({type(exc).__name__}: {_first_line(exc)}). "
             f"Download them on a machine with network access (`hf download {repo_id}`) and either copy the "
             "Hugging Face cache here (set HF_HOME to it) or pass the checkpoint folder path instead of the id"
         ) from exc
