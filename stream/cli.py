@@ -196,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
+    from .exports import check_output
     from .offline import caption_file, probe_duration
     from .pipeline import caption_settings
 
@@ -204,6 +205,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise ConfigError(f"caption: no such file {path}")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
+    for output in outputs:
+        check_output(output)
     check_model_available(config.model.name)
     from model.backends import load_backend
 

@@ -99,10 +99,17 @@ WRITERS: dict[str, type] = {".jsonl": JsonLinesWriter, ".vtt": WebVttWriter, ".s
 
 
 def open_writer(path: Path) -> CaptionWriter:
-    """A writer chosen by the file's extension (.jsonl, .vtt, .srt)."""
+    """A writer chosen by the file's extension (.jsonl, .vtt, .srt); missing folders are created."""
+    kind = check_output(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return kind(path)
+
+
+def check_output(path: Path) -> type:
+    """The writer class for ``path``'s extension; ConfigError naming the file if there is none."""
     from .errors import ConfigError
 
     kind = WRITERS.get(path.suffix.lower())
     if kind is None:
         raise ConfigError(f"--out {path}: unknown caption format {path.suffix!r}; use .jsonl, .vtt or .srt")
-    return kind(path)
+    return kind

@@ -1,0 +1,58 @@
+"""``vidnarrate caption FILE``: the whole file captioned offline, as fast as it goes, into JSONL and WebVTT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from liverun import VIDNARRATE
+from realparts import make_clip
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+def test_caption_covers_the_whole_file_faster_than_real_time(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "walk.mp4", size="640x360", fps=30.0, seconds=30.0)
+    out = tmp_path / "out"  # does not exist yet: caption creates it
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(VIDNARRATE), "caption", str(clip), "--model", "tiny", "--set", "captions.max_new_tokens=4",
+         "--out", str(out / "walk.jsonl"), "--out", str(out / "walk.vtt"), "--out", str(out / "walk.srt")],
+        capture_output=True, text=True, timeout=280, cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    captions = [json.loads(line) for line in (out / "walk.jsonl").read_text().splitlines()]
+    # offline defaults: 16-s windows every 8 s, every window captioned (none skipped), tail included
+    assert [c["seq"] for c in captions] == list(range(len(captions)))
+    assert all(c["skipped"] == 0 for c in captions)
+    assert captions[0]["t_start"] == 0.0 and captions[0]["frame_times"][0] == 0.0
+    assert captions[-1]["t_end"] == pytest.approx(30.0 - 1 / 30, abs=0.05)
+    covered = 0.0
+    for c in captions:
+        assert c["t_start"] <= covered + 1e-6, "no part of the file is left out"
+        covered = max(covered, c["t_end"])
+        times = c["frame_times"]
+        assert times == sorted(times) and all(c["t_start"] <= t <= c["t_end"] for t in times)
+        assert len(times) <= 16
+    all_times = sorted({t for c in captions for t in c["frame_times"]})
+    assert all_times == [float(i) for i in range(30)], "one frame per second of the file, each used"
+    vtt = (out / "walk.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n1\n00:00:00.000 --> 00:00:08.000\n")
+    assert vtt.count(" --> ") == len(captions)
+    assert (out / "walk.srt").read_text().count(" --> ") == len(captions)
+    assert f"{len(captions)} captions over 30.0 s" in done.stdout
+    assert elapsed < 60, "offline captioning reads the file as fast as it can"
+
+
+def test_caption_refuses_a_missing_file_and_a_bad_output(tmp_path: Path) -> None:
+    missing = subprocess.run([str(VIDNARRATE), "caption", str(tmp_path / "nope.mp4"), "--model", "tiny"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "nope.mp4" in missing.stderr
+    clip = make_clip(tmp_path / "c.mp4", seconds=2.0)
+    bad = subprocess.run([str(VIDNARRATE), "caption", str(clip), "--model", "tiny", "--out", str(tmp_path / "c.txt")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown caption format '.txt'" in bad.stderr
