@@ -285,7 +285,7 @@ def _swscale() -> _Swscale | None:
     global _SWSCALE, _SWSCALE_LOADED
     with _SWSCALE_LOCK:
         if not _SWSCALE_LOADED:
-            _SWSCALE = None if os.environ.get("VIDNARRATE_NO_DIRECT_RGB") else _Swscale.load()
+            _SWSCALE = _Swscale.load()
             _SWSCALE_LOADED = True
         return _SWSCALE
 
@@ -301,12 +301,12 @@ class DirectRGB:
     It must give exactly PyAV's pixels, so the first frame of every new (format, size, colour space,
     range) is converted both ways and compared; any difference (or no usable libswscale) turns
     the direct path off for that kind of frame and PyAV's conversion is used, as before.
-    ``VIDNARRATE_NO_DIRECT_RGB=1`` turns it off entirely.
+    ``VIDNARRATE_NO_DIRECT_RGB=1`` (read when a source opens) turns it off.
     """
 
     def __init__(self, label: str) -> None:
         self._label = label
-        self._sws = _swscale()
+        self._sws = None if os.environ.get("VIDNARRATE_NO_DIRECT_RGB") else _swscale()
         self._context: int | None = None
         self._configured: tuple[int, tuple[str, int, int, int, int]] | None = None
         self._checked: dict[tuple[str, int, int, int, int], bool] = {}

@@ -13,6 +13,9 @@ For each clip, in the same run and interleaved round by round (so both see the s
   frames are not resized and both sides do the same work) into a real shared-memory
   :class:`stream.ring.FrameRing` (live mode), including its reader thread, watchdog, stream clock and
   status: what the capture process does;
+* **capture, copying**: the same, but each frame converted by PyAV into a new array and copied into
+  the slot (``FrameRing.write``) instead of converted by PyAV's libswscale straight into the slot
+  (``write_with`` + ``sources.DirectRGB``): what the direct conversion saves;
 * **capture, max_side 1344** (only where the clip is larger): the default downscale, for reference.
 
 The figure that matters is the overhead of capture over bare decoding (target <= 10%), in frames/s
@@ -91,7 +94,22 @@ def bare(path: Path) -> tuple[int, float, float]:
     return frames, time.perf_counter() - started, time.process_time() - cpu
 
 
-def capture(path: Path, max_side: int) -> tuple[int, float, float]:
+class _CopyingWriter:
+    """The ring without ``write_with``: capture then converts each frame into a new array and
+    ``write`` copies it into the slot."""
+
+    def __init__(self, ring: FrameRing) -> None:
+        self._ring = ring
+        self.lossless = ring.lossless
+
+    def write(self, image: Any, pts: float, wall: float, *, timeout: float | None = None) -> int:
+        return self._ring.write(image, pts, wall, timeout=timeout)
+
+    def mark_ended(self) -> None:
+        self._ring.mark_ended()
+
+
+def capture(path: Path, max_side: int, copying: bool = False) -> tuple[int, float, float]:
     """Frames, wall and CPU seconds for Capture into a real ring, from construction to the end of run()."""
     width, height, _, _ = probe(path)
     side = max(width, height) if not max_side else min(max(width, height), max_side)
@@ -99,9 +117,15 @@ def capture(path: Path, max_side: int) -> tuple[int, float, float]:
     try:
         statuses: list[dict[str, Any]] = []
         started, cpu = time.perf_counter(), time.process_time()
-        cap = Capture("bench", SourceSpec("file", str(path), str(path)), ring,
-                      options=SourceOptions(realtime=False, max_side=max_side), on_status=statuses.append)
-        cap.run(threading.Event())
+        writer: Any = _CopyingWriter(ring) if copying else ring
+        if copying:
+            os.environ["VIDNARRATE_NO_DIRECT_RGB"] = "1"  # and PyAV's own conversion
+        try:
+            cap = Capture("bench", SourceSpec("file", str(path), str(path)), writer,
+                          options=SourceOptions(realtime=False, max_side=max_side), on_status=statuses.append)
+            cap.run(threading.Event())
+        finally:
+            os.environ.pop("VIDNARRATE_NO_DIRECT_RGB", None)
         took, cpu = time.perf_counter() - started, time.process_time() - cpu
         if cap.error is not None:
             raise RuntimeError(f"capture of {path} failed: {cap.error}")
@@ -137,21 +161,22 @@ def main() -> int:
           f"Python {platform.python_version()}, PyAV {av.__version__}; load average {load_before:.1f} "
           f"before; {args.rounds} rounds (overheads: median of per-round pairs)")
     header = ("clip", "size", "frames", "Mbit/s", "bare fps", "capture fps", "overhead", "bare cpu ms",
-              "capture cpu ms", "cpu overhead", "capture@1344 fps")
-    print("{:8} {:>9} {:>6} {:>6} {:>8} {:>11} {:>8} {:>11} {:>14} {:>12} {:>16}".format(*header))
+              "capture cpu ms", "cpu overhead", "copying fps", "capture@1344 fps")
+    print("{:8} {:>9} {:>6} {:>6} {:>8} {:>11} {:>8} {:>11} {:>14} {:>12} {:>11} {:>16}".format(*header))
     figures: dict[str, Any] = {}
-    worst = 0.0
+    worst = -1.0
     for label, path in clips:
         width, height, _, mbits = probe(path)
         downscale = max(width, height) > 1344
-        fps = {"bare": 0.0, "capture": 0.0, "capture_1344": 0.0}
-        cpu = {"bare": float("inf"), "capture": float("inf"), "capture_1344": float("inf")}
+        fps = {"bare": 0.0, "capture": 0.0, "copying": 0.0, "capture_1344": 0.0}
+        cpu = {key: float("inf") for key in fps}
         count = 0
         paired: list[float] = []  # per round: capture's fps against the bare run right before it
         paired_cpu: list[float] = []
         for _ in range(args.rounds):
             runs: list[tuple[str, Callable[[], tuple[int, float, float]]]] = [
-                ("bare", partial(bare, path)), ("capture", partial(capture, path, 0))]
+                ("bare", partial(bare, path)), ("capture", partial(capture, path, 0)),
+                ("copying", partial(capture, path, 0, True))]
             if downscale:
                 runs.append(("capture_1344", partial(capture, path, 1344)))
             this_round: dict[str, tuple[float, float]] = {}
@@ -171,7 +196,7 @@ def main() -> int:
         scaled = f"{fps['capture_1344']:.1f}" if downscale else "-"
         print(f"{label:8} {width:>4}x{height:<4} {count:>6} {mbits:>6.1f} {fps['bare']:>8.1f} "
               f"{fps['capture']:>11.1f} {overhead:>8.1%} {cpu['bare']:>11.2f} {cpu['capture']:>14.2f} "
-              f"{cpu_overhead:>12.1%} {scaled:>16}")
+              f"{cpu_overhead:>12.1%} {fps['copying']:>11.1f} {scaled:>16}")
         key = label if label in SIZES else label.replace(".", "_")
         figures[f"bare_{key}_fps"] = round(fps["bare"], 1)
         figures[f"capture_{key}_fps"] = round(fps["capture"], 1)
@@ -179,6 +204,7 @@ def main() -> int:
         figures[f"cpu_ms_per_frame_bare_{key}"] = round(cpu["bare"], 3)
         figures[f"cpu_ms_per_frame_capture_{key}"] = round(cpu["capture"], 3)
         figures[f"cpu_overhead_{key}"] = round(cpu_overhead, 4)
+        figures[f"capture_copying_{key}_fps"] = round(fps["copying"], 1)
         if downscale:
             figures[f"capture_{key}_max_side_1344_fps"] = round(fps["capture_1344"], 1)
     figures |= {"target_overhead": 0.10, "worst_overhead": round(worst, 4), "cpu": cpu_model(),
