@@ -86,7 +86,7 @@ class StreamWorker:
     sampler: Sampler = field(init=False)
     pending: deque[tuple[SampledFrame, np.ndarray]] = field(init=False)
     cache: dict[int, Any] = field(init=False)  # seq -> FrameEmbedding
-    sample_of: dict[int, SampledFrame] = field(init=False)
+    encode_ms: dict[int, float] = field(init=False)  # seq -> time of the vision call that encoded it
     due: deque[Job] = field(init=False)
     history: deque[str] = field(init=False)
     counters: StreamCounters = field(default_factory=StreamCounters)
@@ -104,7 +104,7 @@ class StreamWorker:
                                stream=self.name, origin=s.time_origin)
         self.pending = deque()
         self.cache = {}
-        self.sample_of = {}
+        self.encode_ms = {}
         self.due = deque(maxlen=self.sampler.max_pending)
         self.history = deque(maxlen=max(1, s.context_captions))
 
@@ -154,7 +154,7 @@ class StreamWorker:
         keep.update(f.seq for job in self.due for f in job.frames)
         for seq in [s for s in self.cache if s not in keep]:
             del self.cache[seq]
-            self.sample_of.pop(seq, None)
+            self.encode_ms.pop(seq, None)
 
     # -- jobs out ---------------------------------------------------------------------------------
     def take_job(self, skip_stale: bool) -> Job | None:
@@ -239,14 +239,16 @@ class Captioner:
                     batch.append((worker, sample, image))
         if not batch:
             return 0
+        started = time.monotonic()
         embeddings = self.backend.encode_frames([image for _, _, image in batch],
                                                 max_slice_nums=self.settings.max_slice_nums)
+        batch_ms = round((time.monotonic() - started) * 1000, 1)
         for (worker, sample, _), embedding in zip(batch, embeddings, strict=True):
             with worker.lock:
                 worker.counters.encodes += 1
                 if worker.needed(sample.seq):
                     worker.cache[sample.seq] = embedding
-                    worker.sample_of[sample.seq] = sample
+                    worker.encode_ms[sample.seq] = batch_ms
         return len(batch)
 
     # -- choosing ---------------------------------------------------------------------------------
@@ -311,7 +313,8 @@ class Captioner:
             stream=worker.name, seq=seq, t_start=round(job.t_start, 3), t_end=round(job.t_end, 3),
             frame_times=[round(f.t, 3) for f in frames], wall_start=frames[0].wall, wall_end=frames[-1].wall,
             text=text, model=self.model_name, latency_ms=round(latency_ms, 1), skipped=skipped,
-            model_ms=round(model_ms, 1), frames=len(frames),
+            model_ms=round(model_ms, 1), encode_ms=worker.encode_ms.get(frames[-1].seq, 0.0),
+            frames=len(frames),
         )
 
     def answer(self, worker: StreamWorker, question: str, max_new_tokens: int | None = None) -> tuple[str, list[SampledFrame]]:
