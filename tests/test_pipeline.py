@@ -4,9 +4,12 @@ one stops it with Ctrl-C and checks that nothing is left behind."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +115,46 @@ def test_killed_inference_is_restarted_and_captions_resume(live: LiveRun) -> Non
     processes = of_type(messages, "status")[-1]["processes"]
     assert processes["inference"]["restarts"] >= 1 and processes["inference"]["pid"] != pid
     assert "inference exited with code" in "".join(live.stderr)
+
+
+def _raw_websocket(port: int, *, rcvbuf: int | None = None) -> socket.socket:
+    """A bare TCP websocket client (handshake only), for clients that misbehave below the library."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def _masked(payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_a_stalled_client_and_a_client_killed_mid_message_do_not_disturb_the_others(live: LiveRun) -> None:
+    stalled = _raw_websocket(live.port, rcvbuf=4096)
+    stalled.sendall(_masked(b'{"type":"subscribe","streams":"*","thumbnails":true}'))  # then never reads
+    killed = _raw_websocket(live.port)
+    killed.sendall(bytes([0x81, 0x80 | 126]) + (300).to_bytes(2, "big") + os.urandom(4) + b"x" * 40)
+    killed.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    killed.close()  # RST halfway through the frame it promised
+    try:
+        started = time.monotonic()
+        messages = collect(live.ws_url, lambda m: all(len(of_type(m, "caption", s)) >= 2 for s in ("yard", "door")),
+                           timeout=60, subscribe={"type": "subscribe", "streams": "*", "thumbnails": True})
+        assert all(len(of_type(messages, "caption", s)) >= 2 for s in ("yard", "door")), live.log()
+        assert of_type(messages, "thumbnail")
+        assert time.monotonic() - started < 45
+    finally:
+        stalled.close()
 
 
 def test_ctrl_c_stops_everything_and_leaves_nothing_behind(live: LiveRun) -> None:
