@@ -24,6 +24,7 @@ lower.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,8 @@ from model.prompting import (
     image_placeholder,
 )
 from model.tokenizer import MiniCPMVTokenizer, as_minicpmv_tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 CONFIG_FILE = "config.json"
@@ -133,8 +136,8 @@ class ProcessorConfig:
 
         known = _METADATA_KEYS | _TOKEN_KEYS.keys() | _SETTING_KEYS.keys()
         unknown = sorted(k for k in pre if k not in known)
-        if unknown:
-            raise CheckpointError(f"{pre_path} has unknown keys {unknown}")
+        if unknown:  # a later revision of the checkpoint may add keys: say so, but load it
+            log.warning("%s: ignoring keys this processor does not use: %s", pre_path, unknown)
         if "version" in pre and str(pre["version"]) != "2.6":
             raise CheckpointError(f"{pre_path} is for MiniCPM-V version {pre['version']}, not 2.6")
         for key, expected in _TOKEN_KEYS.items():
