@@ -58,6 +58,9 @@ from .sources import PendingFrame, SourceOptions, SourceSpec, VideoSource, open_
 
 log = logging.getLogger(__name__)
 
+# sysexits' EX_CONFIG, as stream.inference.EXIT_CONFIG: the supervisor does not restart a child
+# that exits with it (the pipeline lists it in the capture child's fatal_codes).
+EXIT_BAD_SOURCE = 78
 POLL_S = 0.05  # how often the watchdog looks at the reader thread
 LOSSLESS_WAIT_S = 0.1  # a lossless write waits this long for readers before re-checking for a stop
 ABANDON_JOIN_S = 1.0  # how long a stop waits for the reader to leave cleanly
@@ -184,6 +187,7 @@ class Capture:
         self._opener = opener
         self.state = CaptureState.CONNECTING
         self.error: str | None = None
+        self.retryable = False  # ended with an error that a later attempt might not hit (gave up)
         self.stats = CaptureStats()
         self._clock = StreamClock(max_jump=10.0 if spec.live else None)
         self._lock = threading.Lock()
@@ -213,7 +217,8 @@ class Capture:
                     break
                 first = False
                 if self.max_reconnects is not None and self.stats.reconnects >= self.max_reconnects:
-                    self._end(f"gave up after {self.stats.reconnects} reconnects; last error: {self.error}")
+                    self._end(f"gave up after {self.stats.reconnects} reconnects; last error: {self.error}",
+                              retryable=True)
                     break
                 if attempt.frames:
                     backoff = self.backoff_initial
@@ -317,8 +322,9 @@ class Capture:
             if time.monotonic() - self._last_status >= self.status_interval:
                 self._publish()
 
-    def _end(self, error: str | None) -> None:
+    def _end(self, error: str | None, *, retryable: bool = False) -> None:
         self.error = error
+        self.retryable = retryable
         if error:
             log.error("%s: %s", self.name, error)
         with self._lock:
@@ -432,8 +438,10 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
                  max_reconnects: int | None = None, stall_timeout: float | None = None) -> int:
     """Process entry: capture ``source`` into the ring ``ring_name`` (created by the supervisor).
 
-    Exit code 0 after a clean stop or a source that ended normally; 1 when it ended because of an
-    error (cannot be opened, gave up reconnecting), which the status message's ``error`` explains.
+    Exit codes: 0 after a clean stop or a source that ended normally; :data:`EXIT_BAD_SOURCE` (78)
+    when restarting cannot help (the source string, file, device or codec is invalid, a file broke
+    off mid-way, the ring does not exist); 1 after giving up reconnecting (``max_reconnects``), where
+    a restart later may succeed. The last status message's ``error`` says why.
     """
     _install_signal_handlers(stop_event)
     publisher = Publisher(status_endpoint) if status_endpoint else None
@@ -452,7 +460,7 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
         log.error("%s: %s", name, error)
         send(capture_status(stream=name, state=CaptureState.ENDED, **asdict(CaptureStats()), error=error,
                             wall=time.time()))
-        return 1
+        return EXIT_BAD_SOURCE
 
     try:
         try:
@@ -470,7 +478,9 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
             capture.run(stop_event)
         finally:
             ring.close()
-        return 1 if capture.error is not None else 0
+        if capture.error is None:
+            return 0
+        return 1 if capture.retryable else EXIT_BAD_SOURCE
     finally:
         if publisher is not None:
             publisher.close()

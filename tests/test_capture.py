@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from realparts import free_port, load_tool, make_clip
 
 from stream.bus import RunPaths, Subscriber
-from stream.capture import Capture, CaptureState, StreamClock, capture_main
+from stream.capture import EXIT_BAD_SOURCE, Capture, CaptureState, StreamClock, capture_main
 from stream.ring import FrameRing, ring_name
 from stream.sources import PendingFrame, SourceOptions, SourceSpec, parse_source
 
@@ -245,7 +245,7 @@ def test_unopenable_file_ends_at_once_with_the_reason(tmp_path: Path, ring: Fram
     assert time.monotonic() - started < 2.0
     assert statuses.states() == ["connecting", "ended"]
     assert name in statuses[-1]["error"] and reason in statuses[-1]["error"]
-    assert statuses[-1]["reconnects"] == 0 and ring.ended
+    assert statuses[-1]["reconnects"] == 0 and ring.ended and not cap.retryable
 
 
 def test_network_source_retries_with_capped_exponential_backoff(ring: FrameRing) -> None:
@@ -261,7 +261,7 @@ def test_network_source_retries_with_capped_exponential_backoff(ring: FrameRing)
     final = statuses[-1]
     assert final["state"] == "ended" and final["reconnects"] == 5
     assert "gave up after 5 reconnects" in final["error"] and "Connection refused" in final["error"]
-    assert url in final["error"]
+    assert url in final["error"] and cap.retryable  # a later process may well connect
 
 
 def test_invalid_live_source_on_first_attempt_is_fatal(ring: FrameRing) -> None:
@@ -458,12 +458,12 @@ def test_capture_process_sigterm_is_a_clean_stop(clips: Path, ring: FrameRing,
     assert 0 < messages[-1]["frames"] < 240 and not ring.ended
 
 
-def capture_main_in_thread(source: str, ring: str, endpoint: str) -> int:
+def capture_main_in_thread(source: str, ring: str, endpoint: str, **kwargs: Any) -> int:
     """capture_main called directly (in a thread, so it installs no signal handlers in pytest): the
     error paths need no new process; the spawned-process tests above cover what spawning adds."""
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(capture_main(
-        "cam0", source, ring, endpoint, SourceOptions(), threading.Event())))
+        "cam0", source, ring, endpoint, SourceOptions(), threading.Event(), **kwargs)))
     thread.start()
     thread.join(20)
     assert result, "capture_main did not return"
@@ -474,16 +474,23 @@ def capture_main_in_thread(source: str, ring: str, endpoint: str) -> int:
     ("source", "reason"),
     [("missing-file.mp4", "no such file"), ("gopher://cam/1", "unsupported scheme gopher://")],
 )
-def test_capture_main_bad_source_returns_nonzero(ring: FrameRing, bus: tuple[str, Subscriber], source: str,
-                                                 reason: str) -> None:
+def test_capture_main_bad_source_exits_not_to_be_restarted(ring: FrameRing, bus: tuple[str, Subscriber],
+                                                           source: str, reason: str) -> None:
     endpoint, subscriber = bus
-    assert capture_main_in_thread(source, ring.name, endpoint) == 1
+    assert capture_main_in_thread(source, ring.name, endpoint) == EXIT_BAD_SOURCE == 78
     messages = drain(subscriber, 0.3)
     assert messages[-1]["state"] == "ended"
     assert source in messages[-1]["error"] and reason in messages[-1]["error"]
 
 
+def test_capture_main_giving_up_reconnecting_exits_one(ring: FrameRing, bus: tuple[str, Subscriber]) -> None:
+    endpoint, subscriber = bus
+    url = f"rtsp://127.0.0.1:{free_port()}/cam"
+    assert capture_main_in_thread(url, ring.name, endpoint, backoff_initial=0.05, max_reconnects=1) == 1
+    assert "gave up after 1 reconnects" in drain(subscriber, 0.3)[-1]["error"]
+
+
 def test_capture_main_without_a_ring_says_so(bus: tuple[str, Subscriber], clip: Path) -> None:
     endpoint, subscriber = bus
-    assert capture_main_in_thread(str(clip), "vn-none-0000000000", endpoint) == 1
+    assert capture_main_in_thread(str(clip), "vn-none-0000000000", endpoint) == EXIT_BAD_SOURCE
     assert "no ring named vn-none-0000000000" in drain(subscriber, 0.3)[-1]["error"]
