@@ -38,10 +38,13 @@ import zmq
 import zmq.asyncio
 
 from .errors import ConfigError, ProtocolError
+from .procinfo import process_alive, process_start
 
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+
+OWNER_FILE = "owner"  # "<pid> <start time>" of the process that created the run directory
 
 # sockaddr_un.sun_path holds 108 bytes with the terminating NUL on Linux.
 MAX_IPC_PATH = 107
@@ -74,6 +77,7 @@ class RunPaths:
                 "bytes, the operating system's limit): set VIDNARRATE_RUN_ROOT to a shorter folder"
             )
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (run_dir / OWNER_FILE).write_text(f"{os.getpid()} {process_start(os.getpid()) or 0}\n")
         return cls(run_id=run_id, run_dir=run_dir)
 
     def publisher_endpoint(self, role: str) -> str:
@@ -91,6 +95,25 @@ class RunPaths:
     def remove(self) -> None:
         """Delete the run directory and every socket file in it."""
         shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def remove_stale_runs(root: Path | None = None) -> list[Path]:
+    """Remove the run directories (socket files) of runs whose creating process is gone: what a run
+    killed with SIGKILL leaves. Directories of live runs, and anything without an owner file, stay."""
+    root = root or default_runs_root()
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for run_dir in root.iterdir():
+        try:
+            pid_text, start_text = (run_dir / OWNER_FILE).read_text().split()
+            pid, start = int(pid_text), int(start_text)
+        except (OSError, ValueError):
+            continue
+        if not process_alive(pid, start):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            removed.append(run_dir)
+    return removed
 
 
 def encode(message: Message) -> list[bytes]:

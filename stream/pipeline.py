@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bus import RunPaths
+from .bus import RunPaths, remove_stale_runs
 from .capture import capture_main
 from .captioning import CaptionSettings
 from .config import Config, load_prompts, resolve_prompt
@@ -115,6 +115,8 @@ class LivePipeline:
         removed = remove_stale_rings()
         if removed:
             log.info("removed %d shared-memory ring(s) left by a dead run", len(removed))
+        for stale in remove_stale_runs(self.run.run_dir.parent):
+            log.info("removed the run directory %s left by a dead run", stale)
         side = self.config.capture.max_side
         for source in self.sources:
             name = ring_name(self.run.run_id, source.name)

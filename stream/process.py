@@ -5,7 +5,9 @@ Children are started with the ``spawn`` method (CUDA and zmq contexts must not b
 * dies with its parent: ``PR_SET_PDEATHSIG`` (Linux) sends it SIGTERM if the supervisor is killed,
   so a SIGKILLed ``vidnarrate run`` leaves no orphans (its shared memory is removed at the next start);
 * ignores SIGINT (Ctrl-C in a terminal reaches the whole process group; the supervisor alone decides
-  how to stop) and turns SIGTERM into its stop event, so every main loop ends through one path;
+  how to stop) and turns SIGTERM into its stop event, so every main loop ends through one path. The
+  stop event is the child's own ``threading.Event``: a ``multiprocessing.Event`` would be a named
+  POSIX semaphore in /dev/shm, which a SIGKILLed run would leave behind;
 * logs to stderr with its role in every line.
 """
 
@@ -16,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -50,9 +53,11 @@ def die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
 
 
-def child_entry(role: str, target: Callable[..., int | None], kwargs: dict[str, Any], stop_event: Any,
+def child_entry(role: str, target: Callable[..., int | None], kwargs: dict[str, Any],
                 log_level: int | str = logging.INFO) -> None:
-    """Run ``target(**kwargs, stop_event=stop_event)`` as a well-behaved child; exit with its code."""
+    """Run ``target(**kwargs, stop_event=...)`` as a well-behaved child; exit with its code.
+    SIGTERM (what the supervisor sends to stop it) sets the stop event."""
+    stop_event = threading.Event()
     die_with_parent()
     configure_logging(role, log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)

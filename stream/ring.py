@@ -63,6 +63,7 @@ from types import TracebackType
 import numpy as np
 
 from .errors import RingError
+from .procinfo import process_alive, process_start
 
 try:  # the C module behind multiprocessing.shared_memory (POSIX only)
     import _posixshmem
@@ -90,7 +91,6 @@ _R_PID, _R_START, _R_CURSOR = range(3)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _SHM_DIR = Path("/dev/shm")
-_HAVE_PROC = Path("/proc/self/stat").exists()
 # How often a blocked lossless writer checks whether the readers it waits for are still alive.
 _REAP_INTERVAL_S = 0.25
 
@@ -138,40 +138,6 @@ def _check_name(name: str) -> None:
         raise RingError(f"bad ring name {name!r}: use letters, digits, '.', '_' and '-' (at most 200)")
     if _posixshmem is None:  # pragma: no cover - Windows
         raise RingError(f"ring {name}: POSIX shared memory is not available on this platform")
-
-
-def _process_start(pid: int) -> int | None:
-    """Start time of a live process in clock ticks since boot; None if it is gone or a zombie.
-
-    The start time tells a reused pid from the process that wrote it. Without /proc (macOS) it is 0
-    for any live pid, and only the pid is compared.
-    """
-    if pid <= 0:
-        return None
-    if _HAVE_PROC:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
-            return None
-        except PermissionError:  # /proc mounted with hidepid: fall back to the pid alone
-            stat = ""
-        if stat:
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
-                return None
-            return int(fields[19])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return 0
-
-
-def _alive(pid: int, start: int) -> bool:
-    now = _process_start(pid)
-    return now is not None and (now == 0 or start == 0 or now == start)
 
 
 def _pause(waited: float, remaining: float | None = None) -> None:
@@ -256,7 +222,7 @@ class FrameRing:
         header = np.ndarray((_READERS_OFFSET // 8,), dtype=np.int64, buffer=buf)
         header[_SLOTS], header[_MAX_H], header[_MAX_W] = slots, max_height, max_width
         header[_LOSSLESS] = int(lossless)
-        header[_PID], header[_START] = os.getpid(), _process_start(os.getpid()) or 0
+        header[_PID], header[_START] = os.getpid(), process_start(os.getpid()) or 0
         header[_HEAD], header[_ENDED] = -1, 0
         header[_SLOT_BYTES], header[_DATA] = slot_bytes, data
         header[_VERSION] = VERSION
@@ -500,7 +466,7 @@ class FrameRing:
                 raise RingError(f"ring {self._name}: all {MAX_READERS} reader slots are taken")
             rid = int(free[0])
             cursor = after if after is not None else max(self.head_seq - self._slots, -1)
-            self._readers[rid, _R_START] = _process_start(pid) or 0
+            self._readers[rid, _R_START] = process_start(pid) or 0
             self._readers[rid, _R_CURSOR] = cursor
             self._readers[rid, _R_PID] = pid  # last: the entry is complete once it counts
         self._my_readers.add(rid)
@@ -531,7 +497,7 @@ class FrameRing:
             return
         for rid in range(MAX_READERS):
             pid = int(self._readers[rid, _R_PID])
-            if pid and not _alive(pid, int(self._readers[rid, _R_START])):
+            if pid and not process_alive(pid, int(self._readers[rid, _R_START])):
                 self._readers[rid, _R_PID] = 0
                 log.warning("ring %s: reader %d (pid %d) died; unregistered it", self._name, rid, pid)
 
@@ -618,7 +584,7 @@ def remove_stale_rings(prefix: str = "vn-") -> list[str]:
             log.debug("%s is not a vidnarrate ring; left alone", path.name)
             continue
         pid, start = fields[_PID], fields[_START]
-        if _alive(pid, start):
+        if process_alive(pid, start):
             continue
         if _unlink_name(path.name):
             log.info("removed stale ring %s (its creator, pid %d, is gone)", path.name, pid)

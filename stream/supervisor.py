@@ -44,7 +44,6 @@ class ChildSpec:
 class _Child:
     spec: ChildSpec
     process: Any = None
-    stop_event: Any = None
     started_at: float = 0.0
     restarts: int = 0
     backoff: float = 0.0
@@ -79,10 +78,9 @@ class Supervisor:
         self._spawn(child)
 
     def _spawn(self, child: _Child) -> None:
-        child.stop_event = _mp.Event()
         child.process = _mp.Process(
             target=child_entry,
-            args=(child.spec.role, child.spec.target, child.spec.kwargs, child.stop_event, self.log_level),
+            args=(child.spec.role, child.spec.target, child.spec.kwargs, self.log_level),
             name=f"vidnarrate-{child.spec.role}",
             daemon=False,
         )
@@ -123,20 +121,17 @@ class Supervisor:
         self.report()
 
     def stop(self) -> None:
-        """Ask every child to stop, wait up to ``stop_timeout``, then SIGTERM, then SIGKILL."""
+        """SIGTERM every child (its stop event), wait up to ``stop_timeout``, then SIGKILL."""
         live = [c for c in self._children.values() if c.process is not None]
         for child in live:
-            child.stop_event.set()
+            child.process.terminate()
             child.restart_at = None
         deadline = time.monotonic() + self.stop_timeout
         for child in live:
             child.process.join(max(0.0, deadline - time.monotonic()))
         for child in live:
             if child.process.is_alive():
-                log.warning("%s did not stop in %.1f s; terminating", child.spec.role, self.stop_timeout)
-                child.process.terminate()
-                child.process.join(1.0)
-            if child.process.is_alive():
+                log.warning("%s did not stop in %.1f s; killing it", child.spec.role, self.stop_timeout)
                 child.process.kill()
                 child.process.join(1.0)
             child.last_exit = child.process.exitcode

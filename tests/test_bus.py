@@ -6,6 +6,7 @@ import asyncio
 import math
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import zmq
@@ -169,3 +170,27 @@ def test_asks_travel_and_malformed_ones_are_dropped(run: RunPaths) -> None:
         raw.close()
         sender.close()
         receiver.close()
+
+
+def test_stale_run_directories_of_dead_runs_are_removed(tmp_path) -> None:
+    import multiprocessing
+    import os
+
+    from stream.bus import remove_stale_runs
+
+    def make_dead_run() -> Path:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(1) as pool:  # a process that creates a run directory, then is gone
+            return Path(pool.apply(_create_run, (str(tmp_path),)))
+
+    dead = make_dead_run()
+    live = RunPaths.create(root=tmp_path).run_dir
+    foreign = tmp_path / "not-a-run"
+    foreign.mkdir()
+    assert (dead / "owner").read_text().split()[0] != str(os.getpid())
+    assert remove_stale_runs(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and foreign.exists()
+
+
+def _create_run(root: str) -> str:
+    return str(RunPaths.create(root=Path(root)).run_dir)

@@ -40,8 +40,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         run = LiveRun([f"street={clip}"], root, extra=["--window", "8", "--stride", "4", "--loop",
                                                        "--stream-tokens"])
         run.start()
-        yield run
-        run.kill()
+        try:
+            yield run
+        finally:
+            if run.proc is not None and run.proc.poll() is None:
+                assert run.stop() == 0, run.log()
+            run.kill()
 
 
 def test_viewer_shows_the_live_pipeline_asks_and_survives_a_gateway_restart(live: LiveRun, tmp_path: Path) -> None:
