@@ -1,0 +1,93 @@
+"""The supervisor with real child processes: restart with backoff, finished vs crashed vs fatal, stop."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from stream.bus import RunPaths, Subscriber
+from stream.supervisor import ChildSpec, Supervisor
+
+
+def crash_after(seconds: float, code: int, stop_event: Any) -> int:
+    stop_event.wait(seconds)
+    return code
+
+
+def run_until_stopped(marker: str, stop_event: Any) -> int:
+    Path(marker).write_text(str(os.getpid()))
+    while not stop_event.wait(0.05):
+        pass
+    Path(marker).with_suffix(".stopped").write_text("clean")
+    return 0
+
+
+def ignore_stop(stop_event: Any) -> int:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    while True:
+        time.sleep(0.1)
+
+
+def drive(supervisor: Supervisor, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        supervisor.poll()
+        time.sleep(0.02)
+
+
+def test_crashed_child_is_restarted_with_doubling_backoff_and_reported(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level("INFO", logger="stream.supervisor")
+    run = RunPaths.create(root=tmp_path)
+    supervisor = Supervisor(run, backoff_initial=0.2, backoff_max=0.4, stop_timeout=2)
+    supervisor.open_bus()
+    subscriber = Subscriber([run.publisher_endpoint("supervisor")])
+    try:
+        supervisor.start(ChildSpec("crasher", crash_after, {"seconds": 0.0, "code": 3}))
+        supervisor.start(ChildSpec("done", crash_after, {"seconds": 0.0, "code": 0}))
+        supervisor.start(ChildSpec("fatal", crash_after, {"seconds": 0.0, "code": 78}, fatal_codes=(78,)))
+        drive(supervisor, 4.0)
+        processes = supervisor.processes()
+        assert processes["crasher"]["restarts"] >= 2
+        delays = [r.getMessage().rsplit(" ", 2)[-2] for r in caplog.records
+                  if r.getMessage().startswith("crasher exited with code 3; restarting in")]
+        assert delays[:3] == ["0.2", "0.4", "0.4"], "backoff doubles, capped at backoff_max"
+        assert processes["done"] == {**processes["done"], "restarts": 0, "finished": True, "exit_code": 0}
+        assert processes["fatal"]["restarts"] == 0 and processes["fatal"]["finished"]
+        assert supervisor.fatal_exit() == ("fatal", 78)
+        reports = []
+        while (message := subscriber.recv(timeout=0.2)) is not None:
+            reports.append(message)
+        assert reports and all(m["type"] == "processes" for m in reports)
+        assert reports[-1]["processes"]["crasher"]["restarts"] >= 1
+    finally:
+        supervisor.stop()
+        subscriber.close()
+        run.remove()
+
+
+def test_stop_is_clean_for_a_well_behaved_child_and_forced_for_a_stuck_one(tmp_path: Path) -> None:
+    run = RunPaths.create(root=tmp_path)
+    supervisor = Supervisor(run, stop_timeout=1.0)
+    marker = tmp_path / "child.pid"
+    supervisor.start(ChildSpec("worker", run_until_stopped, {"marker": str(marker)}))
+    supervisor.start(ChildSpec("stuck", ignore_stop, {}))
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        supervisor.poll()
+        time.sleep(0.05)
+    time.sleep(1.0)  # let the stuck child install its SIGTERM-ignoring handler
+    worker_pid, stuck_pid = supervisor.pid("worker"), supervisor.pid("stuck")
+    started = time.monotonic()
+    supervisor.stop()
+    assert time.monotonic() - started < 4
+    assert marker.with_suffix(".stopped").read_text() == "clean"  # stopped through its stop event
+    processes = supervisor.processes()
+    assert processes["worker"]["exit_code"] == 0
+    assert processes["stuck"]["exit_code"] == -9  # SIGKILL after stop_timeout
+    for pid in (worker_pid, stuck_pid):
+        assert pid is not None and not Path(f"/proc/{pid}").exists()
+    run.remove()
