@@ -100,8 +100,14 @@ class StreamWorker:
 
     def __post_init__(self) -> None:
         s = self.settings
-        self.sampler = Sampler(fps=s.fps, window=s.window, stride=s.stride, max_frames=s.max_frames,
-                               stream=self.name, origin=s.time_origin)
+        self.sampler = Sampler(
+            fps=s.fps,
+            window=s.window,
+            stride=s.stride,
+            max_frames=s.max_frames,
+            stream=self.name,
+            origin=s.time_origin,
+        )
         self.pending = deque()
         self.cache = {}
         self.encode_ms = {}
@@ -109,7 +115,9 @@ class StreamWorker:
         self.history = deque(maxlen=max(1, s.context_captions))
 
     # -- frames in --------------------------------------------------------------------------------
-    def offer(self, seq: int, t: float, wall: float, read_pixels: Callable[[], np.ndarray | None]) -> SampledFrame | None:
+    def offer(
+        self, seq: int, t: float, wall: float, read_pixels: Callable[[], np.ndarray | None]
+    ) -> SampledFrame | None:
         """Offer a frame's times; if the sampler keeps it, read its pixels (now) and queue them.
 
         ``read_pixels`` is called only for kept frames (the ring copies pixels only for those); it
@@ -145,8 +153,11 @@ class StreamWorker:
 
     def needed(self, seq: int) -> bool:
         """Whether a frame's embedding can still be used: by the window, a due job or the job running."""
-        return (self.sampler.retains(seq) or seq in self.active
-                or any(f.seq == seq for job in self.due for f in job.frames))
+        return (
+            self.sampler.retains(seq)
+            or seq in self.active
+            or any(f.seq == seq for job in self.due for f in job.frames)
+        )
 
     def sweep(self) -> None:
         """Drop cached embeddings nothing can use any more (what keeps the cache bounded)."""
@@ -181,12 +192,12 @@ class StreamWorker:
     def window_now(self) -> list[SampledFrame]:
         """The frames of the current rolling window (for asks), newest last, capped to max_frames."""
         frames = [f for f in self.sampler.window_frames if f.t > self.latest_t - self.settings.window]
-        return frames[-self.settings.max_frames:]
+        return frames[-self.settings.max_frames :]
 
     def context(self) -> str | None:
         if self.settings.context_captions <= 0 or not self.history:
             return None
-        previous = " ".join(list(self.history)[-self.settings.context_captions:])
+        previous = " ".join(list(self.history)[-self.settings.context_captions :])
         return self.settings.context_template.format(previous=previous)
 
     def status(self) -> dict[str, Any]:
@@ -240,8 +251,9 @@ class Captioner:
         if not batch:
             return 0
         started = time.monotonic()
-        embeddings = self.backend.encode_frames([image for _, _, image in batch],
-                                                max_slice_nums=self.settings.max_slice_nums)
+        embeddings = self.backend.encode_frames(
+            [image for _, _, image in batch], max_slice_nums=self.settings.max_slice_nums
+        )
         batch_ms = round((time.monotonic() - started) * 1000, 1)
         for (worker, sample, _), embedding in zip(batch, embeddings, strict=True):
             with worker.lock:
@@ -270,8 +282,9 @@ class Captioner:
         duration = max(job.t_end - job.t_start, 0.0)
         return self.settings.prompt.replace("{duration}", f"{duration:.0f}")
 
-    def caption(self, worker: StreamWorker, job: Job,
-                on_text: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+    def caption(
+        self, worker: StreamWorker, job: Job, on_text: Callable[[str], None] | None = None
+    ) -> dict[str, Any] | None:
         """Caption one window; returns the ``caption`` message (None when no frame of it survived)."""
         with worker.lock:
             frames, embeddings = worker.embeddings_for(job.frames)
@@ -284,18 +297,33 @@ class Captioner:
                 worker.active = set()
                 worker.sweep()
 
-    def _describe(self, worker: StreamWorker, job: Job, frames: list[SampledFrame], embeddings: list[Any],
-                  context: str | None, on_text: Callable[[str], None] | None) -> dict[str, Any] | None:
+    def _describe(
+        self,
+        worker: StreamWorker,
+        job: Job,
+        frames: list[SampledFrame],
+        embeddings: list[Any],
+        context: str | None,
+        on_text: Callable[[str], None] | None,
+    ) -> dict[str, Any] | None:
         if not frames:
-            log.warning("stream %s: window %.1f-%.1f s has no encoded frame; skipped",
-                        worker.name, job.t_start, job.t_end)
+            log.warning(
+                "stream %s: window %.1f-%.1f s has no encoded frame; skipped",
+                worker.name,
+                job.t_start,
+                job.t_end,
+            )
             with worker.lock:
                 worker.counters.skipped += 1
             return None
         started = time.monotonic()
         text = self.backend.describe(
-            embeddings, self.prompt_for(job), context=context,
-            max_new_tokens=self.settings.max_new_tokens, decoding=self.settings.decoding, on_text=on_text,
+            embeddings,
+            self.prompt_for(job),
+            context=context,
+            max_new_tokens=self.settings.max_new_tokens,
+            decoding=self.settings.decoding,
+            on_text=on_text,
         )
         model_ms = (time.monotonic() - started) * 1000
         published = time.time()
@@ -310,19 +338,34 @@ class Captioner:
             worker.counters.last_latency_ms = round(latency_ms, 1)
             worker.counters.last_model_ms = round(model_ms, 1)
         return messages.caption(
-            stream=worker.name, seq=seq, t_start=round(job.t_start, 3), t_end=round(job.t_end, 3),
-            frame_times=[round(f.t, 3) for f in frames], wall_start=frames[0].wall, wall_end=frames[-1].wall,
-            text=text, model=self.model_name, latency_ms=round(latency_ms, 1), skipped=skipped,
-            model_ms=round(model_ms, 1), encode_ms=worker.encode_ms.get(frames[-1].seq, 0.0),
+            stream=worker.name,
+            seq=seq,
+            t_start=round(job.t_start, 3),
+            t_end=round(job.t_end, 3),
+            frame_times=[round(f.t, 3) for f in frames],
+            wall_start=frames[0].wall,
+            wall_end=frames[-1].wall,
+            text=text,
+            model=self.model_name,
+            latency_ms=round(latency_ms, 1),
+            skipped=skipped,
+            model_ms=round(model_ms, 1),
+            encode_ms=worker.encode_ms.get(frames[-1].seq, 0.0),
             frames=len(frames),
         )
 
-    def answer(self, worker: StreamWorker, question: str, max_new_tokens: int | None = None) -> tuple[str, list[SampledFrame]]:
+    def answer(
+        self, worker: StreamWorker, question: str, max_new_tokens: int | None = None
+    ) -> tuple[str, list[SampledFrame]]:
         """Answer a question from the stream's current window (the model card's chat over video)."""
         with worker.lock:
             frames, embeddings = worker.embeddings_for(worker.window_now())
         if not frames:
             raise LookupError(f"stream {worker.name} has no frames to look at yet")
-        text = self.backend.ask(embeddings, question, max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
-                                decoding=self.settings.decoding)
+        text = self.backend.ask(
+            embeddings,
+            question,
+            max_new_tokens=max_new_tokens or self.settings.max_new_tokens,
+            decoding=self.settings.decoding,
+        )
         return text, frames

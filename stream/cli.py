@@ -34,8 +34,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=float, help="seconds of video each caption looks at")
     parser.add_argument("--stride", type=float, help="seconds between captions")
     parser.add_argument("--max-slice-nums", type=int, help="tiles per frame (1 = source image only)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override any setting of config/default.toml (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any setting of config/default.toml (repeatable)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -44,22 +50,37 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="caption live sources and serve the viewer and websockets")
-    run.add_argument("--source", action="append", required=True, metavar="[NAME=]SRC",
-                     help="a file, rtsp://..., http(s)://..., webcam:N, /dev/videoN, screen[:DISPLAY], "
-                          "or 'demo' (a sample clip played as live); repeatable")
+    run.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="[NAME=]SRC",
+        help="a file, rtsp://..., http(s)://..., webcam:N, /dev/videoN, screen[:DISPLAY], "
+        "or 'demo' (a sample clip played as live); repeatable",
+    )
     run.add_argument("--host", help="interface to listen on (default 127.0.0.1: this machine only)")
     run.add_argument("--port", type=int, help="port of the viewer and websockets (default 8765)")
     run.add_argument("--token", help="require this token on the page and websockets (or $VIDNARRATE_TOKEN)")
-    run.add_argument("--stream-tokens", action="store_true", default=None,
-                     help="publish captions token by token (partial messages)")
+    run.add_argument(
+        "--stream-tokens",
+        action="store_true",
+        default=None,
+        help="publish captions token by token (partial messages)",
+    )
     run.add_argument("--loop", action="store_true", default=None, help="replay file sources forever")
     _add_common(run)
 
     caption = commands.add_parser("caption", help="caption a video file offline, as fast as possible")
     caption.add_argument("file", help="the video file")
-    caption.add_argument("--out", action="append", type=Path, default=[], metavar="FILE.jsonl|.vtt|.srt",
-                         help="where to write captions (repeatable; default FILE's name .jsonl and .vtt "
-                              "in the current folder)")
+    caption.add_argument(
+        "--out",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE.jsonl|.vtt|.srt",
+        help="where to write captions (repeatable; default FILE's name .jsonl and .vtt "
+        "in the current folder)",
+    )
     caption.add_argument("--no-progress", dest="progress", action="store_false")
     _add_common(caption)
     return parser
@@ -78,13 +99,15 @@ def resolve_config(args: argparse.Namespace) -> Config:
     flags[f"{section}.stride"] = args.stride
     flags["offline.max_slice_nums" if offline else "model.max_slice_nums"] = args.max_slice_nums
     if not offline:
-        flags.update({
-            "gateway.host": args.host,
-            "gateway.port": args.port,
-            "gateway.token": args.token,
-            "captions.stream_tokens": args.stream_tokens,
-            "capture.loop_files": args.loop,
-        })
+        flags.update(
+            {
+                "gateway.host": args.host,
+                "gateway.port": args.port,
+                "gateway.token": args.token,
+                "captions.stream_tokens": args.stream_tokens,
+                "capture.loop_files": args.loop,
+            }
+        )
     config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, "command line")
     return apply_overrides(config, args.overrides, "--set")
 
@@ -106,8 +129,10 @@ def check_model_available(name: str) -> None:
         ProcessorConfig.from_folder(folder)
         weight_files(folder)
     except (ModelError, OSError) as exc:
-        raise ConfigError(f"model {name}: {exc}\nFor a smoke run without weights use --model tiny "
-                          "(random weights: the captions are gibberish by design).") from None
+        raise ConfigError(
+            f"model {name}: {exc}\nFor a smoke run without weights use --model tiny "
+            "(random weights: the captions are gibberish by design)."
+        ) from None
 
 
 def demo_clip() -> Path:
@@ -118,7 +143,9 @@ def demo_clip() -> Path:
         return clip
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("make_sample_video", root / "tools" / "make_sample_video.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_sample_video", root / "tools" / "make_sample_video.py"
+    )
     if spec is None or spec.loader is None:
         raise ConfigError("the demo source needs tools/make_sample_video.py from the vidnarrate repository")
     module = importlib.util.module_from_spec(spec)
@@ -173,14 +200,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         url = pipeline.viewer_url(info)
         shown = f"{url}?token=…" if token else url
         print(f"vidnarrate: viewer at {shown}  (websockets: {url.replace('http', 'ws', 1)}ws)", flush=True)
-        print(f"vidnarrate: model {config.model.name}; sources: "
-              + ", ".join(f"{s.name}={s.source}" for s in sources) + "; Ctrl-C stops", flush=True)
+        print(
+            f"vidnarrate: model {config.model.name}; sources: "
+            + ", ".join(f"{s.name}={s.source}" for s in sources)
+            + "; Ctrl-C stops",
+            flush=True,
+        )
         while stop["signal"] is None:
             pipeline.poll()
             fatal = pipeline.fatal_exit()
             if fatal is not None and not fatal[0].startswith("capture:"):
-                print(f"vidnarrate: {fatal[0]} failed (exit code {fatal[1]}); stopping. See the log above.",
-                      file=sys.stderr)
+                print(
+                    f"vidnarrate: {fatal[0]} failed (exit code {fatal[1]}); stopping. See the log above.",
+                    file=sys.stderr,
+                )
                 code = 1
                 break
             time.sleep(0.1)
@@ -212,29 +245,43 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     device = None if config.model.device == "auto" else config.model.device
     dtype = None if config.model.dtype == "auto" else config.model.dtype
-    backend = load_backend(config.model.name, device=device, dtype=dtype,
-                           max_inp_length=config.model.max_inp_length)
+    backend = load_backend(
+        config.model.name, device=device, dtype=dtype, max_inp_length=config.model.max_inp_length
+    )
     duration = probe_duration(str(path))
     bar = None
     if args.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=round(duration, 1) if duration else None, unit="s", desc=path.name,
-                   bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]")
+        bar = tqdm(
+            total=round(duration, 1) if duration else None,
+            unit="s",
+            desc=path.name,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} s [{elapsed}<{remaining}]",
+        )
 
     def progress(t: float) -> None:
         if bar is not None:
             bar.update(max(0.0, round(t, 1) - bar.n))
 
     try:
-        result = caption_file(str(path), backend, caption_settings(config, offline=True), outputs,
-                              max_side=config.capture.max_side, progress=progress)
+        result = caption_file(
+            str(path),
+            backend,
+            caption_settings(config, offline=True),
+            outputs,
+            max_side=config.capture.max_side,
+            progress=progress,
+        )
     finally:
         if bar is not None:
             bar.close()
-    print(f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
-          f"({result.frames} frames, {result.decode_errors} decode errors) -> "
-          + ", ".join(str(p) for p in result.outputs), flush=True)
+    print(
+        f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
+        f"({result.frames} frames, {result.decode_errors} decode errors) -> "
+        + ", ".join(str(p) for p in result.outputs),
+        flush=True,
+    )
     return 0
 
 

@@ -231,7 +231,9 @@ def load_config(path: Path | str | None = None) -> Config:
     return merge(config, data, str(path))
 
 
-def apply_overrides(config: Config, overrides: list[str] | dict[str, Any], origin: str = "command line") -> Config:
+def apply_overrides(
+    config: Config, overrides: list[str] | dict[str, Any], origin: str = "command line"
+) -> Config:
     """Apply ``section.key=value`` overrides. String values are parsed as TOML values when they parse
     (``8``, ``true``, ``1.5``, ``"x"``), else taken as plain strings (``prompt=cctv``)."""
     items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)

@@ -70,7 +70,9 @@ class _SubtitleWriter:
         self._shown_until = end
         self._count += 1
         text = " ".join(str(caption["text"]).split()) or "…"
-        self._file.write(self._cue(timestamp(start, comma=self.comma), timestamp(end, comma=self.comma), text))
+        self._file.write(
+            self._cue(timestamp(start, comma=self.comma), timestamp(end, comma=self.comma), text)
+        )
         self._file.flush()
 
     def close(self) -> None:

@@ -92,8 +92,15 @@ def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
 class FrameTap(threading.Thread):
     """Feeds ring frames to the stream workers (see the module docstring)."""
 
-    def __init__(self, workers: dict[str, StreamWorker], ring_names: dict[str, str], bus: Bus,
-                 options: InferenceOptions, wake: threading.Event, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        workers: dict[str, StreamWorker],
+        ring_names: dict[str, str],
+        bus: Bus,
+        options: InferenceOptions,
+        wake: threading.Event,
+        stop: threading.Event,
+    ) -> None:
         super().__init__(name="frame-tap", daemon=True)
         self.workers = workers
         self.ring_names = ring_names
@@ -152,7 +159,7 @@ class FrameTap(threading.Thread):
             pts, wall = info.pts, info.wall
             kept: dict[str, np.ndarray] = {}
 
-            def read_pixels(seq: int = seq) -> np.ndarray | None:
+            def read_pixels(seq: int = seq, kept: dict[str, np.ndarray] = kept) -> np.ndarray | None:
                 frame = ring.read(seq)
                 if frame is None:
                     return None
@@ -178,8 +185,16 @@ class FrameTap(threading.Thread):
             return
         self.last_thumbnail[name] = now
         jpeg = thumbnail_jpeg(image, self.options.thumbnail_side)
-        self.bus.send(messages.thumbnail(stream=name, t=round(t, 3), wall=wall, jpeg=jpeg,
-                                         width=int(image.shape[1]), height=int(image.shape[0])))
+        self.bus.send(
+            messages.thumbnail(
+                stream=name,
+                t=round(t, 3),
+                wall=wall,
+                jpeg=jpeg,
+                width=int(image.shape[1]),
+                height=int(image.shape[0]),
+            )
+        )
 
 
 class PartialPublisher:
@@ -206,8 +221,11 @@ def load_caption_backend(options: InferenceOptions) -> Any:
     return load_backend(options.model, device=device, dtype=dtype, max_inp_length=options.max_inp_length)
 
 
-def inference_main(options: InferenceOptions, stop_event: Any,
-                   backend_factory: Callable[[InferenceOptions], Any] = load_caption_backend) -> int:
+def inference_main(
+    options: InferenceOptions,
+    stop_event: Any,
+    backend_factory: Callable[[InferenceOptions], Any] = load_caption_backend,
+) -> int:
     """Process entry (see the module docstring). Returns the exit code."""
     from model.errors import CheckpointError
 
@@ -221,8 +239,11 @@ def inference_main(options: InferenceOptions, stop_event: Any,
             backend = backend_factory(options)
         except (CheckpointError, FileNotFoundError) as exc:
             log.error("cannot load model %s: %s", options.model, exc)
-            bus.send(messages.inference_status(streams={}, wall=time.time(), state="failed",
-                                               error=str(exc), **status_base))
+            bus.send(
+                messages.inference_status(
+                    streams={}, wall=time.time(), state="failed", error=str(exc), **status_base
+                )
+            )
             time.sleep(0.2)  # let the message leave before the socket closes
             return EXIT_CONFIG
         status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
@@ -236,8 +257,15 @@ def inference_main(options: InferenceOptions, stop_event: Any,
 class ModelLoop:
     """The main thread of the inference process (see the module docstring)."""
 
-    def __init__(self, options: InferenceOptions, backend: Any, bus: Bus, asks: AskReceiver,
-                 stop_event: Any, status_base: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        options: InferenceOptions,
+        backend: Any,
+        bus: Bus,
+        asks: AskReceiver,
+        stop_event: Any,
+        status_base: dict[str, Any],
+    ) -> None:
         self.options = options
         self.bus = bus
         self.asks = asks
@@ -288,19 +316,34 @@ class ModelLoop:
             ask_id, stream, question = ask.get("id"), ask.get("stream"), ask.get("question")
             worker = self.captioner.workers.get(stream) if isinstance(stream, str) else None
             if worker is None or not isinstance(question, str):
-                self.bus.send(messages.answer(id=ask_id, stream=str(stream), text="", error="unknown_stream",
-                                              message=f"no stream named {stream!r} in this run"))
+                self.bus.send(
+                    messages.answer(
+                        id=ask_id,
+                        stream=str(stream),
+                        text="",
+                        error="unknown_stream",
+                        message=f"no stream named {stream!r} in this run",
+                    )
+                )
                 continue
             self.captioner.encode_pending()  # the newest frames belong in the answer
             try:
                 text, frames = self.captioner.answer(worker, question)
             except LookupError as exc:
-                self.bus.send(messages.answer(id=ask_id, stream=stream, text="", error="no_frames",
-                                              message=str(exc)))
+                self.bus.send(
+                    messages.answer(id=ask_id, stream=stream, text="", error="no_frames", message=str(exc))
+                )
                 continue
-            self.bus.send(messages.answer(id=ask_id, stream=stream, text=text,
-                                          t_start=round(frames[0].t, 3), t_end=round(frames[-1].t, 3),
-                                          frame_times=[round(f.t, 3) for f in frames]))
+            self.bus.send(
+                messages.answer(
+                    id=ask_id,
+                    stream=stream,
+                    text=text,
+                    t_start=round(frames[0].t, 3),
+                    t_end=round(frames[-1].t, 3),
+                    frame_times=[round(f.t, 3) for f in frames],
+                )
+            )
         return handled
 
     def _publish_status(self, force: bool = False) -> None:
@@ -312,5 +355,6 @@ class ModelLoop:
         for name, worker in self.captioner.workers.items():
             with worker.lock:
                 streams[name] = worker.status()
-        self.bus.send(messages.inference_status(streams=streams, wall=time.time(), state="ready",
-                                                **self.status_base))
+        self.bus.send(
+            messages.inference_status(streams=streams, wall=time.time(), state="ready", **self.status_base)
+        )

@@ -48,13 +48,22 @@ def probe_duration(path: str) -> float | None:
     return None
 
 
-def caption_file(path: str, backend: Any, settings: CaptionSettings, outputs: Sequence[Path], *,
-                 max_side: int = 1344, stream: str | None = None,
-                 progress: Callable[[float], None] | None = None) -> OfflineResult:
+def caption_file(
+    path: str,
+    backend: Any,
+    settings: CaptionSettings,
+    outputs: Sequence[Path],
+    *,
+    max_side: int = 1344,
+    stream: str | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> OfflineResult:
     """Caption the whole file; write each caption to every output as it is made."""
     spec = parse_source(path)
     if spec.kind != "file":
-        raise UnsupportedSource(f"caption: {spec.label!r} is not a file (use `vidnarrate run` for live sources)")
+        raise UnsupportedSource(
+            f"caption: {spec.label!r} is not a file (use `vidnarrate run` for live sources)"
+        )
     name = stream or Path(spec.target).stem
     captioner = Captioner(backend, settings)
     worker = captioner.add_stream(name)
@@ -88,5 +97,10 @@ def caption_file(path: str, backend: Any, settings: CaptionSettings, outputs: Se
     finally:
         for writer in writers:
             writer.close()
-    return OfflineResult(captions=captions, duration=worker.latest_t, frames=frames,
-                         decode_errors=decode_errors, outputs=[Path(p) for p in outputs])
+    return OfflineResult(
+        captions=captions,
+        duration=worker.latest_t,
+        frames=frames,
+        decode_errors=decode_errors,
+        outputs=[Path(p) for p in outputs],
+    )

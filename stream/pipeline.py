@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .bus import RunPaths, remove_stale_runs
-from .capture import capture_main
 from .captioning import CaptionSettings
+from .capture import capture_main
 from .config import Config, load_prompts, resolve_prompt
 from .errors import ConfigError
 from .gateway import gateway_main
@@ -91,10 +91,16 @@ def source_options(config: Config, *, realtime: bool | None = None) -> SourceOpt
 
 
 class LivePipeline:
-    """Everything ``vidnarrate run`` starts. Use :meth:`start`, then :meth:`poll` in a loop, then :meth:`stop`."""
+    """Everything ``vidnarrate run`` starts: :meth:`start`, then :meth:`poll` in a loop, then :meth:`stop`."""
 
-    def __init__(self, config: Config, sources: list[NamedSource], *, run_root: Path | None = None,
-                 log_level: int | str = logging.INFO) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sources: list[NamedSource],
+        *,
+        run_root: Path | None = None,
+        log_level: int | str = logging.INFO,
+    ) -> None:
         self.config = config
         self.sources = sources
         self.run = RunPaths.create(root=run_root)
@@ -173,8 +179,9 @@ class LivePipeline:
             thumbnail_side=c.captions.thumbnail_side,
             max_inp_length=c.model.max_inp_length,
         )
-        return ChildSpec(role="inference", target=inference_main, kwargs={"options": options},
-                         fatal_codes=(EXIT_CONFIG,))
+        return ChildSpec(
+            role="inference", target=inference_main, kwargs={"options": options}, fatal_codes=(EXIT_CONFIG,)
+        )
 
     def _capture_spec(self, source: NamedSource) -> ChildSpec:
         c = self.config.capture

@@ -53,8 +53,9 @@ def die_with_parent() -> None:
         log.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", exc)
 
 
-def child_entry(role: str, target: Callable[..., int | None], kwargs: dict[str, Any],
-                log_level: int | str = logging.INFO) -> None:
+def child_entry(
+    role: str, target: Callable[..., int | None], kwargs: dict[str, Any], log_level: int | str = logging.INFO
+) -> None:
     """Run ``target(**kwargs, stop_event=...)`` as a well-behaved child; exit with its code.
     SIGTERM (what the supervisor sends to stop it) sets the stop event."""
     stop_event = threading.Event()

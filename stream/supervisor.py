@@ -56,8 +56,15 @@ class _Child:
 class Supervisor:
     """Runs a set of :class:`ChildSpec` processes. Not thread-safe: drive it from one thread."""
 
-    def __init__(self, run: RunPaths, *, backoff_initial: float = 1.0, backoff_max: float = 30.0,
-                 stop_timeout: float = 5.0, log_level: int | str = logging.INFO) -> None:
+    def __init__(
+        self,
+        run: RunPaths,
+        *,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        stop_timeout: float = 5.0,
+        log_level: int | str = logging.INFO,
+    ) -> None:
         self.run = run
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -111,8 +118,9 @@ class Supervisor:
                     if now - child.started_at > STABLE_AFTER_S:
                         child.backoff = self.backoff_initial
                     child.restart_at = now + child.backoff
-                    log.warning("%s exited with code %s; restarting in %.1f s",
-                                child.spec.role, code, child.backoff)
+                    log.warning(
+                        "%s exited with code %s; restarting in %.1f s", child.spec.role, code, child.backoff
+                    )
                     child.backoff = min(child.backoff * 2, self.backoff_max)
                 self.report(force=True)
             elif child.process is None and child.restart_at is not None and now >= child.restart_at:

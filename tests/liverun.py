@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-
 from realparts import free_port, kill_group
 
 VIDNARRATE = Path(sys.executable).with_name("vidnarrate")
@@ -72,8 +71,15 @@ def descendants(pid: int) -> list[int]:
 class LiveRun:
     """A ``vidnarrate run`` subprocess."""
 
-    def __init__(self, sources: list[str], run_root: Path, *, extra: list[str] | None = None,
-                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        run_root: Path,
+        *,
+        extra: list[str] | None = None,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.run_root = run_root
         args = [str(VIDNARRATE), "run", "--port", str(self.port)]
@@ -88,8 +94,9 @@ class LiveRun:
         self.url: str | None = None
 
     def start(self, timeout: float = 90.0) -> LiveRun:
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -137,8 +144,14 @@ class LiveRun:
             kill_group(self.proc)
 
 
-def collect(ws_url: str, until: Callable[[list[dict[str, Any]]], bool], *, timeout: float,
-            subscribe: dict[str, Any] | None = None, send: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def collect(
+    ws_url: str,
+    until: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout: float,
+    subscribe: dict[str, Any] | None = None,
+    send: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Connect, subscribe, optionally send messages, and gather messages until ``until(messages)``."""
 
     async def run() -> list[dict[str, Any]]:

@@ -50,13 +50,19 @@ def frames(count: int, size: tuple[int, int] = (96, 64)) -> Iterator[np.ndarray]
     for i in range(count):
         photo = photos[i % len(photos)]
         x = (i * 7) % max(1, photo.shape[1] - size[0])
-        crop = photo[: size[1] * 2, x: x + size[0] * 2]
+        crop = photo[: size[1] * 2, x : x + size[0] * 2]
         yield np.asarray(Image.fromarray(crop).resize(size))
 
 
 def settings(**overrides: object) -> CaptionSettings:
-    base = dict(prompt="Describe the {duration} seconds.", max_new_tokens=4, window=6.0, stride=2.0,
-                skip_stale=False, context_captions=1)
+    base = dict(
+        prompt="Describe the {duration} seconds.",
+        max_new_tokens=4,
+        window=6.0,
+        stride=2.0,
+        skip_stale=False,
+        context_captions=1,
+    )
     base.update(overrides)
     return CaptionSettings(**base)  # type: ignore[arg-type]
 
@@ -69,7 +75,8 @@ def feed(captioner: Captioner, stream: str, images: list[np.ndarray], fps: float
 
 
 def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_captions(
-        backend: CountingBackend, tiny: LocalBackend) -> None:
+    backend: CountingBackend, tiny: LocalBackend
+) -> None:
     captioner = Captioner(backend, settings())
     worker = captioner.add_stream("cam")
     images = list(frames(60))
@@ -83,15 +90,24 @@ def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_cap
     assert worker.counters.sampled == 12
     assert backend.encoded == 12, "each sampled frame went through the vision tower once"
     frames_captioned = sum(len(c["frame_times"]) for c, _ in captions)
-    assert frames_captioned > 2 * backend.encoded  # overlapping windows reused the cache (no cache: 26 encodes)
+    assert (
+        frames_captioned > 2 * backend.encoded
+    )  # overlapping windows reused the cache (no cache: 26 encodes)
     assert worker.counters.encodes_per_frame() == 1.0
     # A cached-embedding caption equals the model card's chat on the same frames' pixels.
     message, job = captions[2]
     pixels = [Image.fromarray(images[f.seq]) for f in job.frames]
     context = captioner.workers["cam"].settings.context_template.format(previous=captions[1][0]["text"])
-    direct = tiny.model.chat([{"role": "user", "content": [context, *pixels, captioner.prompt_for(job)]}],
-                             max_new_tokens=4, use_image_id=False, max_slice_nums=1,
-                             do_sample=False, top_p=None, top_k=None, temperature=None)
+    direct = tiny.model.chat(
+        [{"role": "user", "content": [context, *pixels, captioner.prompt_for(job)]}],
+        max_new_tokens=4,
+        use_image_id=False,
+        max_slice_nums=1,
+        do_sample=False,
+        top_p=None,
+        top_k=None,
+        temperature=None,
+    )
     assert message["text"] == direct
     # Bounded: only what the window (and nothing else) still needs stays cached.
     assert len(worker.cache) <= worker.sampler.window_capacity

@@ -23,8 +23,11 @@ def test_timestamps() -> None:
 
 def test_overlapping_windows_become_consecutive_cues(tmp_path: Path) -> None:
     vtt, srt, jsonl = (open_writer(tmp_path / f"c.{ext}") for ext in ("vtt", "srt", "jsonl"))
-    captions = [caption(0, 0, 8, "A man walks in."), caption(1, 0, 16, "He sits <down> --> & waits."),
-                caption(2, 8, 19.5, "  Two\nlines ")]
+    captions = [
+        caption(0, 0, 8, "A man walks in."),
+        caption(1, 0, 16, "He sits <down> --> & waits."),
+        caption(2, 8, 19.5, "  Two\nlines "),
+    ]
     for writer in (vtt, srt, jsonl):
         writer.write(captions[0])
     # written and flushed as they arrive: readable before the writer is closed
@@ -39,7 +42,9 @@ def test_overlapping_windows_become_consecutive_cues(tmp_path: Path) -> None:
         "2\n00:00:08.000 --> 00:00:16.000\nHe sits &lt;down> -> &amp; waits.\n\n"
         "3\n00:00:16.000 --> 00:00:19.500\nTwo lines\n\n"
     )
-    assert "2\n00:00:08,000 --> 00:00:16,000\nHe sits <down> --> & waits.\n" in (tmp_path / "c.srt").read_text()
+    assert (
+        "2\n00:00:08,000 --> 00:00:16,000\nHe sits <down> --> & waits.\n" in (tmp_path / "c.srt").read_text()
+    )
     lines = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
     assert lines == captions
 

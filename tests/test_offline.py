@@ -1,4 +1,4 @@
-"""``vidnarrate caption FILE``: the whole file captioned offline, as fast as it goes, into JSONL and WebVTT."""
+"""``vidnarrate caption FILE``: a whole file captioned offline, as fast as it goes, into JSONL and WebVTT."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from liverun import VIDNARRATE
 from realparts import make_clip
 
@@ -20,9 +19,26 @@ def test_caption_covers_the_whole_file_faster_than_real_time(tmp_path: Path) -> 
     out = tmp_path / "out"  # does not exist yet: caption creates it
     started = time.monotonic()
     done = subprocess.run(
-        [str(VIDNARRATE), "caption", str(clip), "--model", "tiny", "--set", "captions.max_new_tokens=4",
-         "--out", str(out / "walk.jsonl"), "--out", str(out / "walk.vtt"), "--out", str(out / "walk.srt")],
-        capture_output=True, text=True, timeout=280, cwd=tmp_path)
+        [
+            str(VIDNARRATE),
+            "caption",
+            str(clip),
+            "--model",
+            "tiny",
+            "--set",
+            "captions.max_new_tokens=4",
+            "--out",
+            str(out / "walk.jsonl"),
+            "--out",
+            str(out / "walk.vtt"),
+            "--out",
+            str(out / "walk.srt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
     captions = [json.loads(line) for line in (out / "walk.jsonl").read_text().splitlines()]
@@ -49,10 +65,18 @@ def test_caption_covers_the_whole_file_faster_than_real_time(tmp_path: Path) -> 
 
 
 def test_caption_refuses_a_missing_file_and_a_bad_output(tmp_path: Path) -> None:
-    missing = subprocess.run([str(VIDNARRATE), "caption", str(tmp_path / "nope.mp4"), "--model", "tiny"],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [str(VIDNARRATE), "caption", str(tmp_path / "nope.mp4"), "--model", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2 and "no such file" in missing.stderr and "nope.mp4" in missing.stderr
     clip = make_clip(tmp_path / "c.mp4", seconds=2.0)
-    bad = subprocess.run([str(VIDNARRATE), "caption", str(clip), "--model", "tiny", "--out", str(tmp_path / "c.txt")],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [str(VIDNARRATE), "caption", str(clip), "--model", "tiny", "--out", str(tmp_path / "c.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown caption format '.txt'" in bad.stderr

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from liverun import LiveRun, collect, descendants, of_type, short_run_root, shm_rings, wait_for
+from liverun import LiveRun, collect, descendants, of_type, shm_rings, short_run_root, wait_for
 from realparts import make_clip
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
@@ -38,8 +37,11 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def live(clips: dict[str, Path]) -> Iterator[LiveRun]:
     with short_run_root() as root:
-        run = LiveRun([f"yard={clips['yard']}", f"door={clips['door']}"], root,
-                      extra=["--window", str(WINDOW), "--stride", str(STRIDE), "--loop"])
+        run = LiveRun(
+            [f"yard={clips['yard']}", f"door={clips['door']}"],
+            root,
+            extra=["--window", str(WINDOW), "--stride", str(STRIDE), "--loop"],
+        )
         run.start()
         yield run
         run.kill()
@@ -53,7 +55,7 @@ def check_caption(message: dict[str, Any]) -> None:
     assert 1 <= len(times) <= 64
     assert times == sorted(times) and len(set(times)) == len(times)
     assert all(t_start <= t <= t_end for t in times)
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(0.95 <= gap <= 1.05 for gap in gaps), f"frames are 1 s apart in stream time: {times}"
     assert message["wall_start"] <= message["wall_end"]
     assert message["latency_ms"] >= 0 and message["model"] == "tiny" and isinstance(message["text"], str)
@@ -69,7 +71,7 @@ def test_captions_reach_a_websocket_client_for_every_source_at_the_stride(live: 
         captions = of_type(messages, "caption", stream)
         for caption in captions:
             check_caption(caption)
-        for before, after in zip(captions, captions[1:]):
+        for before, after in zip(captions, captions[1:], strict=False):
             assert after["seq"] == before["seq"] + 1 + after["skipped"]
             assert after["t_end"] - before["t_end"] == pytest.approx(STRIDE * (1 + after["skipped"]))
     statuses = of_type(messages, "status")
@@ -86,11 +88,16 @@ def test_replay_ask_and_malformed_messages(live: LiveRun) -> None:
 
     def answered(messages: list[dict[str, Any]]) -> bool:
         return any(m["type"] in ("answer", "error") and m.get("id") == "q-1" for m in messages) and bool(
-            of_type(messages, "error"))
+            of_type(messages, "error")
+        )
 
-    messages = collect(live.ws_url, answered, timeout=90,
-                       subscribe={"type": "subscribe", "streams": ["door"], "replay": 2},
-                       send=[ask, {"not": "a message"}])
+    messages = collect(
+        live.ws_url,
+        answered,
+        timeout=90,
+        subscribe={"type": "subscribe", "streams": ["door"], "replay": 2},
+        send=[ask, {"not": "a message"}],
+    )
     replies = [m for m in messages if m.get("id") == "q-1"]
     assert replies and replies[0]["type"] == "answer", messages[-5:]
     assert replies[0]["stream"] == "door" and isinstance(replies[0]["text"], str)
@@ -125,8 +132,12 @@ def _raw_websocket(port: int, *, rcvbuf: int | None = None) -> socket.socket:
     sock.settimeout(10)
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
@@ -148,8 +159,12 @@ def test_a_stalled_client_and_a_client_killed_mid_message_do_not_disturb_the_oth
     killed.close()  # RST halfway through the frame it promised
     try:
         started = time.monotonic()
-        messages = collect(live.ws_url, lambda m: all(len(of_type(m, "caption", s)) >= 2 for s in ("yard", "door")),
-                           timeout=60, subscribe={"type": "subscribe", "streams": "*", "thumbnails": True})
+        messages = collect(
+            live.ws_url,
+            lambda m: all(len(of_type(m, "caption", s)) >= 2 for s in ("yard", "door")),
+            timeout=60,
+            subscribe={"type": "subscribe", "streams": "*", "thumbnails": True},
+        )
         assert all(len(of_type(messages, "caption", s)) >= 2 for s in ("yard", "door")), live.log()
         assert of_type(messages, "thumbnail")
         assert time.monotonic() - started < 45
@@ -167,9 +182,18 @@ def test_ctrl_c_stops_everything_and_leaves_nothing_behind(live: LiveRun) -> Non
     started = time.monotonic()
     assert live.stop(signal.SIGINT) == 0, live.log()
     assert time.monotonic() - started < 10
-    wait_for(lambda: not [p for p in children if Path(f"/proc/{p}").exists()
-                          and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]],
-             5, "every child process to exit")
+    wait_for(
+        lambda: (
+            not [
+                p
+                for p in children
+                if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]
+            ]
+        ),
+        5,
+        "every child process to exit",
+    )
     assert shm_rings(run_id) == []
     assert not any(p.exists() for p in run_dirs), "the run directory (zmq sockets) is removed"
     assert "stopped" in "".join(live.stdout)
@@ -199,6 +223,11 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict
     assert weights.returncode == 2 and str(no_weights) in weights.stderr, weights.stderr
     assert not (tmp_path / "runs").exists(), "nothing was started"
     env_long = {**os.environ, "VIDNARRATE_RUN_ROOT": str(tmp_path / ("r" * 80))}
-    too_long = subprocess.run([str(VIDNARRATE), "run", "--source", str(clips["yard"]), "--model", "tiny"],
-                              capture_output=True, text=True, timeout=60, env=env_long)
+    too_long = subprocess.run(
+        [str(VIDNARRATE), "run", "--source", str(clips["yard"]), "--model", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env_long,
+    )
     assert too_long.returncode == 2 and "too long for zmq ipc socket paths" in too_long.stderr

@@ -52,8 +52,11 @@ def test_crashed_child_is_restarted_with_doubling_backoff_and_reported(tmp_path:
         drive(supervisor, 4.0)
         processes = supervisor.processes()
         assert processes["crasher"]["restarts"] >= 2
-        delays = [r.getMessage().rsplit(" ", 2)[-2] for r in caplog.records
-                  if r.getMessage().startswith("crasher exited with code 3; restarting in")]
+        delays = [
+            r.getMessage().rsplit(" ", 2)[-2]
+            for r in caplog.records
+            if r.getMessage().startswith("crasher exited with code 3; restarting in")
+        ]
         assert delays[:3] == ["0.2", "0.4", "0.4"], "backoff doubles, capped at backoff_max"
         assert processes["done"] == {**processes["done"], "restarts": 0, "finished": True, "exit_code": 0}
         assert processes["fatal"]["restarts"] == 0 and processes["fatal"]["finished"]

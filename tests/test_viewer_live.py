@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from browser import launch_chromium, open_page, save_screenshot
-
 from liverun import LiveRun, collect, of_type, short_run_root, wait_for
 from realparts import make_clip
 
@@ -37,8 +36,9 @@ def expect(target: Any) -> Any:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     clip = make_clip(tmp_path_factory.mktemp("clips") / "street.mp4", size="640x360", fps=25.0, seconds=20.0)
     with short_run_root() as root:
-        run = LiveRun([f"street={clip}"], root, extra=["--window", "8", "--stride", "4", "--loop",
-                                                       "--stream-tokens"])
+        run = LiveRun(
+            [f"street={clip}"], root, extra=["--window", "8", "--stride", "4", "--loop", "--stream-tokens"]
+        )
         run.start()
         try:
             yield run
@@ -48,7 +48,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
             run.kill()
 
 
-def test_viewer_shows_the_live_pipeline_asks_and_survives_a_gateway_restart(live: LiveRun, tmp_path: Path) -> None:
+def test_viewer_shows_the_live_pipeline_asks_and_survives_a_gateway_restart(
+    live: LiveRun, tmp_path: Path
+) -> None:
     screenshots = Path(os.environ.get("VIDNARRATE_SCREENSHOTS", tmp_path))
     assert live.url is not None
     with launch_chromium() as browser:
@@ -62,9 +64,12 @@ def test_viewer_shows_the_live_pipeline_asks_and_survives_a_gateway_restart(live
         # captions appear, then the next one replaces the current one (the timeline keeps the old one)
         expect(page.locator("#current")).to_have_attribute("data-kind", "caption", timeout=WAIT_MS)
         first_range = page.locator("#current-range").text_content()
-        page.wait_for_function("(r) => document.getElementById('current-range').textContent !== r "
-                               "&& document.getElementById('current').dataset.kind === 'caption'",
-                               arg=first_range, timeout=WAIT_MS)
+        page.wait_for_function(
+            "(r) => document.getElementById('current-range').textContent !== r "
+            "&& document.getElementById('current').dataset.kind === 'caption'",
+            arg=first_range,
+            timeout=WAIT_MS,
+        )
         expect(page.locator("#timeline li").first).to_be_visible(timeout=WAIT_MS)
         assert re.search(r"\d\d:\d\d", page.locator("#current-range").text_content() or "")
         expect(page.locator("#model")).to_contain_text("tiny")
@@ -83,9 +88,12 @@ def test_viewer_shows_the_live_pipeline_asks_and_survives_a_gateway_restart(live
         expect(conn).to_have_attribute("data-state", "reconnecting", timeout=WAIT_MS)
         expect(conn).to_have_attribute("data-state", "live", timeout=WAIT_MS)
         before = page.locator("#current-range").text_content()
-        page.wait_for_function("(r) => document.getElementById('current-range').textContent !== r",
-                               arg=before, timeout=WAIT_MS)
-        wait_for(lambda: "gateway exited with code" in "".join(live.stderr), 10, "the supervisor's restart log")
+        page.wait_for_function(
+            "(r) => document.getElementById('current-range').textContent !== r", arg=before, timeout=WAIT_MS
+        )
+        wait_for(
+            lambda: "gateway exited with code" in "".join(live.stderr), 10, "the supervisor's restart log"
+        )
         assert record.errors == [], record.errors
         assert record.external() == [], record.external()
         page.context.close()

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def make_sample(path: Path, seconds: float) -> Path:
-    spec = importlib.util.spec_from_file_location("make_sample_video", ROOT / "tools" / "make_sample_video.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_sample_video", ROOT / "tools" / "make_sample_video.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -72,11 +73,31 @@ def latency_run(seconds: float, tokens: int) -> dict[str, Any]:
     clip = make_sample(work / "clip.mp4", 30.0)
     port = free_port()
     exe = Path(sys.executable).with_name("vidnarrate")
-    cmd = [str(exe), "run", "--source", f"bench={clip}", "--model", "tiny", "--port", str(port), "--loop",
-           "--window", "16", "--stride", "4", "--set", f"captions.max_new_tokens={tokens}",
-           "--set", "captions.thumbnails=false", "--log-level", "WARNING"]
+    cmd = [
+        str(exe),
+        "run",
+        "--source",
+        f"bench={clip}",
+        "--model",
+        "tiny",
+        "--port",
+        str(port),
+        "--loop",
+        "--window",
+        "16",
+        "--stride",
+        "4",
+        "--set",
+        f"captions.max_new_tokens={tokens}",
+        "--set",
+        "captions.thumbnails=false",
+        "--log-level",
+        "WARNING",
+    ]
     env = {**os.environ, "VIDNARRATE_RUN_ROOT": str(work)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     ready = threading.Event()
 
     def watch() -> None:
@@ -108,9 +129,15 @@ def latency_run(seconds: float, tokens: int) -> dict[str, Any]:
                     start_at = start_at or time.monotonic()
                     latency = (arrived - message["wall_end"]) * 1000
                     compute = message["model_ms"] + message.get("encode_ms", 0.0)
-                    rows.append({"latency_ms": latency, "model_ms": message["model_ms"],
-                                 "encode_ms": message.get("encode_ms", 0.0), "overhead_ms": latency - compute,
-                                 "skipped": message["skipped"]})
+                    rows.append(
+                        {
+                            "latency_ms": latency,
+                            "model_ms": message["model_ms"],
+                            "encode_ms": message.get("encode_ms", 0.0),
+                            "overhead_ms": latency - compute,
+                            "skipped": message["skipped"],
+                        }
+                    )
                     if time.monotonic() - start_at >= seconds:
                         return
 
@@ -151,8 +178,14 @@ def encode_counts(window: float, stride: float, seconds: float, backend: Any) ->
             return backend.describe(*args, **kwargs)
 
     counting = Counting()
-    settings = CaptionSettings(prompt="Describe.", max_new_tokens=1, window=window, stride=stride,
-                               skip_stale=False, context_captions=0)
+    settings = CaptionSettings(
+        prompt="Describe.",
+        max_new_tokens=1,
+        window=window,
+        stride=stride,
+        skip_stale=False,
+        context_captions=0,
+    )
     captioner = Captioner(counting, settings)
     worker = captioner.add_stream("bench")
     rng = np.random.default_rng(0)
@@ -169,7 +202,10 @@ def encode_counts(window: float, stride: float, seconds: float, backend: Any) ->
                 per_caption.append(len(message["frame_times"]))
     sampled = worker.counters.sampled
     return {
-        "window": window, "stride": stride, "sampled": sampled, "captions": len(per_caption),
+        "window": window,
+        "stride": stride,
+        "sampled": sampled,
+        "captions": len(per_caption),
         "with_cache": round(counting.encoded / sampled, 3),
         "without_cache": round(sum(per_caption) / sampled, 3),
     }
@@ -180,29 +216,38 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to time captions")
     parser.add_argument("--tokens", type=int, default=16, help="max new tokens per caption")
     parser.add_argument("--windows", default="16:4,64:4", help="window:stride pairs for the encode counts")
-    parser.add_argument("--stream-seconds", type=float, default=256.0, help="stream length for the encode counts")
+    parser.add_argument(
+        "--stream-seconds", type=float, default=256.0, help="stream length for the encode counts"
+    )
     args = parser.parse_args()
 
     latency = latency_run(args.seconds, args.tokens)
     backend = load_backend("tiny")
-    counts = [encode_counts(float(w), float(s), args.stream_seconds, backend)
-              for w, s in (pair.split(":") for pair in args.windows.split(","))]
+    counts = [
+        encode_counts(float(w), float(s), args.stream_seconds, backend)
+        for w, s in (pair.split(":") for pair in args.windows.split(","))
+    ]
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
-    print(f"Pipeline benchmark ({machine}); tiny model, 640x360 @ 25 fps file played as live, window 16 s, stride 4 s")
+    print(f"Pipeline benchmark ({machine})")
+    print("tiny model, 640x360 @ 25 fps file played as live, window 16 s, stride 4 s")
     print()
     print(f"{'frame -> websocket client':32} {'p50 ms':>10} {'p95 ms':>10}")
-    print(f"{'latency (capture to client)':32} {latency['latency_p50_ms']:10.1f} {latency['latency_p95_ms']:10.1f}")
+    lat = latency
+    print(f"{'latency (capture to client)':32} {lat['latency_p50_ms']:10.1f} {lat['latency_p95_ms']:10.1f}")
     print(f"{'  of which model generation':32} {latency['model_p50_ms']:10.1f}")
     print(f"{'  of which vision encode':32} {latency['encode_p50_ms']:10.1f}")
-    print(f"{'pipeline overhead (no model)':32} {latency['overhead_p50_ms']:10.1f} {latency['overhead_p95_ms']:10.1f}")
+    print(f"{'overhead (no model)':32} {lat['overhead_p50_ms']:10.1f} {lat['overhead_p95_ms']:10.1f}")
     print(f"({latency['captions']} captions timed, {latency['skipped']} windows skipped)")
     print()
-    print(f"{'window/stride':14} {'sampled':>8} {'captions':>9} {'encodes/frame cached':>21} {'uncached':>9} {'saved':>7}")
+    header = ("window/stride", "sampled", "captions", "encodes/frame cached", "uncached", "saved")
+    print(f"{header[0]:14} {header[1]:>8} {header[2]:>9} {header[3]:>21} {header[4]:>9} {header[5]:>7}")
     for c in counts:
         saved = c["without_cache"] / c["with_cache"] if c["with_cache"] else float("nan")
-        print(f"{c['window']:.0f} s / {c['stride']:.0f} s{'':4} {c['sampled']:8d} {c['captions']:9d} "
-              f"{c['with_cache']:21.2f} {c['without_cache']:9.2f} {saved:6.1f}x")
+        print(
+            f"{c['window']:.0f} s / {c['stride']:.0f} s{'':4} {c['sampled']:8d} {c['captions']:9d} "
+            f"{c['with_cache']:21.2f} {c['without_cache']:9.2f} {saved:6.1f}x"
+        )
     print(json.dumps({"machine": machine, **latency, "encodes": counts}))
     return 0
 
