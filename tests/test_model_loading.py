@@ -6,7 +6,6 @@ Broken checkpoints are built in tmp from the tiny checkpoint (model.tiny.write_t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,7 @@ from tests.conftest import DATA_DIR
 ORACLE_CONFIG = DATA_DIR / "oracle" / "tiny_minicpmv26" / "config.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads, and on a busy 2-core box spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -34,13 +33,7 @@ CASES = {c["name"]: c for c in json.loads((EXPECTED / "cases.json").read_text())
 SAMPLES = [(name, b) for name, c in CASES.items() for b in range(len(c.get("batch", [None])))]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model gains nothing from threads, and on a busy 2-core box spinning threads cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
