@@ -152,7 +152,7 @@ def demo_clip() -> Path:
     spec.loader.exec_module(module)
     clip.parent.mkdir(parents=True, exist_ok=True)
     partial = clip.with_suffix(".partial.mp4")
-    module.make_video(partial, width=1280, height=720, fps=30.0, seconds=60.0)
+    module.make_video(partial, width=960, height=540, fps=25.0, seconds=30.0)  # looped when played
     partial.replace(clip)
     return clip
 
@@ -167,7 +167,8 @@ def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
     for source in parse_named_sources(values):
         if source.source == DEMO_SOURCE:
             has_demo = True
-            source = NamedSource(source.name, str(demo_clip()))
+            name = DEMO_SOURCE if source.name == f"cam{len(resolved)}" else source.name
+            source = NamedSource(name, str(demo_clip()))
         spec = parse_source(source.source)
         if spec.kind == "file" and not Path(spec.target).is_file():
             raise ConfigError(f"--source {source.source!r}: no such file {spec.target}")
