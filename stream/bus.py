@@ -180,12 +180,11 @@ class Publisher:
         self._sock.close(linger=0)
 
 
-class Subscriber:
-    """Connects to publishers and receives all their messages (sync API)."""
+class _SubscriberBase:
+    """What the sync and asyncio subscribers share: one SUB socket connected to every publisher."""
 
-    def __init__(self, endpoints: list[str], *, context: zmq.Context | None = None) -> None:
-        self._context = context or zmq.Context.instance()
-        self._sock = _socket(self._context, zmq.SUB)
+    def __init__(self, context: zmq.Context, endpoints: list[str]) -> None:
+        self._sock = _socket(context, zmq.SUB)
         self._sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.endpoints: list[str] = []
         for endpoint in endpoints:
@@ -195,6 +194,16 @@ class Subscriber:
         if endpoint not in self.endpoints:
             self._sock.connect(endpoint)
             self.endpoints.append(endpoint)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+
+
+class Subscriber(_SubscriberBase):
+    """Connects to publishers and receives all their messages (sync API)."""
+
+    def __init__(self, endpoints: list[str], *, context: zmq.Context | None = None) -> None:
+        super().__init__(context or zmq.Context.instance(), endpoints)
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next message, or None when ``timeout`` seconds pass without one."""
@@ -202,33 +211,17 @@ class Subscriber:
             return None
         return decode(self._sock.recv_multipart())
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
 
-
-class AsyncSubscriber:
+class AsyncSubscriber(_SubscriberBase):
     """The same as :class:`Subscriber` for asyncio code (the gateway)."""
 
     def __init__(self, endpoints: list[str], *, context: zmq.asyncio.Context | None = None) -> None:
-        self._context = context or zmq.asyncio.Context.instance()
-        self._sock = _socket(self._context, zmq.SUB)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.endpoints: list[str] = []
-        for endpoint in endpoints:
-            self.connect(endpoint)
-
-    def connect(self, endpoint: str) -> None:
-        if endpoint not in self.endpoints:
-            self._sock.connect(endpoint)
-            self.endpoints.append(endpoint)
+        super().__init__(context or zmq.asyncio.Context.instance(), endpoints)
 
     async def recv(self) -> Message:
         """The next message; raises :class:`ProtocolError` for a malformed one (the caller logs it
         and carries on: a bad publisher must not stop the reader)."""
         return decode(await self._sock.recv_multipart())
-
-    def close(self) -> None:
-        self._sock.close(linger=0)
 
 
 class AskSender:

@@ -363,39 +363,43 @@ class FrameRing:
 
     # -- readers ----------------------------------------------------------------------------------
 
-    def read(self, seq: int) -> Frame | None:
-        """Frame ``seq`` as a private copy; None if it is not written yet or was already overwritten."""
+    def _header(self, seq: int) -> tuple[int, FrameInfo] | None:
+        """Slot and metadata of frame ``seq`` as they read now; the caller re-checks the slot's state
+        after using them (seqlock), since the writer may be rewriting it."""
         self._check_open()
         if seq < 0:
             return None
         slot = seq % self._slots
-        want = 2 * seq + 2
         si = self._slot_i
-        if int(si[slot, _STATE]) != want:
+        if int(si[slot, _STATE]) != 2 * seq + 2:
             return None
         h, w = int(si[slot, _H]), int(si[slot, _W])
-        pts, wall = float(self._slot_f[slot, _PTS]), float(self._slot_f[slot, _WALL])
         if not (0 < h <= self._max_h and 0 < w <= self._max_w):
             return None  # the writer is rewriting the header under us
-        image = self._data[slot][: h * w * 3].reshape(h, w, 3).copy()
-        if int(si[slot, _STATE]) != want:
+        return slot, FrameInfo(seq, float(self._slot_f[slot, _PTS]), float(self._slot_f[slot, _WALL]), h, w)
+
+    def _unchanged(self, slot: int, seq: int) -> bool:
+        return int(self._slot_i[slot, _STATE]) == 2 * seq + 2
+
+    def read(self, seq: int) -> Frame | None:
+        """Frame ``seq`` as a private copy; None if it is not written yet or was already overwritten."""
+        header = self._header(seq)
+        if header is None:
+            return None
+        slot, info = header
+        image = self._data[slot][: info.height * info.width * 3].reshape(info.height, info.width, 3).copy()
+        if not self._unchanged(slot, seq):
             return None  # overwritten while we copied: the copy may be torn, drop it
-        return Frame(seq, pts, wall, image)
+        return Frame(seq, info.pts, info.wall, image)
 
     def info(self, seq: int) -> FrameInfo | None:
         """Frame ``seq``'s metadata without copying its pixels (None as for :meth:`read`): a reader that
         keeps 1 frame in 30 (the sampler) decides on this and reads only the frames it keeps."""
-        self._check_open()
-        if seq < 0:
+        header = self._header(seq)
+        if header is None:
             return None
-        slot = seq % self._slots
-        want = 2 * seq + 2
-        si = self._slot_i
-        if int(si[slot, _STATE]) != want:
-            return None
-        info = FrameInfo(seq, float(self._slot_f[slot, _PTS]), float(self._slot_f[slot, _WALL]),
-                         int(si[slot, _H]), int(si[slot, _W]))
-        return info if int(si[slot, _STATE]) == want else None
+        slot, info = header
+        return info if self._unchanged(slot, seq) else None
 
     def latest(self) -> Frame | None:
         """The newest complete frame, or None while the ring is empty."""
