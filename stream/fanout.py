@@ -158,7 +158,9 @@ class StatusBoard:
             raise ValueError(f"capture_status of {stream!r} has an unknown state {state!r}")
         old = self._capture.get(stream)
         if old is None and not self._room_for(stream):
-            raise ValueError(f"capture_status of {stream!r} ignored: already tracking {self.max_streams} streams")
+            raise ValueError(
+                f"capture_status of {stream!r} ignored: already tracking {self.max_streams} streams"
+            )
         self._capture[stream] = message
         self._capture_at[stream] = now
         return old is None or old.get("state") != state or old.get("error") != message.get("error")
@@ -182,14 +184,18 @@ class StatusBoard:
         procs = message.get("processes")
         if not isinstance(procs, dict):
             raise ValueError("processes report without a 'processes' object")
-        fresh = {role: dict(info) for role, info in itertools.islice(procs.items(), 4 * self.max_streams)
-                 if isinstance(info, dict)}
+        fresh = {
+            role: dict(info)
+            for role, info in itertools.islice(procs.items(), 4 * self.max_streams)
+            if isinstance(info, dict)
+        }
 
         def key(info: Message) -> tuple[Any, ...]:
             return info.get("pid"), info.get("restarts"), info.get("alive")
 
         changed = fresh.keys() != self._processes.keys() or any(
-            key(info) != key(self._processes[role]) for role, info in fresh.items())
+            key(info) != key(self._processes[role]) for role, info in fresh.items()
+        )
         self._processes = fresh
         return changed
 
@@ -217,9 +223,14 @@ class StatusBoard:
             for field, value in figures.items():
                 entry.setdefault(field, value)
             streams[name] = entry
-        return messages.status(streams=streams, processes={r: dict(p) for r, p in self._processes.items()},
-                               wall=wall, model=self._inference_meta.get("model"),
-                               device=self._inference_meta.get("device"), **extra)
+        return messages.status(
+            streams=streams,
+            processes={r: dict(p) for r, p in self._processes.items()},
+            wall=wall,
+            model=self._inference_meta.get("model"),
+            device=self._inference_meta.get("device"),
+            **extra,
+        )
 
 
 @dataclass(frozen=True)
@@ -253,13 +264,22 @@ class PendingAsks:
     def add(self, client: int, ask: Ask, now: float) -> PendingAsk:
         """Register an ask; raises :class:`MessageError` (``too_many_asks``) past a cap."""
         if self._per_client.get(client, 0) >= self.per_client:
-            raise MessageError(ErrorCode.TOO_MANY_ASKS,
-                               f"{self.per_client} of your asks are still unanswered; wait for one", ask.id)
+            raise MessageError(
+                ErrorCode.TOO_MANY_ASKS,
+                f"{self.per_client} of your asks are still unanswered; wait for one",
+                ask.id,
+            )
         if len(self._pending) >= self.total:
-            raise MessageError(ErrorCode.TOO_MANY_ASKS, "the server has too many unanswered asks; retry later",
-                               ask.id)
-        pending = PendingAsk(key=f"{self._prefix}-{next(self._counter)}", client=client, request_id=ask.id,
-                             stream=ask.stream, deadline=now + self.timeout)
+            raise MessageError(
+                ErrorCode.TOO_MANY_ASKS, "the server has too many unanswered asks; retry later", ask.id
+            )
+        pending = PendingAsk(
+            key=f"{self._prefix}-{next(self._counter)}",
+            client=client,
+            request_id=ask.id,
+            stream=ask.stream,
+            deadline=now + self.timeout,
+        )
         self._pending[pending.key] = pending
         self._per_client[client] = self._per_client.get(client, 0) + 1
         return pending

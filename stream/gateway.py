@@ -122,16 +122,27 @@ class Gateway:
         ping_timeout: float | None = 20.0,
         max_streams: int = 256,
     ) -> None:
-        for name, value, low in (("client_queue", client_queue, 1), ("replay", replay, 0),
-                                 ("write_buffer", write_buffer, 0), ("max_clients", max_clients, 1),
-                                 ("max_message_bytes", max_message_bytes, 1), ("max_errors", max_errors, 1),
-                                 ("asks_per_client", asks_per_client, 1), ("max_pending_asks", max_pending_asks, 1),
-                                 ("max_streams", max_streams, 1), ("send_buffer", send_buffer or 1, 1)):
+        for name, value, low in (
+            ("client_queue", client_queue, 1),
+            ("replay", replay, 0),
+            ("write_buffer", write_buffer, 0),
+            ("max_clients", max_clients, 1),
+            ("max_message_bytes", max_message_bytes, 1),
+            ("max_errors", max_errors, 1),
+            ("asks_per_client", asks_per_client, 1),
+            ("max_pending_asks", max_pending_asks, 1),
+            ("max_streams", max_streams, 1),
+            ("send_buffer", send_buffer or 1, 1),
+        ):
             if value < low:
                 raise ValueError(f"gateway option {name} must be at least {low}, got {value}")
-        for name, seconds in (("slow_client_timeout", slow_client_timeout), ("status_interval", status_interval),
-                              ("error_window", error_window), ("ask_timeout", ask_timeout),
-                              ("close_timeout", close_timeout)):
+        for name, seconds in (
+            ("slow_client_timeout", slow_client_timeout),
+            ("status_interval", status_interval),
+            ("error_window", error_window),
+            ("ask_timeout", ask_timeout),
+            ("close_timeout", close_timeout),
+        ):
             if not seconds > 0:
                 raise ValueError(f"gateway option {name} must be a positive number of seconds, got {seconds}")
         self.host = host
@@ -171,8 +182,13 @@ class Gateway:
         self._status_handle: asyncio.TimerHandle | None = None
         self._last_bus_wall: float | None = None
         self._bad_bus_logged = 0.0
-        self.stats = {"bus_messages": 0, "bad_bus_messages": 0, "dropped_messages": 0,
-                      "slow_clients_closed": 0, "error_replies": 0}
+        self.stats = {
+            "bus_messages": 0,
+            "bad_bus_messages": 0,
+            "dropped_messages": 0,
+            "slow_clients_closed": 0,
+            "error_replies": 0,
+        }
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,7 +201,9 @@ class Gateway:
             self._ask_sender = AskSender(self._asks_endpoint)
         try:
             self._server = await serve(
-                self._handle, self.host, self.port,
+                self._handle,
+                self.host,
+                self.port,
                 process_request=self._process_request,
                 compression=None,
                 # Past max_message_bytes a message gets an error reply; past this hard limit
@@ -204,8 +222,13 @@ class Gateway:
         self.port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._last_status = time.monotonic()
         self._loops = [self._spawn(self._read_bus()), self._spawn(self._tick())]
-        log.info("gateway listening on http://%s:%d/ (websockets at %s, auth %s)", self.host, self.port,
-                 WS_PATH, "on" if self._token else "off")
+        log.info(
+            "gateway listening on http://%s:%d/ (websockets at %s, auth %s)",
+            self.host,
+            self.port,
+            WS_PATH,
+            "on" if self._token else "off",
+        )
 
     async def stop(self) -> None:
         """Close every client (1001), stop reading the bus, release the port and the sockets."""
@@ -264,7 +287,9 @@ class Gateway:
             "clients": len(self._clients),
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "last_message_wall": self._last_bus_wall,
-            "last_message_age_s": None if self._last_bus_wall is None else round(now - self._last_bus_wall, 3),
+            "last_message_age_s": None
+            if self._last_bus_wall is None
+            else round(now - self._last_bus_wall, 3),
             "pending_asks": len(self._asks),
             # Clients with messages waiting in their queue (their socket buffer is full) and those messages.
             "clients_behind": sum(1 for c in self._clients.values() if c.queue),
@@ -276,26 +301,40 @@ class Gateway:
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == HEALTH_PATH:
-            return _response(http.HTTPStatus.OK, json.dumps(self.health()).encode(), "application/json",
-                             extra=[("Cache-Control", "no-store")])
+            return _response(
+                http.HTTPStatus.OK,
+                json.dumps(self.health()).encode(),
+                "application/json",
+                extra=[("Cache-Control", "no-store")],
+            )
         via_query = False
         if self._token:
             via_query = self._query_token(url.query)
             if not (via_query or self._header_token(request)):
-                return _response(http.HTTPStatus.UNAUTHORIZED, b"Missing or wrong token.\n",
-                                 "text/plain; charset=utf-8", extra=[("WWW-Authenticate", "Bearer")])
+                return _response(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    b"Missing or wrong token.\n",
+                    "text/plain; charset=utf-8",
+                    extra=[("WWW-Authenticate", "Bearer")],
+                )
         if url.path == WS_PATH:
             if len(self._clients) >= self._max_clients:
-                return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"Too many clients.\n",
-                                 "text/plain; charset=utf-8")
+                return _response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE, b"Too many clients.\n", "text/plain; charset=utf-8"
+                )
             return None  # the websocket handshake proceeds (426 if it is not an upgrade)
         if "upgrade" in request.headers.get("Connection", "").lower():
-            return _response(http.HTTPStatus.NOT_FOUND, f"Websockets are at {WS_PATH}.\n".encode(),
-                             "text/plain; charset=utf-8")
+            return _response(
+                http.HTTPStatus.NOT_FOUND,
+                f"Websockets are at {WS_PATH}.\n".encode(),
+                "text/plain; charset=utf-8",
+            )
         response = self._static(url.path)
         if via_query:
             # The page's own requests (scripts, styles, the websocket) then carry the token.
-            response.headers["Set-Cookie"] = f"{TOKEN_COOKIE}={self._token}; HttpOnly; SameSite=Strict; Path=/"
+            response.headers["Set-Cookie"] = (
+                f"{TOKEN_COOKIE}={self._token}; HttpOnly; SameSite=Strict; Path=/"
+            )
         return response
 
     def _query_token(self, query: str) -> bool:
@@ -397,8 +436,11 @@ class Gateway:
         now = time.monotonic()
         client.errors.append(now)
         if len(client.errors) == client.errors.maxlen and now - client.errors[0] < self._error_window:
-            self._close_soon(client, CloseCode.POLICY_VIOLATION,
-                             f"too many invalid messages ({self._max_errors} in {self._error_window:g} s)")
+            self._close_soon(
+                client,
+                CloseCode.POLICY_VIOLATION,
+                f"too many invalid messages ({self._max_errors} in {self._error_window:g} s)",
+            )
 
     def _subscribe(self, client: _Client, request: Subscribe) -> None:
         client.subscription = request
@@ -414,20 +456,32 @@ class Gateway:
 
     def _ask(self, client: _Client, request: Ask) -> None:
         if self._ask_sender is None:
-            raise MessageError(ErrorCode.ASK_UNAVAILABLE, "asking questions is not enabled on this server",
-                               request.id)
+            raise MessageError(
+                ErrorCode.ASK_UNAVAILABLE, "asking questions is not enabled on this server", request.id
+            )
         streams = self._board.streams() | set(self._replay.streams())
         if streams and request.stream not in streams:
-            raise MessageError(ErrorCode.UNKNOWN_STREAM, f"there is no stream named {request.stream!r}",
-                               request.id)
+            raise MessageError(
+                ErrorCode.UNKNOWN_STREAM, f"there is no stream named {request.stream!r}", request.id
+            )
         pending = self._asks.add(client.number, request, time.monotonic())
-        forwarded = messages.ask_request(id=pending.key, stream=request.stream, question=request.question,
-                                         wall=time.time(), client=client.number)
+        forwarded = messages.ask_request(
+            id=pending.key,
+            stream=request.stream,
+            question=request.question,
+            wall=time.time(),
+            client=client.number,
+        )
         if not self._ask_sender.send(forwarded):
             self._asks.resolve(pending.key)
-            self._send(client, messages.error(ErrorCode.ASK_UNAVAILABLE,
-                                              "the inference process is not running; try again later",
-                                              id=request.id))
+            self._send(
+                client,
+                messages.error(
+                    ErrorCode.ASK_UNAVAILABLE,
+                    "the inference process is not running; try again later",
+                    id=request.id,
+                ),
+            )
 
     # -- delivery --------------------------------------------------------------------------------
     def _send(self, client: _Client, message: Message) -> None:
@@ -466,9 +520,14 @@ class Gateway:
         from this same thread, and this gateway never sends fragmented messages, so a frame written
         here cannot interleave with one of its own.)"""
         conn = client.conn
-        return (not client.queue and not client.sending and conn.protocol.state is State.OPEN
-                and conn.send_in_progress is None and not conn.transport.is_closing()
-                and conn.transport.get_write_buffer_size() <= self._write_buffer)
+        return (
+            not client.queue
+            and not client.sending
+            and conn.protocol.state is State.OPEN
+            and conn.send_in_progress is None
+            and not conn.transport.is_closing()
+            and conn.transport.get_write_buffer_size() <= self._write_buffer
+        )
 
     def _enqueue(self, client: _Client, data: bytes, now: float) -> None:
         if client.queue.push(data, now):
@@ -479,8 +538,10 @@ class Gateway:
     def _check_slow(self, client: _Client, now: float) -> None:
         behind = client.queue.behind_for(now)
         if behind > self._slow_client_timeout and self._close_soon(
-                client, CloseCode.TOO_SLOW,
-                f"too slow: dropping messages for {behind:.0f} s ({client.queue.dropped_total} dropped)"):
+            client,
+            CloseCode.TOO_SLOW,
+            f"too slow: dropping messages for {behind:.0f} s ({client.queue.dropped_total} dropped)",
+        ):
             self.stats["slow_clients_closed"] += 1
 
     def _close_soon(self, client: _Client, code: int, reason: str) -> bool:
@@ -599,9 +660,14 @@ class Gateway:
     def _ask_expired(self, pending: PendingAsk) -> None:
         client = self._clients.get(pending.client)
         if client is not None:
-            self._send(client, messages.error(
-                ErrorCode.ASK_TIMEOUT, f"no answer within {self._asks.timeout:g} s; the inference process "
-                "may be busy or down", id=pending.request_id))
+            self._send(
+                client,
+                messages.error(
+                    ErrorCode.ASK_TIMEOUT,
+                    f"no answer within {self._asks.timeout:g} s; the inference process may be busy or down",
+                    id=pending.request_id,
+                ),
+            )
 
 
 def _text_frame(data: bytes) -> bytes:
@@ -609,15 +675,18 @@ def _text_frame(data: bytes) -> bytes:
     return Frame(Opcode.TEXT, data).serialize(mask=False)
 
 
-def _response(status: http.HTTPStatus, body: bytes, content_type: str, *,
-              extra: Sequence[tuple[str, str]] = ()) -> Response:
-    headers = Headers([
-        ("Date", email.utils.formatdate(usegmt=True)),
-        ("Connection", "close"),
-        ("Content-Length", str(len(body))),
-        ("Content-Type", content_type),
-        *extra,
-    ])
+def _response(
+    status: http.HTTPStatus, body: bytes, content_type: str, *, extra: Sequence[tuple[str, str]] = ()
+) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            *extra,
+        ]
+    )
     return Response(status.value, status.phrase, headers, body)
 
 
@@ -661,8 +730,15 @@ def gateway_main(
     """
     if token is None:
         token = os.environ.get(TOKEN_ENV, "")
-    gateway = Gateway(events_endpoints, asks_endpoint, host=host, port=port, token=token,
-                      web_dir=web_dir if web_dir is not None else DEFAULT_WEB_DIR, **options)
+    gateway = Gateway(
+        events_endpoints,
+        asks_endpoint,
+        host=host,
+        port=port,
+        token=token,
+        web_dir=web_dir if web_dir is not None else DEFAULT_WEB_DIR,
+        **options,
+    )
     return asyncio.run(_run(gateway, ready_file, ready_event, stop_event))
 
 

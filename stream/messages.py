@@ -147,8 +147,9 @@ def parse_client_message(raw: str | bytes, *, max_bytes: int | None = None) -> C
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         known = ", ".join(sorted(_PARSERS))
-        raise MessageError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r:.60}; expected one of {known}",
-                           request_id)
+        raise MessageError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r:.60}; expected one of {known}", request_id
+        )
     return parser(data, request_id)
 
 
@@ -159,17 +160,23 @@ def _parse_subscribe(data: Message, request_id: AskId | None) -> Subscribe:
         streams = None
     elif isinstance(streams_field, list):
         if len(streams_field) > MAX_STREAMS_PER_SUBSCRIBE:
-            raise MessageError(ErrorCode.BAD_FIELD,
-                               f"'streams' lists {len(streams_field)} streams; the limit is "
-                               f"{MAX_STREAMS_PER_SUBSCRIBE}", request_id)
+            raise MessageError(
+                ErrorCode.BAD_FIELD,
+                f"'streams' lists {len(streams_field)} streams; the limit is {MAX_STREAMS_PER_SUBSCRIBE}",
+                request_id,
+            )
         for name in streams_field:
             _check_stream_name(name, "'streams' entries", request_id)
         streams = frozenset(streams_field)
     else:
-        raise MessageError(ErrorCode.BAD_FIELD, "'streams' must be \"*\" or a list of stream names", request_id)
+        raise MessageError(
+            ErrorCode.BAD_FIELD, "'streams' must be \"*\" or a list of stream names", request_id
+        )
     replay = data.get("replay", 0)
     if not _is_int(replay) or not 0 <= replay <= MAX_REPLAY:
-        raise MessageError(ErrorCode.BAD_FIELD, f"'replay' must be an integer from 0 to {MAX_REPLAY}", request_id)
+        raise MessageError(
+            ErrorCode.BAD_FIELD, f"'replay' must be an integer from 0 to {MAX_REPLAY}", request_id
+        )
     thumbnails = data.get("thumbnails", False)
     if not isinstance(thumbnails, bool):
         raise MessageError(ErrorCode.BAD_FIELD, "'thumbnails' must be true or false", request_id)
@@ -181,24 +188,28 @@ def _parse_ask(data: Message, request_id: AskId | None) -> Ask:
         if name not in data:
             raise MessageError(ErrorCode.MISSING_FIELD, f"'ask' needs the field {name!r}", request_id)
     if request_id is None:
-        raise MessageError(ErrorCode.BAD_FIELD,
-                           f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer")
+        raise MessageError(
+            ErrorCode.BAD_FIELD, f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer"
+        )
     stream = data["stream"]
     _check_stream_name(stream, "'stream'", request_id)
     question = data["question"]
     if not isinstance(question, str) or not question.strip():
         raise MessageError(ErrorCode.BAD_FIELD, "'question' must be a non-empty string", request_id)
     if len(question) > MAX_QUESTION_CHARS:
-        raise MessageError(ErrorCode.BAD_FIELD,
-                           f"'question' is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}",
-                           request_id)
+        raise MessageError(
+            ErrorCode.BAD_FIELD,
+            f"'question' is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}",
+            request_id,
+        )
     return Ask(id=request_id, stream=stream, question=question)
 
 
 def _parse_ping(data: Message, request_id: AskId | None) -> Ping:
     if "id" in data and request_id is None:
-        raise MessageError(ErrorCode.BAD_FIELD,
-                           f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer")
+        raise MessageError(
+            ErrorCode.BAD_FIELD, f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer"
+        )
     t = data.get("t")
     if t is not None and (not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t)):
         raise MessageError(ErrorCode.BAD_FIELD, "'t' must be a finite number", request_id)
@@ -220,9 +231,11 @@ def _optional_id(data: Message) -> AskId | None:
 
 def _check_stream_name(value: Any, what: str, request_id: AskId | None) -> None:
     if not isinstance(value, str) or not 0 < len(value) <= MAX_STREAM_CHARS:
-        raise MessageError(ErrorCode.BAD_FIELD,
-                           f"{what} must be stream names (strings of 1 to {MAX_STREAM_CHARS} characters)",
-                           request_id)
+        raise MessageError(
+            ErrorCode.BAD_FIELD,
+            f"{what} must be stream names (strings of 1 to {MAX_STREAM_CHARS} characters)",
+            request_id,
+        )
 
 
 def _is_int(value: Any) -> bool:
@@ -246,13 +259,37 @@ def _json_kind(value: Any) -> str:
 # ``extra`` fields are merged in: the schema promises the named fields, not only them.
 
 
-def caption(*, stream: str, seq: int, t_start: float, t_end: float, frame_times: list[float],
-            wall_start: float, wall_end: float, text: str, model: str, latency_ms: float,
-            skipped: int = 0, **extra: Any) -> Message:
+def caption(
+    *,
+    stream: str,
+    seq: int,
+    t_start: float,
+    t_end: float,
+    frame_times: list[float],
+    wall_start: float,
+    wall_end: float,
+    text: str,
+    model: str,
+    latency_ms: float,
+    skipped: int = 0,
+    **extra: Any,
+) -> Message:
     """A rolling caption of ``[t_start, t_end]`` built from the frames at ``frame_times``."""
-    return {"type": "caption", "stream": stream, "seq": seq, "t_start": t_start, "t_end": t_end,
-            "frame_times": list(frame_times), "wall_start": wall_start, "wall_end": wall_end,
-            "text": text, "model": model, "latency_ms": latency_ms, "skipped": skipped, **extra}
+    return {
+        "type": "caption",
+        "stream": stream,
+        "seq": seq,
+        "t_start": t_start,
+        "t_end": t_end,
+        "frame_times": list(frame_times),
+        "wall_start": wall_start,
+        "wall_end": wall_end,
+        "text": text,
+        "model": model,
+        "latency_ms": latency_ms,
+        "skipped": skipped,
+        **extra,
+    }
 
 
 def partial(*, stream: str, seq: int, text: str, **extra: Any) -> Message:
@@ -260,11 +297,20 @@ def partial(*, stream: str, seq: int, text: str, **extra: Any) -> Message:
     return {"type": "partial", "stream": stream, "seq": seq, "text": text, **extra}
 
 
-def event(*, stream: str, seq: int, t_start: float, t_end: float, rule: str, text: str,
-          **extra: Any) -> Message:
+def event(
+    *, stream: str, seq: int, t_start: float, t_end: float, rule: str, text: str, **extra: Any
+) -> Message:
     """An alert: the rule (an alert prompt's name) matched the window ``[t_start, t_end]``."""
-    return {"type": "event", "stream": stream, "seq": seq, "t_start": t_start, "t_end": t_end,
-            "rule": rule, "text": text, **extra}
+    return {
+        "type": "event",
+        "stream": stream,
+        "seq": seq,
+        "t_start": t_start,
+        "t_end": t_end,
+        "rule": rule,
+        "text": text,
+        **extra,
+    }
 
 
 def answer(*, id: AskId, stream: str, text: str, **extra: Any) -> Message:
@@ -272,8 +318,9 @@ def answer(*, id: AskId, stream: str, text: str, **extra: Any) -> Message:
     return {"type": "answer", "id": id, "stream": stream, "text": text, **extra}
 
 
-def status(*, streams: dict[str, Message], processes: dict[str, Message], wall: float,
-           **extra: Any) -> Message:
+def status(
+    *, streams: dict[str, Message], processes: dict[str, Message], wall: float, **extra: Any
+) -> Message:
     """Per-stream state and figures, and per-process pid/restarts (merged by the gateway)."""
     return {"type": "status", "streams": streams, "processes": processes, "wall": wall, **extra}
 
@@ -304,8 +351,13 @@ def pong(*, id: AskId | None = None, t: float | None = None, wall: float) -> Mes
 def subscribed(request: Subscribe, *, replayed: int) -> Message:
     """Acknowledges a ``subscribe``; ``replayed`` captions follow it."""
     streams: str | list[str] = "*" if request.streams is None else sorted(request.streams)
-    return {"type": "subscribed", "streams": streams, "replay": request.replay, "replayed": replayed,
-            "thumbnails": request.thumbnails}
+    return {
+        "type": "subscribed",
+        "streams": streams,
+        "replay": request.replay,
+        "replayed": replayed,
+        "thumbnails": request.thumbnails,
+    }
 
 
 def dropped(*, count: int, total: int) -> Message:
@@ -317,21 +369,52 @@ def dropped(*, count: int, total: int) -> Message:
 # -- bus only ------------------------------------------------------------------------------------
 
 
-def capture_status(*, stream: str, state: StreamState | str, frames: int, fps: float, decode_errors: int,
-                   reconnects: int, drops: int, width: int | None, height: int | None,
-                   error: str | None, wall: float, **extra: Any) -> Message:
+def capture_status(
+    *,
+    stream: str,
+    state: StreamState | str,
+    frames: int,
+    fps: float,
+    decode_errors: int,
+    reconnects: int,
+    drops: int,
+    width: int | None,
+    height: int | None,
+    error: str | None,
+    wall: float,
+    **extra: Any,
+) -> Message:
     """A capture process's report (~1 Hz and on change)."""
-    return {"type": "capture_status", "stream": stream, "state": str(StreamState(state)), "frames": frames,
-            "fps": fps, "decode_errors": decode_errors, "reconnects": reconnects, "drops": drops,
-            "width": width, "height": height, "error": error, "wall": wall, **extra}
+    return {
+        "type": "capture_status",
+        "stream": stream,
+        "state": str(StreamState(state)),
+        "frames": frames,
+        "fps": fps,
+        "decode_errors": decode_errors,
+        "reconnects": reconnects,
+        "drops": drops,
+        "width": width,
+        "height": height,
+        "error": error,
+        "wall": wall,
+        **extra,
+    }
 
 
-def inference_status(*, streams: dict[str, Message], model: str, device: str, wall: float,
-                     **extra: Any) -> Message:
+def inference_status(
+    *, streams: dict[str, Message], model: str, device: str, wall: float, **extra: Any
+) -> Message:
     """The inference process's report: per stream ``lag_s``, ``skipped``, ``captions``,
     ``encodes_per_frame``, ``caption_latency_ms`` (and any other figures)."""
-    return {"type": "inference_status", "streams": streams, "model": model, "device": device,
-            "wall": wall, **extra}
+    return {
+        "type": "inference_status",
+        "streams": streams,
+        "model": model,
+        "device": device,
+        "wall": wall,
+        **extra,
+    }
 
 
 def processes(*, processes: dict[str, Message], wall: float, **extra: Any) -> Message:

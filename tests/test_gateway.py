@@ -44,17 +44,28 @@ def run() -> Iterator[RunPaths]:
 
 
 def caption(stream: str, seq: int, text: str | None = None, **extra: Any) -> Json:
-    return messages.caption(stream=stream, seq=seq, t_start=4.0 * seq, t_end=4.0 * seq + 16.0,
-                            frame_times=[4.0 * seq + i for i in range(16)], wall_start=1000.0 + seq,
-                            wall_end=1016.0 + seq, text=text if text is not None else f"{stream} caption {seq}",
-                            model="tiny", latency_ms=5.0, **extra)
+    return messages.caption(
+        stream=stream,
+        seq=seq,
+        t_start=4.0 * seq,
+        t_end=4.0 * seq + 16.0,
+        frame_times=[4.0 * seq + i for i in range(16)],
+        wall_start=1000.0 + seq,
+        wall_end=1016.0 + seq,
+        text=text if text is not None else f"{stream} caption {seq}",
+        model="tiny",
+        latency_ms=5.0,
+        **extra,
+    )
 
 
 @contextlib.asynccontextmanager
 async def gateway_on_bus(run: RunPaths, **options: Any) -> AsyncIterator[tuple[Gateway, Publisher]]:
     """A started in-process gateway reading a real publisher (slow-joiner guard passed)."""
     publisher = Publisher(run.publisher_endpoint("inference"))
-    gateway = Gateway([publisher.endpoint], options.pop("asks_endpoint", run.asks_endpoint), port=0, **options)
+    gateway = Gateway(
+        [publisher.endpoint], options.pop("asks_endpoint", run.asks_endpoint), port=0, **options
+    )
     await gateway.start()
     try:
         assert await asyncio.to_thread(publisher.wait_for_subscriber, 5.0)
@@ -90,7 +101,9 @@ async def subscribed_client(gateway: Gateway, **subscribe: Any) -> ClientConnect
     return ws
 
 
-def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", path, headers=headers or {})
@@ -114,8 +127,11 @@ def test_captions_reach_every_subscriber_by_stream_filter(run: RunPaths) -> None
                 publisher.send(caption("cam0", seq))
                 publisher.send(caption("cam1", seq))
                 publisher.send(messages.partial(stream="cam1", seq=seq + 1, text="so far"))
-            publisher.send(messages.event(stream="cam0", seq=0, t_start=0.0, t_end=4.0, rule="fence",
-                                          text="someone climbs"))
+            publisher.send(
+                messages.event(
+                    stream="cam0", seq=0, t_start=0.0, t_end=4.0, rule="fence", text="someone climbs"
+                )
+            )
             got_all = [await recv(everything) for _ in range(16)]
             got_cam0 = [await recv(cam0) for _ in range(6)]
             got_cam1 = [await recv(cam1) for _ in range(10)]
@@ -127,7 +143,11 @@ def test_captions_reach_every_subscriber_by_stream_filter(run: RunPaths) -> None
             # Nothing else was queued for the filtered clients or the one that never subscribed.
             for ws in (cam0, cam1, silent):
                 await ws.send(json.dumps({"type": "ping", "id": "after"}))
-                assert await recv(ws) == {"type": "pong", "id": "after", "wall": pytest.approx(time.time(), abs=5)}
+                assert await recv(ws) == {
+                    "type": "pong",
+                    "id": "after",
+                    "wall": pytest.approx(time.time(), abs=5),
+                }
             for ws in (everything, cam0, cam1, silent):
                 await ws.close()
 
@@ -144,8 +164,13 @@ def test_subscribe_replays_the_last_captions_then_goes_live(run: RunPaths) -> No
             ws = await connect(f"ws://127.0.0.1:{gateway.port}/ws")
             await ws.send(json.dumps({"type": "subscribe", "streams": ["cam0"], "replay": 10}))
             ack = await recv(ws)
-            assert ack == {"type": "subscribed", "streams": ["cam0"], "replay": 10, "replayed": 3,
-                           "thumbnails": False}
+            assert ack == {
+                "type": "subscribed",
+                "streams": ["cam0"],
+                "replay": 10,
+                "replayed": 3,
+                "thumbnails": False,
+            }
             replayed = [await recv(ws) for _ in range(3)]
             assert [m["seq"] for m in replayed] == [2, 3, 4]
             assert all(m["replayed"] is True and m["stream"] == "cam0" for m in replayed)
@@ -218,11 +243,21 @@ class InferenceSide(threading.Thread):
                     if not self.answer:
                         continue
                     if ask["question"] == "fail":
-                        publisher.send(messages.answer(id=ask["id"], stream=ask["stream"], text="",
-                                                       error="model_error", message="the model ran out of memory"))
+                        publisher.send(
+                            messages.answer(
+                                id=ask["id"],
+                                stream=ask["stream"],
+                                text="",
+                                error="model_error",
+                                message="the model ran out of memory",
+                            )
+                        )
                     else:
-                        publisher.send(messages.answer(id=ask["id"], stream=ask["stream"],
-                                                       text=f"{ask['stream']}: {ask['question']}"))
+                        publisher.send(
+                            messages.answer(
+                                id=ask["id"], stream=ask["stream"], text=f"{ask['stream']}: {ask['question']}"
+                            )
+                        )
         except BaseException as exc:  # surfaced by the test after join
             self.error = exc
         finally:
@@ -260,8 +295,12 @@ def test_answers_reach_only_their_asker_even_with_the_same_id(run: RunPaths) -> 
             assert a == {"type": "answer", "id": 1, "stream": "cam0", "text": "cam0: who is at the door?"}
             assert b == {"type": "answer", "id": 1, "stream": "cam1", "text": "cam1: what is on screen?"}
             failed = await ask(alice, "x", "cam0", "fail")
-            assert failed == {"type": "error", "error": "model_error", "message": "the model ran out of memory",
-                              "id": "x"}
+            assert failed == {
+                "type": "error",
+                "error": "model_error",
+                "message": "the model ran out of memory",
+                "id": "x",
+            }
             # Nobody else saw the answers.
             for ws in (alice, bob, onlooker):
                 await ws.send(json.dumps({"type": "ping", "id": "end"}))
@@ -390,8 +429,12 @@ async def raw_ws(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]
     """A websocket client by hand, so it can be killed in the middle of a frame."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
     assert head.startswith(b"HTTP/1.1 101"), head
     return reader, writer
@@ -515,8 +558,9 @@ def test_a_client_that_stops_reading_loses_oldest_messages_and_is_told(run: RunP
 
 def test_a_client_that_stays_behind_is_closed_with_the_too_slow_code(run: RunPaths) -> None:
     async def scenario() -> None:
-        async with gateway_on_bus(run, client_queue=16, slow_client_timeout=0.3, close_timeout=5.0,
-                                  status_interval=3600) as (gateway, publisher):
+        async with gateway_on_bus(
+            run, client_queue=16, slow_client_timeout=0.3, close_timeout=5.0, status_interval=3600
+        ) as (gateway, publisher):
             reader = Collector(await subscribed_client(gateway))
             slow = await non_reading_client(gateway.port)
             seq = 0
@@ -541,15 +585,20 @@ def test_a_client_that_stays_behind_is_closed_with_the_too_slow_code(run: RunPat
 # -- HTTP: token, page, health ----------------------------------------------------------------------
 
 
-def test_token_guards_websockets_and_page_but_not_health(run: RunPaths, caplog: pytest.LogCaptureFixture) -> None:
+def test_token_guards_websockets_and_page_but_not_health(
+    run: RunPaths, caplog: pytest.LogCaptureFixture
+) -> None:
     token = "s3cret-token-value"
     caplog.set_level(logging.DEBUG)
 
     async def scenario() -> None:
         async with gateway_on_bus(run, token=token) as (gateway, _publisher):
             base = f"ws://127.0.0.1:{gateway.port}/ws"
-            for uri, headers in ((base, {}), (base + "?token=wrong", {}),
-                                 (base, {"Authorization": "Bearer wrong"})):
+            for uri, headers in (
+                (base, {}),
+                (base + "?token=wrong", {}),
+                (base, {"Authorization": "Bearer wrong"}),
+            ):
                 with pytest.raises(InvalidStatus) as info:
                     await connect(uri, additional_headers=headers)
                 assert info.value.response.status_code == 401
@@ -568,7 +617,9 @@ def test_token_guards_websockets_and_page_but_not_health(run: RunPaths, caplog: 
             assert "HttpOnly" in headers["set-cookie"]
             # The page's own requests carry the cookie instead of the query.
             assert (await asyncio.to_thread(http_get, port, "/", {"Cookie": cookie}))[0] == 200
-            assert (await asyncio.to_thread(http_get, port, "/", {"Authorization": f"Bearer {token}"}))[0] == 200
+            assert (await asyncio.to_thread(http_get, port, "/", {"Authorization": f"Bearer {token}"}))[
+                0
+            ] == 200
             async with connect(base, additional_headers={"Cookie": cookie}) as ws:
                 await ws.send('{"type":"ping"}')
                 assert (await recv(ws))["type"] == "pong"
@@ -639,16 +690,47 @@ def test_status_merges_reports_and_is_sent_on_change_and_periodically(run: RunPa
             ws = await subscribed_client(gateway)
             first = await recv(ws, skip=())
             assert first["type"] == "status" and first["streams"] == {}
-            publisher.send(messages.capture_status(stream="cam0", state="live", frames=250, fps=25.0,
-                                                   decode_errors=0, reconnects=1, drops=2, width=1280,
-                                                   height=720, error=None, wall=time.time()))
-            publisher.send(messages.inference_status(
-                streams={"cam0": {"lag_s": 0.8, "skipped": 2, "captions": 10, "encodes_per_frame": 1.0,
-                                  "caption_latency_ms": 900.0}}, model="tiny", device="cpu", wall=time.time()))
-            publisher.send(messages.processes(processes={
-                "capture:cam0": {"pid": 101, "restarts": 0, "alive": True},
-                "inference": {"pid": 102, "restarts": 1, "alive": True},
-                "gateway": {"pid": os.getpid(), "restarts": 0, "alive": True}}, wall=time.time()))
+            publisher.send(
+                messages.capture_status(
+                    stream="cam0",
+                    state="live",
+                    frames=250,
+                    fps=25.0,
+                    decode_errors=0,
+                    reconnects=1,
+                    drops=2,
+                    width=1280,
+                    height=720,
+                    error=None,
+                    wall=time.time(),
+                )
+            )
+            publisher.send(
+                messages.inference_status(
+                    streams={
+                        "cam0": {
+                            "lag_s": 0.8,
+                            "skipped": 2,
+                            "captions": 10,
+                            "encodes_per_frame": 1.0,
+                            "caption_latency_ms": 900.0,
+                        }
+                    },
+                    model="tiny",
+                    device="cpu",
+                    wall=time.time(),
+                )
+            )
+            publisher.send(
+                messages.processes(
+                    processes={
+                        "capture:cam0": {"pid": 101, "restarts": 0, "alive": True},
+                        "inference": {"pid": 102, "restarts": 1, "alive": True},
+                        "gateway": {"pid": os.getpid(), "restarts": 0, "alive": True},
+                    },
+                    wall=time.time(),
+                )
+            )
             # No periodic status (interval 1 h): these arrive because something changed.
             deadline = time.monotonic() + 5
             while True:
@@ -659,12 +741,20 @@ def test_status_merges_reports_and_is_sent_on_change_and_periodically(run: RunPa
                 assert time.monotonic() < deadline
             cam0 = status["streams"]["cam0"]
             assert (cam0["state"], cam0["fps"], cam0["frames"], cam0["drops"], cam0["reconnects"]) == (
-                "live", 25.0, 250, 2, 1)
+                "live",
+                25.0,
+                250,
+                2,
+                1,
+            )
             assert cam0["lag_s"] == 0.8 and cam0["skipped"] == 2 and cam0["encodes_per_frame"] == 1.0
             assert status["processes"]["inference"] == {"pid": 102, "restarts": 1, "alive": True}
             assert status["clients"] == 1
-            publisher.send(messages.processes(processes={
-                "capture:cam0": {"pid": 101, "restarts": 0, "alive": False}}, wall=time.time()))
+            publisher.send(
+                messages.processes(
+                    processes={"capture:cam0": {"pid": 101, "restarts": 0, "alive": False}}, wall=time.time()
+                )
+            )
             status = await recv(ws, skip=())
             assert status["streams"]["cam0"]["state"] == "lost"
             await ws.close()
@@ -723,9 +813,12 @@ def test_gateway_main_runs_as_a_spawned_process_and_stops_cleanly(run: RunPaths)
     publisher = Publisher(run.publisher_endpoint("inference"))
     ready = run.run_dir / "gateway.json"
     stop = context.Event()
-    process = context.Process(target=gateway_main, args=([publisher.endpoint], run.asks_endpoint),
-                              kwargs={"port": 0, "token": "", "ready_file": str(ready), "stop_event": stop},
-                              daemon=True)
+    process = context.Process(
+        target=gateway_main,
+        args=([publisher.endpoint], run.asks_endpoint),
+        kwargs={"port": 0, "token": "", "ready_file": str(ready), "stop_event": stop},
+        daemon=True,
+    )
     process.start()
     try:
         deadline = time.monotonic() + 20

@@ -24,12 +24,15 @@ from stream.messages import (
 
 
 def test_subscribe_defaults_to_every_stream_without_replay() -> None:
-    assert parse_client_message('{"type": "subscribe"}') == Subscribe(streams=None, replay=0, thumbnails=False)
+    assert parse_client_message('{"type": "subscribe"}') == Subscribe(
+        streams=None, replay=0, thumbnails=False
+    )
 
 
 def test_subscribe_with_streams_replay_and_thumbnails() -> None:
     request = parse_client_message(
-        json.dumps({"type": "subscribe", "streams": ["cam0", "door"], "replay": 5, "thumbnails": True}))
+        json.dumps({"type": "subscribe", "streams": ["cam0", "door"], "replay": 5, "thumbnails": True})
+    )
     assert request == Subscribe(streams=frozenset({"cam0", "door"}), replay=5, thumbnails=True)
     assert isinstance(request, Subscribe)
     assert request.wants("door") and not request.wants("cam1")
@@ -39,9 +42,11 @@ def test_subscribe_with_streams_replay_and_thumbnails() -> None:
 
 def test_ask_and_ping_parse_with_ids_of_either_kind() -> None:
     assert parse_client_message('{"type":"ask","id":"q1","stream":"cam0","question":"who?"}') == Ask(
-        id="q1", stream="cam0", question="who?")
+        id="q1", stream="cam0", question="who?"
+    )
     assert parse_client_message('{"type":"ask","id":7,"stream":"cam0","question":"who?"}') == Ask(
-        id=7, stream="cam0", question="who?")
+        id=7, stream="cam0", question="who?"
+    )
     assert parse_client_message('{"type":"ping"}') == Ping()
     assert parse_client_message('{"type":"ping","id":"p1","t":12.5}') == Ping(id="p1", t=12.5)
 
@@ -50,32 +55,37 @@ def test_unknown_extra_fields_are_ignored() -> None:
     assert parse_client_message('{"type":"ping","future":1}') == Ping()
 
 
-@pytest.mark.parametrize(("raw", "code", "request_id"), [
-    ("not json", ErrorCode.BAD_JSON, None),
-    (b"\xff\xfe{}", ErrorCode.BAD_JSON, None),
-    ("[1, 2]", ErrorCode.NOT_OBJECT, None),
-    ('"subscribe"', ErrorCode.NOT_OBJECT, None),
-    ("null", ErrorCode.NOT_OBJECT, None),
-    ('{"streams": "*"}', ErrorCode.UNKNOWN_TYPE, None),
-    ('{"type": "explode", "id": "x1"}', ErrorCode.UNKNOWN_TYPE, "x1"),
-    ('{"type": 3}', ErrorCode.UNKNOWN_TYPE, None),
-    ('{"type": "subscribe", "streams": "cam0"}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "subscribe", "streams": [1]}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "subscribe", "streams": [""]}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "subscribe", "replay": -1}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "subscribe", "replay": 1.5}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "subscribe", "replay": true}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "subscribe", "thumbnails": "yes"}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "ask", "id": 1, "stream": "cam0"}', ErrorCode.MISSING_FIELD, 1),
-    ('{"type": "ask", "stream": "cam0", "question": "q"}', ErrorCode.MISSING_FIELD, None),
-    ('{"type": "ask", "id": 1, "stream": "cam0", "question": "  "}', ErrorCode.BAD_FIELD, 1),
-    ('{"type": "ask", "id": 1, "stream": 5, "question": "q"}', ErrorCode.BAD_FIELD, 1),
-    ('{"type": "ask", "id": {"a": 1}, "stream": "cam0", "question": "q"}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "ask", "id": true, "stream": "cam0", "question": "q"}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "ping", "t": "now"}', ErrorCode.BAD_FIELD, None),
-    ('{"type": "ping", "id": [1]}', ErrorCode.BAD_FIELD, None),
-])
-def test_invalid_messages_raise_with_code_and_id(raw: str | bytes, code: ErrorCode, request_id: object) -> None:
+@pytest.mark.parametrize(
+    ("raw", "code", "request_id"),
+    [
+        ("not json", ErrorCode.BAD_JSON, None),
+        (b"\xff\xfe{}", ErrorCode.BAD_JSON, None),
+        ("[1, 2]", ErrorCode.NOT_OBJECT, None),
+        ('"subscribe"', ErrorCode.NOT_OBJECT, None),
+        ("null", ErrorCode.NOT_OBJECT, None),
+        ('{"streams": "*"}', ErrorCode.UNKNOWN_TYPE, None),
+        ('{"type": "explode", "id": "x1"}', ErrorCode.UNKNOWN_TYPE, "x1"),
+        ('{"type": 3}', ErrorCode.UNKNOWN_TYPE, None),
+        ('{"type": "subscribe", "streams": "cam0"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "streams": [1]}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "streams": [""]}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "replay": -1}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "replay": 1.5}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "replay": true}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "thumbnails": "yes"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "ask", "id": 1, "stream": "cam0"}', ErrorCode.MISSING_FIELD, 1),
+        ('{"type": "ask", "stream": "cam0", "question": "q"}', ErrorCode.MISSING_FIELD, None),
+        ('{"type": "ask", "id": 1, "stream": "cam0", "question": "  "}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "ask", "id": 1, "stream": 5, "question": "q"}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "ask", "id": {"a": 1}, "stream": "cam0", "question": "q"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "ask", "id": true, "stream": "cam0", "question": "q"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "ping", "t": "now"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "ping", "id": [1]}', ErrorCode.BAD_FIELD, None),
+    ],
+)
+def test_invalid_messages_raise_with_code_and_id(
+    raw: str | bytes, code: ErrorCode, request_id: object
+) -> None:
     with pytest.raises(MessageError) as info:
         parse_client_message(raw)
     assert info.value.code == code
@@ -98,21 +108,37 @@ def test_size_limit_and_question_limit() -> None:
         parse_client_message(big, max_bytes=1000)
     assert info.value.code == ErrorCode.TOO_LARGE and "1000" in str(info.value)
     assert parse_client_message(big, max_bytes=4000) == Ping()
-    long_question = json.dumps({"type": "ask", "id": 1, "stream": "c", "question": "q" * (MAX_QUESTION_CHARS + 1)})
+    long_question = json.dumps(
+        {"type": "ask", "id": 1, "stream": "c", "question": "q" * (MAX_QUESTION_CHARS + 1)}
+    )
     with pytest.raises(MessageError, match="limit"):
         parse_client_message(long_question)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.binary(max_size=200), st.text(max_size=200),
-                 st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-                              lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
-                              max_leaves=12).map(json.dumps),
-                 st.fixed_dictionaries({"type": st.sampled_from(["subscribe", "ask", "ping"])},
-                                       optional={"id": st.integers() | st.text(), "streams": st.text() | st.lists(
-                                           st.text()), "replay": st.integers(), "question": st.text(),
-                                           "stream": st.text(), "t": st.floats(), "thumbnails": st.integers()}
-                                       ).map(json.dumps)))
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.text(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+            lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(), kids, max_size=4),
+            max_leaves=12,
+        ).map(json.dumps),
+        st.fixed_dictionaries(
+            {"type": st.sampled_from(["subscribe", "ask", "ping"])},
+            optional={
+                "id": st.integers() | st.text(),
+                "streams": st.text() | st.lists(st.text()),
+                "replay": st.integers(),
+                "question": st.text(),
+                "stream": st.text(),
+                "t": st.floats(),
+                "thumbnails": st.integers(),
+            },
+        ).map(json.dumps),
+    )
+)
 def test_any_input_parses_or_raises_message_error(raw: str | bytes) -> None:
     try:
         parsed = parse_client_message(raw)
@@ -124,40 +150,101 @@ def test_any_input_parses_or_raises_message_error(raw: str | bytes) -> None:
 
 
 def test_server_messages_have_the_design_fields() -> None:
-    caption = messages.caption(stream="cam0", seq=3, t_start=4.0, t_end=8.0, frame_times=[4.0, 5.0, 6.0, 7.0],
-                               wall_start=100.0, wall_end=104.0, text="A cat.", model="tiny", latency_ms=12.5)
-    assert {"type", "stream", "seq", "t_start", "t_end", "frame_times", "wall_start", "wall_end", "text",
-            "model", "latency_ms"} <= caption.keys()
+    caption = messages.caption(
+        stream="cam0",
+        seq=3,
+        t_start=4.0,
+        t_end=8.0,
+        frame_times=[4.0, 5.0, 6.0, 7.0],
+        wall_start=100.0,
+        wall_end=104.0,
+        text="A cat.",
+        model="tiny",
+        latency_ms=12.5,
+    )
+    assert {
+        "type",
+        "stream",
+        "seq",
+        "t_start",
+        "t_end",
+        "frame_times",
+        "wall_start",
+        "wall_end",
+        "text",
+        "model",
+        "latency_ms",
+    } <= caption.keys()
     assert caption["type"] == "caption"
     assert messages.partial(stream="cam0", seq=3, text="A c")["type"] == "partial"
     ev = messages.event(stream="cam0", seq=1, t_start=0.0, t_end=4.0, rule="fence", text="climbing")
     assert {"stream", "seq", "t_start", "t_end", "rule", "text"} <= ev.keys()
-    assert messages.answer(id="q", stream="cam0", text="yes") == {"type": "answer", "id": "q", "stream": "cam0",
-                                                                   "text": "yes"}
-    assert messages.error(ErrorCode.BAD_JSON, "bad") == {"type": "error", "error": "bad_json", "message": "bad"}
+    assert messages.answer(id="q", stream="cam0", text="yes") == {
+        "type": "answer",
+        "id": "q",
+        "stream": "cam0",
+        "text": "yes",
+    }
+    assert messages.error(ErrorCode.BAD_JSON, "bad") == {
+        "type": "error",
+        "error": "bad_json",
+        "message": "bad",
+    }
     assert messages.error("x", "y", id=0)["id"] == 0
     assert messages.pong(wall=1.0) == {"type": "pong", "wall": 1.0}
     assert messages.pong(id="p", t=2.0, wall=1.0) == {"type": "pong", "id": "p", "t": 2.0, "wall": 1.0}
-    status = messages.status(streams={"cam0": {"state": "live"}}, processes={"inference": {"pid": 1}}, wall=1.0)
+    status = messages.status(
+        streams={"cam0": {"state": "live"}}, processes={"inference": {"pid": 1}}, wall=1.0
+    )
     assert status["type"] == "status" and status["streams"]["cam0"]["state"] == "live"
     thumb = messages.thumbnail(stream="cam0", t=1.0, wall=2.0, jpeg="QUJD")
     assert thumb["jpeg"] == "QUJD"
     assert messages.dropped(count=3, total=10) == {"type": "dropped", "count": 3, "total": 10}
     ack = messages.subscribed(Subscribe(streams=frozenset({"b", "a"}), replay=2), replayed=1)
-    assert ack == {"type": "subscribed", "streams": ["a", "b"], "replay": 2, "replayed": 1, "thumbnails": False}
+    assert ack == {
+        "type": "subscribed",
+        "streams": ["a", "b"],
+        "replay": 2,
+        "replayed": 1,
+        "thumbnails": False,
+    }
 
 
 def test_bus_report_builders_check_the_state() -> None:
-    report = messages.capture_status(stream="cam0", state="live", frames=10, fps=25.0, decode_errors=0,
-                                     reconnects=0, drops=1, width=640, height=480, error=None, wall=1.0)
+    report = messages.capture_status(
+        stream="cam0",
+        state="live",
+        frames=10,
+        fps=25.0,
+        decode_errors=0,
+        reconnects=0,
+        drops=1,
+        width=640,
+        height=480,
+        error=None,
+        wall=1.0,
+    )
     assert report["state"] == StreamState.LIVE == "live"
     with pytest.raises(ValueError):
-        messages.capture_status(stream="cam0", state="sleeping", frames=0, fps=0.0, decode_errors=0,
-                                reconnects=0, drops=0, width=None, height=None, error=None, wall=1.0)
+        messages.capture_status(
+            stream="cam0",
+            state="sleeping",
+            frames=0,
+            fps=0.0,
+            decode_errors=0,
+            reconnects=0,
+            drops=0,
+            width=None,
+            height=None,
+            error=None,
+            wall=1.0,
+        )
     inf = messages.inference_status(streams={"cam0": {"lag_s": 0.5}}, model="tiny", device="cpu", wall=1.0)
     assert inf["type"] == "inference_status"
-    assert messages.processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}},
-                              wall=1.0)["type"] == "processes"
+    assert (
+        messages.processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}}, wall=1.0)["type"]
+        == "processes"
+    )
     ask = messages.ask_request(id="g-1", stream="cam0", question="q", wall=1.0)
     assert ask["type"] == "ask" and ask["id"] == "g-1"
 

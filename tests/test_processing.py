@@ -373,7 +373,10 @@ def test_processor_config_is_strict(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert ProcessorConfig.from_folder(_write_checkpoint(tmp_path, pre, config)).max_slice_nums == 4
     # A key a later checkpoint revision may add is named in a warning, not fatal.
     with caplog.at_level("WARNING", logger="model.processing"):
-        assert ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "colour": 1}, None)).patch_size == 14
+        assert (
+            ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "colour": 1}, None)).patch_size
+            == 14
+        )
     assert "ignoring keys this processor does not use: ['colour']" in caplog.text
     with pytest.raises(CheckpointError, match="unk="):
         ProcessorConfig.from_folder(_write_checkpoint(tmp_path, {**pre, "unk": "<pad>"}, None))

@@ -53,22 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_sample_video  # noqa: E402
+from machine_info import cpu_model  # noqa: E402
 
 from stream.capture import Capture  # noqa: E402
 from stream.ring import FrameRing, ring_name  # noqa: E402
 from stream.sources import SourceOptions, SourceSpec  # noqa: E402
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def probe(path: Path) -> tuple[int, int, int, float]:
@@ -121,8 +112,13 @@ def capture(path: Path, max_side: int, copying: bool = False) -> tuple[int, floa
         if copying:
             os.environ["VIDNARRATE_NO_DIRECT_RGB"] = "1"  # and PyAV's own conversion
         try:
-            cap = Capture("bench", SourceSpec("file", str(path), str(path)), writer,
-                          options=SourceOptions(realtime=False, max_side=max_side), on_status=statuses.append)
+            cap = Capture(
+                "bench",
+                SourceSpec("file", str(path), str(path)),
+                writer,
+                options=SourceOptions(realtime=False, max_side=max_side),
+                on_status=statuses.append,
+            )
             cap.run(threading.Event())
         finally:
             os.environ.pop("VIDNARRATE_NO_DIRECT_RGB", None)
@@ -141,8 +137,12 @@ def main() -> int:
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate of the generated clips")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each path per clip (best is kept)")
     parser.add_argument("--input", type=Path, action="append", default=[], help="also measure this clip")
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "vidnarrate-bench",
-                        help="where generated clips are cached")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "vidnarrate-bench",
+        help="where generated clips are cached",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -157,11 +157,25 @@ def main() -> int:
     clips += [(path.name, path) for path in args.input]
 
     load_before = os.getloadavg()[0]
-    print(f"capture vs bare PyAV decoding to RGB; {cpu_model()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, PyAV {av.__version__}; load average {load_before:.1f} "
-          f"before; {args.rounds} rounds (overheads: median of per-round pairs)")
-    header = ("clip", "size", "frames", "Mbit/s", "bare fps", "capture fps", "overhead", "bare cpu ms",
-              "capture cpu ms", "cpu overhead", "copying fps", "capture@1344 fps")
+    print(
+        f"capture vs bare PyAV decoding to RGB; {cpu_model()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, PyAV {av.__version__}; load average {load_before:.1f} "
+        f"before; {args.rounds} rounds (overheads: median of per-round pairs)"
+    )
+    header = (
+        "clip",
+        "size",
+        "frames",
+        "Mbit/s",
+        "bare fps",
+        "capture fps",
+        "overhead",
+        "bare cpu ms",
+        "capture cpu ms",
+        "cpu overhead",
+        "copying fps",
+        "capture@1344 fps",
+    )
     print("{:8} {:>9} {:>6} {:>6} {:>8} {:>11} {:>8} {:>11} {:>14} {:>12} {:>11} {:>16}".format(*header))
     figures: dict[str, Any] = {}
     worst = -1.0
@@ -175,8 +189,10 @@ def main() -> int:
         paired_cpu: list[float] = []
         for _ in range(args.rounds):
             runs: list[tuple[str, Callable[[], tuple[int, float, float]]]] = [
-                ("bare", partial(bare, path)), ("capture", partial(capture, path, 0)),
-                ("copying", partial(capture, path, 0, True))]
+                ("bare", partial(bare, path)),
+                ("capture", partial(capture, path, 0)),
+                ("copying", partial(capture, path, 0, True)),
+            ]
             if downscale:
                 runs.append(("capture_1344", partial(capture, path, 1344)))
             this_round: dict[str, tuple[float, float]] = {}
@@ -194,9 +210,11 @@ def main() -> int:
         cpu_overhead = statistics.median(paired_cpu)
         worst = max(worst, overhead)
         scaled = f"{fps['capture_1344']:.1f}" if downscale else "-"
-        print(f"{label:8} {width:>4}x{height:<4} {count:>6} {mbits:>6.1f} {fps['bare']:>8.1f} "
-              f"{fps['capture']:>11.1f} {overhead:>8.1%} {cpu['bare']:>11.2f} {cpu['capture']:>14.2f} "
-              f"{cpu_overhead:>12.1%} {fps['copying']:>11.1f} {scaled:>16}")
+        print(
+            f"{label:8} {width:>4}x{height:<4} {count:>6} {mbits:>6.1f} {fps['bare']:>8.1f} "
+            f"{fps['capture']:>11.1f} {overhead:>8.1%} {cpu['bare']:>11.2f} {cpu['capture']:>14.2f} "
+            f"{cpu_overhead:>12.1%} {fps['copying']:>11.1f} {scaled:>16}"
+        )
         key = label if label in SIZES else label.replace(".", "_")
         figures[f"bare_{key}_fps"] = round(fps["bare"], 1)
         figures[f"capture_{key}_fps"] = round(fps["capture"], 1)
@@ -207,9 +225,16 @@ def main() -> int:
         figures[f"capture_copying_{key}_fps"] = round(fps["copying"], 1)
         if downscale:
             figures[f"capture_{key}_max_side_1344_fps"] = round(fps["capture_1344"], 1)
-    figures |= {"target_overhead": 0.10, "worst_overhead": round(worst, 4), "cpu": cpu_model(),
-                "cpus": os.cpu_count(), "pyav": av.__version__, "load_average_before": round(load_before, 2),
-                "rounds": args.rounds, "clip_seconds": args.seconds}
+    figures |= {
+        "target_overhead": 0.10,
+        "worst_overhead": round(worst, 4),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "pyav": av.__version__,
+        "load_average_before": round(load_before, 2),
+        "rounds": args.rounds,
+        "clip_seconds": args.seconds,
+    }
     print(json.dumps(figures))
     return 0
 

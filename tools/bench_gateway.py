@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -43,16 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from machine_info import cpu_model  # noqa: E402
+
 from stream import messages  # noqa: E402
 from stream.bus import Publisher, RunPaths  # noqa: E402
 from stream.gateway import gateway_main  # noqa: E402
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A realistic dense caption is a few hundred characters.
-CAPTION_TEXT = ("A person in a red jacket walks from the left edge of the frame toward the parked van, "
-                "stops beside the rear door, looks over their shoulder at the street and then opens the "
-                "door with their right hand. Two cyclists pass behind them in the bike lane; the traffic "
-                "light at the far corner turns green and a delivery truck starts to move. ") * 2
+CAPTION_TEXT = (
+    "A person in a red jacket walks from the left edge of the frame toward the parked van, "
+    "stops beside the rear door, looks over their shoulder at the street and then opens the "
+    "door with their right hand. Two cyclists pass behind them in the bike lane; the traffic "
+    "light at the far corner turns green and a delivery truck starts to move. "
+) * 2
 
 
 # -- client processes ------------------------------------------------------------------------------
@@ -141,7 +144,8 @@ async def _clients(port: int, count: int, slow: int, ready: Any, stop: Any, resu
         async with gate:
             await loop.sock_connect(sock, ("127.0.0.1", port))
             _, client = await loop.create_connection(
-                lambda: _BenchClient(uri, latencies, counts, read=reads), sock=sock)
+                lambda: _BenchClient(uri, latencies, counts, read=reads), sock=sock
+            )
             await asyncio.wait_for(client.opened, 120)
             client.send_text(subscribe)
         if not reads:
@@ -158,8 +162,15 @@ async def _clients(port: int, count: int, slow: int, ready: Any, stop: Any, resu
     for client in clients:
         if client.transport is not None:
             client.transport.abort()  # a non-reading client cannot do a closing handshake
-    results.put({"latencies": latencies.tobytes(), "received": counts[0],
-                 "readers": sum(1 for c in clients if c.read), "cpu_s": cpu, "wall_s": wall})
+    results.put(
+        {
+            "latencies": latencies.tobytes(),
+            "received": counts[0],
+            "readers": sum(1 for c in clients if c.read),
+            "cpu_s": cpu,
+            "wall_s": wall,
+        }
+    )
 
 
 # -- measurements ----------------------------------------------------------------------------------
@@ -197,16 +208,28 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
-def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, args: argparse.Namespace,
-              slow_total: int, seq_start: int) -> tuple[dict[str, Any], int]:
+def run_phase(
+    name: str,
+    *,
+    port: int,
+    gateway_pid: int,
+    publisher: Publisher,
+    args: argparse.Namespace,
+    slow_total: int,
+    seq_start: int,
+) -> tuple[dict[str, Any], int]:
     context = mp.get_context("spawn")
-    per_proc = [args.clients // args.procs + (1 if i < args.clients % args.procs else 0)
-                for i in range(args.procs)]
-    slow_per_proc = [slow_total // args.procs + (1 if i < slow_total % args.procs else 0)
-                     for i in range(args.procs)]
+    per_proc = [
+        args.clients // args.procs + (1 if i < args.clients % args.procs else 0) for i in range(args.procs)
+    ]
+    slow_per_proc = [
+        slow_total // args.procs + (1 if i < slow_total % args.procs else 0) for i in range(args.procs)
+    ]
     ready, results, stop = context.Queue(), context.Queue(), context.Event()
-    procs = [context.Process(target=clients_main, args=(port, n, s, ready, stop, results), daemon=True)
-             for n, s in zip(per_proc, slow_per_proc, strict=True)]
+    procs = [
+        context.Process(target=clients_main, args=(port, n, s, ready, stop, results), daemon=True)
+        for n, s in zip(per_proc, slow_per_proc, strict=True)
+    ]
     connect_started = time.monotonic()
     for proc in procs:
         proc.start()
@@ -228,10 +251,19 @@ def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, a
                 if delay > 0:
                     time.sleep(delay)
                 message = messages.caption(
-                    stream=f"cam{seq % 4}", seq=seq, t_start=float(seq), t_end=seq + 16.0,
-                    frame_times=[float(seq + i) for i in range(16)], wall_start=time.time() - 16.0,
-                    wall_end=time.time(), text=CAPTION_TEXT, model="bench", latency_ms=0.0,
-                    measure=measure, bench_wall=time.time())
+                    stream=f"cam{seq % 4}",
+                    seq=seq,
+                    t_start=float(seq),
+                    t_end=seq + 16.0,
+                    frame_times=[float(seq + i) for i in range(16)],
+                    wall_start=time.time() - 16.0,
+                    wall_end=time.time(),
+                    text=CAPTION_TEXT,
+                    model="bench",
+                    latency_ms=0.0,
+                    measure=measure,
+                    bench_wall=time.time(),
+                )
                 publisher.send(message)
                 seq += 1
                 sent += 1
@@ -243,8 +275,11 @@ def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, a
         fill_started = time.monotonic()
         while slow_total and _health(port)["clients_behind"] < slow_total:
             if time.monotonic() - fill_started > args.fill_timeout:
-                print(f"  only {_health(port)['clients_behind']} of {slow_total} non-readers are behind "
-                      f"after {args.fill_timeout:g} s; measuring anyway", file=sys.stderr)
+                print(
+                    f"  only {_health(port)['clients_behind']} of {slow_total} non-readers are behind "
+                    f"after {args.fill_timeout:g} s; measuring anyway",
+                    file=sys.stderr,
+                )
                 break
             publish(time.monotonic() + 1.0, measure=False)
         fill_s = time.monotonic() - fill_started
@@ -289,7 +324,9 @@ def run_phase(name: str, *, port: int, gateway_pid: int, publisher: Publisher, a
         "max_ms": round(max(ms), 2) if ms else None,
         "gateway_cpu_pct": round(100 * (cpu1 - cpu0) / (wall1 - wall0), 1),
         # Gateway CPU per message per client: unlike latency, barely moved by other load on the machine.
-        "gateway_cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / (sent * args.clients), 2) if sent else None,
+        "gateway_cpu_us_per_delivery": round(1e6 * (cpu1 - cpu0) / (sent * args.clients), 2)
+        if sent
+        else None,
         "clients_cpu_pct": round(100 * sum(r["cpu_s"] / r["wall_s"] for r in reports), 1),
         "connect_s": round(connect_s, 2),
         "fill_s": round(fill_s, 1),
@@ -308,16 +345,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=1000, help="websocket clients (default 1000)")
     parser.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
     parser.add_argument("--rate", type=float, default=10.0, help="captions per second (default 10)")
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per phase (default 15)")
+    parser.add_argument(
+        "--duration", type=float, default=15.0, help="measured seconds per phase (default 15)"
+    )
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds first (default 3)")
-    parser.add_argument("--slow-fraction", type=float, default=0.1,
-                        help="clients that never read in phase 2 (default 0.1)")
-    parser.add_argument("--client-queue", type=int, default=256, help="gateway per-client queue (default 256)")
-    parser.add_argument("--send-buffer", type=int, default=16 * 1024,
-                        help="the gateway's per-client kernel send buffer in bytes (default 16384, so that "
-                             "non-readers fall behind within seconds; the gateway's own default is 262144)")
-    parser.add_argument("--fill-timeout", type=float, default=30.0,
-                        help="phase 2: at most this long to wait for the non-readers to fall behind (default 30)")
+    parser.add_argument(
+        "--slow-fraction", type=float, default=0.1, help="clients that never read in phase 2 (default 0.1)"
+    )
+    parser.add_argument(
+        "--client-queue", type=int, default=256, help="gateway per-client queue (default 256)"
+    )
+    parser.add_argument(
+        "--send-buffer",
+        type=int,
+        default=16 * 1024,
+        help="the gateway's per-client kernel send buffer in bytes (default 16384, so that "
+        "non-readers fall behind within seconds; the gateway's own default is 262144)",
+    )
+    parser.add_argument(
+        "--fill-timeout",
+        type=float,
+        default=30.0,
+        help="phase 2: at most this long to wait for the non-readers to fall behind (default 30)",
+    )
     args = parser.parse_args(argv)
     if args.clients < args.procs or args.procs < 1 or args.rate <= 0 or not 0 <= args.slow_fraction < 1:
         parser.error("need clients >= procs >= 1, rate > 0 and 0 <= slow-fraction < 1")
@@ -328,11 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     context = mp.get_context("spawn")
     stop_gateway = context.Event()
     ready_file = run.run_dir / "gateway.json"
-    gateway = context.Process(target=gateway_main, args=([publisher.endpoint], None), daemon=True,
-                              kwargs={"port": 0, "token": "", "ready_file": str(ready_file),
-                                      "stop_event": stop_gateway, "client_queue": args.client_queue,
-                                      "send_buffer": args.send_buffer,
-                                      "max_clients": args.clients + 100})
+    gateway = context.Process(
+        target=gateway_main,
+        args=([publisher.endpoint], None),
+        daemon=True,
+        kwargs={
+            "port": 0,
+            "token": "",
+            "ready_file": str(ready_file),
+            "stop_event": stop_gateway,
+            "client_queue": args.client_queue,
+            "send_buffer": args.send_buffer,
+            "max_clients": args.clients + 100,
+        },
+    )
     gateway.start()
     phases: list[dict[str, Any]] = []
     try:
@@ -346,8 +405,15 @@ def main(argv: list[str] | None = None) -> int:
         plan = [("all reading", 0)] + ([(f"{slow} not reading", slow)] if slow else [])
         for name, slow_count in plan:
             print(f"phase {name!r}: connecting {args.clients} clients ...", file=sys.stderr, flush=True)
-            figures, seq = run_phase(name, port=port, gateway_pid=gateway.pid, publisher=publisher, args=args,
-                                     slow_total=slow_count, seq_start=seq)
+            figures, seq = run_phase(
+                name,
+                port=port,
+                gateway_pid=gateway.pid,
+                publisher=publisher,
+                args=args,
+                slow_total=slow_count,
+                seq_start=seq,
+            )
             phases.append(figures)
     finally:
         stop_gateway.set()
@@ -358,32 +424,69 @@ def main(argv: list[str] | None = None) -> int:
         publisher.close()
         run.remove()
 
-    header = ["phase", "readers", "msg/s", "delivered", "missed", "p50 ms", "p99 ms", "max ms", "gw CPU %",
-              "gw us/delivery", "clients CPU %", "behind", "dropped", "closed", "load 1m"]
-    rows = [[p["phase"], p["readers"], f"{p['rate_per_s']:g}", p["delivered"], p["missed_per_reader"],
-             p["p50_ms"], p["p99_ms"], p["max_ms"], p["gateway_cpu_pct"], p["gateway_cpu_us_per_delivery"],
-             p["clients_cpu_pct"], p["clients_behind"], p["gateway_dropped"], p["gateway_slow_closed"],
-             "-".join(f"{x:.1f}" for x in p["loadavg_1m"])] for p in phases]
+    header = [
+        "phase",
+        "readers",
+        "msg/s",
+        "delivered",
+        "missed",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "gw CPU %",
+        "gw us/delivery",
+        "clients CPU %",
+        "behind",
+        "dropped",
+        "closed",
+        "load 1m",
+    ]
+    rows = [
+        [
+            p["phase"],
+            p["readers"],
+            f"{p['rate_per_s']:g}",
+            p["delivered"],
+            p["missed_per_reader"],
+            p["p50_ms"],
+            p["p99_ms"],
+            p["max_ms"],
+            p["gateway_cpu_pct"],
+            p["gateway_cpu_us_per_delivery"],
+            p["clients_cpu_pct"],
+            p["clients_behind"],
+            p["gateway_dropped"],
+            p["gateway_slow_closed"],
+            "-".join(f"{x:.1f}" for x in p["loadavg_1m"]),
+        ]
+        for p in phases
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    machine = _cpu_model()
-    print(f"gateway fan-out: {args.clients} websocket clients in {args.procs} processes, captions of "
-          f"{len(CAPTION_TEXT)} chars at {args.rate:g}/s, {args.duration:g} s measured per phase; "
-          f"{machine}, {os.cpu_count()} cores")
+    machine = cpu_model()
+    print(
+        f"gateway fan-out: {args.clients} websocket clients in {args.procs} processes, captions of "
+        f"{len(CAPTION_TEXT)} chars at {args.rate:g}/s, {args.duration:g} s measured per phase; "
+        f"{machine}, {os.cpu_count()} cores"
+    )
     for row in [header, *rows]:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)))
-    print(json.dumps({"bench": "gateway", "clients": args.clients, "client_procs": args.procs,
-                      "rate_per_s": args.rate, "duration_s": args.duration, "caption_chars": len(CAPTION_TEXT),
-                      "cpu": machine, "cores": os.cpu_count(), "python": platform.python_version(),
-                      "phases": phases}))
+    print(
+        json.dumps(
+            {
+                "bench": "gateway",
+                "clients": args.clients,
+                "client_procs": args.procs,
+                "rate_per_s": args.rate,
+                "duration_s": args.duration,
+                "caption_chars": len(CAPTION_TEXT),
+                "cpu": machine,
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "phases": phases,
+            }
+        )
+    )
     return 0
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from machine_info import cpu_model  # noqa: E402
 
 from model.configuration import MiniCPMVConfig  # noqa: E402
 from model.loading import resolve_dtype  # noqa: E402
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     window_sizes = (2, 3) if quick else (16, 64)
     figures: dict[str, Any] = {
         "model": model_name(args),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "dtype": str(model.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in model.parameters()),
@@ -190,16 +191,6 @@ def model_name(args: argparse.Namespace) -> str:
     if not args.full_size:
         return "tiny"
     return "full-size" + (f" ({args.layers} layers)" if args.layers else "")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def main() -> None:

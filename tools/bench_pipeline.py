@@ -23,7 +23,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from machine_info import cpu_model  # noqa: E402
 
 from model.backends import load_backend  # noqa: E402
 from stream.captioning import Captioner, CaptionSettings  # noqa: E402
@@ -228,7 +229,7 @@ def main() -> int:
         for w, s in (pair.split(":") for pair in args.windows.split(","))
     ]
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    machine = f"{cpu_model()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     print(f"Pipeline benchmark ({machine})")
     print("tiny model, 640x360 @ 25 fps file played as live, window 16 s, stride 4 s")
     print()

@@ -44,6 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine_info import cpu_model  # noqa: E402
+
 from stream.ring import FrameRing, ring_name  # noqa: E402
 
 POOL = 8  # distinct source frames (8 x 6.2 MB: more than a 32 MB L3)
@@ -64,6 +66,7 @@ def stamp_of(image: np.ndarray) -> int:
 
 
 # -- processes ------------------------------------------------------------------------------------
+
 
 def ring_writer(name: str, height: int, width: int, seconds: float, go: Any, out: Any) -> None:
     ring = FrameRing.attach(name)
@@ -139,6 +142,7 @@ def queue_reader(q: Any, ready: Any, out: Any) -> None:
 
 # -- measurements ---------------------------------------------------------------------------------
 
+
 def run_pair(ctx: Any, writer: Any, writer_args: tuple, reader: Any, reader_args: tuple) -> dict[str, Any]:
     go, ready, out = ctx.Event(), ctx.Event(), ctx.Queue()
     r = ctx.Process(target=reader, args=(*reader_args, ready, out))
@@ -154,15 +158,23 @@ def run_pair(ctx: Any, writer: Any, writer_args: tuple, reader: Any, reader_args
     written, t0, t_end_w, writer_cpu = results["writer"]
     got, bad, missed, _t_first, t_last, reader_cpu = results["reader"]
     elapsed = t_last - t0
-    return {"written": written, "delivered": got, "bad": bad, "missed": missed,
-            "writer_fps": written / (t_end_w - t0), "fps": got / elapsed, "seconds": elapsed,
-            # CPU time per frame, whatever else runs on the machine: what the path costs.
-            "writer_cpu_ms": 1e3 * writer_cpu / max(written, 1),
-            "reader_cpu_ms": 1e3 * reader_cpu / max(got, 1)}
+    return {
+        "written": written,
+        "delivered": got,
+        "bad": bad,
+        "missed": missed,
+        "writer_fps": written / (t_end_w - t0),
+        "fps": got / elapsed,
+        "seconds": elapsed,
+        # CPU time per frame, whatever else runs on the machine: what the path costs.
+        "writer_cpu_ms": 1e3 * writer_cpu / max(written, 1),
+        "reader_cpu_ms": 1e3 * reader_cpu / max(got, 1),
+    }
 
 
-def bench_ring(ctx: Any, height: int, width: int, slots: int, seconds: float,
-               lossless: bool) -> dict[str, Any]:
+def bench_ring(
+    ctx: Any, height: int, width: int, slots: int, seconds: float, lossless: bool
+) -> dict[str, Any]:
     name = ring_name(uuid.uuid4().hex, "bench")
     with FrameRing.create(name, slots=slots, max_height=height, max_width=width, lossless=lossless):
         return run_pair(ctx, ring_writer, (name, height, width, seconds), ring_reader, (name, lossless))
@@ -208,16 +220,6 @@ def bench_ring_op(height: int, width: int, seconds: float, op: str) -> dict[str,
         return {"fps": count / elapsed, "cpu_ms": 1e3 * cpu / count}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The round with the median frames/s; frames that were wrong or missing are totalled over all."""
     chosen = dict(sorted(runs, key=lambda r: r["fps"])[len(runs) // 2])
@@ -229,8 +231,9 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each measurement")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of all measurements, interleaved; medians are reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of all measurements, interleaved; medians are reported"
+    )
     parser.add_argument("--height", type=int, default=1080)
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--slots", type=int, default=8, help="ring slots (and Queue maxsize)")
@@ -270,52 +273,73 @@ def main() -> int:
         ("ring live (process->process)", live),
         ("multiprocessing.Queue", queue),
     ]
-    print(f"{args.width}x{args.height} RGB frames ({frame_bytes / 1e6:.1f} MB), ring of {args.slots} slots, "
-          f"median of {args.rounds} interleaved rounds of {args.seconds:g} s; {cpu_model()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average {load_before:.1f} "
-          "before (other processes compete for the CPUs: the ring needs two, memcpy one)")
+    print(
+        f"{args.width}x{args.height} RGB frames ({frame_bytes / 1e6:.1f} MB), ring of {args.slots} slots, "
+        f"median of {args.rounds} interleaved rounds of {args.seconds:g} s; {cpu_model()}, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; load average {load_before:.1f} "
+        "before (other processes compete for the CPUs: the ring needs two, memcpy one)"
+    )
     header = ("path", "frames/s", "GB/s", "vs memcpy", "CPU ms/frame", "delivered", "missed", "bad")
     print("{:34} {:>9} {:>6} {:>9} {:>13} {:>9} {:>7} {:>4}".format(*header))
     for label, res in rows:
-        extra = (f"{res['delivered']:>9} {res['missed']:>7} {res['bad']:>4}" if "delivered" in res else "")
+        extra = f"{res['delivered']:>9} {res['missed']:>7} {res['bad']:>4}" if "delivered" in res else ""
         fps = res["fps"]
         print(f"{label:34} {fps:9.1f} {gbps(fps):6.2f} {fps / memcpy_fps:9.0%} {cpu(res):>13} {extra}")
-    print("every round, frames/s: " + "; ".join(
-        f"{k} " + " ".join(f"{r['fps']:.0f}" for r in v) for k, v in runs.items()))
+    print(
+        "every round, frames/s: "
+        + "; ".join(f"{k} " + " ".join(f"{r['fps']:.0f}" for r in v) for k, v in runs.items())
+    )
     # What the CPU cost per frame implies with a free core each for the writer and the reader
     # (a derived estimate for a loaded machine, not a measurement).
     ideal_fps = 1e3 / max(lossless["writer_cpu_ms"], lossless["reader_cpu_ms"])
-    print(f"CPU per frame: ring writer {lossless['writer_cpu_ms']:.2f} ms, reader "
-          f"{lossless['reader_cpu_ms']:.2f} ms, memcpy {memcpy['cpu_ms']:.2f} ms: with a free core each "
-          f"the ring would reach ~{ideal_fps:.0f} frames/s "
-          f"({ideal_fps / (1e3 / memcpy['cpu_ms']):.0%} of memcpy; an estimate, not a measurement)")
+    print(
+        f"CPU per frame: ring writer {lossless['writer_cpu_ms']:.2f} ms, reader "
+        f"{lossless['reader_cpu_ms']:.2f} ms, memcpy {memcpy['cpu_ms']:.2f} ms: with a free core each "
+        f"the ring would reach ~{ideal_fps:.0f} frames/s "
+        f"({ideal_fps / (1e3 / memcpy['cpu_ms']):.0%} of memcpy; an estimate, not a measurement)"
+    )
     # Ratios are taken within each round (paths measured seconds apart share the machine's load at
     # the time), then the median over rounds.
     by_round = list(zip(runs["lossless"], runs["queue"], runs["memcpy"], strict=True))
     ratio_queue = sorted(r["fps"] / q["fps"] for r, q, _ in by_round)[args.rounds // 2]
     ratio_memcpy = sorted(r["fps"] / m["fps"] for r, _, m in by_round)[args.rounds // 2]
-    print(f"ring lossless = {ratio_queue:.1f}x the Queue (target >= 10x), "
-          f"{ratio_memcpy:.0%} of memcpy (target >= 50%), medians of the per-round ratios; "
-          f"live writer {live['writer_fps']:.0f} frames/s")
+    print(
+        f"ring lossless = {ratio_queue:.1f}x the Queue (target >= 10x), "
+        f"{ratio_memcpy:.0%} of memcpy (target >= 50%), medians of the per-round ratios; "
+        f"live writer {live['writer_fps']:.0f} frames/s"
+    )
     figures = {
-        "frame_shape": [args.height, args.width, 3], "slots": args.slots, "seconds": args.seconds,
+        "frame_shape": [args.height, args.width, 3],
+        "slots": args.slots,
+        "seconds": args.seconds,
         "rounds": args.rounds,
-        "ring_fps": round(lossless["fps"], 1), "ring_gbps": round(gbps(lossless["fps"]), 2),
-        "ring_bad_frames": lossless["bad"] + live["bad"], "ring_lossless_missed": lossless["missed_total"],
+        "ring_fps": round(lossless["fps"], 1),
+        "ring_gbps": round(gbps(lossless["fps"]), 2),
+        "ring_bad_frames": lossless["bad"] + live["bad"],
+        "ring_lossless_missed": lossless["missed_total"],
         "queue_bad_frames": queue["bad"],
-        "ring_live_fps": round(live["fps"], 1), "ring_live_gbps": round(gbps(live["fps"]), 2),
-        "ring_live_writer_fps": round(live["writer_fps"], 1), "ring_live_missed": live["missed"],
-        "queue_fps": round(queue["fps"], 1), "queue_gbps": round(gbps(queue["fps"]), 2),
-        "memcpy_fps": round(memcpy_fps, 1), "memcpy_gbps": round(gbps(memcpy_fps), 2),
+        "ring_live_fps": round(live["fps"], 1),
+        "ring_live_gbps": round(gbps(live["fps"]), 2),
+        "ring_live_writer_fps": round(live["writer_fps"], 1),
+        "ring_live_missed": live["missed"],
+        "queue_fps": round(queue["fps"], 1),
+        "queue_gbps": round(gbps(queue["fps"]), 2),
+        "memcpy_fps": round(memcpy_fps, 1),
+        "memcpy_gbps": round(gbps(memcpy_fps), 2),
         "memcpy_hot_fps": round(memcpy_hot["fps"], 1),
-        "ring_write_alone_fps": round(write["fps"], 1), "ring_read_alone_fps": round(read["fps"], 1),
+        "ring_write_alone_fps": round(write["fps"], 1),
+        "ring_read_alone_fps": round(read["fps"], 1),
         "ring_writer_cpu_ms": round(lossless["writer_cpu_ms"], 3),
         "ring_reader_cpu_ms": round(lossless["reader_cpu_ms"], 3),
         "queue_writer_cpu_ms": round(queue["writer_cpu_ms"], 3),
         "queue_reader_cpu_ms": round(queue["reader_cpu_ms"], 3),
-        "memcpy_cpu_ms": round(memcpy["cpu_ms"], 3), "ring_fps_free_cores_estimate": round(ideal_fps, 1),
-        "ring_vs_queue": round(ratio_queue, 2), "ring_vs_memcpy": round(ratio_memcpy, 3),
-        "cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "memcpy_cpu_ms": round(memcpy["cpu_ms"], 3),
+        "ring_fps_free_cores_estimate": round(ideal_fps, 1),
+        "ring_vs_queue": round(ratio_queue, 2),
+        "ring_vs_memcpy": round(ratio_memcpy, 3),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
         "load_average_before": round(load_before, 2),
     }
     print(json.dumps(figures))
