@@ -160,6 +160,9 @@ class MiniCPMVConfig:
 
     def validate(self, source: str = "config") -> None:
         """Reject sizes the modules cannot be built from, naming the setting."""
+        _check_types(self.text, source, "")
+        _check_types(self.vision, source, "vision_config.")
+        _check_types(self, source, "")
         t, v = self.text, self.vision
         checks = [
             (t.hidden_size % t.num_attention_heads == 0, "hidden_size must divide by num_attention_heads"),
@@ -252,3 +255,29 @@ def _pick(cls: type, raw: dict[str, Any]) -> Any:
     """Build dataclass ``cls`` from the keys of ``raw`` it knows; the others belong elsewhere."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+_TYPE_CHECKS: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+}
+
+
+def _check_types(config: Any, source: str, prefix: str) -> None:
+    """Each scalar setting must have its declared type: a ``"256"`` or a ``true`` where a size belongs
+    would otherwise fail far away, in module construction, with an unrelated message."""
+    for f in fields(config):
+        declared = str(f.type)
+        optional = declared.endswith(" | None")
+        kinds = _TYPE_CHECKS.get(declared.removesuffix(" | None"))
+        if kinds is None:
+            continue  # nested configs are checked on their own
+        value = getattr(config, f.name)
+        if value is None and optional:
+            continue
+        if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+            raise CheckpointError(
+                f"{source}: {prefix}{f.name} is {value!r} ({type(value).__name__}), expected {declared}"
+            )

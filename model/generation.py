@@ -64,6 +64,21 @@ def generation_kwargs(sampling: bool, min_new_tokens: int, overrides: Mapping[st
     return kwargs
 
 
+def check_generation_settings(
+    sampling: bool, stream: bool, max_new_tokens: Any, overrides: Mapping[str, Any]
+) -> None:
+    """Reject settings ``generate`` would fail on late (after the vision tower ran) or obscurely."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    beams = overrides.get("num_beams", BEAM_DEFAULTS["num_beams"]) if not sampling else 1
+    if isinstance(beams, bool) or not isinstance(beams, int) or beams < 1:
+        raise ValueError(f"num_beams must be a positive integer, got {beams!r}")
+    if stream and beams > 1:
+        raise ValueError(
+            "stream=True cannot stream beam search: pass sampling=True, or sampling=False with num_beams=1"
+        )
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One ``generate`` call: left-padded embeddings and what the official code always passes."""

@@ -29,22 +29,40 @@ _SHOWN = 8  # names listed in an error message before "... and N more"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
+    """``None`` means CUDA when available, else CPU. A device this machine lacks is an error here,
+    before any weights are read, rather than a pinned-memory failure deep inside safetensors."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device (try 'cuda', 'cuda:1' or 'cpu')") from exc
+    if resolved.type == "cpu":
+        return torch.device("cpu")  # "cpu:0" is the same device; safetensors only takes "cpu"
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device {device!r}: CUDA is not available to this torch ({torch.__version__}); "
+                "install a CUDA build of torch (see the README) or pass device='cpu'"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; pass device='cpu'")
+    return resolved
 
 
 def resolve_dtype(device: torch.device, dtype: torch.dtype | str | None) -> torch.dtype:
     """``None`` means bfloat16 on CUDA and float32 on CPU (bf16 matmuls are slow on most CPUs)."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        resolved = getattr(torch, dtype.removeprefix("torch."), None)
-        if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"dtype {dtype!r} is not a torch dtype (try 'bfloat16', 'float16' or 'float32')")
-        return resolved
-    return dtype
+    resolved = getattr(torch, dtype.removeprefix("torch."), None) if isinstance(dtype, str) else dtype
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(
+            f"dtype {dtype!r} is not a floating-point torch dtype (try 'bfloat16', 'float16' or 'float32')"
+        )
+    return resolved
 
 
 def resolve_checkpoint(path_or_hub_id: str | Path) -> Path:

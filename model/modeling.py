@@ -16,7 +16,6 @@ pixels give (the vision tower sees every piece alone; padding never leaks across
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,8 +32,15 @@ from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
 from model import processing
 from model.configuration import MiniCPMVConfig
 from model.errors import CheckpointError
-from model.generation import GenerationRequest, generate_ids, generation_kwargs, stream_text
+from model.generation import (
+    GenerationRequest,
+    check_generation_settings,
+    generate_ids,
+    generation_kwargs,
+    stream_text,
+)
 from model.loading import load_weights, resolve_checkpoint, resolve_device, resolve_dtype
+from model.prompting import parse_messages_argument, with_leading_image
 from model.resampler import Resampler
 from model.tokenizer import load_tokenizer
 from model.vision import VisionTower, pieces_to_strips
@@ -213,8 +219,7 @@ class MiniCPMV(nn.Module):
         max_inp_length: int = 8192,
     ) -> processing.Prepared:
         """Prompt ids, placeholder bounds and pieces for one conversation (model card message format)."""
-        if isinstance(msgs, str):
-            msgs = json.loads(msgs)
+        msgs = parse_messages_argument(msgs)
         return processing.prepare(
             msgs,
             self.tokenizer,
@@ -317,18 +322,31 @@ class MiniCPMV(nn.Module):
         max_slice_nums: int | None = None,
         system_prompt: str = "",
         *,
+        image: Image.Image | None = None,
         min_new_tokens: int = 0,
         max_inp_length: int = 8192,
+        tokenizer: Any = None,
+        processor: Any = None,
         **generation_overrides: Any,
     ) -> str | list[str] | Iterator[str]:
         """The model card's ``chat``: official defaults, overrides only for keys already present.
 
         ``msgs`` is one conversation, or a list of conversations (a batch, answered with a list).
-        ``stream=True`` returns an iterator of text pieces (one conversation; sampling or greedy).
+        ``image``, as in the card's ``chat(image=..., msgs=...)``, goes before the text of a first
+        message whose content is a plain string. ``stream=True`` returns an iterator of text pieces
+        (one conversation; sampling or greedy). ``tokenizer`` and ``processor`` are accepted so the
+        card's calls run unchanged; this model always uses its own.
         """
-        if isinstance(msgs, str):
-            msgs = json.loads(msgs)
+        del tokenizer, processor
+        msgs = parse_messages_argument(msgs)
         batched = isinstance(msgs, list) and bool(msgs) and isinstance(msgs[0], list)
+        if image is not None:
+            if batched:
+                raise ValueError("chat(image=...) takes one conversation; put images in each batch's content")
+            msgs = with_leading_image(msgs, image)
+        if stream and batched:
+            raise ValueError("stream=True takes one conversation, not a batch")
+        check_generation_settings(sampling, stream, max_new_tokens, generation_overrides)
         conversations = msgs if batched else [msgs]
         preps = [
             self.prepare(c, use_image_id, max_slice_nums, system_prompt, max_inp_length=max_inp_length)
@@ -338,8 +356,6 @@ class MiniCPMV(nn.Module):
             preps, sampling, max_new_tokens, min_new_tokens=min_new_tokens, **generation_overrides
         )
         if stream:
-            if batched:
-                raise ValueError("stream=True takes one conversation, not a batch")
             return stream_text(self.llm, request, self.decode)
         ids = generate_ids(self.llm, request)
         texts = [self.decode(row.tolist()) for row in ids]

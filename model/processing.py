@@ -225,10 +225,16 @@ def prepare(
 
     n_pieces = sum(layout.n_pieces for layout in layouts)
     if len(ids) > max_inp_length:
+        if images:
+            advice = (
+                f"it holds {len(images)} images in {n_pieces} pieces ({n_pieces * cfg.query_num} image "
+                "tokens). Pass fewer frames or images, use max_slice_nums=1 (one piece per image), "
+                "or raise max_inp_length"
+            )
+        else:
+            advice = "it has no images: shorten the text or raise max_inp_length"
         raise PromptTooLongError(
-            f"prompt is {len(ids)} tokens, over max_inp_length={max_inp_length}: it holds {len(images)} "
-            f"images in {n_pieces} pieces ({n_pieces * cfg.query_num} image tokens). Pass fewer frames or "
-            f"images, use max_slice_nums=1 (one piece per image), or raise max_inp_length"
+            f"prompt is {len(ids)} tokens, over max_inp_length={max_inp_length}: {advice}"
         )
 
     input_ids = torch.tensor(ids, dtype=torch.long)

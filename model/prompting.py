@@ -35,16 +35,47 @@ ImageItem = PIL.Image.Image | HasImageLayout
 TokenizerLike = MiniCPMVTokenizer | PreTrainedTokenizerBase
 
 
+def parse_messages_argument(msgs: Any) -> Any:
+    """``msgs`` as given, or parsed when it is the JSON string of a message list (as the official
+    ``chat`` allows); a string that is not JSON gets a ValueError saying what ``msgs`` must be."""
+    if not isinstance(msgs, str):
+        return msgs
+    try:
+        return json.loads(msgs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            "msgs is a string but not valid JSON: give a list of {'role': ..., 'content': ...} dicts "
+            f"(or a JSON string of one), e.g. [{{'role': 'user', 'content': {msgs[:40]!r}}}] ({exc})"
+        ) from exc
+
+
+def with_leading_image(msgs: Any, image: PIL.Image.Image) -> Any:
+    """The official ``chat(image=..., msgs=...)``: when the first message's content is a plain string,
+    a copy of ``msgs`` whose first content is ``[image, text]``; otherwise ``msgs`` unchanged."""
+    if not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"image must be a PIL image, got {_describe(image)}")
+    if not isinstance(msgs, Sequence) or isinstance(msgs, str | bytes) or not msgs:
+        return msgs  # normalize_messages says what is wrong
+    first = msgs[0]
+    if not isinstance(first, Mapping) or not isinstance(first.get("content"), str):
+        return msgs
+    return [{**first, "content": [image, first["content"]]}, *msgs[1:]]
+
+
+def is_image_item(item: Any) -> bool:
+    """A PIL image, or an object whose ``layout`` is an :class:`ImageLayout` (a torch tensor has a
+    ``layout`` attribute too, which is why the protocol check alone is not enough)."""
+    return isinstance(item, PIL.Image.Image) or (
+        isinstance(item, HasImageLayout) and isinstance(getattr(item, "layout", None), ImageLayout)
+    )
+
+
 def normalize_messages(msgs: Any) -> list[tuple[str, list[str | ImageItem]]]:
     """Check ``msgs`` (model-card format, or its JSON string) and return ``(role, items)`` per message.
 
     Raises ValueError naming the message index and what is wrong with it.
     """
-    if isinstance(msgs, str):
-        try:
-            msgs = json.loads(msgs)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"msgs is a string but not valid JSON: {exc}") from exc
+    msgs = parse_messages_argument(msgs)
     if not isinstance(msgs, Sequence) or isinstance(msgs, str | bytes) or not msgs:
         raise ValueError(f"msgs must be a non-empty list of messages, got {_describe(msgs)}")
     if isinstance(msgs[0], list):
@@ -71,7 +102,7 @@ def normalize_messages(msgs: Any) -> list[tuple[str, list[str | ImageItem]]]:
         for position, item in enumerate(items):
             if isinstance(item, str):
                 _check_text(item, f"msgs[{index}] content[{position}]")
-            elif not isinstance(item, PIL.Image.Image | HasImageLayout):
+            elif not is_image_item(item):
                 raise ValueError(
                     f"msgs[{index}] content[{position}] is {_describe(item)}; items must be strings, "
                     "PIL images or objects with an image layout (SlicedImage, frame embeddings)"
@@ -205,5 +236,8 @@ __all__ = [
     "expand_placeholders",
     "find_image_bound",
     "image_placeholder",
+    "is_image_item",
     "normalize_messages",
+    "parse_messages_argument",
+    "with_leading_image",
 ]

@@ -113,7 +113,12 @@ def load_tokenizer(folder: str | Path) -> MiniCPMVTokenizer:
         raise CheckpointError(f"tokenizer folder {path} does not exist")
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise CheckpointError(f"tokenizer folder {path} has none of {', '.join(_TOKENIZER_FILES)}")
-    hf = Qwen2TokenizerFast.from_pretrained(str(path), local_files_only=True)
+    try:
+        hf = Qwen2TokenizerFast.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"tokenizer files in {path} cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
     return MiniCPMVTokenizer.from_hf(hf)
 
 

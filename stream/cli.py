@@ -112,17 +112,21 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return apply_overrides(config, args.overrides, "--set")
 
 
-def check_model_available(name: str) -> None:
-    """Fail before starting anything when the checkpoint is unusable: no folder, no weights, a
-    config that is not MiniCPM-V 2.6 (a hub id is downloaded here, in the foreground, if it can be).
-    Reads only config and index files: the weights are loaded by the inference process."""
-    if name == "tiny":
-        return
+def check_model_available(name: str, device: str = "auto") -> None:
+    """Fail before starting anything when the model cannot run: a device this machine lacks, no
+    folder, no weights, a config that is not MiniCPM-V 2.6 (a hub id is downloaded here, in the
+    foreground, if it can be). Reads only config and index files: the inference process loads weights."""
     from model.configuration import MiniCPMVConfig
     from model.errors import ModelError
-    from model.loading import resolve_checkpoint, weight_files
+    from model.loading import resolve_checkpoint, resolve_device, weight_files
     from model.processing import ProcessorConfig
 
+    try:
+        resolve_device(None if device == "auto" else device)
+    except ValueError as exc:
+        raise ConfigError(f"model.device: {exc}") from None
+    if name == "tiny":
+        return
     try:
         folder = resolve_checkpoint(name)
         MiniCPMVConfig.from_folder(folder)
@@ -183,7 +187,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources, has_demo = resolve_sources(args.source)
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
-    check_model_available(config.model.name)
+    check_model_available(config.model.name, config.model.device)
 
     stop = {"signal": None}
 
@@ -241,7 +245,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     for output in outputs:
         check_output(output)
-    check_model_available(config.model.name)
+    check_model_available(config.model.name, config.model.device)
     from model.backends import load_backend
 
     device = None if config.model.device == "auto" else config.model.device

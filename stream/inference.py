@@ -237,7 +237,7 @@ def inference_main(
         bus.send(messages.inference_status(streams={}, wall=time.time(), state="loading", **status_base))
         try:
             backend = backend_factory(options)
-        except (CheckpointError, FileNotFoundError) as exc:
+        except (CheckpointError, FileNotFoundError, ValueError) as exc:  # ValueError: device or dtype
             log.error("cannot load model %s: %s", options.model, exc)
             bus.send(
                 messages.inference_status(

@@ -168,6 +168,8 @@ def test_config_reads_the_official_layout_and_both_vision_model_types() -> None:
             "vision_config.model_type is 'clip_vision_model'",
         ),
         ({"num_attention_heads": 3}, "hidden_size must divide by num_attention_heads"),
+        ({"hidden_size": "256"}, r"hidden_size is '256' \(str\), expected int"),
+        ({"use_image_id": "yes"}, r"use_image_id is 'yes' \(str\), expected bool"),
     ],
 )
 def test_config_rejects_what_is_not_minicpm_v_26(change: dict, message: str) -> None:
@@ -183,3 +185,25 @@ def test_device_and_dtype_defaults() -> None:
     assert resolve_dtype(torch.device("cpu"), "torch.float16") == torch.float16
     with pytest.raises(ValueError, match="'float7'"):
         resolve_dtype(torch.device("cpu"), "float7")
+
+
+def test_devices_are_checked_before_any_weights_are_read() -> None:
+    assert resolve_device("cpu:0") == torch.device("cpu")  # safetensors accepts only "cpu"
+    with pytest.raises(ValueError, match="'gpu0' is not a torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available to this torch"):
+            resolve_device("cuda")
+
+
+def test_dtypes_must_be_floating_point() -> None:
+    for dtype in (torch.int8, "int64", "bool"):
+        with pytest.raises(ValueError, match="not a floating-point torch dtype"):
+            resolve_dtype(torch.device("cpu"), dtype)
+
+
+def test_unreadable_tokenizer_is_named(checkpoint: Path, tmp_path: Path) -> None:
+    folder = copy_checkpoint(checkpoint, tmp_path / "ck")
+    (folder / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=f"tokenizer files in {folder} cannot be read"):
+        MiniCPMV.from_pretrained(folder, device="cpu")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from liverun import LiveRun, collect, descendants, of_type, shm_rings, short_run_root, wait_for
 from realparts import make_clip
 
@@ -221,6 +222,9 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict
     (no_weights / "config.json").write_text(json.dumps({"version": 2.6}))
     weights = run("run", "--source", str(clips["yard"]), "--model", str(no_weights))
     assert weights.returncode == 2 and str(no_weights) in weights.stderr, weights.stderr
+    if not torch.cuda.is_available():
+        gpu = run("run", "--source", str(clips["yard"]), "--model", "tiny", "--device", "cuda")
+        assert gpu.returncode == 2 and "model.device: device 'cuda': CUDA is not available" in gpu.stderr
     assert not (tmp_path / "runs").exists(), "nothing was started"
     env_long = {**os.environ, "VIDNARRATE_RUN_ROOT": str(tmp_path / ("r" * 80))}
     too_long = subprocess.run(

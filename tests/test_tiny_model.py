@@ -127,7 +127,7 @@ def test_closing_a_stream_early_stops_its_thread(tiny: MiniCPMV, image: Image.Im
 
 
 def test_stream_errors_reach_the_caller(tiny: MiniCPMV, image: Image.Image) -> None:
-    with pytest.raises(ValueError, match="beam search cannot stream"):
+    with pytest.raises(ValueError, match="cannot stream beam search"):
         tiny.chat(ask(image), sampling=False, stream=True)
     bad = tiny.chat(ask(image), stream=True, max_new_tokens=4, top_p=-1.0)
     with pytest.raises(ValueError, match="top_p"):
@@ -148,10 +148,57 @@ def test_text_pieces_hold_back_what_may_still_change() -> None:
     assert "".join(out) == decode([1, 2, 3, 4])
 
 
+def test_image_keyword_goes_before_the_first_text_as_in_the_model_card(
+    tiny: MiniCPMV, image: Image.Image
+) -> None:
+    greedy = {"sampling": False, "num_beams": 1, "max_new_tokens": 8}
+    msgs = [{"role": "user", "content": "What is in this image?"}]
+    with_image = tiny.chat(image=image, msgs=msgs, tokenizer=object(), **greedy)  # the card passes one
+    assert with_image == tiny.chat(ask(image), **greedy)
+    assert tiny.prepare(msgs).image_bound.shape[0] == 0  # the caller's msgs were not changed
+    listed = [{"role": "user", "content": [image, "What is in this image?"]}]
+    assert tiny.chat(image=image, msgs=listed, **greedy) == tiny.chat(listed, **greedy)  # list: kept as is
+    with pytest.raises(ValueError, match="one conversation"):
+        tiny.chat([msgs, msgs], image=image)
+
+
+@pytest.mark.parametrize(
+    ("msgs", "message"),
+    [
+        ("What is this?", "not valid JSON: give a list of"),
+        ([{"role": "user", "content": [torch.zeros(3, 8, 8), "What?"]}], r"content\[0\] is Tensor"),
+    ],
+)
+def test_messages_of_the_wrong_kind_are_named(tiny: MiniCPMV, msgs: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny.chat(msgs)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"max_new_tokens": None}, "max_new_tokens must be a positive integer"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
+        ({"sampling": False, "num_beams": 0}, "num_beams must be a positive integer"),
+    ],
+)
+def test_bad_generation_settings_fail_before_any_model_work(
+    tiny: MiniCPMV, image: Image.Image, settings: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the vision tower ran before the settings were checked")
+
+    monkeypatch.setattr(tiny, "encode_pieces", must_not_run)
+    with pytest.raises(ValueError, match=message):
+        tiny.chat(ask(image), **settings)
+
+
 def test_prompt_too_long_surfaces_through_chat(tiny: MiniCPMV, image: Image.Image) -> None:
     msgs = [{"role": "user", "content": [image] * 3 + ["Describe."]}]
     with pytest.raises(PromptTooLongError, match="max_inp_length=200"):
         tiny.chat(msgs, max_inp_length=200, max_slice_nums=2)
+    with pytest.raises(PromptTooLongError, match="it has no images: shorten the text"):
+        tiny.chat([{"role": "user", "content": "word " * 300}], max_inp_length=200)
 
 
 def test_batched_chat_returns_one_answer_per_conversation(tiny: MiniCPMV, image: Image.Image) -> None:
