@@ -53,8 +53,16 @@ import zmq
 from .bus import Publisher
 from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
 from .messages import StreamState, capture_status
-from .ring import FrameRing
-from .sources import PendingFrame, SourceOptions, SourceSpec, VideoSource, open_source, parse_source
+from .ring import SLOT_SPARE_BYTES, FrameRing
+from .sources import (
+    RGB_OVERRUN_BYTES,
+    PendingFrame,
+    SourceOptions,
+    SourceSpec,
+    VideoSource,
+    open_source,
+    parse_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +183,8 @@ class Capture:
         self._ring = ring
         self._lossless = bool(getattr(ring, "lossless", False))
         self._write_with: Callable[..., int] | None = getattr(ring, "write_with", None)
+        # A FrameRing's slots are padded for converters that overrun the last row (DirectRGB).
+        self._slots_padded = isinstance(ring, FrameRing) and SLOT_SPARE_BYTES >= RGB_OVERRUN_BYTES
         self._on_status = on_status
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -374,7 +384,8 @@ class Capture:
                     t = self._clock(frame.pts, frame.wall)
                 try:
                     if self._write_with is not None:  # converted straight into the slot
-                        seq = self._write_with(frame.height, frame.width, frame.fill, t, frame.wall,
+                        fill = (frame.fill_padded if self._slots_padded else None) or frame.fill
+                        seq = self._write_with(frame.height, frame.width, fill, t, frame.wall,
                                                timeout=timeout)
                     else:
                         image = frame.to_video_frame().image if image is None else image

@@ -73,10 +73,13 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger(__name__)
 
 MAGIC = int.from_bytes(b"VNRING\x00\x01", "little")
-VERSION = 1
+VERSION = 2  # 2: slots have SLOT_SPARE_BYTES after the largest frame
 MAX_READERS = 16
 
 _PAGE = 4096
+# Bytes after every slot's largest frame that hold no pixels: room for converters that store whole
+# vectors past the last row (see write_with; sources.RGB_OVERRUN_BYTES must not exceed it).
+SLOT_SPARE_BYTES = 4096
 _READERS_OFFSET = 256
 _SLOT_HEADERS_OFFSET = 1024
 _SLOT_HEADER_BYTES = 64
@@ -199,7 +202,7 @@ class FrameRing:
             raise RingError(f"ring {name}: slots must be at least 2 (got {slots})")
         if max_height < 1 or max_width < 1:
             raise RingError(f"ring {name}: max frame size must be positive (got {max_height}x{max_width})")
-        slot_bytes = _round_up(max_height * max_width * 3, _PAGE)
+        slot_bytes = _round_up(max_height * max_width * 3 + SLOT_SPARE_BYTES, _PAGE)
         data = _round_up(_SLOT_HEADERS_OFFSET + slots * _SLOT_HEADER_BYTES, _PAGE)
         size = data + slots * slot_bytes
         assert _posixshmem is not None
@@ -313,6 +316,8 @@ class FrameRing:
         C-contiguous uint8 (height, width, 3) array in shared memory, valid only during the call
         (keep no reference). A decoder that converts straight into it saves ``write``'s copy. If
         ``fill`` raises, nothing is published (the slot reads as being written until the next write).
+        ``view`` is followed by at least :data:`SLOT_SPARE_BYTES` bytes of the same slot that no
+        reader looks at, for converters whose vector stores run past the last row.
         """
         self._check_open()
         h, w = int(height), int(width)

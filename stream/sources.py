@@ -290,6 +290,11 @@ def _swscale() -> _Swscale | None:
         return _SWSCALE
 
 
+# Spare bytes a DirectRGB destination needs after its end: libswscale's vector stores overrun the
+# last row by less than one vector (64 RGB pixels = 192 bytes with AVX-512); one page is ample.
+RGB_OVERRUN_BYTES = 4096
+
+
 class DirectRGB:
     """Converts decoded PyAV frames to RGB straight into a caller's array.
 
@@ -312,11 +317,23 @@ class DirectRGB:
         self._checked: dict[tuple[str, int, int, int, int], bool] = {}
         self._scratch: np.ndarray | None = None
 
-    def convert(self, frame: Any, out: np.ndarray) -> bool:
+    def convert(self, frame: Any, out: np.ndarray, spare_after: int) -> bool:
         """Write ``frame`` as RGB into ``out`` (C-contiguous uint8, frame's height x width x 3);
-        False (``out`` untouched) when the direct path is not available for this frame."""
+        False (``out`` untouched) when the direct path is not available for this frame.
+
+        libswscale's SIMD converters store whole vectors, so for widths that are not a multiple of
+        their step the last row runs up to a vector past the end (measured: 42 bytes at 360 px wide).
+        PyAV's own frames are padded for that; ``out`` must be too: the caller promises that
+        ``spare_after`` bytes after ``out`` are its own to clobber, and the direct path is taken only
+        when that is at least :data:`RGB_OVERRUN_BYTES`.
+        """
         sws = self._sws
-        if sws is None or not out.flags.c_contiguous or out.shape != (frame.height, frame.width, 3):
+        if (
+            sws is None
+            or spare_after < RGB_OVERRUN_BYTES
+            or not out.flags.c_contiguous
+            or out.shape != (frame.height, frame.width, 3)
+        ):
             return False
         key = (frame.format.name, frame.width, frame.height, int(frame.colorspace), int(frame.color_range))
         verdict = self._checked.get(key)
@@ -340,8 +357,8 @@ class DirectRGB:
         the next call), or None when the direct path is not available."""
         shape = (frame.height, frame.width, 3)
         if self._scratch is None or self._scratch.shape != shape:
-            self._scratch = np.empty(shape, np.uint8)
-        return self._scratch if self.convert(frame, self._scratch) else None
+            self._scratch = padded_rgb(frame.height, frame.width)
+        return self._scratch if self.convert(frame, self._scratch, RGB_OVERRUN_BYTES) else None
 
     def _scale(self, sws: _Swscale, frame: Any, out: np.ndarray, key: tuple[str, int, int, int, int]) -> bool:
         name, width, height, colorspace, color_range = key
@@ -375,22 +392,32 @@ class DirectRGB:
             self._context = None
 
 
+def padded_rgb(height: int, width: int) -> np.ndarray:
+    """An uninitialised ``(height, width, 3)`` uint8 image followed by :data:`RGB_OVERRUN_BYTES` of
+    its own spare memory, so :class:`DirectRGB` may convert straight into it."""
+    size = height * width * 3
+    return np.empty(size + RGB_OVERRUN_BYTES, np.uint8)[:size].reshape(height, width, 3)
+
+
 @dataclass(frozen=True)
 class PendingFrame:
     """A decoded frame before its RGB conversion. ``fill(out)`` writes it, converted (and scaled to
     ``max_side``), into ``out``: a C-contiguous uint8 ``(height, width, 3)`` array, such as a ring
     slot, so capture converts straight into shared memory instead of converting and then copying.
-    Call ``fill`` before asking the source for the next frame (sources reuse scratch buffers)."""
+    ``fill_padded``, where a source has it, does the same faster for an ``out`` followed by
+    :data:`RGB_OVERRUN_BYTES` spare bytes it may clobber (a ring slot, :func:`padded_rgb`).
+    Call either before asking the source for the next frame (sources reuse scratch buffers)."""
 
     height: int
     width: int
     pts: float
     wall: float
     fill: Callable[[np.ndarray], None]
+    fill_padded: Callable[[np.ndarray], None] | None = None
 
     def to_video_frame(self) -> VideoFrame:
-        image = np.empty((self.height, self.width, 3), np.uint8)
-        self.fill(image)
+        image = padded_rgb(self.height, self.width)
+        (self.fill_padded or self.fill)(image)
         return VideoFrame(image, self.pts, self.wall)
 
 
@@ -516,13 +543,21 @@ class _PyAVSource(VideoSource):
         if round(rotation / 90.0) % 2:
             width, height = height, width
         width, height = scaled_size(width, height, self.options.max_side)
-        return PendingFrame(height, width, pts, wall, lambda out: self._fill(frame, rotation, out))
+        return PendingFrame(
+            height,
+            width,
+            pts,
+            wall,
+            fill=lambda out: self._fill(frame, rotation, out, 0),
+            fill_padded=lambda out: self._fill(frame, rotation, out, RGB_OVERRUN_BYTES),
+        )
 
-    def _fill(self, frame: Any, rotation: int, out: np.ndarray) -> None:
+    def _fill(self, frame: Any, rotation: int, out: np.ndarray, spare_after: int) -> None:
         """Convert ``frame`` to RGB into ``out``: straight into it when no rotation or scaling is
-        needed, else through a full-size scratch image that is then rotated and resized into it."""
+        needed and ``out`` is padded, else through a full-size scratch image that is then rotated and
+        resized (or copied) into it."""
         same_size = (frame.height, frame.width) == out.shape[:2]
-        if not rotation and same_size and self._direct.convert(frame, out):
+        if not rotation and same_size and self._direct.convert(frame, out, spare_after):
             return
         image = self._direct.scratch(frame)
         if image is None:

@@ -6,6 +6,7 @@ RTSP faults (kill, hang, restart) are in test_rtsp.py; the screen in test_screen
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import signal
@@ -24,8 +25,8 @@ from realparts import free_port, load_tool, make_clip
 
 from stream.bus import RunPaths, Subscriber
 from stream.capture import EXIT_BAD_SOURCE, Capture, CaptureState, StreamClock, capture_main
-from stream.ring import FrameRing, ring_name
-from stream.sources import PendingFrame, SourceOptions, SourceSpec, parse_source
+from stream.ring import SLOT_SPARE_BYTES, FrameRing, ring_name
+from stream.sources import RGB_OVERRUN_BYTES, PendingFrame, SourceOptions, SourceSpec, parse_source
 
 msv = load_tool("make_sample_video")
 SHM = Path("/dev/shm")
@@ -168,6 +169,30 @@ def test_ring_write_with_publishes_only_a_complete_fill(ring: FrameRing) -> None
     frame = ring.read(1)
     assert frame is not None and frame.image.shape == (4, 6, 3) and (frame.image == 3).all()
     assert frame.pts == 0.2
+
+
+def test_ring_slots_have_room_for_converters_that_overrun_the_last_row() -> None:
+    """A full-size frame's view is followed by SLOT_SPARE_BYTES that are no other slot's pixels:
+    clobbering them (as libswscale's vector stores do, through a raw pointer) leaves the others intact."""
+    ring = FrameRing.create(ring_name(uuid.uuid4().hex, "spare"), slots=2, max_height=8, max_width=10)
+    try:
+        assert ring.write(np.full((8, 10, 3), 5, np.uint8), 0.0, 1.0) == 0
+
+        def overrunning(view: np.ndarray) -> None:
+            view[:] = 9
+            ctypes.memset(view.ctypes.data + view.nbytes, 0xEE, SLOT_SPARE_BYTES)
+
+        assert ring.write_with(8, 10, overrunning, 0.1, 1.1) == 1
+        assert ring.write_with(8, 10, overrunning, 0.2, 1.2) == 2  # the last slot: the segment's end
+        first, last = ring.read(1), ring.read(2)
+        assert first is not None and (first.image == 9).all()
+        assert last is not None and (last.image == 9).all()
+        assert ring.write(np.full((8, 10, 3), 4, np.uint8), 0.3, 1.3) == 3
+        assert (ring.read(2).image == 9).all() and (ring.read(3).image == 4).all()  # type: ignore[union-attr]
+    finally:
+        ring.close()
+        ring.unlink()
+    assert SLOT_SPARE_BYTES >= RGB_OVERRUN_BYTES
 
 
 def test_lossless_ring_gets_every_frame_with_stream_time(clip: Path) -> None:

@@ -22,10 +22,12 @@ from realparts import load_tool, make_clip
 
 from stream.errors import ConfigError, SourceError, SourceNotFound, UnsupportedSource
 from stream.sources import (
+    RGB_OVERRUN_BYTES,
     DirectRGB,
     SourceOptions,
     SourceSpec,
     open_source,
+    padded_rgb,
     parse_source,
     redact,
     resize,
@@ -177,8 +179,8 @@ def test_direct_rgb_gives_exactly_pyavs_pixels(clips: Path, name: str, kwargs: d
         for frame in container.decode(video=0):
             assert frame.format.name == pix_fmt and int(frame.color_range) == color_range
             assert colorspace is None or int(frame.colorspace) == colorspace
-            out = np.zeros((frame.height, frame.width, 3), np.uint8)
-            assert direct.convert(frame, out)
+            out = padded_rgb(frame.height, frame.width)
+            assert direct.convert(frame, out, RGB_OVERRUN_BYTES)
             assert np.array_equal(out, frame.to_ndarray(format="rgb24"))
     assert list(direct._checked.values()) == [True]  # verified once, then used without PyAV
 
@@ -192,6 +194,39 @@ def test_direct_rgb_falls_back_to_pyav_when_it_differs(clips: Path) -> None:
         expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == len(expected) == 6
     assert all(np.array_equal(f.image, e) for f, e in zip(frames, expected, strict=True))
+
+
+@pytest.mark.parametrize("size", ["360x200", "1000x64", "1080x32"])  # widths not a multiple of 16
+def test_conversion_never_writes_past_its_target(clips: Path, size: str) -> None:
+    """libswscale's vector stores overrun the last row at such widths (42 bytes at 360 px): into
+    padding when the target has it (``fill_padded``, ring slots), never past a bare target."""
+    clip = make_clip(clips / f"w{size}.mp4", size=size, fps=FPS, seconds=0.2)
+    with av.open(str(clip)) as container:
+        expected = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    canary = 4 * RGB_OVERRUN_BYTES
+    with open_source(str(clip), SourceOptions(realtime=False)) as source:
+        for index, pending in enumerate(source.pending()):
+            frame_bytes = pending.height * pending.width * 3
+            memory = np.full(frame_bytes + canary, 0xA5, np.uint8)
+            bare = memory[:frame_bytes].reshape(pending.height, pending.width, 3)
+            pending.fill(bare)
+            assert np.array_equal(bare, expected[index])
+            assert (memory[frame_bytes:] == 0xA5).all(), "fill wrote past the end of its target"
+            memory[:] = 0xA5
+            assert pending.fill_padded is not None
+            pending.fill_padded(bare)
+            assert np.array_equal(bare, expected[index])
+            assert (memory[frame_bytes + RGB_OVERRUN_BYTES :] == 0xA5).all()
+    assert index == len(expected) - 1
+
+
+def test_direct_rgb_needs_a_padded_target(clip: Path) -> None:
+    direct = DirectRGB("pad")
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0))
+    out = padded_rgb(frame.height, frame.width)
+    assert not direct.convert(frame, out, RGB_OVERRUN_BYTES - 1)
+    assert direct.convert(frame, out, RGB_OVERRUN_BYTES)
 
 
 def test_pending_frames_fill_any_target(clip: Path) -> None:
