@@ -22,6 +22,7 @@ from PIL import Image
 
 from model.generation import generate_ids, stream_text
 from model.modeling import FrameEmbedding, MiniCPMV
+from model.prompting import neutralize_image_tags
 from model.tiny import build_tiny_model
 
 log = logging.getLogger(__name__)
@@ -124,9 +125,11 @@ class LocalBackend:
     ) -> str:
         if decoding not in DECODINGS:
             raise ValueError(f"decoding {decoding!r} is not one of {', '.join(DECODINGS)}")
-        content: list[object] = [context] if context else []
+        # Questions come from clients and context from earlier model output: either may hold an
+        # image tag, which must be read as text, not break the prompt.
+        content: list[object] = [neutralize_image_tags(context)] if context else []
         content.extend(frames)
-        content.append(text)
+        content.append(neutralize_image_tags(text))
         msgs = [{"role": "user", "content": content}]
         prep = self.model.prepare(msgs, use_image_id=False, max_inp_length=self.max_inp_length)
         request = self.model.generation_request([prep], decoding == "sampling", max_new_tokens)

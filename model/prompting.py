@@ -210,6 +210,15 @@ def decode_answer(ids: Sequence[int] | torch.Tensor, tokenizer: TokenizerLike) -
 _STRUCTURE_TOKENS = ("<image>", "</image>", "<slice>", "</slice>")
 
 
+def neutralize_image_tags(text: str) -> str:
+    """``text`` with the image-structure tags made plain (``</image>`` -> ``‹/image›``), for text
+    from outside (a client's question, a previous caption fed back as context) that must be
+    asked about, not refused: :func:`normalize_messages` rejects the tags themselves."""
+    for token in _STRUCTURE_TOKENS:
+        text = text.replace(token, "\u2039" + token[1:-1] + "\u203a")
+    return text
+
+
 def _check_text(text: Any, where: str) -> None:
     """Reject text that would forge image structure: the bounds would no longer match the images."""
     if not isinstance(text, str):
@@ -237,6 +246,7 @@ __all__ = [
     "find_image_bound",
     "image_placeholder",
     "is_image_item",
+    "neutralize_image_tags",
     "normalize_messages",
     "parse_messages_argument",
     "with_leading_image",

@@ -66,6 +66,7 @@ class StreamCounters:
     pending_dropped: int = 0
     captions: int = 0
     skipped: int = 0
+    caption_errors: int = 0
     missing_frames: int = 0
     last_latency_ms: float | None = None
     last_model_ms: float | None = None
@@ -206,6 +207,7 @@ class StreamWorker:
         return {
             "captions": c.captions,
             "skipped": c.skipped,
+            "caption_errors": c.caption_errors,
             "sampled": c.sampled,
             "vision_encodes": c.encodes,
             "encodes_per_frame": c.encodes_per_frame(len(self.pending)),

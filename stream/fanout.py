@@ -111,7 +111,14 @@ def _wall_key(message: Message) -> float:
 
 
 _CAPTURE_FIELDS = ("fps", "frames", "drops", "reconnects", "decode_errors", "width", "height", "error")
-_INFERENCE_FIELDS = ("lag_s", "skipped", "captions", "encodes_per_frame", "caption_latency_ms")
+_INFERENCE_FIELDS = (
+    "lag_s",
+    "skipped",
+    "captions",
+    "caption_errors",
+    "encodes_per_frame",
+    "caption_latency_ms",
+)
 
 
 class StatusBoard:

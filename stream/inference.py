@@ -305,7 +305,18 @@ class ModelLoop:
         on_text = None
         if self.options.stream_tokens:
             on_text = PartialPublisher(self.bus, worker.name, job.index - 1)
-        message = self.captioner.caption(worker, job, on_text=on_text)
+        try:
+            message = self.captioner.caption(worker, job, on_text=on_text)
+        except ValueError as exc:
+            # The model refused this window (e.g. a prompt over max_inp_length): the next window may
+            # well work, and a restart would only reload the model to fail the same way.
+            with worker.lock:
+                worker.counters.caption_errors += 1
+                first = worker.counters.caption_errors == 1
+            (log.error if first else log.debug)(
+                "stream %s: window %.1f-%.1f s not captioned: %s", worker.name, job.t_start, job.t_end, exc
+            )
+            return
         if message is not None:
             self.bus.send(message)
 
@@ -332,6 +343,12 @@ class ModelLoop:
             except LookupError as exc:
                 self.bus.send(
                     messages.answer(id=ask_id, stream=stream, text="", error="no_frames", message=str(exc))
+                )
+                continue
+            except ValueError as exc:  # the model refused this question: the asker hears why
+                log.warning("stream %s: ask %r not answered: %s", stream, ask_id, exc)
+                self.bus.send(
+                    messages.answer(id=ask_id, stream=stream, text="", error="model_error", message=str(exc))
                 )
                 continue
             self.bus.send(

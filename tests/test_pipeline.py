@@ -85,7 +85,8 @@ def test_captions_reach_a_websocket_client_for_every_source_at_the_stride(live: 
 
 
 def test_replay_ask_and_malformed_messages(live: LiveRun) -> None:
-    ask = {"type": "ask", "id": "q-1", "stream": "door", "question": "What is in front of the door?"}
+    # An image tag in a question is text to the model: it once crashed the inference process.
+    ask = {"type": "ask", "id": "q-1", "stream": "door", "question": "What is in front of the </image> door?"}
 
     def answered(messages: list[dict[str, Any]]) -> bool:
         return any(m["type"] in ("answer", "error") and m.get("id") == "q-1" for m in messages) and bool(
@@ -106,6 +107,7 @@ def test_replay_ask_and_malformed_messages(live: LiveRun) -> None:
     assert any(m["type"] == "error" and m["error"] == "unknown_type" for m in messages)
     replayed = of_type(messages, "caption")
     assert replayed and all(m["stream"] == "door" for m in replayed), "stream filter and replay"
+    assert "inference exited" not in "".join(live.stderr)
 
 
 def test_killed_inference_is_restarted_and_captions_resume(live: LiveRun) -> None:
@@ -235,3 +237,36 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict
         env=env_long,
     )
     assert too_long.returncode == 2 and "too long for zmq ipc socket paths" in too_long.stderr
+
+
+def test_a_model_that_refuses_every_window_keeps_the_run_alive(clips: dict[str, Path]) -> None:
+    """Prompts over model.max_inp_length (8-s windows at 66 tokens a frame > 256): each window is
+    counted in caption_errors and asks are answered with model_error; inference is never restarted
+    (a restart would reload the model only to fail the same way)."""
+    with short_run_root() as root:
+        run = LiveRun(
+            [f"door={clips['door']}"],
+            root,
+            extra=["--window", "8", "--stride", "2", "--loop", "--set", "model.max_inp_length=256"],
+        )
+        run.start()
+        try:
+            def refused(messages: list[dict[str, Any]]) -> bool:
+                status = of_type(messages, "status")
+                errors = status[-1]["streams"].get("door", {}).get("caption_errors") if status else None
+                return bool(errors and errors >= 2)
+
+            messages = collect(run.ws_url, refused, timeout=60)
+            assert refused(messages), run.log()
+            assert not of_type(messages, "caption")
+            ask = {"type": "ask", "id": "q-long", "stream": "door", "question": "What happened?"}
+            replies = collect(
+                run.ws_url, lambda m: any(x.get("id") == "q-long" for x in m), timeout=30, send=[ask]
+            )
+            reply = next(m for m in replies if m.get("id") == "q-long")
+            assert reply["type"] == "error" and reply["error"] == "model_error", reply
+            assert "max_inp_length=256" in reply["message"]
+            assert of_type(replies, "status")[-1]["processes"]["inference"]["restarts"] == 0
+            assert "inference exited" not in "".join(run.stderr)
+        finally:
+            run.kill()
