@@ -149,6 +149,28 @@ class VideoFrame:
     wall: float
 
 
+class RealTimePacer:
+    """Holds frames back until their pts is due on the monotonic clock, so a file (or a remote file)
+    plays as live. A decoder that falls behind by more than MAX_PACING_LAG_S resumes pacing from
+    where it is rather than rushing to catch up."""
+
+    def __init__(self) -> None:
+        self._anchor: tuple[float, float] | None = None  # (monotonic, pts)
+
+    def wait(self, pts: float, wall: float) -> float:
+        """Sleep until ``pts`` is due; the frame's wall-clock time afterwards."""
+        now = time.monotonic()
+        if self._anchor is None:
+            self._anchor = (now, pts)
+        due = self._anchor[0] + (pts - self._anchor[1])
+        if due > now:
+            time.sleep(due - now)
+            return time.time()
+        if now - due > MAX_PACING_LAG_S:
+            self._anchor = (now, pts)
+        return wall
+
+
 @dataclass(frozen=True)
 class SourceOptions:
     """How to open and read a source. Picklable, so it travels to the capture process as is.
@@ -277,6 +299,7 @@ _SWSCALE_LOADED = False
 _SWSCALE_LOCK = threading.Lock()
 
 _SWS_BILINEAR = 2
+_AVFMT_NOTIMESTAMPS = 0x0080  # libavformat: the format has no timestamps of its own
 _AVCOL_RANGE_JPEG = 2
 _AV_PIX_FMT_RGB24 = 2
 
@@ -590,21 +613,13 @@ class FileSource(_PyAVSource):
         while True:
             first: float | None = None
             last: float | None = None
-            anchor: tuple[float, float] | None = None  # (monotonic, pts) of the pacing clock
+            pacer = RealTimePacer() if self.options.realtime else None
             for frame, wall in self._decoded():
                 raw = self._pts(frame, None if last is None else last - offset)
                 first = raw if first is None else first
                 pts = raw + offset
-                if self.options.realtime:
-                    now = time.monotonic()
-                    if anchor is None:
-                        anchor = (now, pts)
-                    due = anchor[0] + (pts - anchor[1])
-                    if due > now:
-                        time.sleep(due - now)
-                        wall = time.time()
-                    elif now - due > MAX_PACING_LAG_S:
-                        anchor = (now, pts)  # fell behind (slow decode): resume pacing from here
+                if pacer is not None:
+                    wall = pacer.wait(pts, wall)
                 last = pts
                 yield self._pending(frame, pts, wall)
             if not self.options.loop or last is None or first is None:
@@ -640,13 +655,28 @@ class NetworkSource(_PyAVSource):
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(self._error(f"cannot open: {exc}")) from exc
         self._pick_stream()
-        # A remote file or an HLS VOD playlist has a duration and ends; cameras and live playlists don't.
-        self.finite = not scheme.startswith("rtsp") and self._container.duration is not None
+        container = self._container
+        # A remote file or an HLS VOD playlist ends; cameras, live playlists and live HTTP streams
+        # don't. A remote file without a duration in its header (MPEG-TS) still has a known size.
+        self.finite = not scheme.startswith("rtsp") and (
+            container.duration is not None or (container.format.name != "hls" and container.size > 0)
+        )
+        # A format without timestamps (MJPEG over HTTP) gets made-up ones at an assumed 25 fps;
+        # live, the clock since opening is the only true stream time.
+        self._clock_pts = not self.finite and bool(container.format.flags & _AVFMT_NOTIMESTAMPS)
+        self._opened_at = time.monotonic()
+        # HTTP delivers a remote file or VOD playlist as fast as the network goes, and a live
+        # playlist in segment-sized bursts: with ``realtime`` they are paced by pts, as a local file
+        # is. RTSP already arrives at real time; pacing it would only add its start-up burst as delay.
+        self._paced = self.options.realtime and not scheme.startswith("rtsp")
 
     def pending(self) -> Iterator[PendingFrame]:
         last: float | None = None
+        pacer = RealTimePacer() if self._paced else None
         for frame, wall in self._decoded():
-            last = self._pts(frame, last)
+            last = time.monotonic() - self._opened_at if self._clock_pts else self._pts(frame, last)
+            if pacer is not None:
+                wall = pacer.wait(last, wall)
             yield self._pending(frame, last, wall)
 
 

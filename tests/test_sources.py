@@ -480,6 +480,31 @@ def test_http_file_is_finite(clip: Path, file_server: str) -> None:
     assert [msv.read_stamp(f.image) for f in frames] == list(range(90))
 
 
+def test_http_file_is_paced_at_real_time_when_live(clip: Path, file_server: str) -> None:
+    """``vidnarrate run`` on a remote file plays it as live, like a local file: not one burst that a
+    live ring would mostly drop."""
+    frames, _ = read_all(f"{file_server}/{clip.name}", realtime=True)
+    assert len(frames) == 90
+    stream_span = frames[-1].pts - frames[0].pts
+    assert frames[-1].wall - frames[0].wall >= 0.9 * stream_span
+
+
+def test_http_transport_stream_without_duration_is_finite(clip: Path, clips: Path) -> None:
+    """MPEG-TS carries no duration (served without range requests FFmpeg cannot estimate one), but a
+    remote .ts has a size: its end is the end, not a drop to reconnect to (that replayed it forever)."""
+    ts = clips / "clip.ts"
+    with av.open(str(clip)) as src, av.open(str(ts), "w", format="mpegts") as out:
+        out_stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out_stream
+                out.mux(packet)
+    for url in serve(partial(_QuietHandler, directory=str(clips))):
+        frames, source = read_all(f"{url}/{ts.name}", realtime=False)
+    assert source.finite
+    assert [msv.read_stamp(f.image) for f in frames] == list(range(90))
+
+
 def test_http_404_names_the_url(file_server: str) -> None:
     with pytest.raises(SourceError, match=r"missing\.mp4.*cannot open.*404"):
         open_source(f"{file_server}/missing.mp4")
@@ -506,7 +531,9 @@ def test_hls_playlist(clips: Path, tmp_path: Path) -> None:
 
 
 class _MjpegHandler(http.server.BaseHTTPRequestHandler):
-    """An MJPEG IP camera: multipart/x-mixed-replace JPEGs at 20 fps, endless, stamped frames."""
+    """An MJPEG IP camera: multipart/x-mixed-replace JPEGs at ``fps``, endless, stamped frames."""
+
+    fps = 20.0
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         self.send_response(200)
@@ -517,14 +544,14 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
         try:
             while True:
                 image = next(msv.frames(photos, 320, 240, 20, 1))
-                msv.draw_stamp(image, index, index / 20)
+                msv.draw_stamp(image, index, index / self.fps)
                 bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
                 ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
                 assert ok
                 self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
                                  + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg.tobytes() + b"\r\n")
                 index += 1
-                time.sleep(0.05)
+                time.sleep(1 / self.fps)
         except (BrokenPipeError, ConnectionResetError):
             return
 
@@ -543,3 +570,22 @@ def test_mjpeg_over_http_is_live() -> None:
                     break
     assert [msv.read_stamp(f.image) for f in got] == list(range(10))
     assert got[0].image.shape == (240, 320, 3)
+
+
+class _SlowMjpegHandler(_MjpegHandler):
+    fps = 8.0
+
+
+def test_mjpeg_over_http_is_timed_by_the_clock() -> None:
+    """MJPEG has no timestamps; FFmpeg's made-up ones assume 25 fps, which would put an 8-fps
+    camera's captions 3x too early in stream time. Live, the clock is the stream time."""
+    for url in serve(_SlowMjpegHandler):
+        with open_source(f"{url}/video.mjpg", SourceOptions(open_timeout=5, read_timeout=2)) as source:
+            got = []
+            for frame in source:
+                got.append(frame)
+                if len(got) == 12:
+                    break
+    pts_span, wall_span = got[-1].pts - got[0].pts, got[-1].wall - got[0].wall
+    assert wall_span > 1.2  # 11 frames at 8 fps
+    assert abs(pts_span - wall_span) < 0.1, (pts_span, wall_span)
