@@ -112,6 +112,22 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return apply_overrides(config, args.overrides, "--set")
 
 
+def check_file(target: str, what: str) -> None:
+    """A file source must exist and hold decodable video: said now, before any process starts or
+    any model loads, in one line naming the file and the reason."""
+    from .offline import check_video_file
+
+    path = Path(target)
+    if path.is_dir():
+        raise ConfigError(f"{what}: {path} is a directory, not a video file")
+    if not path.is_file():
+        raise ConfigError(f"{what}: no such file {path}")
+    try:
+        check_video_file(str(path))
+    except SourceError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def check_model_available(name: str, device: str = "auto") -> None:
     """Fail before starting anything when the model cannot run: a device this machine lacks, no
     folder, no weights, a config that is not MiniCPM-V 2.6 (a hub id is downloaded here, in the
@@ -174,8 +190,8 @@ def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
             name = DEMO_SOURCE if source.name == f"cam{len(resolved)}" else source.name
             source = NamedSource(name, str(demo_clip()))
         spec = parse_source(source.source)
-        if spec.kind == "file" and not Path(spec.target).is_file():
-            raise ConfigError(f"--source {source.source!r}: no such file {spec.target}")
+        if spec.kind == "file":
+            check_file(spec.target, f"--source {source.source!r}")
         resolved.append(source)
     return resolved, has_demo
 
@@ -240,8 +256,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     path = Path(args.file)
-    if not path.is_file():
-        raise ConfigError(f"caption: no such file {path}")
+    check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     for output in outputs:
         check_output(output)

@@ -48,6 +48,15 @@ def probe_duration(path: str) -> float | None:
     return None
 
 
+def check_video_file(path: str, max_side: int = 1344) -> None:
+    """Open the file and decode its first frame, so that a file that is not a video (text, audio
+    only, empty, unreadable) is refused in a second, before a model is loaded for it. Raises the
+    source's own clear error (naming the file and the reason)."""
+    with open_source(path, SourceOptions(max_side=max_side, realtime=False)) as source:
+        if next(iter(source.pending()), None) is None:
+            raise UnsupportedSource(f"file source {path!r}: no video frame could be decoded from it")
+
+
 def caption_file(
     path: str,
     backend: Any,
@@ -67,8 +76,14 @@ def caption_file(
     name = stream or Path(spec.target).stem
     captioner = Captioner(backend, settings)
     worker = captioner.add_stream(name)
-    writers: list[CaptionWriter] = [open_writer(Path(p)) for p in outputs]
+    # Outputs are opened at the first caption: a file that fails before any caption is made leaves
+    # whatever the output paths held (an earlier run's captions) untouched.
+    writers: list[CaptionWriter] = []
     captions: list[dict[str, Any]] = []
+
+    def open_outputs() -> None:
+        if not writers:
+            writers.extend(open_writer(Path(p)) for p in outputs)
 
     def drain() -> None:
         captioner.encode_pending()
@@ -77,6 +92,7 @@ def caption_file(
             if message is None:
                 continue
             captions.append(message)
+            open_outputs()
             for writer in writers:
                 writer.write(message)
 
@@ -94,6 +110,7 @@ def caption_file(
             decode_errors = source.decode_errors
         worker.finish()
         drain()
+        open_outputs()  # a file with no caption still gets its (empty) outputs
     finally:
         for writer in writers:
             writer.close()

@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 from liverun import VIDNARRATE
 from realparts import make_clip
@@ -80,3 +82,33 @@ def test_caption_refuses_a_missing_file_and_a_bad_output(tmp_path: Path) -> None
         timeout=120,
     )
     assert bad.returncode == 2 and "unknown caption format '.txt'" in bad.stderr
+
+
+def test_caption_refuses_what_is_not_video_and_keeps_earlier_outputs(tmp_path: Path) -> None:
+    """A directory, a text file named .mp4, an audio-only file: one line naming it and why, exit 2,
+    before the model loads; an earlier run's captions at the output path are left as they were."""
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    audio = tmp_path / "sound.m4a"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for index in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text('{"type": "caption", "text": "from an earlier run"}\n')
+    cases = {tmp_path: "is a directory", text: "not a video file PyAV can read", audio: "has no video stream"}
+    for path, reason in cases.items():
+        refused = subprocess.run(
+            [str(VIDNARRATE), "caption", str(path), "--model", "tiny", "--out", str(earlier)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2 and reason in refused.stderr and str(path) in refused.stderr
+        assert "Traceback" not in refused.stderr and "loading" not in refused.stderr.lower()
+    assert earlier.read_text() == '{"type": "caption", "text": "from an earlier run"}\n'
