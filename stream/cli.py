@@ -112,6 +112,28 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return apply_overrides(config, args.overrides, "--set")
 
 
+# Prompt tokens of one frame piece: 64 placeholder tokens and their <image>/</image> (or <slice>) pair.
+_TOKENS_PER_PIECE = 66
+_PROMPT_OVERHEAD_TOKENS = 400  # the chat template, the preset prompt, a previous caption
+
+
+def warn_if_windows_too_long(config: Config, window: float, max_slice_nums: int) -> None:
+    """Say at start when a full window may not fit ``model.max_inp_length``: such windows are
+    refused by the model (counted in ``caption_errors``) rather than captioned."""
+    frames = min(config.sampler.max_frames, int(window * config.sampler.fps) + 1)
+    pieces = 1 if max_slice_nums <= 1 else 1 + max_slice_nums
+    tokens = frames * pieces * _TOKENS_PER_PIECE + _PROMPT_OVERHEAD_TOKENS
+    if tokens > config.model.max_inp_length:
+        print(
+            f"vidnarrate: warning: a full {window:g}-s window ({frames} frames of up to {pieces} pieces) "
+            f"needs up to ~{tokens} prompt tokens, over model.max_inp_length={config.model.max_inp_length}; "
+            "windows that long will not be captioned. Lower sampler.window, sampler.max_frames or "
+            "model.max_slice_nums, or raise model.max_inp_length.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def check_file(target: str, what: str) -> None:
     """A file source must exist and hold decodable video: said now, before any process starts or
     any model loads, in one line naming the file and the reason."""
@@ -204,6 +226,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
     check_model_available(config.model.name, config.model.device)
+    warn_if_windows_too_long(config, config.sampler.window, config.model.max_slice_nums)
 
     stop = {"signal": None}
 
@@ -261,6 +284,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     for output in outputs:
         check_output(output)
     check_model_available(config.model.name, config.model.device)
+    warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
     from model.backends import load_backend
 
     device = None if config.model.device == "auto" else config.model.device

@@ -256,6 +256,7 @@ def test_a_model_that_refuses_every_window_keeps_the_run_alive(clips: dict[str, 
                 errors = status[-1]["streams"].get("door", {}).get("caption_errors") if status else None
                 return bool(errors and errors >= 2)
 
+            assert "windows that long will not be captioned" in "".join(run.stderr)  # said at start
             messages = collect(run.ws_url, refused, timeout=60)
             assert refused(messages), run.log()
             assert not of_type(messages, "caption")
