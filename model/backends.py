@@ -73,6 +73,11 @@ class CaptionBackend(Protocol):
         """An answer to a user's question about the frames."""
         ...
 
+    def set_interrupt(self, check: Callable[[], bool] | None) -> None:
+        """From now on, ``describe``/``ask`` end early (with what they have) once ``check()`` is
+        true: a shutdown need not wait for a long caption on a slow machine."""
+        ...
+
 
 class LocalBackend:
     """``CaptionBackend`` on an in-process ``MiniCPMV`` (CUDA bf16 + SDPA, or CPU).
@@ -86,6 +91,10 @@ class LocalBackend:
         self.model = model
         self.name = name
         self.max_inp_length = max_inp_length
+        self._interrupt: Callable[[], bool] | None = None
+
+    def set_interrupt(self, check: Callable[[], bool] | None) -> None:
+        self._interrupt = check
 
     def encode_frames(self, frames: Sequence[Frame], max_slice_nums: int) -> list[FrameEmbedding]:
         return self.model.encode_frames(frames, max_slice_nums=max_slice_nums)
@@ -135,6 +144,7 @@ class LocalBackend:
         request = self.model.generation_request([prep], decoding == "sampling", max_new_tokens)
         if decoding == "greedy":
             request = replace(request, kwargs=dict(GREEDY_SETTINGS))
+        request = replace(request, interrupt=self._interrupt)
         with torch.inference_mode():
             if on_text is None or decoding == "beam":
                 answer = self.model.decode(generate_ids(self.model.llm, request)[0].tolist())

@@ -88,6 +88,7 @@ class GenerationRequest:
     eos_token_ids: tuple[int, ...]
     max_new_tokens: int
     kwargs: Mapping[str, Any]
+    interrupt: Callable[[], bool] | None = None  # checked every step: True ends generation early
 
     def call_kwargs(self) -> dict[str, Any]:
         kwargs = {
@@ -104,6 +105,8 @@ class GenerationRequest:
             # *generated* tokens of left-padded rows; the official (4.4x) penalty sees every generated
             # token. A processor of the same type replaces the default in place (same order).
             kwargs["logits_processor"] = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(penalty)])
+        if self.interrupt is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhen(self.interrupt)])
         return kwargs
 
 
@@ -171,13 +174,13 @@ class _QueueStreamer(BaseStreamer):
         """The worker signals the end itself, also when generate raises."""
 
 
-class _StopFlag(StoppingCriteria):
-    def __init__(self, flag: threading.Event) -> None:
-        self._flag = flag
+class _StopWhen(StoppingCriteria):
+    def __init__(self, check: Callable[[], bool]) -> None:
+        self._check = check
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return torch.full(
-            (input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool, device=input_ids.device
+            (input_ids.shape[0],), bool(self._check()), dtype=torch.bool, device=input_ids.device
         )
 
 
@@ -199,7 +202,10 @@ def stream_text(
         try:
             kwargs = request.call_kwargs()
             kwargs["streamer"] = _QueueStreamer(tokens)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopFlag(stop)])
+            interrupt = request.interrupt
+            closed = stop.is_set
+            check = closed if interrupt is None else (lambda: closed() or interrupt())
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhen(check)])
             run_generate(llm, kwargs)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             tokens.put(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -42,7 +43,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override any setting of config/default.toml (repeatable)",
     )
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +205,7 @@ def demo_clip() -> Path:
 def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
     """Named sources, with ``demo`` replaced by the sample clip; missing files refused now (not in a
     child process). Returns the sources and whether the demo clip is among them."""
-    from .pipeline import NamedSource, parse_named_sources
+    from .pipeline import NamedSource, check_unique_names, parse_named_sources
     from .sources import parse_source
 
     resolved, has_demo = [], False
@@ -215,6 +218,7 @@ def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
         if spec.kind == "file":
             check_file(spec.target, f"--source {source.source!r}")
         resolved.append(source)
+    check_unique_names(resolved)  # "demo" twice is named "demo" twice
     return resolved, has_demo
 
 
@@ -348,5 +352,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``vidnarrate`` command: :func:`main`, then exit without tearing the interpreter down.
+    Everything of ours is closed by then; torch's module teardown alone would add ~2 s to a Ctrl-C."""
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -68,14 +68,25 @@ class ClientQueue:
         return 0.0 if self.behind_since is None else now - self.behind_since
 
 
+@dataclass(frozen=True)
+class _Replayable:
+    wall: float
+    message: Message
+    encoded: bytes  # the message with ``"replayed": true``, serialized once when it arrives
+
+
 class ReplayStore:
     """The last ``per_stream`` captions of each stream (at most ``max_streams`` streams; the stream
-    heard from least recently is forgotten first)."""
+    heard from least recently is forgotten first).
+
+    Each caption is serialized for replay once, when stored: a client that re-subscribes in a loop
+    then costs queue pushes, not thousands of JSON encodings that would stall every other client.
+    """
 
     def __init__(self, per_stream: int, *, max_streams: int = 256) -> None:
         self.per_stream = per_stream
         self.max_streams = max_streams
-        self._streams: OrderedDict[str, deque[Message]] = OrderedDict()
+        self._streams: OrderedDict[str, deque[_Replayable]] = OrderedDict()
 
     def add(self, message: Message) -> None:
         if self.per_stream <= 0:
@@ -88,17 +99,25 @@ class ReplayStore:
                 self._streams.popitem(last=False)
         else:
             self._streams.move_to_end(stream)
-        store.append(message)
+        encoded = messages.to_json({**message, "replayed": True}).encode()
+        store.append(_Replayable(_wall_key(message), message, encoded))
 
     def recent(self, request: Subscribe, count: int) -> list[Message]:
         """Up to ``count`` most recent captions of each requested stream, oldest first (by wall time)."""
+        return [entry.message for entry in self._recent(request, count)]
+
+    def recent_encoded(self, request: Subscribe, count: int) -> list[bytes]:
+        """The same as :meth:`recent`, serialized and marked ``"replayed": true``, ready to send."""
+        return [entry.encoded for entry in self._recent(request, count)]
+
+    def _recent(self, request: Subscribe, count: int) -> list[_Replayable]:
         if count <= 0:
             return []
-        picked: list[Message] = []
+        picked: list[_Replayable] = []
         for stream, store in self._streams.items():
             if request.wants(stream):
                 picked.extend(itertools.islice(store, max(0, len(store) - count), None))
-        picked.sort(key=_wall_key)
+        picked.sort(key=lambda entry: entry.wall)
         return picked
 
     def streams(self) -> list[str]:

@@ -25,6 +25,7 @@ Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import hmac
 import http
@@ -33,6 +34,7 @@ import json
 import logging
 import mimetypes
 import os
+import re
 import signal
 import socket
 import time
@@ -168,7 +170,7 @@ class Gateway:
         self._replay = ReplayStore(replay, max_streams=max_streams)
         self._board = StatusBoard(max_streams=max_streams)
         self._asks = PendingAsks(timeout=ask_timeout, per_client=asks_per_client, total=max_pending_asks)
-        self._thumbnails: dict[str, Message] = {}
+        self._thumbnails: dict[str, bytes] = {}  # the latest of each stream, serialized
         self._clients: dict[int, _Client] = {}
         self._numbers = itertools.count(1)
         self._subscriber: AsyncSubscriber | None = None
@@ -196,6 +198,8 @@ class Gateway:
         if self._token:
             self._redactor = _RedactToken(self._token)
             _ws_log.addFilter(self._redactor)
+        # websockets says "connection open/closed" at INFO: a line per client, noise at 1000.
+        _ws_log.setLevel(logging.NOTSET if log.isEnabledFor(logging.DEBUG) else logging.WARNING)
         self._subscriber = AsyncSubscriber(self._endpoints)
         if self._asks_endpoint:
             self._ask_sender = AskSender(self._asks_endpoint)
@@ -299,6 +303,20 @@ class Gateway:
 
     # -- HTTP: page, health, auth ----------------------------------------------------------------
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        """HTTP before any websocket: GET (and HEAD: the same headers, no body) only."""
+        if request.method not in ("GET", "HEAD"):
+            return _response(
+                http.HTTPStatus.METHOD_NOT_ALLOWED,
+                b"Only GET and HEAD.\n",
+                "text/plain; charset=utf-8",
+                extra=[("Allow", "GET, HEAD")],
+            )
+        response = self._route(request)
+        if request.method == "HEAD" and response is not None:
+            return dataclasses.replace(response, body=b"")  # Content-Length still tells the size
+        return response
+
+    def _route(self, request: Request) -> Response | None:
         url = urlsplit(request.path)
         if url.path == HEALTH_PATH:
             return _response(
@@ -444,14 +462,14 @@ class Gateway:
 
     def _subscribe(self, client: _Client, request: Subscribe) -> None:
         client.subscription = request
-        replay = self._replay.recent(request, request.replay)
+        replay = self._replay.recent_encoded(request, request.replay)
         self._send(client, messages.subscribed(request, replayed=len(replay)))
         for caption in replay:
-            self._send(client, {**caption, "replayed": True})
+            self._deliver(client, caption)
         if request.thumbnails:
             for stream, thumb in self._thumbnails.items():
                 if request.wants(stream):
-                    self._send(client, thumb)
+                    self._deliver(client, thumb)
         self._send(client, self._status_message())
 
     def _ask(self, client: _Client, request: Ask) -> None:
@@ -592,7 +610,7 @@ class Gateway:
                 self._replay.add(message)
             elif kind == "thumbnail":
                 if stream in self._thumbnails or len(self._thumbnails) < self._max_streams:
-                    self._thumbnails[stream] = message
+                    self._thumbnails[stream] = data
             self._fanout(data, stream, thumbnail=kind == "thumbnail")
         elif kind == "answer":
             self._on_answer(message)
@@ -699,10 +717,15 @@ class _RedactToken(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if self._token in text:
-            record.msg = text.replace(self._token, "***")
+        # Any token= value goes, as sent: a percent-encoded token is accepted, so it must not show.
+        redacted = _TOKEN_IN_QUERY.sub(r"\1***", text.replace(self._token, "***"))
+        if redacted != text:
+            record.msg = redacted
             record.args = ()
         return True
+
+
+_TOKEN_IN_QUERY = re.compile(r"([?&;]token=)[^&\s\"']*")
 
 
 # -- process entry -------------------------------------------------------------------------------

@@ -271,6 +271,7 @@ class ModelLoop:
         self.asks = asks
         self.stop_event = stop_event
         self.status_base = status_base
+        backend.set_interrupt(stop_event.is_set)  # Ctrl-C ends a caption mid-generation
         self.captioner = Captioner(backend, options.captions)
         for name in options.streams:
             self.captioner.add_stream(name)
@@ -317,7 +318,7 @@ class ModelLoop:
                 "stream %s: window %.1f-%.1f s not captioned: %s", worker.name, job.t_start, job.t_end, exc
             )
             return
-        if message is not None:
+        if message is not None and not self.stop_event.is_set():  # else cut short by shutdown
             self.bus.send(message)
 
     def _answer_asks(self) -> int:

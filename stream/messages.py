@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeAlias
@@ -131,13 +132,24 @@ def parse_client_message(raw: str | bytes, *, max_bytes: int | None = None) -> C
     Raises :class:`MessageError` naming the problem. Unknown extra fields are ignored, so clients
     written for a later protocol keep working.
     """
-    size = len(raw.encode()) if isinstance(raw, str) else len(raw)
+    size = len(raw.encode(errors="surrogatepass")) if isinstance(raw, str) else len(raw)
     if max_bytes is not None and size > max_bytes:
         raise MessageError(ErrorCode.TOO_LARGE, f"message is {size} bytes; the limit is {max_bytes}")
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(ErrorCode.BAD_JSON, f"message is not valid UTF-8 JSON: {exc}") from exc
+        # Bytes must be UTF-8 (json.loads would also guess UTF-16/32); NaN and Infinity are not JSON.
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        if isinstance(raw, str):
+            raw.encode("utf-8")  # a str holding a lone surrogate is no UTF-8 text
+        data = json.loads(text, parse_constant=_reject_constant)
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(data, ensure_ascii=False).encode("utf-8")  # nor is one escaped as \ud800
+    except UnicodeError as exc:
+        raise MessageError(
+            ErrorCode.BAD_JSON, "message is not valid UTF-8 (or escapes a lone surrogate)"
+        ) from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, an int of over 4300 digits, deep nesting
+        reason = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise MessageError(ErrorCode.BAD_JSON, f"message is not valid JSON: {reason}") from exc
     if not isinstance(data, dict):
         raise MessageError(ErrorCode.NOT_OBJECT, f"message must be a JSON object, not {_json_kind(data)}")
     request_id = _optional_id(data)
@@ -151,6 +163,13 @@ def parse_client_message(raw: str | bytes, *, max_bytes: int | None = None) -> C
             ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r:.60}; expected one of {known}", request_id
         )
     return parser(data, request_id)
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _parse_subscribe(data: Message, request_id: AskId | None) -> Subscribe:

@@ -49,15 +49,23 @@ def parse_named_sources(values: list[str]) -> list[NamedSource]:
             sources.append(NamedSource(name, rest))
         else:
             sources.append(NamedSource(f"cam{index}", value))
-    seen: set[str] = set()
+    check_unique_names(sources)
     for source in sources:
-        if source.name in seen:
-            raise ConfigError(f"--source: the name {source.name!r} is used twice")
-        seen.add(source.name)
         parse_source(source.source)  # unknown schemes fail here, before anything starts
     if not sources:
         raise ConfigError("at least one --source is needed")
     return sources
+
+
+def check_unique_names(sources: list[NamedSource]) -> None:
+    """Each source's name keys its ring, its captions and its status: two of a name would collide."""
+    seen: set[str] = set()
+    for source in sources:
+        if source.name in seen:
+            raise ConfigError(
+                f"--source: the name {source.name!r} is used twice (name them: --source a=SRC --source b=SRC)"
+            )
+        seen.add(source.name)
 
 
 def caption_settings(config: Config, *, offline: bool = False) -> CaptionSettings:

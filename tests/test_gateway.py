@@ -102,15 +102,26 @@ async def subscribed_client(gateway: Gateway, **subscribe: Any) -> ClientConnect
 
 
 def http_get(
-    port: int, path: str, headers: dict[str, str] | None = None
+    port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        conn.request("GET", path, headers=headers or {})
+        conn.request(method, path, headers=headers or {})
         response = conn.getresponse()
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    """Everything the server sends back for ``request`` until it closes (http.client would not read
+    a body that a HEAD response must not have)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 # -- captions, filters, replay, thumbnails ---------------------------------------------------------
@@ -608,6 +619,9 @@ def test_token_guards_websockets_and_page_but_not_health(
             async with connect(base, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
                 await ws.send('{"type":"ping"}')
                 assert (await recv(ws))["type"] == "pong"
+            async with connect(base + "?token=s3cre%74-token-value") as ws:  # percent-encoded: accepted
+                await ws.send('{"type":"ping"}')
+                assert (await recv(ws))["type"] == "pong"
             port = gateway.port
             assert (await asyncio.to_thread(http_get, port, "/"))[0] == 401
             assert (await asyncio.to_thread(http_get, port, "/?token=nope"))[0] == 401
@@ -628,7 +642,7 @@ def test_token_guards_websockets_and_page_but_not_health(
     asyncio.run(scenario())
     server_lines = [r.getMessage() for r in caplog.records if r.name.startswith("stream.")]
     assert any("GET /ws" in line for line in server_lines)  # websockets' request lines were logged ...
-    assert not any(token in line for line in server_lines)  # ... with the token redacted
+    assert not any(token in line or "s3cre%74" in line for line in server_lines)  # ... token redacted
 
 
 def test_page_static_files_and_health(run: RunPaths, tmp_path: Path) -> None:
@@ -654,6 +668,14 @@ def test_page_static_files_and_health(run: RunPaths, tmp_path: Path) -> None:
                 assert (await asyncio.to_thread(http_get, port, path))[0] == 404, path
             # A plain GET on the websocket path is told to upgrade.
             assert (await asyncio.to_thread(http_get, port, "/ws"))[0] == 426
+            # HEAD: GET's headers, no body; other methods: 405 naming the allowed ones.
+            raw = await asyncio.to_thread(raw_http, port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head, _, after = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and b"\r\nContent-Length: 36" in head
+            assert after == b"", "a HEAD response has no body"
+            for method in ("DELETE", "PUT", "OPTIONS"):
+                status, headers, _ = await asyncio.to_thread(http_get, port, "/healthz", None, method)
+                assert status == 405 and headers["allow"] == "GET, HEAD", method
 
             status, headers, body = await asyncio.to_thread(http_get, port, "/healthz")
             health = json.loads(body)

@@ -96,10 +96,30 @@ def test_invalid_messages_raise_with_code_and_id(
     assert reply.get("id") == request_id
 
 
-def test_non_finite_ping_time_is_rejected() -> None:
+def test_non_finite_numbers_are_not_json() -> None:
+    for text in ('{"type": "ping", "t": NaN}', '{"type": "ping", "t": -Infinity}'):
+        with pytest.raises(MessageError) as info:
+            parse_client_message(text)
+        assert info.value.code == ErrorCode.BAD_JSON and "is not a JSON number" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ('{"type": "ping", "id": ' + "9" * 5000 + "}", "4300 digits"),  # Python's int conversion limit
+        ('{"type": "ping", "x": ' + "[" * 5000 + "]" * 5000 + "}", "nests too deeply"),
+        ('{"type": "ping", "id": "\\ud800"}', "lone surrogate"),  # escaped: pong could not echo it
+        ('{"type": "ping", "id": "\ud800"}', "lone surrogate"),  # raw, in a str
+        ('{"type": "ping"}'.encode("utf-16"), "not valid UTF-8"),  # json.loads would guess UTF-16
+    ],
+)
+def test_json_that_python_chokes_on_is_a_bad_json_reply(raw: str | bytes, reason: str) -> None:
+    """These once escaped as ValueError, RecursionError or UnicodeEncodeError and closed the client's
+    connection with 1011; now each is an error reply, like any malformed message."""
     with pytest.raises(MessageError) as info:
-        parse_client_message('{"type": "ping", "t": NaN}')
-    assert info.value.code == ErrorCode.BAD_FIELD
+        parse_client_message(raw, max_bytes=65536)
+    assert info.value.code == ErrorCode.BAD_JSON and reason in str(info.value)
+    assert parse_client_message('{"type": "ping", "id": "\\ud83d\\ude00"}').id == "\U0001f600"  # a pair
 
 
 def test_size_limit_and_question_limit() -> None:

@@ -253,3 +253,19 @@ def test_load_backend_tiny_needs_no_files_outside_the_package(image: Image.Image
     plain = [{"role": "user", "content": as_text}]
     assert tagged == backend.model.chat(plain, max_new_tokens=6, use_image_id=False, **greedy)
     assert seen == ([answer] if answer else [])  # beam search cannot stream: one piece at the end
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_interrupt_ends_a_caption_early(image: Image.Image, streamed: bool) -> None:
+    """What a shutdown does to a caption in progress: generation stops at the next token."""
+    backend = load_backend("tiny")
+    frames = backend.encode_frames([image], max_slice_nums=1)
+    on_text = (lambda piece: None) if streamed else None
+    full = backend.describe(frames, "Describe.", max_new_tokens=40, on_text=on_text)
+    steps = iter(range(1000))
+    backend.set_interrupt(lambda: next(steps) >= 3)
+    cut = backend.describe(frames, "Describe.", max_new_tokens=40, on_text=on_text)
+    assert len(backend.model.tokenizer.encode(cut)) <= 5 < len(backend.model.tokenizer.encode(full))
+    assert full.startswith(cut)
+    backend.set_interrupt(None)
+    assert backend.describe(frames, "Describe.", max_new_tokens=40, on_text=on_text) == full
