@@ -75,7 +75,7 @@ class SamplerConfig:
         _check_range("sampler.fps", self.fps, 0.01, 30)
         _check_range("sampler.window", self.window, 0.1, 3600)
         _check_range("sampler.stride", self.stride, 0.1, 3600)
-        _check_range("sampler.max_frames", self.max_frames, 1, 1024)
+        _check_range("sampler.max_frames", self.max_frames, 1, 64)  # the model card's video cap
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def test_user_file_changes_only_its_keys(tmp_path) -> None:
         ("[samplr]\nwindow = 3\n", "unknown section [samplr]"),
         ('[sampler]\nwindow = "long"\n', "sampler.window: expected float"),
         ("[sampler]\nmax_frames = 1.5\n", "sampler.max_frames: expected int"),
+        ("[sampler]\nmax_frames = 100\n", "sampler.max_frames: 100 is out of range"),
         ("[gateway]\nport = 70000\n", "gateway.port: 70000 is out of range"),
         ('[captions]\ndecoding = "fast"\n', "captions.decoding: 'fast' is not one of"),
         ("[sampler]\nwindow = \n", "is not valid TOML"),
