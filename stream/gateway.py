@@ -63,7 +63,9 @@ _ws_log = logging.getLogger(__name__ + ".websockets")
 
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent / "web"
 TOKEN_ENV = "VIDNARRATE_TOKEN"
-TOKEN_COOKIE = "vidnarrate_token"
+TOKEN_COOKIE_PREFIX = "vidnarrate_token_"
+"""Followed by the listening port: browsers share cookies across the ports of one host, so two runs on
+one machine (or one restarted with a new token) must not overwrite each other's cookie."""
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 
@@ -351,9 +353,14 @@ class Gateway:
         if via_query:
             # The page's own requests (scripts, styles, the websocket) then carry the token.
             response.headers["Set-Cookie"] = (
-                f"{TOKEN_COOKIE}={self._token}; HttpOnly; SameSite=Strict; Path=/"
+                f"{self.token_cookie}={self._token}; HttpOnly; SameSite=Strict; Path=/"
             )
         return response
+
+    @property
+    def token_cookie(self) -> str:
+        """The name of this gateway's token cookie (its port is known once it listens)."""
+        return f"{TOKEN_COOKIE_PREFIX}{self.port}"
 
     def _query_token(self, query: str) -> bool:
         return any(self._matches(value) for value in parse_qs(query).get("token", []))
@@ -364,7 +371,7 @@ class Gateway:
             return True
         for raw in request.headers.get_all("Cookie"):
             try:
-                morsel = SimpleCookie(raw).get(TOKEN_COOKIE)
+                morsel = SimpleCookie(raw).get(self.token_cookie)
             except CookieError:
                 continue
             if morsel is not None and self._matches(morsel.value):

@@ -644,6 +644,7 @@ class NetworkSource(_PyAVSource):
         else:
             # No nobuffer here: it would drop the first second of a remote file or HLS playlist.
             options |= {"analyzeduration": "1000000", "probesize": "1000000"}
+        started = time.monotonic()
         try:
             self._container = av.open(url, options=options,
                                       timeout=(self.options.open_timeout, self.options.read_timeout))
@@ -653,6 +654,11 @@ class NetworkSource(_PyAVSource):
         except (av.ExitError, av.error.TimeoutError) as exc:
             raise SourceTimeout(self._error(f"no answer within {self.options.open_timeout:g} s")) from exc
         except (av.FFmpegError, OSError) as exc:
+            # FFmpeg's RTSP client reports the interrupted wait for a server that accepted the
+            # connection but never answered as "Invalid data": the elapsed time tells the truth.
+            if time.monotonic() - started >= self.options.open_timeout:
+                reason = f"no answer within {self.options.open_timeout:g} s (FFmpeg: {exc})"
+                raise SourceTimeout(self._error(reason)) from exc
             raise SourceError(self._error(f"cannot open: {exc}")) from exc
         self._pick_stream()
         container = self._container

@@ -629,8 +629,15 @@ def test_token_guards_websockets_and_page_but_not_health(
             assert status == 200 and headers["content-type"].startswith("text/html")
             cookie = headers["set-cookie"].split(";")[0]
             assert "HttpOnly" in headers["set-cookie"]
+            # Named after the port: a browser sends every cookie of the host to every port, so another
+            # run's cookie must neither replace this one nor be taken for it.
+            assert cookie == f"vidnarrate_token_{port}={token}"
             # The page's own requests carry the cookie instead of the query.
             assert (await asyncio.to_thread(http_get, port, "/", {"Cookie": cookie}))[0] == 200
+            both = f"vidnarrate_token_{port + 1}=another-runs-token; {cookie}"
+            assert (await asyncio.to_thread(http_get, port, "/", {"Cookie": both}))[0] == 200
+            other = f"vidnarrate_token_{port + 1}={token}"
+            assert (await asyncio.to_thread(http_get, port, "/", {"Cookie": other}))[0] == 401
             assert (await asyncio.to_thread(http_get, port, "/", {"Authorization": f"Bearer {token}"}))[
                 0
             ] == 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -118,6 +119,22 @@ def test_hung_server_raises_source_timeout(server: RtspServer) -> None:
     server.signal(signal.SIGCONT)
     assert took < 3 * OPTIONS.read_timeout + 1.0, took  # PyAV notices after about twice the timeout
     assert server.url in str(info.value) and isinstance(info.value, TimeoutError)
+
+
+def test_server_that_accepts_but_never_answers_is_an_open_timeout() -> None:
+    """A camera whose RTSP service hangs still accepts TCP connections; FFmpeg then reports the
+    interrupted wait as "Invalid data", which must read as the timeout it is."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(5)
+        url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/cam"
+        options = SourceOptions(open_timeout=1.0, read_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(SourceTimeout, match=r"no answer within 1 s") as info:
+            open_source(url, options)
+        took = time.monotonic() - started
+        listener.accept()[0].close()  # it did connect: this is not a refused connection
+    assert took < 4.0, took
+    assert url in str(info.value) and isinstance(info.value, TimeoutError)
 
 
 def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing) -> None:

@@ -291,6 +291,10 @@ def test_phone_viewport_shows_the_caption_without_horizontal_scrolling(
     assert font_px >= 15
     thumb = page.locator("#thumb").bounding_box()
     assert thumb is not None and thumb["x"] + thumb["width"] <= PHONE["width"]
+    # The streams sit in one row that scrolls sideways, so more streams never push the picture down.
+    picker = page.locator("#picker").bounding_box()
+    tab = page.locator(".tab").first.bounding_box()
+    assert picker is not None and tab is not None and picker["height"] < tab["height"] + 24
     save_screenshot(page, screenshots, "viewer-phone")
     assert_clean(page, record)
 
@@ -314,8 +318,11 @@ def test_token_is_required_taken_from_the_url_once_and_not_kept_there(
     assert TOKEN not in page.url
     assert TOKEN not in page.evaluate("location.href")
     assert TOKEN not in (page.locator("body").text_content() or "")
-    # Its websocket carried the token, and a reload of the tab (token gone from the URL) still works.
-    assert any(f"token={TOKEN}" in url for url in record.websockets)
+    # The cookie set on the first answer authorises the websocket: no URL after the first carries the
+    # token (nor can a failed reconnect print it in the console), and a reload of the tab still works.
+    assert record.websockets and not any("token" in url for url in record.websockets)
+    assert page.evaluate("JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").count(
+        TOKEN) == 0
     page.reload()
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     assert TOKEN not in page.url
@@ -327,6 +334,29 @@ def test_token_is_required_taken_from_the_url_once_and_not_kept_there(
     assert page.url == "about:blank"
     assert not any(TOKEN in url for url in record.requests[1:])  # only the first request had it
     assert_clean(page, record)
+
+
+def test_another_run_on_this_host_does_not_log_the_viewer_out(
+        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    # Browsers share cookies across the ports of a host: a second run (its own token) opened in the
+    # same browser must not overwrite the first run's cookie, or reloading the first page gets 401.
+    other = GatewayProcess(feed.endpoints(), feed.asks_endpoint, run_dir=feed.paths.run_dir,
+                           token="the-other-run's-token", status_interval=0.5).start()
+    try:
+        page, record = open_live(browser, gateway)
+        second = page.context.new_page()
+        second.goto(other.url)
+        expect(second.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        assert cookies == {f"vidnarrate_token_{gateway.port}": TOKEN,
+                           f"vidnarrate_token_{other.port}": "the-other-run's-token"}
+        assert page.reload().status == 200
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        assert second.reload().status == 200
+        expect(second.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        assert_clean(page, record)
+    finally:
+        other.stop()
 
 
 def _try_websocket(page: Any, url: str) -> str:
@@ -376,6 +406,58 @@ def test_heartbeat_notices_a_hung_gateway_and_reconnects_when_it_is_back(
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     _publish_until_shown(page, feed, "after the hang")
     assert len(record.websockets) >= 2
+    assert_clean(page, record)
+
+
+def test_states_are_unknown_while_disconnected_and_streams_a_new_run_lacks_are_marked_gone(
+        browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed, tmp_path: Path) -> None:
+    page, record = open_live(browser, own_gateway, init_config={**FAST, "goneAfterMs": 2000})
+    cam0 = page.locator('.tab[data-stream="cam0"]')
+    door = page.locator('.tab[data-stream="door"]')
+    expect(cam0.locator(".state")).to_have_text("live", timeout=WAIT_MS)
+    expect(door.locator(".state")).to_have_text("lost", timeout=WAIT_MS)
+    # Tabs added after the first are out of the keyboard's tab order: only the selected one is in it.
+    assert page.evaluate("[...document.querySelectorAll('.tab')].filter((t) => t.tabIndex === 0).length") == 1
+    door.click()
+    seen = f"seen in the first run {time.time_ns()}"
+    feed.caption("door", seen)
+    expect(current_text(page)).to_have_text(seen, timeout=WAIT_MS)
+
+    own_gateway.kill()
+    # Disconnected, the page does not know the states any more and says so instead of "live".
+    expect(cam0).to_have_attribute("data-state", "unknown", timeout=WAIT_MS)
+    expect(cam0.locator(".state")).to_have_text("?")
+    expect(door.locator(".state")).to_have_text("?")
+    assert "not connected" in (cam0.get_attribute("title") or "")
+
+    # A new run at the same URL has only cam0: door is marked gone, its history is kept.
+    paths = RunPaths.create(root=tmp_path)
+    with ViewerFeed(paths, [StreamPlay("cam0")], period=0.4) as new_run:
+        restarted = GatewayProcess(new_run.endpoints(), new_run.asks_endpoint, run_dir=paths.run_dir,
+                                   port=own_gateway.port, token=TOKEN, status_interval=0.5).start()
+        try:
+            expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+            expect(cam0.locator(".state")).to_have_text("live", timeout=WAIT_MS)
+            expect(door).to_have_attribute("data-state", "gone", timeout=WAIT_MS)
+            expect(door.locator(".state")).to_have_text("gone")
+            expect(door.locator(".tab-error")).to_be_hidden()
+            expect(door).to_have_attribute("aria-selected", "true")  # the user's pick stays
+            expect(current_text(page)).to_have_text(seen)
+            assert_clean(page, record)
+        finally:
+            restarted.stop()
+    paths.remove()
+
+
+def test_a_question_as_long_as_the_protocol_allows_is_sent_whole(
+        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    page, record = open_live(browser, gateway)
+    prefix = f"{time.time_ns()} where is the red car now "
+    question = prefix + "?" * (messages.MAX_QUESTION_CHARS - len(prefix))
+    page.fill("#question", question + " and more")  # the box stops at the protocol's limit
+    page.press("#question", "Enter")
+    expect(page.locator("#answers li").first).to_have_attribute("data-state", "answered", timeout=WAIT_MS)
+    assert any(ask["question"] == question for ask in feed.asks)
     assert_clean(page, record)
 
 

@@ -6,8 +6,11 @@
 //   whitelists, never innerHTML;
 // - memory is bounded: per stream at most TIMELINE_MAX captions, ANSWERS_MAX asks, one thumbnail;
 //   at most STREAMS_MAX streams;
-// - the token is read from ?token= once, removed from the address bar and kept in
-//   sessionStorage (so a reload of this tab still has it), never shown;
+// - the token is never read into the page: the first request's ?token= is removed from the address
+//   bar, and the HttpOnly cookie the server set on that answer (one per port) authorises the page's
+//   files, its websocket and later reloads, so the token is in no URL, storage or console line;
+// - while the connection is down every stream's state shows "?" (unknown), and a stream that the
+//   (possibly restarted) gateway stops reporting is marked "gone", its history kept;
 // - browsers cannot see websocket protocol pings, so the page sends application pings and treats a
 //   connection that stays silent for pongTimeoutMs as dead; every drop reconnects with capped,
 //   jittered exponential backoff and says so on screen.
@@ -22,26 +25,20 @@
     reconnectMaxMs: 15000,
     replay: 20,
     askTimeoutMs: 60000,
+    goneAfterMs: 10000,      // connected, yet no status has named the stream for this long: gone
   }, window.VIDNARRATE_CONFIG || {});  // tests shorten the timings through an init script
   const TIMELINE_MAX = 200;
   const ANSWERS_MAX = 20;
   const STREAMS_MAX = 64;
   const STATES = new Set(["connecting", "live", "lost", "ended"]);
-  const TOKEN_KEY = "vidnarrate.token";
   const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 
-  // ---- token: taken from the URL once, then only in memory and this tab's sessionStorage ----
-  const token = (() => {
+  // ---- token: out of the address bar (replaced, not pushed: Back does not bring it back) ----
+  (() => {
     const url = new URL(window.location.href);
-    let value = url.searchParams.get("token");
-    if (value !== null) {
-      url.searchParams.delete("token");
-      history.replaceState(history.state, "", url.pathname + url.search + url.hash);
-      try { sessionStorage.setItem(TOKEN_KEY, value); } catch (e) { /* storage off: memory only */ }
-    } else {
-      try { value = sessionStorage.getItem(TOKEN_KEY); } catch (e) { value = null; }
-    }
-    return value || null;
+    if (!url.searchParams.has("token")) return;
+    url.searchParams.delete("token");
+    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
   })();
 
   // ---- state ----
@@ -52,6 +49,8 @@
   let ws = null;
   let attempt = 0;             // consecutive failed connection attempts
   let everConnected = false;
+  let connectedAt = 0;         // performance.now() of the current connection's open
+  let overflowNoticed = false;
   let reconnectTimer = null;
   let countdownTimer = null;
   let connectTimer = null;
@@ -67,7 +66,13 @@
   function streamRecord(name) {
     let s = streams.get(name);
     if (s) return s;
-    if (streams.size >= STREAMS_MAX) return null;
+    if (streams.size >= STREAMS_MAX) {
+      if (!overflowNoticed) {
+        overflowNoticed = true;
+        showNotice(`This viewer shows the first ${STREAMS_MAX} streams; "${name}" and any later ones are not shown.`);
+      }
+      return null;
+    }
     s = {
       name,
       status: {},
@@ -77,6 +82,9 @@
       thumb: null,           // {src, t, wall}
       answers: [],           // {id, question, text, state}, newest last
       tab: null,             // picker button and its fields
+      seenAt: performance.now(),  // when a status last named it
+      stale: false,          // the connection dropped since its last status
+      gone: false,           // the gateway stopped reporting it (a new run without it)
     };
     streams.set(name, s);
     addTab(s);
@@ -141,7 +149,7 @@
   function wsUrl() {
     const url = new URL("ws", window.location.href);   // /ws next to the page (works behind a prefix)
     url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
-    url.search = token ? `?token=${encodeURIComponent(token)}` : "";
+    url.search = "";                                    // the token travels in the cookie
     url.hash = "";
     return url.href;
   }
@@ -170,7 +178,7 @@
     connectTimer = setTimeout(() => { if (ws === sock) dropped(); }, CONFIG.connectTimeoutMs);
     sock.onopen = () => {
       clearTimeout(connectTimer);
-      lastHeard = performance.now();
+      lastHeard = connectedAt = performance.now();
       send({ type: "subscribe", streams: "*", replay: CONFIG.replay, thumbnails: true });
       startHeartbeat();
     };
@@ -199,6 +207,9 @@
       try { old.close(); } catch (e) { /* already closed */ }
     }
     failPendingAsks("the connection to the gateway was lost");
+    for (const s of streams.values()) {
+      if (!s.stale) { s.stale = true; renderTab(s); }
+    }
     scheduleReconnect();
   }
 
@@ -269,11 +280,22 @@
     if (el.model.textContent !== about) el.model.textContent = about;
     const all = msg.streams;
     if (!all || typeof all !== "object") return;
+    const now = performance.now();
     for (const [name, figures] of Object.entries(all)) {
       const s = streamRecord(name);
       if (!s || !figures || typeof figures !== "object") continue;
       s.status = figures;
+      s.seenAt = now;
+      s.stale = s.gone = false;
       renderTab(s);
+    }
+    for (const s of streams.values()) {
+      if (s.gone || Object.prototype.hasOwnProperty.call(all, s.name)) continue;
+      if (now - Math.max(s.seenAt, connectedAt) > CONFIG.goneAfterMs) {
+        s.gone = true;
+        s.stale = false;
+        renderTab(s);
+      }
     }
   }
 
@@ -397,6 +419,9 @@
     const b = node("button", "tab");
     b.type = "button";
     b.setAttribute("role", "tab");
+    b.setAttribute("aria-controls", "stream");
+    b.setAttribute("aria-selected", "false");
+    b.tabIndex = -1;                                // select() gives the chosen tab 0
     b.dataset.stream = s.name;
     const head = node("span", "tab-head");
     const name = node("span", "tab-name", s.name);
@@ -425,9 +450,13 @@
 
   function renderTab(s) {
     const st = s.status;
-    const state = STATES.has(st.state) ? st.state : "unknown";
+    const known = STATES.has(st.state);
+    let state = known ? st.state : "unknown";
+    let label = known ? st.state : "…";
+    if (s.gone) { state = "gone"; label = "gone"; } else if (s.stale) { state = "unknown"; label = "?"; }
     s.tab.button.dataset.state = state;
-    s.tab.state.textContent = STATES.has(st.state) ? st.state : "…";
+    s.tab.button.dataset.stale = String(s.stale || s.gone);
+    s.tab.state.textContent = label;
     const latency = st.caption_latency_ms ?? (st.inference && st.inference.caption_latency_ms);
     const lag = st.lag_s ?? (st.inference && st.inference.lag_s);
     s.tab.fields.fps.textContent = fmtFixed(st.fps, 1);
@@ -435,10 +464,12 @@
     s.tab.fields.reconnects.textContent = fmtInt(st.reconnects);
     s.tab.fields.lag.textContent = fmtFixed(lag, 1, " s");
     s.tab.fields.latency.textContent = fmtMs(latency);
-    const error = typeof st.error === "string" && st.state !== "live" ? st.error : "";
+    const error = typeof st.error === "string" && st.state !== "live" && !s.gone ? st.error : "";
     s.tab.error.textContent = error;
     s.tab.error.hidden = !error;
-    s.tab.button.title = error ? `${s.name}: ${error}` : s.name;
+    const why = s.gone ? "the gateway no longer reports this stream; its history is kept"
+      : s.stale ? "not connected to the gateway; the figures are the last ones received" : error;
+    s.tab.button.title = why ? `${s.name}: ${why}` : s.name;
   }
 
   function select(name) {
