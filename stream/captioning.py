@@ -7,8 +7,10 @@ the same way.
 
 * **Encode once.** A frame the sampler keeps is queued as pixels; :meth:`Captioner.encode_pending`
   turns every queued frame of every stream into a frame embedding in one batched vision call, and the
-  embedding is cached until the frame leaves the stream's window. Every window containing the frame
-  reuses it: ``encodes_per_frame`` (vision encodes / frames sampled) stays at 1.00.
+  embedding is cached until no due window, no future window and no ask (the last ``window`` seconds)
+  can use it. Every window containing the frame reuses it: ``encodes_per_frame`` (vision encodes /
+  frames sampled) stays at 1.00. A window whose frames are still queued when it is taken (encoding
+  slower than real time) has them encoded first, so it is never captioned from nothing.
 * **Real time first.** :meth:`Captioner.next_job` hands out, per stream, only the newest due window;
   older due windows are dropped and counted as skipped (live mode). Streams take turns (round robin
   from the one served longest ago), so a busy source never starves another. Offline mode keeps every
@@ -90,6 +92,7 @@ class StreamWorker:
     encode_ms: dict[int, float] = field(init=False)  # seq -> time of the vision call that encoded it
     due: deque[Job] = field(init=False)
     history: deque[str] = field(init=False)
+    recent: deque[SampledFrame] = field(init=False)  # the newest samples, for asks (see window_now)
     counters: StreamCounters = field(default_factory=StreamCounters)
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_served: float = 0.0
@@ -97,6 +100,7 @@ class StreamWorker:
     latest_t: float = 0.0
     last_t_end: float | None = None  # t_end of the last window captioned
     active: set[int] = field(default_factory=set)  # seqs of the job being captioned
+    pinned: set[int] = field(default_factory=set)  # seqs an ask is about to look at
     ended: bool = False
 
     def __post_init__(self) -> None:
@@ -114,6 +118,7 @@ class StreamWorker:
         self.encode_ms = {}
         self.due = deque(maxlen=self.sampler.max_pending)
         self.history = deque(maxlen=max(1, s.context_captions))
+        self.recent = deque(maxlen=self.sampler.window_capacity)
 
     # -- frames in --------------------------------------------------------------------------------
     def offer(
@@ -135,6 +140,7 @@ class StreamWorker:
                     self.pending.popleft()
                     self.counters.pending_dropped += 1
                 self.pending.append((sample, image))
+                self.recent.append(sample)
                 self.counters.sampled += 1
         self._collect(self.sampler.due())
         return sample
@@ -153,16 +159,20 @@ class StreamWorker:
         self.sweep()
 
     def needed(self, seq: int) -> bool:
-        """Whether a frame's embedding can still be used: by the window, a due job or the job running."""
+        """Whether a frame's embedding can still be used: by a future window, a due job, the job
+        running or an ask."""
         return (
             self.sampler.retains(seq)
             or seq in self.active
+            or seq in self.pinned
             or any(f.seq == seq for job in self.due for f in job.frames)
+            or any(f.seq == seq for f in self.window_now())
         )
 
     def sweep(self) -> None:
         """Drop cached embeddings nothing can use any more (what keeps the cache bounded)."""
-        keep = {f.seq for f in self.sampler.window_frames} | self.active
+        keep = {f.seq for f in self.sampler.window_frames} | self.active | self.pinned
+        keep.update(f.seq for f in self.window_now())
         keep.update(f.seq for job in self.due for f in job.frames)
         for seq in [s for s in self.cache if s not in keep]:
             del self.cache[seq]
@@ -191,8 +201,10 @@ class StreamWorker:
         return used, embeddings
 
     def window_now(self) -> list[SampledFrame]:
-        """The frames of the current rolling window (for asks), newest last, capped to max_frames."""
-        frames = [f for f in self.sampler.window_frames if f.t > self.latest_t - self.settings.window]
+        """The samples of the last ``window`` seconds (what an ask looks at), newest last, at most
+        max_frames. Kept here rather than taken from the sampler, which lets go of samples as soon as
+        no future window needs them: right after a cut when the stride equals the window."""
+        frames = [f for f in self.recent if f.t > self.latest_t - self.settings.window]
         return frames[-self.settings.max_frames :]
 
     def context(self) -> str | None:
@@ -265,6 +277,29 @@ class Captioner:
                     worker.encode_ms[sample.seq] = batch_ms
         return len(batch)
 
+    def embeddings_now(
+        self, worker: StreamWorker, frames: Sequence[SampledFrame]
+    ) -> tuple[list[SampledFrame], list[Any]]:
+        """The embeddings of ``frames``, encoding first whichever of them still wait as pixels.
+
+        While one slow batch is encoded, new frames keep arriving, so the window due next (or the one an
+        ask looks at) may consist of frames nobody has encoded yet; looked up from the cache alone it
+        would come out empty and be skipped, again and again, whenever encoding is slower than real
+        time. The frames stay pinned until looked up, so the frame thread's sweep cannot drop them.
+        """
+        wanted = {f.seq for f in frames}
+        with worker.lock:
+            worker.pinned |= wanted
+            waiting = any(sample.seq in wanted for sample, _ in worker.pending)
+        try:
+            if waiting:
+                self.encode_pending()
+            with worker.lock:
+                return worker.embeddings_for(frames)
+        finally:
+            with worker.lock:
+                worker.pinned -= wanted
+
     # -- choosing ---------------------------------------------------------------------------------
     def next_job(self) -> tuple[StreamWorker, Job] | None:
         """The next window to caption: streams in turn, each giving its newest due window (live)."""
@@ -288,8 +323,8 @@ class Captioner:
         self, worker: StreamWorker, job: Job, on_text: Callable[[str], None] | None = None
     ) -> dict[str, Any] | None:
         """Caption one window; returns the ``caption`` message (None when no frame of it survived)."""
+        frames, embeddings = self.embeddings_now(worker, job.frames)
         with worker.lock:
-            frames, embeddings = worker.embeddings_for(job.frames)
             context = worker.context()
             worker.active = {f.seq for f in frames}
         try:
@@ -361,7 +396,8 @@ class Captioner:
     ) -> tuple[str, list[SampledFrame]]:
         """Answer a question from the stream's current window (the model card's chat over video)."""
         with worker.lock:
-            frames, embeddings = worker.embeddings_for(worker.window_now())
+            window = worker.window_now()
+        frames, embeddings = self.embeddings_now(worker, window)
         if not frames:
             raise LookupError(f"stream {worker.name} has no frames to look at yet")
         text = self.backend.ask(

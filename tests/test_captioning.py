@@ -177,5 +177,53 @@ def test_answer_uses_the_current_window(backend: CountingBackend) -> None:
     text, used = captioner.answer(worker, "What is there?")
     assert isinstance(text, str)
     times = [f.t for f in used]
-    # 1-fps samples of the last 6 s (the stream is at t = 9.75): 4.0 has left the window
-    assert times == [5.0, 6.0, 7.0, 8.0, 9.0]
+    # 1-fps samples of the last 6 s: the stream is at t = 9.75, so (3.75, 9.75]
+    assert times == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+
+
+class SlowerThanRealTime(CountingBackend):
+    """The real tiny backend on a machine too slow for real time: while each batch is encoded, the
+    next ``arrive`` seconds of the stream come in (what the frame thread does during a slow batch,
+    made deterministic by offering them from inside the call)."""
+
+    def __init__(self, backend: LocalBackend, captioner_stream: tuple[Captioner, str], arrive: int) -> None:
+        super().__init__(backend)
+        self.captioner, self.stream = captioner_stream
+        self.arrive = arrive
+        self.images = list(frames(200))
+        self.next_seq = 0
+
+    def offer_seconds(self, seconds: int) -> None:
+        worker = self.captioner.workers[self.stream]
+        for _ in range(seconds):
+            seq, image = self.next_seq, self.images[self.next_seq]
+            with worker.lock:
+                worker.offer(seq, float(seq), 1000.0 + seq, lambda image=image: image)
+            self.next_seq += 1
+
+    def encode_frames(self, frames, max_slice_nums):  # type: ignore[no-untyped-def]
+        self.offer_seconds(self.arrive)
+        return super().encode_frames(frames, max_slice_nums)
+
+
+def test_windows_and_asks_are_served_when_encoding_is_slower_than_real_time(tiny: LocalBackend) -> None:
+    captioner = Captioner(None, settings(window=4.0, stride=4.0, skip_stale=True))
+    worker = captioner.add_stream("cam")
+    slow = SlowerThanRealTime(tiny, (captioner, "cam"), arrive=5)
+    captioner.backend = slow
+    slow.offer_seconds(5)
+    captions = []
+    for _ in range(6):  # the inference loop: encode what is queued, then caption the newest due window
+        captioner.encode_pending()
+        taken = captioner.next_job()
+        if taken is not None:
+            message = captioner.caption(*taken)
+            assert message is not None, f"window {taken[1].t_start}-{taken[1].t_end} s captioned from nothing"
+            assert message["frames"] == len(taken[1].frames) == 4
+            captions.append(message)
+    assert len(captions) >= 5
+    # An ask while frames keep coming looks at the current window, not at nothing.
+    text, used = captioner.answer(worker, "What is there?")
+    assert isinstance(text, str) and len(used) >= 3
+    assert worker.counters.encodes_per_frame(len(worker.pending)) <= 1.0  # nothing encoded twice
+    assert len(worker.cache) <= 8 and not worker.pinned  # and the cache stays bounded
