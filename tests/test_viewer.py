@@ -480,3 +480,22 @@ def _stream_time(t: float) -> str:
     tenths = round(t * 10)
     minutes, tenths = divmod(tenths, 600)
     return f"{minutes:02d}:{tenths / 10:04.1f}"
+
+
+def test_a_run_with_more_streams_than_the_viewer_shows_says_so(
+        browser: Any, tmp_path: Path) -> None:
+    paths = RunPaths.create(root=tmp_path)
+    plays = [StreamPlay(f"cam{n:02d}") for n in range(66)]
+    with ViewerFeed(paths, plays, period=0.5) as many:
+        gateway = GatewayProcess(many.endpoints(), many.asks_endpoint, run_dir=paths.run_dir,
+                                 status_interval=0.5).start()
+        try:
+            page, record = open_live(browser, gateway)
+            expect(page.locator(".tab")).to_have_count(64, timeout=WAIT_MS)
+            expect(page.locator("#notice")).to_contain_text("first 64 streams", timeout=WAIT_MS)
+            page.wait_for_timeout(1200)  # more status rounds add nothing
+            assert page.locator(".tab").count() == 64
+            assert_clean(page, record)
+        finally:
+            gateway.stop()
+    paths.remove()
