@@ -151,8 +151,12 @@ class Publisher:
     """Binds this process's endpoint and sends to every connected subscriber. Never blocks: when a
     subscriber's queue is full, the message is dropped for it (live data)."""
 
-    def __init__(self, endpoint: str, *, context: zmq.Context | None = None) -> None:
-        self._context = context or zmq.Context.instance()
+    def __init__(
+        self, endpoint: str, *, context: zmq.Context | None = None, own_context: bool = False
+    ) -> None:
+        # A context of its own (``own_context``) lets :meth:`close` wait for the last messages.
+        self._own_context = own_context and context is None
+        self._context = zmq.Context() if self._own_context else (context or zmq.Context.instance())
         self._sock = _socket(self._context, zmq.XPUB)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self._sock.bind(endpoint)
@@ -176,8 +180,13 @@ class Publisher:
         # A PUB never blocks: a subscriber whose queue (SNDHWM) is full misses this message.
         self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK)
 
-    def close(self) -> None:
-        self._sock.close(linger=0)
+    def close(self, linger: float = 0.0) -> None:
+        """Close the socket. With ``linger`` seconds and a context of its own, messages still queued
+        (a process's last status: "ended", the final counts) are delivered first, waiting at most that
+        long; a shared context is never terminated here, so without one they may be lost."""
+        self._sock.close(linger=int(linger * 1000))
+        if self._own_context:
+            self._context.term()
 
 
 class _SubscriberBase:

@@ -455,7 +455,7 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
     a restart later may succeed. The last status message's ``error`` says why.
     """
     _install_signal_handlers(stop_event)
-    publisher = Publisher(status_endpoint) if status_endpoint else None
+    publisher = Publisher(status_endpoint, own_context=True) if status_endpoint else None
     if publisher is not None:
         publisher.wait_for_subscriber(1.0)
 
@@ -494,4 +494,4 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
         return 1 if capture.retryable else EXIT_BAD_SOURCE
     finally:
         if publisher is not None:
-            publisher.close()
+            publisher.close(linger=1.0)  # the last status ("ended", final counts) must arrive

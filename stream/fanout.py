@@ -148,8 +148,9 @@ class StatusBoard:
     ``decode_errors``, ``width``, ``height``, ``error``), ``age_s`` (seconds since the capture report)
     and the inference figures (``lag_s``, ``skipped``, ``captions``, ``encodes_per_frame``,
     ``caption_latency_ms`` and whatever else the inference process adds). A stream whose capture
-    process the supervisor reports as not alive is shown ``lost`` (unless it had ``ended``): its
-    last report would otherwise say ``live`` forever.
+    process the supervisor reports as not alive is shown ``lost`` (unless it had ``ended``, or its
+    process finished with exit code 0, which only a source that ended does): its last report would
+    otherwise say ``live`` forever.
     """
 
     def __init__(self, *, max_streams: int = 256) -> None:
@@ -241,8 +242,12 @@ class StatusBoard:
             entry["age_s"] = round(now - self._capture_at[name], 3) if name in self._capture_at else None
             proc = self._processes.get(f"capture:{name}")
             if proc is not None and proc.get("alive") is False and entry["state"] != StreamState.ENDED:
-                entry["state"] = StreamState.LOST.value
-                entry["error"] = entry["error"] or "its capture process is not running"
+                if proc.get("finished") and proc.get("exit_code") == 0:
+                    # Exit code 0 is a source that ended (its own "ended" report may have been lost).
+                    entry["state"] = StreamState.ENDED.value
+                else:
+                    entry["state"] = StreamState.LOST.value
+                    entry["error"] = entry["error"] or "its capture process is not running"
             figures = self._inference.get(name, {})
             for field in _INFERENCE_FIELDS:
                 entry[field] = figures.get(field)

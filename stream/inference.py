@@ -77,7 +77,7 @@ class Bus:
 
     def close(self) -> None:
         with self._lock:
-            self._publisher.close()
+            self._publisher.close(linger=1.0)  # the last captions and status must arrive
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -230,7 +230,9 @@ def inference_main(
     from model.errors import CheckpointError
 
     run = RunPaths(run_id=options.run_id, run_dir=Path(options.run_dir))
-    bus = Bus(Publisher(run.publisher_endpoint("inference")))
+    publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
+    publisher.wait_for_subscriber(1.0)  # a model that fails at once must still be heard saying why
+    bus = Bus(publisher)
     asks = AskReceiver(run.asks_endpoint)
     status_base = {"model": options.model, "device": options.device}
     try:
@@ -244,7 +246,6 @@ def inference_main(
                     streams={}, wall=time.time(), state="failed", error=str(exc), **status_base
                 )
             )
-            time.sleep(0.2)  # let the message leave before the socket closes
             return EXIT_CONFIG
         status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
         (Path(options.run_dir) / READY_FILE).write_text(str(os.getpid()))

@@ -65,6 +65,9 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 MAX_CONSECUTIVE_ERRORS = 200
 # A file played at real time that falls this far behind re-anchors its clock instead of bursting.
 MAX_PACING_LAG_S = 0.5
+# A forward pts jump longer than this (a DVR file's recording gap, concatenated segments) is played on at
+# once instead of waited out; shorter gaps (a 0.2-fps file, a VFR screen recording's idle seconds) are.
+MAX_PACING_GAP_S = 10.0
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _DEV_VIDEO = re.compile(r"^/dev/video\d+$")
@@ -152,14 +155,23 @@ class VideoFrame:
 class RealTimePacer:
     """Holds frames back until their pts is due on the monotonic clock, so a file (or a remote file)
     plays as live. A decoder that falls behind by more than MAX_PACING_LAG_S resumes pacing from
-    where it is rather than rushing to catch up."""
+    where it is rather than rushing to catch up; a pts jump of more than MAX_PACING_GAP_S is not
+    waited out (the stream would sit at 0 fps for the length of the gap, an hour for some files)."""
 
-    def __init__(self) -> None:
+    def __init__(self, label: str = "source") -> None:
+        self._label = label
         self._anchor: tuple[float, float] | None = None  # (monotonic, pts)
+        self._last_pts: float | None = None
 
     def wait(self, pts: float, wall: float) -> float:
         """Sleep until ``pts`` is due; the frame's wall-clock time afterwards."""
         now = time.monotonic()
+        jump = None if self._last_pts is None else pts - self._last_pts
+        self._last_pts = pts
+        if jump is not None and jump > MAX_PACING_GAP_S:
+            log.info("%s: pts jumps %.1f s ahead at %.1f s; playing on without waiting",
+                     self._label, jump, pts)
+            self._anchor = None
         if self._anchor is None:
             self._anchor = (now, pts)
         due = self._anchor[0] + (pts - self._anchor[1])
@@ -613,7 +625,7 @@ class FileSource(_PyAVSource):
         while True:
             first: float | None = None
             last: float | None = None
-            pacer = RealTimePacer() if self.options.realtime else None
+            pacer = RealTimePacer(self.spec.label) if self.options.realtime else None
             for frame, wall in self._decoded():
                 raw = self._pts(frame, None if last is None else last - offset)
                 first = raw if first is None else first
@@ -678,7 +690,7 @@ class NetworkSource(_PyAVSource):
 
     def pending(self) -> Iterator[PendingFrame]:
         last: float | None = None
-        pacer = RealTimePacer() if self._paced else None
+        pacer = RealTimePacer(self.spec.label) if self._paced else None
         for frame, wall in self._decoded():
             last = time.monotonic() - self._opened_at if self._clock_pts else self._pts(frame, last)
             if pacer is not None:

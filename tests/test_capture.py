@@ -25,6 +25,7 @@ from realparts import free_port, load_tool, make_clip
 
 from stream.bus import RunPaths, Subscriber
 from stream.capture import EXIT_BAD_SOURCE, Capture, CaptureState, StreamClock, capture_main
+from stream.process import child_entry
 from stream.ring import SLOT_SPARE_BYTES, FrameRing, ring_name
 from stream.sources import RGB_OVERRUN_BYTES, PendingFrame, SourceOptions, SourceSpec, parse_source
 
@@ -469,6 +470,27 @@ def test_capture_process_file_end_exit_zero(clip: Path, ring: FrameRing,
     assert states[0] == "connecting" and states[-1] == "ended" and "live" in states
     assert messages[-1]["frames"] == 60 and messages[-1]["error"] is None
     assert ring.ended and ring.head_seq == 59
+
+
+@pytest.mark.parametrize("frames", [1, 10, 90])
+def test_last_status_arrives_through_the_production_child_entry(
+        clips: Path, ring: FrameRing, bus: tuple[str, Subscriber], frames: int) -> None:
+    """The supervisor's children leave through os._exit (no interpreter teardown, which would flush zmq
+    on its own): the final "ended" report with the full count must still reach the bus, or a file
+    that played through shows up as a dead, lost capture with the wrong frame count."""
+    endpoint, subscriber = bus
+    clip = make_clip(clips / f"short{frames}.mp4", size="320x180", fps=30, seconds=frames / 30)
+    kwargs = {"name": "cam0", "source": str(clip), "ring_name": ring.name, "status_endpoint": endpoint,
+              "options": SourceOptions(realtime=False)}
+    for attempt in range(3):  # the loss was intermittent: a race between the last send and exit
+        proc = _spawn.Process(target=child_entry, args=("capture:cam0", capture_main, kwargs))
+        proc.start()
+        proc.join(30)
+        assert proc.exitcode == 0
+        messages = drain(subscriber)
+        assert messages, f"attempt {attempt}: no status at all"
+        assert messages[-1]["state"] == "ended", f"attempt {attempt}: {messages[-1]}"
+        assert messages[-1]["frames"] == frames and messages[-1]["error"] is None
 
 
 def test_capture_process_sigterm_is_a_clean_stop(clips: Path, ring: FrameRing,

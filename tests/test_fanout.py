@@ -120,6 +120,20 @@ def test_status_board_shows_a_dead_capture_as_lost() -> None:
     assert snap["streams"]["file"]["state"] == "ended"
 
 
+def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> None:
+    # A file that played through: its process exited 0, even if its own "ended" report was lost.
+    board = StatusBoard()
+    board.update(_capture("clip", "live"), now=0.0)
+    board.update(_capture("cam1", "live"), now=0.0)
+    board.update(messages.processes(processes={
+        "capture:clip": {"pid": 11, "restarts": 0, "alive": False, "finished": True, "exit_code": 0},
+        "capture:cam1": {"pid": 12, "restarts": 0, "alive": False, "finished": True, "exit_code": 78}},
+        wall=1.0), now=1.0)
+    snap = board.snapshot(now=1.0, wall=1.0)
+    assert snap["streams"]["clip"]["state"] == "ended" and snap["streams"]["clip"]["error"] is None
+    assert snap["streams"]["cam1"]["state"] == "lost"
+
+
 def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> None:
     board = StatusBoard()
     board.update(messages.inference_status(streams={"cam9": {"lag_s": 0.0}}, model="m", device="d", wall=1.0),

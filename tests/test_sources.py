@@ -6,6 +6,7 @@ RTSP and the screen have their own files (test_rtsp.py, test_screen.py).
 
 from __future__ import annotations
 
+import fractions
 import http.server
 import socketserver
 import threading
@@ -285,6 +286,38 @@ def test_real_time_pacing(clip: Path) -> None:
     walls = np.array([f.wall for f in frames])
     pts = np.array([f.pts for f in frames])
     assert np.abs((walls - walls[0]) - (pts - pts[0])).max() < 0.25
+
+
+def _clip_with_gap(path: Path, *, gap: float, before: int = 15, after: int = 15, fps: int = 15) -> Path:
+    """A real H.264 .mkv whose timestamps jump ``gap`` seconds forward after ``before`` frames (what a
+    DVR's recording gap or concatenated segments look like)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, fps)
+        for index in range(before + after):
+            frame = av.VideoFrame.from_ndarray(np.full((96, 160, 3), index * 8, np.uint8), format="rgb24")
+            frame.pts = index + (round(gap * fps) if index >= before else 0)
+            frame.time_base = fractions.Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_forward_pts_jump_is_not_waited_out_when_played_as_live(tmp_path: Path) -> None:
+    clip = _clip_with_gap(tmp_path / "gap.mkv", gap=3600.0)
+    started = time.monotonic()
+    frames, _ = read_all(clip, realtime=True)
+    took = time.monotonic() - started
+    assert len(frames) == 30
+    assert took < 5.0, took  # two 1-s pieces of video, not an hour
+    steps = np.diff([f.pts for f in frames])
+    assert steps.max() == pytest.approx(3600.0 + 1 / 15, abs=0.01)  # the timeline keeps the gap
+    # A gap up to MAX_PACING_GAP_S is waited out, as a slow file's frames are.
+    clip = _clip_with_gap(tmp_path / "pause.mkv", gap=2.0, before=3, after=3)
+    started = time.monotonic()
+    frames, _ = read_all(clip, realtime=True)
+    assert len(frames) == 6 and 2.0 < time.monotonic() - started < 4.0
 
 
 def test_loop_replays_a_file_with_increasing_pts(clips: Path) -> None:

@@ -1,0 +1,39 @@
+"""The inference process's own exits, run as the supervisor runs it: a spawned child through
+stream.process.child_entry (which leaves with os._exit), watched only through the real zmq bus."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+
+from stream.bus import RunPaths, Subscriber
+from stream.inference import EXIT_CONFIG, InferenceOptions, inference_main
+from stream.process import child_entry
+
+
+def _backend_that_cannot_load(options: InferenceOptions) -> Any:
+    """Plays a model load that fails the way a wrong device or dtype does (a ValueError)."""
+    raise ValueError(f"device {options.device!r}: out of memory while loading (test)")
+
+
+def test_a_model_that_cannot_load_says_why_on_the_bus_and_is_not_restarted(tmp_path: Path) -> None:
+    run = RunPaths.create(root=tmp_path)
+    subscriber = Subscriber([run.publisher_endpoint("inference")])
+    options = InferenceOptions(run_id=run.run_id, run_dir=str(run.run_dir), streams={}, device="cuda:3")
+    kwargs = {"options": options, "backend_factory": _backend_that_cannot_load}
+    process = mp.get_context("spawn").Process(target=child_entry, args=("inference", inference_main, kwargs))
+    try:
+        process.start()
+        process.join(60)
+        assert process.exitcode == EXIT_CONFIG  # the supervisor stops the run instead of retrying
+        seen = []
+        while (message := subscriber.recv(1.0)) is not None:
+            seen.append(message)
+        assert [m.get("state") for m in seen] == ["loading", "failed"], seen
+        assert "out of memory while loading" in seen[-1]["error"] and "cuda:3" in seen[-1]["error"]
+    finally:
+        if process.is_alive():
+            process.kill()
+        subscriber.close()
+        run.remove()
