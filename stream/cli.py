@@ -222,6 +222,10 @@ def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
     return resolved, has_demo
 
 
+class _Stopped(Exception):
+    """Ctrl-C (or SIGTERM) arrived while the run was still starting."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import LivePipeline
 
@@ -243,7 +247,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     code = 0
     try:
         pipeline.start()
-        info = pipeline.wait_ready()
+        info = pipeline.wait_ready(stopping=lambda: stop["signal"] is not None)
+        if info is None:
+            raise _Stopped
         token = config.gateway.resolved_token()
         url = pipeline.viewer_url(info)
         shown = f"{url}?token=…" if token else url
@@ -265,6 +271,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 code = 1
                 break
             time.sleep(0.1)
+    except _Stopped:
+        pass
     except (TimeoutError, RuntimeError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
         code = 1

@@ -18,12 +18,14 @@ exits with :data:`EXIT_CONFIG` and the supervisor stops the run instead of resta
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import logging
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +223,28 @@ def load_caption_backend(options: InferenceOptions) -> Any:
     return load_backend(options.model, device=device, dtype=dtype, max_inp_length=options.max_inp_length)
 
 
+class _LoadAborted(BaseException):
+    """SIGTERM (the supervisor stopping the run) arrived while the model was loading."""
+
+
+@contextlib.contextmanager
+def _sigterm_aborts_loading() -> Iterator[None]:
+    """Loading the real model takes minutes and checks no stop event: while it runs, SIGTERM aborts
+    it at once instead of being noticed after the load (and the supervisor's kill after 5 s)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def abort(_signum: int, _frame: Any) -> None:
+        raise _LoadAborted
+
+    previous = signal.signal(signal.SIGTERM, abort)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def inference_main(
     options: InferenceOptions,
     stop_event: Any,
@@ -238,7 +262,11 @@ def inference_main(
     try:
         bus.send(messages.inference_status(streams={}, wall=time.time(), state="loading", **status_base))
         try:
-            backend = backend_factory(options)
+            with _sigterm_aborts_loading():
+                backend = backend_factory(options)
+        except _LoadAborted:
+            log.info("stopped while loading the model")
+            return 0
         except (CheckpointError, FileNotFoundError, ValueError) as exc:  # ValueError: device or dtype
             log.error("cannot load model %s: %s", options.model, exc)
             bus.send(

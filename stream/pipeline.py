@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,10 +210,15 @@ class LivePipeline:
         )
 
     # -- run ----------------------------------------------------------------------------------------
-    def wait_ready(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Wait for the gateway to listen; returns ``{"port", "pid", "url"}``."""
+    def wait_ready(
+        self, timeout: float = 30.0, stopping: Callable[[], bool] = lambda: False
+    ) -> dict[str, Any] | None:
+        """Wait for the gateway to listen; returns ``{"port", "pid", "url"}``, or None as soon as
+        ``stopping()`` says the user gave up (Ctrl-C while starting)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if stopping():
+                return None
             self.poll()
             if self.ready_file.exists():
                 return json.loads(self.ready_file.read_text())

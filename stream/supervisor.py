@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,7 +93,16 @@ class Supervisor:
             name=f"vidnarrate-{child.spec.role}",
             daemon=False,
         )
-        child.process.start()
+        # Started with SIGINT ignored (a spawned Python keeps an ignored SIGINT ignored): a Ctrl-C in
+        # the terminal reaches the whole process group, and a child still importing would die of
+        # KeyboardInterrupt with a traceback and be restarted. Children stop on the supervisor's SIGTERM.
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        try:
+            child.process.start()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("started %s (pid %d)", child.spec.role, child.process.pid)

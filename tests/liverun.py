@@ -93,12 +93,18 @@ class LiveRun:
         self.stderr: list[str] = []
         self.url: str | None = None
 
-    def start(self, timeout: float = 90.0) -> LiveRun:
+    def launch(self) -> LiveRun:
+        """Start the process (in a session of its own: its group is what a terminal's Ctrl-C hits)."""
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True).start()
+        return self
+
+    def start(self, timeout: float = 90.0) -> LiveRun:
+        self.launch()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.stdout:

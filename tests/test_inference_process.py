@@ -4,6 +4,9 @@ stream.process.child_entry (which leaves with os._exit), watched only through th
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,33 @@ def test_a_model_that_cannot_load_says_why_on_the_bus_and_is_not_restarted(tmp_p
             seen.append(message)
         assert [m.get("state") for m in seen] == ["loading", "failed"], seen
         assert "out of memory while loading" in seen[-1]["error"] and "cuda:3" in seen[-1]["error"]
+    finally:
+        if process.is_alive():
+            process.kill()
+        subscriber.close()
+        run.remove()
+
+
+def _backend_that_loads_forever(options: InferenceOptions) -> Any:
+    """Plays the real model's minutes-long load (reading 16 GB of weights)."""
+    while True:
+        time.sleep(0.05)
+
+
+def test_sigterm_while_the_model_loads_stops_at_once(tmp_path: Path) -> None:
+    run = RunPaths.create(root=tmp_path)
+    subscriber = Subscriber([run.publisher_endpoint("inference")])
+    options = InferenceOptions(run_id=run.run_id, run_dir=str(run.run_dir), streams={})
+    kwargs = {"options": options, "backend_factory": _backend_that_loads_forever}
+    process = mp.get_context("spawn").Process(target=child_entry, args=("inference", inference_main, kwargs))
+    try:
+        process.start()
+        assert subscriber.recv(30) is not None  # "loading": it is inside the load now
+        time.sleep(0.3)
+        asked = time.monotonic()
+        os.kill(process.pid, signal.SIGTERM)  # what the supervisor sends on Ctrl-C
+        process.join(10)
+        assert process.exitcode == 0 and time.monotonic() - asked < 2.0
     finally:
         if process.is_alive():
             process.kill()

@@ -204,6 +204,29 @@ def test_ctrl_c_stops_everything_and_leaves_nothing_behind(live: LiveRun) -> Non
     assert "Traceback" not in tail and "leaked" not in tail, tail[-3000:]
 
 
+def test_ctrl_c_in_the_terminal_while_starting_stops_quietly(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, children still starting included: none
+    may die of KeyboardInterrupt (traceback, then a restart), and the run must not go on to start."""
+    with short_run_root() as root:
+        run = LiveRun([str(clips["yard"])], root, extra=["--model", "tiny"]).launch()
+        assert run.proc is not None
+        try:
+            wait_for(lambda: "started inference" in "".join(run.stderr), 60, "the inference process to start")
+            time.sleep(0.15)  # its interpreter is still importing
+            os.killpg(run.proc.pid, signal.SIGINT)
+            started = time.monotonic()
+            assert run.proc.wait(15) == 0, run.log()
+            assert time.monotonic() - started < 5, run.log()
+        finally:
+            run.kill()
+        time.sleep(0.2)  # the output pumps finish their last lines
+        err = "".join(run.stderr)
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+        assert "restarting" not in err, err[-3000:]
+        assert "viewer at" not in "".join(run.stdout)
+        assert run.run_dirs == [], "the run directory is removed"
+
+
 def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict[str, Path]) -> None:
     import subprocess
 
