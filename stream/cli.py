@@ -9,16 +9,18 @@ code 2; a model whose weights are not there says how to get them (or to try ``--
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, load_config, load_prompts
 from .errors import ConfigError, SourceError, VidnarrateError
 
 log = logging.getLogger("vidnarrate")
@@ -137,6 +139,59 @@ def warn_if_windows_too_long(config: Config, window: float, max_slice_nums: int)
         )
 
 
+def warn_if_prompt_looks_like_a_preset_typo(prompt: str) -> None:
+    """``--prompt`` takes a preset name or prompt text; one word that is no preset ('ctv') is far more
+    likely a typo than a prompt, so say so (it is still used as written)."""
+    presets = [name for name in load_prompts() if name != "context"]
+    if prompt in presets or any(ch.isspace() for ch in prompt.strip()):
+        return
+    close = difflib.get_close_matches(prompt.lower(), presets, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    print(
+        f"vidnarrate: warning: --prompt {prompt!r} is not a preset ({', '.join(presets)}); it is used as "
+        f"the prompt text itself.{hint}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail now, with the reason, when the gateway could not listen (port taken, unknown host)
+    rather than after the model has loaded."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"gateway.host {host!r}: not an address of this machine ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the gateway's listener does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = " (another vidnarrate run? choose another --port)" if exc.errno == 98 else ""
+            raise ConfigError(f"gateway: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+
+
+def check_device_source(spec: Any, what: str) -> None:
+    """A screen or camera source that cannot exist right now (no X display, no such device node) is
+    a mistake in the command line: said now, not after the model loaded (and not retried forever)."""
+    from .sources import SourceOptions, open_source
+
+    if spec.kind == "webcam" and sys.platform.startswith("linux"):
+        node = spec.target if spec.target.startswith("/") else f"/dev/video{spec.target}"
+        if not os.path.exists(node):
+            cameras = sorted(str(p) for p in Path("/dev").glob("video*"))
+            found = ", ".join(cameras) if cameras else "none"
+            raise ConfigError(f"{what}: no such camera device {node} (cameras on this machine: {found})")
+    elif spec.kind == "screen":
+        try:
+            open_source(spec, SourceOptions()).close()
+        except SourceError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+
+
 def check_file(target: str, what: str) -> None:
     """A file source must exist and hold decodable video: said now, before any process starts or
     any model loads, in one line naming the file and the reason."""
@@ -217,6 +272,8 @@ def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
         spec = parse_source(source.source)
         if spec.kind == "file":
             check_file(spec.target, f"--source {source.source!r}")
+        else:
+            check_device_source(spec, f"--source {source.source!r}")
         resolved.append(source)
     check_unique_names(resolved)  # "demo" twice is named "demo" twice
     return resolved, has_demo
@@ -233,8 +290,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     sources, has_demo = resolve_sources(args.source)
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
+    check_port_free(config.gateway.host, config.gateway.port)
     check_model_available(config.model.name, config.model.device)
     warn_if_windows_too_long(config, config.sampler.window, config.model.max_slice_nums)
+    if args.prompt is not None:
+        warn_if_prompt_looks_like_a_preset_typo(args.prompt)
 
     stop = {"signal": None}
 
@@ -270,6 +330,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 )
                 code = 1
                 break
+            if pipeline.every_source_failed():
+                print("vidnarrate: every source failed (see the log above); stopping.", file=sys.stderr)
+                code = 1
+                break
             time.sleep(0.1)
     except _Stopped:
         pass
@@ -296,6 +360,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     for output in outputs:
         check_output(output)
     check_model_available(config.model.name, config.model.device)
+    if args.prompt is not None:
+        warn_if_prompt_looks_like_a_preset_typo(args.prompt)
     warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
     from model.backends import load_backend
 

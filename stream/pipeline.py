@@ -239,6 +239,11 @@ class LivePipeline:
     def fatal_exit(self) -> tuple[str, int] | None:
         return self.supervisor.fatal_exit()
 
+    def every_source_failed(self) -> bool:
+        """Every capture process exited with a fatal code: the run has nothing left to caption."""
+        failed = self.supervisor.failed_roles()
+        return bool(self.sources) and all(f"capture:{s.name}" in failed for s in self.sources)
+
     def viewer_url(self, info: dict[str, Any]) -> str:
         host = self.config.gateway.host
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host

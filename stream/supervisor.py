@@ -179,6 +179,14 @@ class Supervisor:
                 return role, child.last_exit
         return None
 
+    def failed_roles(self) -> set[str]:
+        """Roles whose child exited with one of its fatal codes (not restarted)."""
+        return {
+            role
+            for role, child in self._children.items()
+            if child.finished and child.last_exit is not None and child.last_exit in child.spec.fatal_codes
+        }
+
     def processes(self) -> dict[str, dict[str, Any]]:
         return {
             role: {

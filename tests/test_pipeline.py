@@ -227,6 +227,25 @@ def test_ctrl_c_in_the_terminal_while_starting_stops_quietly(tmp_path: Path, cli
         assert run.run_dirs == [], "the run directory is removed"
 
 
+def test_a_run_whose_every_source_fails_stops_and_says_so(tmp_path: Path, clips: dict[str, Path]) -> None:
+    """The file passes the start-up check, then is gone when its capture opens it (captures start once
+    the model is loaded): with no source left, the run stops with exit code 1 instead of idling forever."""
+    doomed = tmp_path / "doomed.mp4"
+    doomed.write_bytes(clips["yard"].read_bytes())
+    with short_run_root() as root:
+        run = LiveRun([str(doomed)], root, extra=["--model", "tiny"]).launch()
+        assert run.proc is not None
+        try:
+            wait_for(lambda: "started inference" in "".join(run.stderr), 60, "the inference process to start")
+            doomed.unlink()
+            assert run.proc.wait(60) == 1, run.log()
+        finally:
+            run.kill()
+        time.sleep(0.2)
+        assert "every source failed" in "".join(run.stderr), run.log()
+        assert run.run_dirs == []
+
+
 def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict[str, Path]) -> None:
     import subprocess
 
@@ -250,6 +269,19 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict
     if not torch.cuda.is_available():
         gpu = run("run", "--source", str(clips["yard"]), "--model", "tiny", "--device", "cuda")
         assert gpu.returncode == 2 and "model.device: device 'cuda': CUDA is not available" in gpu.stderr
+    camera = run("run", "--source", "webcam:97", "--model", "tiny")
+    assert camera.returncode == 2 and "no such camera device /dev/video97" in camera.stderr, camera.stderr
+    headless = subprocess.run(
+        [str(VIDNARRATE), "run", "--source", "screen", "--model", "tiny"], capture_output=True, text=True,
+        timeout=60, env={k: v for k, v in os.environ.items() if k != "DISPLAY"} | {
+            "VIDNARRATE_RUN_ROOT": str(tmp_path / "runs")})
+    assert headless.returncode == 2 and "DISPLAY is not set" in headless.stderr, headless.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        busy = run("run", "--source", str(clips["yard"]), "--model", "tiny", "--port", port)
+    assert busy.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr, busy.stderr
+    host = run("run", "--source", str(clips["yard"]), "--model", "tiny", "--host", "no-such-host.invalid")
+    assert host.returncode == 2 and "gateway.host 'no-such-host.invalid'" in host.stderr, host.stderr
     assert not (tmp_path / "runs").exists(), "nothing was started"
     env_long = {**os.environ, "VIDNARRATE_RUN_ROOT": str(tmp_path / ("r" * 80))}
     too_long = subprocess.run(
