@@ -36,6 +36,17 @@ from transformers.generation.streamers import BaseStreamer
 
 log = logging.getLogger(__name__)
 
+
+class _OurPenaltyIsMeant(logging.Filter):
+    """transformers warns when a custom RepetitionPenaltyLogitsProcessor replaces its own; ours does so
+    on purpose (see GenerationRequest.call_kwargs), so the warning would only alarm users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RepetitionPenaltyLogitsProcessor" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.utils").addFilter(_OurPenaltyIsMeant())
+
 SAMPLING_DEFAULTS: Mapping[str, Any] = {
     "top_p": 0.8,
     "top_k": 100,
@@ -77,6 +88,20 @@ def check_generation_settings(
         raise ValueError(
             "stream=True cannot stream beam search: pass sampling=True, or sampling=False with num_beams=1"
         )
+    _check_number(overrides, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    _check_number(overrides, "temperature", lambda v: v > 0, "a positive number")
+    _check_number(overrides, "repetition_penalty", lambda v: v > 0, "a positive number")
+    top_k = overrides.get("top_k", 0)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be a non-negative integer (0: no top-k), got {top_k!r}")
+
+
+def _check_number(overrides: Mapping[str, Any], name: str, valid: Callable[[float], bool], what: str) -> None:
+    if name not in overrides:
+        return
+    value = overrides[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not valid(float(value)):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,9 @@ class MiniCPMVTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text``; Qwen2 adds no BOS, so none is added here either."""
-        return list(self.hf.encode(text, add_special_tokens=False))
+        # verbose=False: a prompt over the tokenizer's nominal 32k is checked (with advice) by the
+        # caller against max_inp_length; transformers' own warning would only precede that error.
+        return list(self.hf.encode(text, add_special_tokens=False, verbose=False))
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` with special tokens kept, as the official answer decoding does."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 
@@ -126,11 +127,19 @@ def test_closing_a_stream_early_stops_its_thread(tiny: MiniCPMV, image: Image.Im
     assert set(threading.enumerate()) <= before
 
 
-def test_stream_errors_reach_the_caller(tiny: MiniCPMV, image: Image.Image) -> None:
+def test_stream_errors_reach_the_caller(
+    tiny: MiniCPMV, image: Image.Image, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ValueError, match="cannot stream beam search"):
         tiny.chat(ask(image), sampling=False, stream=True)
-    bad = tiny.chat(ask(image), stream=True, max_new_tokens=4, top_p=-1.0)
-    with pytest.raises(ValueError, match="top_p"):
+
+    def out_of_memory(**kwargs: object) -> None:
+        # A failure inside generation (a GPU running out of memory mid-caption: not reachable here).
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(tiny.llm, "generate", out_of_memory)
+    bad = tiny.chat(ask(image), stream=True, max_new_tokens=4)
+    with pytest.raises(RuntimeError, match="out of memory"):
         list(bad)
     assert not any(t.name == "minicpmv-stream" for t in threading.enumerate())
 
@@ -180,6 +189,12 @@ def test_messages_of_the_wrong_kind_are_named(tiny: MiniCPMV, msgs: object, mess
         ({"max_new_tokens": None}, "max_new_tokens must be a positive integer"),
         ({"max_new_tokens": 0}, "max_new_tokens must be a positive integer"),
         ({"sampling": False, "num_beams": 0}, "num_beams must be a positive integer"),
+        ({"top_p": 5.0}, r"top_p must be a number in \(0, 1\], got 5.0"),
+        ({"top_p": 0}, "top_p must be a number in"),
+        ({"temperature": -1}, "temperature must be a positive number, got -1"),
+        ({"temperature": "hot"}, "temperature must be a positive number, got 'hot'"),
+        ({"top_k": -3}, "top_k must be a non-negative integer"),
+        ({"sampling": False, "repetition_penalty": 0}, "repetition_penalty must be a positive number"),
     ],
 )
 def test_bad_generation_settings_fail_before_any_model_work(
@@ -269,3 +284,22 @@ def test_an_interrupt_ends_a_caption_early(image: Image.Image, streamed: bool) -
     assert full.startswith(cut)
     backend.set_interrupt(None)
     assert backend.describe(frames, "Describe.", max_new_tokens=40, on_text=on_text) == full
+
+
+def test_no_transformers_warnings_reach_the_user_for_what_we_do_on_purpose(
+    tiny: MiniCPMV, image: Image.Image, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Batched sampling replaces transformers' repetition-penalty processor on purpose, and an
+    over-long prompt is refused with our own advice: neither may be preceded by transformers' alarms."""
+    import transformers
+
+    transformers.logging.enable_propagation()  # so caplog sees transformers' records
+    try:
+        with caplog.at_level(logging.WARNING):
+            tiny.chat([ask(image), ask(image)], max_new_tokens=3)
+            with pytest.raises(PromptTooLongError):
+                tiny.chat([{"role": "user", "content": "word " * 40_000}])
+    finally:
+        transformers.logging.disable_propagation()
+    shown = [r.getMessage() for r in caplog.records if r.name.startswith("transformers")]
+    assert not any("RepetitionPenaltyLogitsProcessor" in m or "Token indices" in m for m in shown), shown
