@@ -232,7 +232,12 @@ def _check_text(text: Any, where: str) -> None:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:  # numpy arrays, tensors: their shape, not their numbers
+        frame = len(shape) == 3
+        hint = " (a video frame? pass PIL.Image.fromarray(frame) of its RGB pixels)" if frame else ""
+        return f"a {type(value).__name__} of shape {tuple(shape)} and dtype {dtype}{hint}"
+    text = " ".join(repr(value).split())
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 

@@ -216,6 +216,7 @@ class Capture:
         after a stop or a source that ended normally)."""
         backoff = self.backoff_initial
         first = True
+        outage = False  # an outage is logged as a warning once, its retries at INFO
         self._fps_mark = (time.monotonic(), 0)
         self._set_state(CaptureState.CONNECTING)
         try:
@@ -232,7 +233,10 @@ class Capture:
                     break
                 if attempt.frames:
                     backoff = self.backoff_initial
-                log.info("%s: lost (%s); reconnecting in %.1f s", self.name, self.error, backoff)
+                    outage = False
+                level = logging.INFO if outage else logging.WARNING
+                log.log(level, "%s: lost (%s); reconnecting in %.1f s", self.name, self.error, backoff)
+                outage = True
                 if self._wait(stop, backoff):
                     break
                 backoff = min(backoff * 2.0, self.backoff_max)

@@ -48,6 +48,11 @@ def parse_named_sources(values: list[str]) -> list[NamedSource]:
         name, sep, rest = value.partition("=")
         if sep and _NAME_RE.match(name) and rest:
             sources.append(NamedSource(name, rest))
+        elif sep and rest and "/" not in name and "://" not in value and not Path(value).exists():
+            raise ConfigError(
+                f"--source {value!r}: {name!r} is not a source name (NAME=SRC: a letter, then letters, "
+                "digits, _ or -, at most 64)"
+            )
         else:
             sources.append(NamedSource(f"cam{index}", value))
     check_unique_names(sources)

@@ -36,6 +36,7 @@ import ctypes.util
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -641,6 +642,23 @@ class FileSource(_PyAVSource):
             self._open()
 
 
+def _unresolved_host(url: str) -> str | None:
+    """FFmpeg reports a host name that does not resolve as a bare I/O error; say what it is."""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if not host:
+        return None
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return f"host {host!r} not found ({exc.strerror})"
+    except OSError:
+        return None
+    return None
+
+
 class NetworkSource(_PyAVSource):
     """RTSP/HTTP(S)/HLS through PyAV with low-latency options and (open, read) timeouts."""
 
@@ -671,7 +689,7 @@ class NetworkSource(_PyAVSource):
             if time.monotonic() - started >= self.options.open_timeout:
                 reason = f"no answer within {self.options.open_timeout:g} s (FFmpeg: {exc})"
                 raise SourceTimeout(self._error(reason)) from exc
-            raise SourceError(self._error(f"cannot open: {exc}")) from exc
+            raise SourceError(self._error(f"cannot open: {_unresolved_host(url) or exc}")) from exc
         self._pick_stream()
         container = self._container
         # A remote file or an HLS VOD playlist ends; cameras, live playlists and live HTTP streams

@@ -7,6 +7,7 @@ RTSP faults (kill, hang, restart) are in test_rtsp.py; the screen in test_screen
 from __future__ import annotations
 
 import ctypes
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -274,10 +275,15 @@ def test_unopenable_file_ends_at_once_with_the_reason(tmp_path: Path, ring: Fram
     assert statuses[-1]["reconnects"] == 0 and ring.ended and not cap.retryable
 
 
-def test_network_source_retries_with_capped_exponential_backoff(ring: FrameRing) -> None:
+def test_network_source_retries_with_capped_exponential_backoff(
+        ring: FrameRing, caplog: pytest.LogCaptureFixture) -> None:
     url = f"rtsp://127.0.0.1:{free_port()}/cam"  # nothing listens: every attempt is refused at once
-    cap, statuses = capture(url, ring, backoff_initial=0.1, backoff_max=0.4, max_reconnects=5,
-                            options=SourceOptions(open_timeout=2, read_timeout=1))
+    with caplog.at_level(logging.INFO, logger="stream.capture"):
+        cap, statuses = capture(url, ring, backoff_initial=0.1, backoff_max=0.4, max_reconnects=5,
+                                options=SourceOptions(open_timeout=2, read_timeout=1))
+    # The outage is a warning once (seen at --log-level WARNING); its retries are INFO.
+    losses = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
+    assert [r.levelno for r in losses] == [logging.WARNING] + [logging.INFO] * 4
     connecting = [m["wall"] for m in statuses if m["state"] == "connecting"]
     connecting = [t for i, t in enumerate(connecting) if i == 0 or t - connecting[i - 1] > 0.05]
     gaps = np.diff(connecting)

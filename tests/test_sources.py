@@ -304,6 +304,12 @@ def _clip_with_gap(path: Path, *, gap: float, before: int = 15, after: int = 15,
     return path
 
 
+def test_a_host_name_that_does_not_resolve_is_said_so() -> None:
+    for url in ("rtsp://no-such-camera.invalid/stream", "http://no-such-camera.invalid/live.m3u8"):
+        with pytest.raises(SourceError, match="host 'no-such-camera.invalid' not found"):
+            open_source(url, SourceOptions(open_timeout=3))
+
+
 def test_a_forward_pts_jump_is_not_waited_out_when_played_as_live(tmp_path: Path) -> None:
     clip = _clip_with_gap(tmp_path / "gap.mkv", gap=3600.0)
     started = time.monotonic()

@@ -6,6 +6,7 @@ import logging
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -175,7 +176,11 @@ def test_image_keyword_goes_before_the_first_text_as_in_the_model_card(
     ("msgs", "message"),
     [
         ("What is this?", "not valid JSON: give a list of"),
-        ([{"role": "user", "content": [torch.zeros(3, 8, 8), "What?"]}], r"content\[0\] is Tensor"),
+        ([{"role": "user", "content": [torch.zeros(3, 8, 8), "What?"]}], r"content\[0\] is a Tensor of"),
+        (
+            [{"role": "user", "content": [np.zeros((480, 640, 3), np.uint8), "What?"]}],
+            r"ndarray of shape \(480, 640, 3\) and dtype uint8 \(a video frame\? pass PIL.Image.fromarray",
+        ),
     ],
 )
 def test_messages_of_the_wrong_kind_are_named(tiny: MiniCPMV, msgs: object, message: str) -> None:
