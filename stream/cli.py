@@ -384,6 +384,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
 
     def progress(t: float) -> None:
         if bar is not None:
+            if bar.total is not None and t > bar.total:  # the header's duration was short (VFR)
+                bar.total = round(t, 1)
             bar.update(max(0.0, round(t, 1) - bar.n))
 
     try:
@@ -398,6 +400,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if duration and result.duration < duration - max(2.0, 0.1 * duration):
+        print(
+            f"vidnarrate: warning: {path.name} ended at {result.duration:.1f} s of the {duration:.1f} s its "
+            "header declares: the file may be truncated.",
+            file=sys.stderr,
+            flush=True,
+        )
     print(
         f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
         f"({result.frames} frames, {result.decode_errors} decode errors) -> "

@@ -38,14 +38,18 @@ class OfflineResult:
 
 
 def probe_duration(path: str) -> float | None:
-    """The file's duration in seconds when the container says, else None."""
+    """The file's duration in seconds (of stream time, which starts at 0) when the container says,
+    else None. Some muxers (Matroska with shifted timestamps) store the end time as the duration: a
+    start time past half of it gives that away."""
     try:
         with av.open(path) as container:
-            if container.duration:
-                return container.duration / av.time_base
+            if not container.duration:
+                return None
+            duration = container.duration / av.time_base
+            start = (container.start_time or 0) / av.time_base
+            return duration - start if 0 < duration / 2 < start < duration else duration
     except (av.FFmpegError, OSError):
         return None
-    return None
 
 
 def check_video_file(path: str, max_side: int = 1344) -> None:

@@ -112,3 +112,67 @@ def test_caption_refuses_what_is_not_video_and_keeps_earlier_outputs(tmp_path: P
         assert refused.returncode == 2 and reason in refused.stderr and str(path) in refused.stderr
         assert "Traceback" not in refused.stderr and "loading" not in refused.stderr.lower()
     assert earlier.read_text() == '{"type": "caption", "text": "from an earlier run"}\n'
+
+
+def _encode(path: Path, *, frames: int, fps: int = 10, first_pts_s: float = 0.0, **options: str) -> Path:
+    """A real H.264 file of ``frames`` distinct frames whose timestamps start at ``first_pts_s``."""
+    import fractions
+
+    with av.open(str(path), "w", options=options) as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, fps)
+        rng = np.random.default_rng(1)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (96, 128, 3), np.uint8), format="rgb24")
+            frame.pts = index + round(first_pts_s * fps)
+            frame.time_base = fractions.Fraction(1, fps)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_progress_total_is_stream_time_and_a_truncated_file_is_flagged(tmp_path: Path) -> None:
+    from stream.offline import probe_duration
+
+    shifted = _encode(tmp_path / "shifted.mkv", frames=60, first_pts_s=36000.0)  # a DVR's clock time
+    assert probe_duration(str(shifted)) == pytest.approx(6.0, abs=0.3)  # not 36006 s
+    whole = _encode(tmp_path / "whole.mp4", frames=120, movflags="faststart")  # index first, then data
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    done = subprocess.run(
+        [
+            str(VIDNARRATE),
+            "caption",
+            str(cut),
+            "--model",
+            "tiny",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "c.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "cut.mp4 ended at" in done.stderr and "of the 12.0 s its header declares" in done.stderr, (
+        done.stderr
+    )
+    complete = subprocess.run(
+        [
+            str(VIDNARRATE),
+            "caption",
+            str(whole),
+            "--model",
+            "tiny",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "w.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert complete.returncode == 0 and "truncated" not in complete.stderr, complete.stderr
