@@ -91,15 +91,15 @@ def check_generation_settings(
     _check_number(overrides, "top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
     _check_number(overrides, "temperature", lambda v: v > 0, "a positive number")
     _check_number(overrides, "repetition_penalty", lambda v: v > 0, "a positive number")
-    top_k = overrides.get("top_k", 0)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+    top_k = overrides.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ValueError(f"top_k must be a non-negative integer (0: no top-k), got {top_k!r}")
 
 
 def _check_number(overrides: Mapping[str, Any], name: str, valid: Callable[[float], bool], what: str) -> None:
-    if name not in overrides:
+    value = overrides.get(name)
+    if value is None:  # None unsets a setting, as transformers takes it (greedy: top_p=None ...)
         return
-    value = overrides[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not valid(float(value)):
         raise ValueError(f"{name} must be {what}, got {value!r}")
 
