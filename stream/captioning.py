@@ -158,22 +158,21 @@ class StreamWorker:
         self.sampler.drain_evicted()  # the sweep below decides from what is still needed
         self.sweep()
 
+    def in_use(self) -> set[int]:
+        """Seqs whose embeddings can still be used: by a future window, a due job, the job running or
+        an ask (the last ``window`` seconds, or frames an ask has pinned)."""
+        seqs = {f.seq for f in self.sampler.window_frames} | self.active | self.pinned
+        seqs.update(f.seq for f in self.window_now())
+        seqs.update(f.seq for job in self.due for f in job.frames)
+        return seqs
+
     def needed(self, seq: int) -> bool:
-        """Whether a frame's embedding can still be used: by a future window, a due job, the job
-        running or an ask."""
-        return (
-            self.sampler.retains(seq)
-            or seq in self.active
-            or seq in self.pinned
-            or any(f.seq == seq for job in self.due for f in job.frames)
-            or any(f.seq == seq for f in self.window_now())
-        )
+        """Whether a frame's embedding can still be used (see :meth:`in_use`)."""
+        return seq in self.in_use()
 
     def sweep(self) -> None:
         """Drop cached embeddings nothing can use any more (what keeps the cache bounded)."""
-        keep = {f.seq for f in self.sampler.window_frames} | self.active | self.pinned
-        keep.update(f.seq for f in self.window_now())
-        keep.update(f.seq for job in self.due for f in job.frames)
+        keep = self.in_use()
         for seq in [s for s in self.cache if s not in keep]:
             del self.cache[seq]
             self.encode_ms.pop(seq, None)

@@ -174,18 +174,19 @@ class Supervisor:
 
     def fatal_exit(self) -> tuple[str, int] | None:
         """The first child that exited with one of its fatal codes: (role, code), else None."""
-        for role, child in self._children.items():
-            if child.finished and child.last_exit is not None and child.last_exit in child.spec.fatal_codes:
-                return role, child.last_exit
+        for role in self.failed_roles():
+            code = self._children[role].last_exit
+            assert code is not None
+            return role, code
         return None
 
-    def failed_roles(self) -> set[str]:
-        """Roles whose child exited with one of its fatal codes (not restarted)."""
-        return {
+    def failed_roles(self) -> list[str]:
+        """Roles whose child exited with one of its fatal codes (not restarted), in start order."""
+        return [
             role
             for role, child in self._children.items()
             if child.finished and child.last_exit is not None and child.last_exit in child.spec.fatal_codes
-        }
+        ]
 
     def processes(self) -> dict[str, dict[str, Any]]:
         return {
