@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import logging
 import os
 import signal
@@ -170,7 +171,7 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            hint = " (another vidnarrate run? choose another --port)" if exc.errno == 98 else ""
+            hint = " (another vidnarrate run? choose another --port)" if exc.errno == errno.EADDRINUSE else ""
             raise ConfigError(f"gateway: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
 
 

@@ -18,14 +18,13 @@ exits with :data:`EXIT_CONFIG` and the supervisor stops the run instead of resta
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from PIL import Image
 from . import messages
 from .bus import AskReceiver, Publisher, RunPaths
 from .captioning import Captioner, CaptionSettings, StreamWorker
+from .process import signal_handled
 from .ring import FrameRing
 
 log = logging.getLogger(__name__)
@@ -227,22 +227,10 @@ class _LoadAborted(BaseException):
     """SIGTERM (the supervisor stopping the run) arrived while the model was loading."""
 
 
-@contextlib.contextmanager
-def _sigterm_aborts_loading() -> Iterator[None]:
+def _abort_loading(_signum: int, _frame: Any) -> None:
     """Loading the real model takes minutes and checks no stop event: while it runs, SIGTERM aborts
     it at once instead of being noticed after the load (and the supervisor's kill after 5 s)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def abort(_signum: int, _frame: Any) -> None:
-        raise _LoadAborted
-
-    previous = signal.signal(signal.SIGTERM, abort)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    raise _LoadAborted
 
 
 def inference_main(
@@ -262,7 +250,7 @@ def inference_main(
     try:
         bus.send(messages.inference_status(streams={}, wall=time.time(), state="loading", **status_base))
         try:
-            with _sigterm_aborts_loading():
+            with signal_handled(signal.SIGTERM, _abort_loading):
                 backend = backend_factory(options)
         except _LoadAborted:
             log.info("stopped while loading the model")

@@ -13,13 +13,14 @@ Children are started with the ``spawn`` method (CUDA and zmq contexts must not b
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,20 @@ def configure_logging(role: str, level: int | str = logging.INFO) -> None:
 
     logging.setLogRecordFactory(factory)
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+@contextlib.contextmanager
+def signal_handled(signum: int, handler: Any) -> Iterator[None]:
+    """``handler`` for ``signum`` inside the block, the previous one after it. Only the main thread
+    may set handlers; elsewhere (tests calling process entries in threads) the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
 
 
 def die_with_parent() -> None:

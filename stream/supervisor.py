@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .bus import Publisher, RunPaths
-from .process import child_entry
+from .process import child_entry, signal_handled
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +95,8 @@ class Supervisor:
         # Started with SIGINT ignored (a spawned Python keeps an ignored SIGINT ignored): a Ctrl-C in
         # the terminal reaches the whole process group, and a child still importing would die of
         # KeyboardInterrupt with a traceback and be restarted. Children stop on the supervisor's SIGTERM.
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
-        try:
+        with signal_handled(signal.SIGINT, signal.SIG_IGN):
             child.process.start()
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
         child.started_at = time.monotonic()
         child.restart_at = None
         log.info("started %s (pid %d)", child.spec.role, child.process.pid)
@@ -174,11 +168,12 @@ class Supervisor:
 
     def fatal_exit(self) -> tuple[str, int] | None:
         """The first child that exited with one of its fatal codes: (role, code), else None."""
-        for role in self.failed_roles():
-            code = self._children[role].last_exit
-            assert code is not None
-            return role, code
-        return None
+        failed = self.failed_roles()
+        if not failed:
+            return None
+        code = self._children[failed[0]].last_exit
+        assert code is not None
+        return failed[0], code
 
     def failed_roles(self) -> list[str]:
         """Roles whose child exited with one of its fatal codes (not restarted), in start order."""
