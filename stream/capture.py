@@ -171,12 +171,21 @@ class Capture:
     called from the thread that called :meth:`run`, never from the reader thread.
     """
 
-    def __init__(self, name: str, spec: SourceSpec, ring: FrameWriter, *,
-                 options: SourceOptions | None = None,
-                 on_status: Callable[[dict[str, Any]], None] | None = None,
-                 backoff_initial: float = 0.5, backoff_max: float = 10.0, max_reconnects: int | None = None,
-                 stall_timeout: float | None = None, status_interval: float = 1.0,
-                 opener: Callable[[SourceSpec, SourceOptions], VideoSource] = open_source) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: SourceSpec,
+        ring: FrameWriter,
+        *,
+        options: SourceOptions | None = None,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 10.0,
+        max_reconnects: int | None = None,
+        stall_timeout: float | None = None,
+        status_interval: float = 1.0,
+        opener: Callable[[SourceSpec, SourceOptions], VideoSource] = open_source,
+    ) -> None:
         self.name = name
         self.spec = spec
         self.options = options or SourceOptions()
@@ -228,8 +237,10 @@ class Capture:
                     break
                 first = False
                 if self.max_reconnects is not None and self.stats.reconnects >= self.max_reconnects:
-                    self._end(f"gave up after {self.stats.reconnects} reconnects; last error: {self.error}",
-                              retryable=True)
+                    self._end(
+                        f"gave up after {self.stats.reconnects} reconnects; last error: {self.error}",
+                        retryable=True,
+                    )
                     break
                 if attempt.frames:
                     backoff = self.backoff_initial
@@ -277,8 +288,9 @@ class Capture:
             self._attempt = attempt
             self._active = attempt.generation
             self._clock.new_segment()
-        reader = threading.Thread(target=self._read, args=(attempt,), name=f"capture-{self.name}",
-                                  daemon=True)
+        reader = threading.Thread(
+            target=self._read, args=(attempt,), name=f"capture-{self.name}", daemon=True
+        )
         reader.start()
         while True:
             reader.join(POLL_S)
@@ -389,8 +401,9 @@ class Capture:
                 try:
                     if self._write_with is not None:  # converted straight into the slot
                         fill = (frame.fill_padded if self._slots_padded else None) or frame.fill
-                        seq = self._write_with(frame.height, frame.width, fill, t, frame.wall,
-                                               timeout=timeout)
+                        seq = self._write_with(
+                            frame.height, frame.width, fill, t, frame.wall, timeout=timeout
+                        )
                     else:
                         image = frame.to_video_frame().image if image is None else image
                         seq = self._ring.write(image, t, frame.wall, timeout=timeout)
@@ -427,8 +440,9 @@ class Capture:
             self._fps_mark = (now, frames)
         if self.state != CaptureState.LIVE and not (attempt and attempt.frames):
             self.stats.fps = 0.0
-        return capture_status(stream=self.name, state=self.state, **asdict(self.stats), error=self.error,
-                              wall=time.time())
+        return capture_status(
+            stream=self.name, state=self.state, **asdict(self.stats), error=self.error, wall=time.time()
+        )
 
     def _publish(self) -> None:
         self._last_status = time.monotonic()
@@ -448,9 +462,19 @@ def _install_signal_handlers(stop_event: Any) -> None:
         signal.signal(signum, lambda _sig, _frame: stop_event.set())
 
 
-def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | None, options: SourceOptions,
-                 stop_event: Any, *, backoff_initial: float = 0.5, backoff_max: float = 10.0,
-                 max_reconnects: int | None = None, stall_timeout: float | None = None) -> int:
+def capture_main(
+    name: str,
+    source: str,
+    ring_name: str,
+    status_endpoint: str | None,
+    options: SourceOptions,
+    stop_event: Any,
+    *,
+    backoff_initial: float = 0.5,
+    backoff_max: float = 10.0,
+    max_reconnects: int | None = None,
+    stall_timeout: float | None = None,
+) -> int:
     """Process entry: capture ``source`` into the ring ``ring_name`` (created by the supervisor).
 
     Exit codes: 0 after a clean stop or a source that ended normally; :data:`EXIT_BAD_SOURCE` (78)
@@ -473,8 +497,11 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
 
     def fail(error: str) -> int:
         log.error("%s: %s", name, error)
-        send(capture_status(stream=name, state=CaptureState.ENDED, **asdict(CaptureStats()), error=error,
-                            wall=time.time()))
+        send(
+            capture_status(
+                stream=name, state=CaptureState.ENDED, **asdict(CaptureStats()), error=error, wall=time.time()
+            )
+        )
         return EXIT_BAD_SOURCE
 
     try:
@@ -487,9 +514,17 @@ def capture_main(name: str, source: str, ring_name: str, status_endpoint: str | 
         except RingError as exc:
             return fail(f"ring {ring_name!r}: {exc}")
         try:
-            capture = Capture(name, spec, ring, options=options, on_status=send,
-                              backoff_initial=backoff_initial, backoff_max=backoff_max,
-                              max_reconnects=max_reconnects, stall_timeout=stall_timeout)
+            capture = Capture(
+                name,
+                spec,
+                ring,
+                options=options,
+                on_status=send,
+                backoff_initial=backoff_initial,
+                backoff_max=backoff_max,
+                max_reconnects=max_reconnects,
+                stall_timeout=stall_timeout,
+            )
             capture.run(stop_event)
         finally:
             ring.close()

@@ -85,8 +85,9 @@ _SLOT_HEADERS_OFFSET = 1024
 _SLOT_HEADER_BYTES = 64
 
 # Global header fields (int64 indices).
-(_MAGIC, _VERSION, _SLOTS, _MAX_H, _MAX_W, _LOSSLESS, _PID, _START, _HEAD, _ENDED, _SLOT_BYTES,
- _DATA) = range(12)
+(_MAGIC, _VERSION, _SLOTS, _MAX_H, _MAX_W, _LOSSLESS, _PID, _START, _HEAD, _ENDED, _SLOT_BYTES, _DATA) = (
+    range(12)
+)
 # Slot header fields (int64 / float64 indices within a slot's 64 bytes).
 _STATE, _H, _W, _PTS, _WALL = range(5)
 # Reader table fields.
@@ -190,8 +191,9 @@ class FrameRing:
     # -- construction -----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, *, slots: int, max_height: int, max_width: int,
-               lossless: bool = False) -> FrameRing:
+    def create(
+        cls, name: str, *, slots: int, max_height: int, max_width: int, lossless: bool = False
+    ) -> FrameRing:
         """Create the segment (it must not exist) sized for ``slots`` frames of up to max_height x max_width.
 
         The memory is reserved up front (``posix_fallocate``), so a full /dev/shm is a clear
@@ -209,8 +211,10 @@ class FrameRing:
         try:
             fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)
         except FileExistsError:
-            raise RingError(f"ring {name} already exists (a run with the same id is alive, or a dead run "
-                            "left it: remove_stale_rings() removes those)") from None
+            raise RingError(
+                f"ring {name} already exists (a run with the same id is alive, or a dead run "
+                "left it: remove_stale_rings() removes those)"
+            ) from None
         try:
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, size)
@@ -220,8 +224,10 @@ class FrameRing:
         except OSError as exc:
             os.close(fd)
             _posixshmem.shm_unlink("/" + name)
-            raise RingError(f"ring {name}: cannot reserve {size / 2**20:.1f} MiB of shared memory "
-                            f"({slots} slots of {max_height}x{max_width}): {exc}") from exc
+            raise RingError(
+                f"ring {name}: cannot reserve {size / 2**20:.1f} MiB of shared memory "
+                f"({slots} slots of {max_height}x{max_width}): {exc}"
+            ) from exc
         header = np.ndarray((_READERS_OFFSET // 8,), dtype=np.int64, buffer=buf)
         header[_SLOTS], header[_MAX_H], header[_MAX_W] = slots, max_height, max_width
         header[_LOSSLESS] = int(lossless)
@@ -231,8 +237,15 @@ class FrameRing:
         header[_VERSION] = VERSION
         header[_MAGIC] = MAGIC  # last: a half-initialised segment never looks like a ring
         del header
-        log.debug("created ring %s: %d slots of %dx%d, %.1f MiB, %s", name, slots, max_height, max_width,
-                  size / 2**20, "lossless" if lossless else "live")
+        log.debug(
+            "created ring %s: %d slots of %dx%d, %.1f MiB, %s",
+            name,
+            slots,
+            max_height,
+            max_width,
+            size / 2**20,
+            "lossless" if lossless else "live",
+        )
         return cls(name, fd, buf, created=True)
 
     @classmethod
@@ -305,13 +318,28 @@ class FrameRing:
         so a capture loop can check its stop flag and call again.
         """
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise RingError(f"ring {self._name}: frames must be uint8 (H, W, 3), "
-                            f"got {image.dtype} {tuple(image.shape)}")
-        return self.write_with(int(image.shape[0]), int(image.shape[1]),
-                               lambda view: np.copyto(view, image, casting="no"), pts, wall, timeout=timeout)
+            raise RingError(
+                f"ring {self._name}: frames must be uint8 (H, W, 3), got {image.dtype} {tuple(image.shape)}"
+            )
+        return self.write_with(
+            int(image.shape[0]),
+            int(image.shape[1]),
+            lambda view: np.copyto(view, image, casting="no"),
+            pts,
+            wall,
+            timeout=timeout,
+        )
 
-    def write_with(self, height: int, width: int, fill: Callable[[np.ndarray], object], pts: float,
-                   wall: float, *, timeout: float | None = None) -> int:
+    def write_with(
+        self,
+        height: int,
+        width: int,
+        fill: Callable[[np.ndarray], object],
+        pts: float,
+        wall: float,
+        *,
+        timeout: float | None = None,
+    ) -> int:
         """Like :meth:`write`, but ``fill(view)`` puts the pixels into the slot itself: ``view`` is a
         C-contiguous uint8 (height, width, 3) array in shared memory, valid only during the call
         (keep no reference). A decoder that converts straight into it saves ``write``'s copy. If
@@ -322,8 +350,10 @@ class FrameRing:
         self._check_open()
         h, w = int(height), int(width)
         if h > self._max_h or w > self._max_w or h < 1 or w < 1:
-            raise RingError(f"ring {self._name}: frame of shape {(h, w, 3)} does not fit its "
-                            f"slots of at most {self.max_shape}")
+            raise RingError(
+                f"ring {self._name}: frame of shape {(h, w, 3)} does not fit its "
+                f"slots of at most {self.max_shape}"
+            )
         seq = int(self._head[_HEAD]) + 1
         slot = seq % self._slots
         if self._lossless and seq >= self._slots and not self._wait_consumed(seq - self._slots, timeout):
@@ -541,8 +571,9 @@ class FrameRing:
     def __enter__(self) -> FrameRing:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         """Close; the creator also unlinks (it owns the name)."""
         self.close()
         if self._created:
@@ -550,8 +581,10 @@ class FrameRing:
 
     def __repr__(self) -> str:
         state = "closed" if self._mmap is None else f"head={self.head_seq}"
-        return (f"FrameRing({self._name!r}, slots={self._slots}, max={self._max_h}x{self._max_w}, "
-                f"{'lossless' if self._lossless else 'live'}, {state})")
+        return (
+            f"FrameRing({self._name!r}, slots={self._slots}, max={self._max_h}x{self._max_w}, "
+            f"{'lossless' if self._lossless else 'live'}, {state})"
+        )
 
 
 def _unlink_name(name: str) -> bool:

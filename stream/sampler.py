@@ -123,8 +123,17 @@ class SamplerCounters:
 class Sampler:
     """Samples one stream at ``fps`` and cuts captioning jobs from a rolling window. See the module doc."""
 
-    def __init__(self, *, fps: float = 1.0, window: float = 16.0, stride: float = 4.0, max_frames: int = 64,
-                 stream: str | None = None, max_pending: int = 64, origin: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        fps: float = 1.0,
+        window: float = 16.0,
+        stride: float = 4.0,
+        max_frames: int = 64,
+        stream: str | None = None,
+        max_pending: int = 64,
+        origin: float | None = None,
+    ) -> None:
         self.fps = _positive("fps", fps)
         self.window = _positive("window", window)
         self.stride = _positive("stride", stride)
@@ -207,8 +216,12 @@ class Sampler:
             forward = max(wall - self._last_wall, self._last_gap or 0.0, _MIN_STEP_S)
             self._offset = self._last_t + forward - pts
             self.counters.restarts += 1
-            log.info("stream %s: pts went back %.3f s (restart?); timeline continues at t=%.3f",
-                     self.stream, -step, self._last_t + forward)
+            log.info(
+                "stream %s: pts went back %.3f s (restart?); timeline continues at t=%.3f",
+                self.stream,
+                -step,
+                self._last_t + forward,
+            )
         stream_t = pts + self._offset
         if stream_t <= self._last_t:  # a step too small to survive rounding
             self.counters.repeats += 1
@@ -224,8 +237,15 @@ class Sampler:
             lo = self._lower(t_end)
             frames = [s for s in self._samples if lo < s.t <= t_end]
             if frames:
-                self._push(Job(self.stream, self._next_job, max(lo, 0.0), t_end,
-                               tuple(uniform_subsample(frames, self.max_frames))))
+                self._push(
+                    Job(
+                        self.stream,
+                        self._next_job,
+                        max(lo, 0.0),
+                        t_end,
+                        tuple(uniform_subsample(frames, self.max_frames)),
+                    )
+                )
                 self._next_job += 1
                 continue
             # Empty window: skip straight to the first job whose end reaches the next sample.
@@ -271,8 +291,15 @@ class Sampler:
             t_end = self._last_t  # the next job's window, cut short where the stream ended
             lo = self._lower(self._next_job * self.stride)
             frames = [s for s in self._samples if lo < s.t <= t_end]
-            self._push(Job(self.stream, self._next_job, max(lo, 0.0), t_end,
-                           tuple(uniform_subsample(frames, self.max_frames))))
+            self._push(
+                Job(
+                    self.stream,
+                    self._next_job,
+                    max(lo, 0.0),
+                    t_end,
+                    tuple(uniform_subsample(frames, self.max_frames)),
+                )
+            )
             self._next_job += 1
             self._evict(self._lower(self._next_job * self.stride))
         return self.due()

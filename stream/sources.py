@@ -111,14 +111,14 @@ def parse_source(text: str) -> SourceSpec:
     if not text:
         raise UnsupportedSource(f"empty source string; expected {ACCEPTED}")
     if text == "screen" or text.startswith("screen:"):
-        display = text[len("screen:"):] if text != "screen" else ""
+        display = text[len("screen:") :] if text != "screen" else ""
         if display and not display.startswith(":") and display[:1].isdigit():
             display = ":" + display  # screen:99 means :99
         if display and not re.fullmatch(r"[A-Za-z0-9_.-]*:\d+(\.\d+)?", display):
             raise UnsupportedSource(f"source {raw!r}: {display!r} is not an X display like :0 or :99.0")
         return SourceSpec("screen", display, text)
     if text == "webcam" or text.startswith("webcam:"):
-        index = text[len("webcam:"):] if text != "webcam" else "0"
+        index = text[len("webcam:") :] if text != "webcam" else "0"
         if _DEV_VIDEO.match(index):
             return SourceSpec("webcam", index, text)
         if not index.isdigit():
@@ -139,7 +139,8 @@ def parse_source(text: str) -> SourceSpec:
                 raise UnsupportedSource(f"source {redact(raw)!r}: {scheme}:// URL without a host")
             return SourceSpec("network", text, text)
         raise UnsupportedSource(
-            f"source {redact(raw)!r}: unsupported scheme {scheme}://; expected {ACCEPTED}")
+            f"source {redact(raw)!r}: unsupported scheme {scheme}://; expected {ACCEPTED}"
+        )
     return SourceSpec("file", str(Path(text).expanduser()), text)
 
 
@@ -170,8 +171,9 @@ class RealTimePacer:
         jump = None if self._last_pts is None else pts - self._last_pts
         self._last_pts = pts
         if jump is not None and jump > MAX_PACING_GAP_S:
-            log.info("%s: pts jumps %.1f s ahead at %.1f s; playing on without waiting",
-                     self._label, jump, pts)
+            log.info(
+                "%s: pts jumps %.1f s ahead at %.1f s; playing on without waiting", self._label, jump, pts
+            )
             self._anchor = None
         if self._anchor is None:
             self._anchor = (now, pts)
@@ -267,8 +269,15 @@ class _Swscale:
         self.coefficients.argtypes = [i]
         self.scale = swscale.sws_scale
         self.scale.restype = i
-        self.scale.argtypes = [vp, ctypes.POINTER(vp), ctypes.POINTER(i), i, i, ctypes.POINTER(vp),
-                               ctypes.POINTER(i)]
+        self.scale.argtypes = [
+            vp,
+            ctypes.POINTER(vp),
+            ctypes.POINTER(i),
+            i,
+            i,
+            ctypes.POINTER(vp),
+            ctypes.POINTER(i),
+        ]
         self.free_context = swscale.sws_freeContext
         self.free_context.restype = None
         self.free_context.argtypes = [vp]
@@ -383,8 +392,11 @@ class DirectRGB:
             same = bool(np.array_equal(expected, out))
             self._checked[key] = same
             if not same:
-                log.info("%s: direct RGB conversion differs from PyAV's for %s frames; using PyAV's",
-                            self._label, key[0])
+                log.info(
+                    "%s: direct RGB conversion differs from PyAV's for %s frames; using PyAV's",
+                    self._label,
+                    key[0],
+                )
                 np.copyto(out, expected)
         return True
 
@@ -401,8 +413,19 @@ class DirectRGB:
         src_format = sws.pix_fmt(name.encode())
         if src_format < 0:
             return False
-        context = sws.get_context(self._context, width, height, src_format, width, height, _AV_PIX_FMT_RGB24,
-                                  _SWS_BILINEAR, None, None, None)
+        context = sws.get_context(
+            self._context,
+            width,
+            height,
+            src_format,
+            width,
+            height,
+            _AV_PIX_FMT_RGB24,
+            _SWS_BILINEAR,
+            None,
+            None,
+            None,
+        )
         if not context:
             self._context = None  # sws_getCachedContext freed the old one
             return False
@@ -410,8 +433,9 @@ class DirectRGB:
             # As PyAV's reformat does: the frame's own colour space and range (unspecified ->
             # BT.601, limited range; yuvj formats are full range whatever the tag), to full-range RGB.
             full_range = int(color_range == _AVCOL_RANGE_JPEG or name.startswith("yuvj"))
-            sws.set_details(context, sws.coefficients(colorspace), full_range, sws.coefficients(5), 1, 0,
-                            1 << 16, 1 << 16)
+            sws.set_details(
+                context, sws.coefficients(colorspace), full_range, sws.coefficients(5), 1, 0, 1 << 16, 1 << 16
+            )
             self._configured = (context, key)
         self._context = context
         planes = frame.planes
@@ -669,15 +693,20 @@ class NetworkSource(_PyAVSource):
         if scheme.startswith("rtsp"):
             # Small probing: the open takes ~0.1 s instead of ~3 s (SDP already carries the format);
             # nobuffer hands out packets as they come (it drops those read while probing: fine live).
-            options |= {"rtsp_transport": self.options.rtsp_transport, "fflags": "nobuffer",
-                        "analyzeduration": "0", "probesize": "32768"}
+            options |= {
+                "rtsp_transport": self.options.rtsp_transport,
+                "fflags": "nobuffer",
+                "analyzeduration": "0",
+                "probesize": "32768",
+            }
         else:
             # No nobuffer here: it would drop the first second of a remote file or HLS playlist.
             options |= {"analyzeduration": "1000000", "probesize": "1000000"}
         started = time.monotonic()
         try:
-            self._container = av.open(url, options=options,
-                                      timeout=(self.options.open_timeout, self.options.read_timeout))
+            self._container = av.open(
+                url, options=options, timeout=(self.options.open_timeout, self.options.read_timeout)
+            )
         except av.ProtocolNotFoundError as exc:
             reason = f"this FFmpeg build cannot speak {scheme}:// ({exc})"
             raise UnsupportedSource(self._error(reason)) from exc
@@ -741,8 +770,13 @@ class WebcamSource(VideoSource):
             wall = time.time()
             height, width = bgr.shape[:2]
             size = scaled_size(width, height, self.options.max_side)
-            yield PendingFrame(size[1], size[0], time.monotonic() - self._t0, wall,
-                               partial(_bgr_into, bgr, size, cv2.COLOR_BGR2RGB))
+            yield PendingFrame(
+                size[1],
+                size[0],
+                time.monotonic() - self._t0,
+                wall,
+                partial(_bgr_into, bgr, size, cv2.COLOR_BGR2RGB),
+            )
 
     def close(self) -> None:
         self._capture.release()
@@ -783,8 +817,13 @@ class ScreenSource(VideoSource):
             wall = time.time()
             bgra = np.frombuffer(shot.raw, dtype=np.uint8).reshape(shot.height, shot.width, 4)
             size = scaled_size(shot.width, shot.height, self.options.max_side)
-            yield PendingFrame(size[1], size[0], time.monotonic() - self._t0, wall,
-                               partial(_bgr_into, bgra, size, cv2.COLOR_BGRA2RGB))
+            yield PendingFrame(
+                size[1],
+                size[0],
+                time.monotonic() - self._t0,
+                wall,
+                partial(_bgr_into, bgra, size, cv2.COLOR_BGRA2RGB),
+            )
 
     def close(self) -> None:
         self._mss.close()

@@ -113,8 +113,13 @@ class PageLog:
         return [url for url in self.requests + self.websockets if not is_loopback_url(url)]
 
 
-def open_page(browser: Any, url: str | None = None, *, viewport: dict[str, int] = DESKTOP,
-              init_config: dict[str, Any] | None = None) -> tuple[Any, PageLog]:
+def open_page(
+    browser: Any,
+    url: str | None = None,
+    *,
+    viewport: dict[str, int] = DESKTOP,
+    init_config: dict[str, Any] | None = None,
+) -> tuple[Any, PageLog]:
     """A new page in its own browser context (own storage), with its network and errors recorded.
 
     ``init_config`` becomes ``window.VIDNARRATE_CONFIG`` before the viewer's script runs (the viewer's
@@ -146,8 +151,16 @@ class GatewayProcess:
     """:func:`stream.gateway.gateway_main` in a "spawn" child on a fixed port, so a killed gateway can
     be started again at the same URL (what the page reconnects to)."""
 
-    def __init__(self, endpoints: Sequence[str], asks_endpoint: str | None, *, run_dir: Path,
-                 port: int | None = None, token: str = "", **options: Any) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        asks_endpoint: str | None,
+        *,
+        run_dir: Path,
+        port: int | None = None,
+        token: str = "",
+        **options: Any,
+    ) -> None:
         self.endpoints = list(endpoints)
         self.asks_endpoint = asks_endpoint
         self.run_dir = run_dir
@@ -183,10 +196,19 @@ class GatewayProcess:
             ready_file.unlink(missing_ok=True)
             self._stop_event = context.Event()
             self.process = context.Process(
-                target=gateway_main, name="test-gateway", daemon=True,
+                target=gateway_main,
+                name="test-gateway",
+                daemon=True,
                 args=(self.endpoints, self.asks_endpoint),
-                kwargs={"host": "127.0.0.1", "port": self.port, "token": self.token,
-                        "ready_file": str(ready_file), "stop_event": self._stop_event, **self.options})
+                kwargs={
+                    "host": "127.0.0.1",
+                    "port": self.port,
+                    "token": self.token,
+                    "ready_file": str(ready_file),
+                    "stop_event": self._stop_event,
+                    **self.options,
+                },
+            )
             self.process.start()
             while not ready_file.exists() and self.process.is_alive() and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -199,8 +221,9 @@ class GatewayProcess:
                 time.sleep(0.2)
                 continue
             self.kill()
-            raise RuntimeError(f"the gateway did not start on port {self.port} "
-                               f"(exit code {self.process.exitcode})")
+            raise RuntimeError(
+                f"the gateway did not start on port {self.port} (exit code {self.process.exitcode})"
+            )
 
     def kill(self) -> None:
         """SIGKILL: no close frames, no goodbye; the clients just lose the connection."""
@@ -284,8 +307,15 @@ class ViewerFeed:
     and it answers asks with ``answer(stream, question)`` (``None``: no answer at all).
     """
 
-    def __init__(self, paths: RunPaths, streams: Sequence[StreamPlay], *, period: float = 0.5,
-                 answer: Callable[[str, str], str | None] | None = None, model: str = "feed") -> None:
+    def __init__(
+        self,
+        paths: RunPaths,
+        streams: Sequence[StreamPlay],
+        *,
+        period: float = 0.5,
+        answer: Callable[[str, str], str | None] | None = None,
+        model: str = "feed",
+    ) -> None:
         self.paths = paths
         self.streams = {s.name: s for s in streams}
         self.period = period
@@ -337,8 +367,14 @@ class ViewerFeed:
         self._queue.put((role, message))
         return message
 
-    def caption(self, stream: str, text: str | None = None, *, partials: Sequence[str] = (),
-                partial_delay: float = 0.0) -> dict[str, Any]:
+    def caption(
+        self,
+        stream: str,
+        text: str | None = None,
+        *,
+        partials: Sequence[str] = (),
+        partial_delay: float = 0.0,
+    ) -> dict[str, Any]:
         """Publish the next caption of ``stream`` (after its ``partials``); returns the caption."""
         play = self.streams[stream]
         with self._lock:
@@ -352,10 +388,17 @@ class ViewerFeed:
             if partial_delay:
                 time.sleep(partial_delay)
         message = messages.caption(
-            stream=stream, seq=seq, t_start=round(t_start, 3), t_end=round(t_end, 3),
+            stream=stream,
+            seq=seq,
+            t_start=round(t_start, 3),
+            t_end=round(t_end, 3),
             frame_times=[round(t, 3) for t in _frame_times(t_start, t_end)],
-            wall_start=now - (t_end - t_start), wall_end=now,
-            text=text if text is not None else play.caption_text(seq), model=self.model, latency_ms=850.0)
+            wall_start=now - (t_end - t_start),
+            wall_end=now,
+            text=text if text is not None else play.caption_text(seq),
+            model=self.model,
+            latency_ms=850.0,
+        )
         return self.publish("inference", message)
 
     def partial(self, stream: str, text: str) -> dict[str, Any]:
@@ -429,26 +472,47 @@ class ViewerFeed:
         t = wall - self.started_wall
         inference: dict[str, Any] = {}
         with self._lock:
-            plays = [(s.name, s.state, s.error, s.fps, list(s.thumbnails), s.seq)
-                     for s in self.streams.values()]
+            plays = [
+                (s.name, s.state, s.error, s.fps, list(s.thumbnails), s.seq) for s in self.streams.values()
+            ]
         for name, state, error, fps, thumbnails, seq in plays:
             play = self.streams[name]
             play.frames = int(t * fps)
-            publishers[f"capture:{name}"].send(messages.capture_status(
-                stream=name, state=state, frames=play.frames, fps=fps if state == "live" else 0.0,
-                decode_errors=0, reconnects=0, drops=0, width=1280, height=720, error=error, wall=wall))
-            inference[name] = {"lag_s": 0.4, "skipped": 0, "captions": seq, "encodes_per_frame": 1.0,
-                               "caption_latency_ms": 850.0}
+            publishers[f"capture:{name}"].send(
+                messages.capture_status(
+                    stream=name,
+                    state=state,
+                    frames=play.frames,
+                    fps=fps if state == "live" else 0.0,
+                    decode_errors=0,
+                    reconnects=0,
+                    drops=0,
+                    width=1280,
+                    height=720,
+                    error=error,
+                    wall=wall,
+                )
+            )
+            inference[name] = {
+                "lag_s": 0.4,
+                "skipped": 0,
+                "captions": seq,
+                "encodes_per_frame": 1.0,
+                "caption_latency_ms": 850.0,
+            }
             if thumbnails and state == "live":
                 jpeg = thumbnails[thumb_index % len(thumbnails)]
-                publishers["inference"].send(messages.thumbnail(
-                    stream=name, t=round(t, 3), wall=wall, jpeg=base64.b64encode(jpeg).decode()))
-        publishers["inference"].send(messages.inference_status(
-            streams=inference, model=self.model, device="cpu", wall=wall))
+                publishers["inference"].send(
+                    messages.thumbnail(
+                        stream=name, t=round(t, 3), wall=wall, jpeg=base64.b64encode(jpeg).decode()
+                    )
+                )
+        publishers["inference"].send(
+            messages.inference_status(streams=inference, model=self.model, device="cpu", wall=wall)
+        )
 
 
 def _frame_times(t_start: float, t_end: float) -> list[float]:
     """1 fps sample times in the window, as the sampler picks them."""
     first = int(t_start) + (1 if t_start > int(t_start) else 0)
     return [float(t) for t in range(first, int(t_end) + 1)]
-

@@ -36,13 +36,15 @@ def load_tool(name: str) -> ModuleType:
     return module
 
 
-def make_clip(path: Path, *, size: str = "320x180", fps: float = 30.0, seconds: float = 3.0,
-              **kwargs: object) -> Path:
+def make_clip(
+    path: Path, *, size: str = "320x180", fps: float = 30.0, seconds: float = 3.0, **kwargs: object
+) -> Path:
     """A real H.264 clip of the committed photos with the frame index stamped in (cached by path)."""
     if not path.exists():
         width, height = (int(v) for v in size.split("x"))
-        load_tool("make_sample_video").make_video(path, width=width, height=height, fps=fps, seconds=seconds,
-                                                  **kwargs)
+        load_tool("make_sample_video").make_video(
+            path, width=width, height=height, fps=fps, seconds=seconds, **kwargs
+        )
     return path
 
 
@@ -102,10 +104,20 @@ def _read_line(proc: subprocess.Popen[bytes], prefix: bytes, timeout: float, wha
 
 
 def require_rtsp_server() -> None:
-    ok = os.path.exists(SYSTEM_PYTHON) and subprocess.run(
-        [SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
-                              "from gi.repository import GstRtspServer"],
-        capture_output=True, timeout=60).returncode == 0
+    ok = (
+        os.path.exists(SYSTEM_PYTHON)
+        and subprocess.run(
+            [
+                SYSTEM_PYTHON,
+                "-c",
+                "import gi; gi.require_version('GstRtspServer', '1.0'); "
+                "from gi.repository import GstRtspServer",
+            ],
+            capture_output=True,
+            timeout=60,
+        ).returncode
+        == 0
+    )
     require_real_part(ok, "GStreamer's RTSP server (python3-gi, gir1.2-gst-rtsp-server-1.0)")
 
 
@@ -122,7 +134,10 @@ class RtspServer:
         for _ in range(20):  # the port may linger for a moment after a kill
             self.proc = subprocess.Popen(
                 [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), *self.args],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 line = _read_line(self.proc, b"READY", timeout, "RTSP server")
             except RuntimeError as exc:
@@ -160,7 +175,11 @@ class Xvfb:
         read_fd, write_fd = os.pipe()
         self.proc = subprocess.Popen(
             ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
-            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         os.close(write_fd)
         data = b""
         try:  # Xvfb writes "N\n" once it accepts connections; read up to the newline
@@ -187,9 +206,28 @@ class Xvfb:
         xterm = require_executable("xterm")
         previous = self._painter
         self._painter = subprocess.Popen(
-            [xterm, "-display", self.display, "-bg", color, "-fg", color, "-geometry", "500x300+0+0",
-             "-bw", "0", "-b", "0", "-e", "sleep", "3600"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                xterm,
+                "-display",
+                self.display,
+                "-bg",
+                color,
+                "-fg",
+                color,
+                "-geometry",
+                "500x300+0+0",
+                "-bw",
+                "0",
+                "-b",
+                "0",
+                "-e",
+                "sleep",
+                "3600",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         if previous is not None:
             time.sleep(0.3)  # let the new window map before the old one goes
             stop_group(previous)

@@ -66,10 +66,16 @@ def test_stream_time_survives_pts_going_backwards_repeating_or_jumping() -> None
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6)), st.floats(0.0, 30.0), st.booleans()),
-                min_size=1, max_size=60))
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.none(), st.floats(-1e6, 1e6)), st.floats(0.0, 30.0), st.booleans()),
+        min_size=1,
+        max_size=60,
+    )
+)
 def test_stream_time_is_strictly_increasing_whatever_the_source_does(
-        steps: list[tuple[float | None, float, bool]]) -> None:
+    steps: list[tuple[float | None, float, bool]],
+) -> None:
     clock = StreamClock(max_jump=10.0)
     wall = 1_700_000_000.0
     times = []
@@ -102,8 +108,9 @@ def clip(clips: Path) -> Path:
 
 
 def new_ring(lossless: bool = False, slots: int = 8, side: int = 320) -> FrameRing:
-    return FrameRing.create(ring_name(uuid.uuid4().hex, "test"), slots=slots, max_height=side, max_width=side,
-                            lossless=lossless)
+    return FrameRing.create(
+        ring_name(uuid.uuid4().hex, "test"), slots=slots, max_height=side, max_width=side, lossless=lossless
+    )
 
 
 @pytest.fixture
@@ -131,8 +138,9 @@ class Statuses(list[dict[str, Any]]):
         return out
 
 
-def capture(source: str | Path, ring: FrameRing, stop: threading.Event | None = None,
-            **kwargs: Any) -> tuple[Capture, Statuses]:
+def capture(
+    source: str | Path, ring: FrameRing, stop: threading.Event | None = None, **kwargs: Any
+) -> tuple[Capture, Statuses]:
     options = kwargs.pop("options", SourceOptions(realtime=False, max_side=320))
     statuses = Statuses()
     cap = Capture("cam0", parse_source(str(source)), ring, options=options, on_status=statuses, **kwargs)
@@ -140,8 +148,20 @@ def capture(source: str | Path, ring: FrameRing, stop: threading.Event | None = 
     return cap, statuses
 
 
-STATUS_KEYS = {"type", "stream", "state", "frames", "fps", "decode_errors", "reconnects", "drops", "width",
-               "height", "error", "wall"}
+STATUS_KEYS = {
+    "type",
+    "stream",
+    "state",
+    "frames",
+    "fps",
+    "decode_errors",
+    "reconnects",
+    "drops",
+    "width",
+    "height",
+    "error",
+    "wall",
+}
 
 
 def test_file_into_ring_ends_cleanly(clip: Path, ring: FrameRing) -> None:
@@ -159,6 +179,7 @@ def test_file_into_ring_ends_cleanly(clip: Path, ring: FrameRing) -> None:
 
 def test_ring_write_with_publishes_only_a_complete_fill(ring: FrameRing) -> None:
     """The ring API capture converts into: a fill that fails publishes nothing; the next write works."""
+
     def broken(view: np.ndarray) -> None:
         view[:2] = 7
         raise ValueError("decoder fell over mid-frame")
@@ -262,8 +283,9 @@ def test_corrupt_file_counts_errors_and_reaches_the_end(clip: Path, ring: FrameR
     ("name", "content", "reason"),
     [("missing.mp4", None, "no such file"), ("text.mp4", b"hello\n" * 100, "not a video file")],
 )
-def test_unopenable_file_ends_at_once_with_the_reason(tmp_path: Path, ring: FrameRing, name: str,
-                                                      content: bytes | None, reason: str) -> None:
+def test_unopenable_file_ends_at_once_with_the_reason(
+    tmp_path: Path, ring: FrameRing, name: str, content: bytes | None, reason: str
+) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_bytes(content)
@@ -276,11 +298,18 @@ def test_unopenable_file_ends_at_once_with_the_reason(tmp_path: Path, ring: Fram
 
 
 def test_network_source_retries_with_capped_exponential_backoff(
-        ring: FrameRing, caplog: pytest.LogCaptureFixture) -> None:
+    ring: FrameRing, caplog: pytest.LogCaptureFixture
+) -> None:
     url = f"rtsp://127.0.0.1:{free_port()}/cam"  # nothing listens: every attempt is refused at once
     with caplog.at_level(logging.INFO, logger="stream.capture"):
-        cap, statuses = capture(url, ring, backoff_initial=0.1, backoff_max=0.4, max_reconnects=5,
-                                options=SourceOptions(open_timeout=2, read_timeout=1))
+        cap, statuses = capture(
+            url,
+            ring,
+            backoff_initial=0.1,
+            backoff_max=0.4,
+            max_reconnects=5,
+            options=SourceOptions(open_timeout=2, read_timeout=1),
+        )
     # The outage is a warning once (seen at --log-level WARNING); its retries are INFO.
     losses = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
     assert [r.levelno for r in losses] == [logging.WARNING] + [logging.INFO] * 4
@@ -340,8 +369,15 @@ def test_watchdog_abandons_a_hung_reader_and_reconnects(ring: FrameRing) -> None
         return sources[-1]
 
     statuses = Statuses()
-    cap = Capture("cam0", parse_source("webcam:0"), ring, on_status=statuses, opener=opener,  # type: ignore[arg-type]
-                  stall_timeout=0.3, backoff_initial=0.1)
+    cap = Capture(
+        "cam0",
+        parse_source("webcam:0"),
+        ring,
+        on_status=statuses,
+        opener=opener,  # type: ignore[arg-type]
+        stall_timeout=0.3,
+        backoff_initial=0.1,
+    )
     stop = threading.Event()
     runner = threading.Thread(target=cap.run, args=(stop,))
     runner.start()
@@ -413,16 +449,29 @@ def _exit_code_main(**kwargs: Any) -> None:
     raise SystemExit(capture_main(**kwargs))
 
 
-def run_capture_process(source: str, ring: str, endpoint: str | None, options: SourceOptions,
-                        stop_when_live: Subscriber | None = None, use_sigterm: bool = False,
-                        ) -> tuple[int, float, list[dict[str, Any]]]:
+def run_capture_process(
+    source: str,
+    ring: str,
+    endpoint: str | None,
+    options: SourceOptions,
+    stop_when_live: Subscriber | None = None,
+    use_sigterm: bool = False,
+) -> tuple[int, float, list[dict[str, Any]]]:
     """Run capture_main in a spawned process; with ``stop_when_live``, stop it (stop event or SIGTERM)
     once its status says live. Returns (exit code, seconds from the stop (or start) to exit, messages
     seen before the stop)."""
     stop = _spawn.Event()
-    proc = _spawn.Process(target=_exit_code_main, kwargs={
-        "name": "cam0", "source": source, "ring_name": ring, "status_endpoint": endpoint,
-        "options": options, "stop_event": stop})
+    proc = _spawn.Process(
+        target=_exit_code_main,
+        kwargs={
+            "name": "cam0",
+            "source": source,
+            "ring_name": ring,
+            "status_endpoint": endpoint,
+            "options": options,
+            "stop_event": stop,
+        },
+    )
     started = time.monotonic()
     proc.start()
     seen: list[dict[str, Any]] = []
@@ -466,8 +515,7 @@ def drain(subscriber: Subscriber, timeout: float = 1.0) -> list[dict[str, Any]]:
     return messages
 
 
-def test_capture_process_file_end_exit_zero(clip: Path, ring: FrameRing,
-                                            bus: tuple[str, Subscriber]) -> None:
+def test_capture_process_file_end_exit_zero(clip: Path, ring: FrameRing, bus: tuple[str, Subscriber]) -> None:
     endpoint, subscriber = bus
     code, _, _ = run_capture_process(str(clip), ring.name, endpoint, SourceOptions(realtime=True))
     messages = drain(subscriber)
@@ -480,14 +528,20 @@ def test_capture_process_file_end_exit_zero(clip: Path, ring: FrameRing,
 
 @pytest.mark.parametrize("frames", [1, 10, 90])
 def test_last_status_arrives_through_the_production_child_entry(
-        clips: Path, ring: FrameRing, bus: tuple[str, Subscriber], frames: int) -> None:
+    clips: Path, ring: FrameRing, bus: tuple[str, Subscriber], frames: int
+) -> None:
     """The supervisor's children leave through os._exit (no interpreter teardown, which would flush zmq
     on its own): the final "ended" report with the full count must still reach the bus, or a file
     that played through shows up as a dead, lost capture with the wrong frame count."""
     endpoint, subscriber = bus
     clip = make_clip(clips / f"short{frames}.mp4", size="320x180", fps=30, seconds=frames / 30)
-    kwargs = {"name": "cam0", "source": str(clip), "ring_name": ring.name, "status_endpoint": endpoint,
-              "options": SourceOptions(realtime=False)}
+    kwargs = {
+        "name": "cam0",
+        "source": str(clip),
+        "ring_name": ring.name,
+        "status_endpoint": endpoint,
+        "options": SourceOptions(realtime=False),
+    }
     for attempt in range(3):  # the loss was intermittent: a race between the last send and exit
         proc = _spawn.Process(target=child_entry, args=("capture:cam0", capture_main, kwargs))
         proc.start()
@@ -499,12 +553,19 @@ def test_last_status_arrives_through_the_production_child_entry(
         assert messages[-1]["frames"] == frames and messages[-1]["error"] is None
 
 
-def test_capture_process_sigterm_is_a_clean_stop(clips: Path, ring: FrameRing,
-                                                 bus: tuple[str, Subscriber]) -> None:
+def test_capture_process_sigterm_is_a_clean_stop(
+    clips: Path, ring: FrameRing, bus: tuple[str, Subscriber]
+) -> None:
     endpoint, subscriber = bus
     clip = make_clip(clips / "long.mp4", size="320x180", fps=30, seconds=8.0)
-    code, took, _ = run_capture_process(str(clip), ring.name, endpoint, SourceOptions(realtime=True),
-                                        stop_when_live=subscriber, use_sigterm=True)
+    code, took, _ = run_capture_process(
+        str(clip),
+        ring.name,
+        endpoint,
+        SourceOptions(realtime=True),
+        stop_when_live=subscriber,
+        use_sigterm=True,
+    )
     assert code == 0 and took < 2.0
     messages = drain(subscriber)
     assert messages[-1]["state"] == "ended" and messages[-1]["error"] is None
@@ -515,8 +576,11 @@ def capture_main_in_thread(source: str, ring: str, endpoint: str, **kwargs: Any)
     """capture_main called directly (in a thread, so it installs no signal handlers in pytest): the
     error paths need no new process; the spawned-process tests above cover what spawning adds."""
     result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(capture_main(
-        "cam0", source, ring, endpoint, SourceOptions(), threading.Event(), **kwargs)))
+    thread = threading.Thread(
+        target=lambda: result.append(
+            capture_main("cam0", source, ring, endpoint, SourceOptions(), threading.Event(), **kwargs)
+        )
+    )
     thread.start()
     thread.join(20)
     assert result, "capture_main did not return"
@@ -527,8 +591,9 @@ def capture_main_in_thread(source: str, ring: str, endpoint: str, **kwargs: Any)
     ("source", "reason"),
     [("missing-file.mp4", "no such file"), ("gopher://cam/1", "unsupported scheme gopher://")],
 )
-def test_capture_main_bad_source_exits_not_to_be_restarted(ring: FrameRing, bus: tuple[str, Subscriber],
-                                                           source: str, reason: str) -> None:
+def test_capture_main_bad_source_exits_not_to_be_restarted(
+    ring: FrameRing, bus: tuple[str, Subscriber], source: str, reason: str
+) -> None:
     endpoint, subscriber = bus
     assert capture_main_in_thread(source, ring.name, endpoint) == EXIT_BAD_SOURCE == 78
     messages = drain(subscriber, 0.3)

@@ -54,9 +54,18 @@ def test_client_queue_rejects_zero_capacity() -> None:
 
 
 def _caption(stream: str, seq: int) -> dict[str, object]:
-    return messages.caption(stream=stream, seq=seq, t_start=seq, t_end=seq + 4.0, frame_times=[float(seq)],
-                            wall_start=1000.0 + seq, wall_end=1004.0 + seq, text=f"{stream} {seq}",
-                            model="tiny", latency_ms=1.0)
+    return messages.caption(
+        stream=stream,
+        seq=seq,
+        t_start=seq,
+        t_end=seq + 4.0,
+        frame_times=[float(seq)],
+        wall_start=1000.0 + seq,
+        wall_end=1004.0 + seq,
+        text=f"{stream} {seq}",
+        model="tiny",
+        latency_ms=1.0,
+    )
 
 
 def test_replay_store_keeps_the_last_n_per_stream_in_time_order() -> None:
@@ -79,8 +88,19 @@ def test_replay_store_with_zero_capacity_stores_nothing() -> None:
 
 
 def _capture(stream: str, state: str, frames: int = 10, error: str | None = None) -> dict[str, object]:
-    return messages.capture_status(stream=stream, state=state, frames=frames, fps=25.0, decode_errors=1,
-                                   reconnects=2, drops=3, width=640, height=360, error=error, wall=1.0)
+    return messages.capture_status(
+        stream=stream,
+        state=state,
+        frames=frames,
+        fps=25.0,
+        decode_errors=1,
+        reconnects=2,
+        drops=3,
+        width=640,
+        height=360,
+        error=error,
+        wall=1.0,
+    )
 
 
 def test_status_board_merges_capture_inference_and_processes() -> None:
@@ -88,13 +108,40 @@ def test_status_board_merges_capture_inference_and_processes() -> None:
     assert board.update(_capture("cam0", "connecting"), now=10.0) is True
     assert board.update(_capture("cam0", "live", frames=20), now=11.0) is True  # state changed
     assert board.update(_capture("cam0", "live", frames=45), now=12.0) is False  # figures only
-    assert board.update(messages.inference_status(
-        streams={"cam0": {"lag_s": 0.4, "skipped": 1, "captions": 7, "encodes_per_frame": 1.0,
-                          "caption_latency_ms": 850.0, "window_s": 16}},
-        model="tiny", device="cpu", wall=1.0), now=12.0) is True
-    assert board.update(messages.processes(processes={
-        "capture:cam0": {"pid": 11, "restarts": 0, "alive": True},
-        "inference": {"pid": 12, "restarts": 1, "alive": True}}, wall=1.0), now=12.0) is True
+    assert (
+        board.update(
+            messages.inference_status(
+                streams={
+                    "cam0": {
+                        "lag_s": 0.4,
+                        "skipped": 1,
+                        "captions": 7,
+                        "encodes_per_frame": 1.0,
+                        "caption_latency_ms": 850.0,
+                        "window_s": 16,
+                    }
+                },
+                model="tiny",
+                device="cpu",
+                wall=1.0,
+            ),
+            now=12.0,
+        )
+        is True
+    )
+    assert (
+        board.update(
+            messages.processes(
+                processes={
+                    "capture:cam0": {"pid": 11, "restarts": 0, "alive": True},
+                    "inference": {"pid": 12, "restarts": 1, "alive": True},
+                },
+                wall=1.0,
+            ),
+            now=12.0,
+        )
+        is True
+    )
     snap = board.snapshot(now=12.5, wall=99.0)
     assert snap["type"] == "status" and snap["wall"] == 99.0
     assert snap["model"] == "tiny" and snap["device"] == "cpu"
@@ -110,9 +157,16 @@ def test_status_board_shows_a_dead_capture_as_lost() -> None:
     board = StatusBoard()
     board.update(_capture("cam0", "live"), now=0.0)
     board.update(_capture("file", "ended"), now=0.0)
-    changed = board.update(messages.processes(processes={
-        "capture:cam0": {"pid": 11, "restarts": 0, "alive": False},
-        "capture:file": {"pid": 12, "restarts": 0, "alive": False}}, wall=1.0), now=1.0)
+    changed = board.update(
+        messages.processes(
+            processes={
+                "capture:cam0": {"pid": 11, "restarts": 0, "alive": False},
+                "capture:file": {"pid": 12, "restarts": 0, "alive": False},
+            },
+            wall=1.0,
+        ),
+        now=1.0,
+    )
     assert changed
     snap = board.snapshot(now=1.0, wall=1.0)
     assert snap["streams"]["cam0"]["state"] == "lost"
@@ -125,10 +179,16 @@ def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> No
     board = StatusBoard()
     board.update(_capture("clip", "live"), now=0.0)
     board.update(_capture("cam1", "live"), now=0.0)
-    board.update(messages.processes(processes={
-        "capture:clip": {"pid": 11, "restarts": 0, "alive": False, "finished": True, "exit_code": 0},
-        "capture:cam1": {"pid": 12, "restarts": 0, "alive": False, "finished": True, "exit_code": 78}},
-        wall=1.0), now=1.0)
+    board.update(
+        messages.processes(
+            processes={
+                "capture:clip": {"pid": 11, "restarts": 0, "alive": False, "finished": True, "exit_code": 0},
+                "capture:cam1": {"pid": 12, "restarts": 0, "alive": False, "finished": True, "exit_code": 78},
+            },
+            wall=1.0,
+        ),
+        now=1.0,
+    )
     snap = board.snapshot(now=1.0, wall=1.0)
     assert snap["streams"]["clip"]["state"] == "ended" and snap["streams"]["clip"]["error"] is None
     assert snap["streams"]["cam1"]["state"] == "lost"
@@ -136,18 +196,22 @@ def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> No
 
 def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> None:
     board = StatusBoard()
-    board.update(messages.inference_status(streams={"cam9": {"lag_s": 0.0}}, model="m", device="d", wall=1.0),
-                 now=0.0)
+    board.update(
+        messages.inference_status(streams={"cam9": {"lag_s": 0.0}}, model="m", device="d", wall=1.0), now=0.0
+    )
     assert board.snapshot(now=0.0, wall=0.0)["streams"]["cam9"]["state"] == "connecting"
 
 
-@pytest.mark.parametrize("report", [
-    {"type": "capture_status", "state": "live"},
-    {"type": "capture_status", "stream": "cam0", "state": "dancing"},
-    {"type": "inference_status", "streams": []},
-    {"type": "processes", "processes": "none"},
-    {"type": "caption"},
-])
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"type": "capture_status", "state": "live"},
+        {"type": "capture_status", "stream": "cam0", "state": "dancing"},
+        {"type": "inference_status", "streams": []},
+        {"type": "processes", "processes": "none"},
+        {"type": "caption"},
+    ],
+)
 def test_status_board_rejects_malformed_reports(report: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         StatusBoard().update(report, now=0.0)

@@ -272,9 +272,13 @@ def test_bad_input_is_refused_before_anything_starts(tmp_path: Path, clips: dict
     camera = run("run", "--source", "webcam:97", "--model", "tiny")
     assert camera.returncode == 2 and "no such camera device /dev/video97" in camera.stderr, camera.stderr
     headless = subprocess.run(
-        [str(VIDNARRATE), "run", "--source", "screen", "--model", "tiny"], capture_output=True, text=True,
-        timeout=60, env={k: v for k, v in os.environ.items() if k != "DISPLAY"} | {
-            "VIDNARRATE_RUN_ROOT": str(tmp_path / "runs")})
+        [str(VIDNARRATE), "run", "--source", "screen", "--model", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "DISPLAY"}
+        | {"VIDNARRATE_RUN_ROOT": str(tmp_path / "runs")},
+    )
     assert headless.returncode == 2 and "DISPLAY is not set" in headless.stderr, headless.stderr
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = str(taken.getsockname()[1])
@@ -306,6 +310,7 @@ def test_a_model_that_refuses_every_window_keeps_the_run_alive(clips: dict[str, 
         )
         run.start()
         try:
+
             def refused(messages: list[dict[str, Any]]) -> bool:
                 status = of_type(messages, "status")
                 errors = status[-1]["streams"].get("door", {}).get("caption_errors") if status else None

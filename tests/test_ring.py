@@ -32,10 +32,21 @@ def make_ring() -> Iterator[MakeRing]:
     run_id = uuid.uuid4().hex
     made: list[FrameRing] = []
 
-    def make(source: str = "cam0", *, slots: int = 4, max_height: int = 48, max_width: int = 64,
-             lossless: bool = False) -> FrameRing:
-        ring = FrameRing.create(ring_name(run_id, source), slots=slots, max_height=max_height,
-                                max_width=max_width, lossless=lossless)
+    def make(
+        source: str = "cam0",
+        *,
+        slots: int = 4,
+        max_height: int = 48,
+        max_width: int = 64,
+        lossless: bool = False,
+    ) -> FrameRing:
+        ring = FrameRing.create(
+            ring_name(run_id, source),
+            slots=slots,
+            max_height=max_height,
+            max_width=max_width,
+            lossless=lossless,
+        )
         made.append(ring)
         return ring
 
@@ -48,8 +59,12 @@ def make_ring() -> Iterator[MakeRing]:
 
 def frame_for(seq: int, h: int = 40, w: int = 60) -> np.ndarray:
     """A frame whose every byte depends on seq and position (any mix-up shows)."""
-    rows = (np.arange(h, dtype=np.uint16)[:, None, None] * 3 + np.arange(w)[None, :, None]
-            + np.arange(3)[None, None, :] + seq * 7)
+    rows = (
+        np.arange(h, dtype=np.uint16)[:, None, None] * 3
+        + np.arange(w)[None, :, None]
+        + np.arange(3)[None, None, :]
+        + seq * 7
+    )
     return (rows % 251).astype(np.uint8)
 
 
@@ -139,16 +154,20 @@ def test_since_is_ascending_bounded_and_skips_what_is_gone(make_ring: MakeRing) 
         np.testing.assert_array_equal(f.image, frame_for(f.seq))
 
 
-@pytest.mark.parametrize(("shape", "dtype", "match"), [
-    ((49, 64, 3), np.uint8, r"\(49, 64, 3\).*\(48, 64, 3\)"),
-    ((48, 65, 3), np.uint8, r"\(48, 65, 3\).*\(48, 64, 3\)"),
-    ((10, 10, 4), np.uint8, "uint8 \\(H, W, 3\\)"),
-    ((10, 10), np.uint8, "uint8 \\(H, W, 3\\)"),
-    ((10, 10, 3), np.float32, "float32"),
-    ((0, 10, 3), np.uint8, "does not fit"),
-])
-def test_bad_frames_are_clear_errors_naming_ring_and_shapes(make_ring: MakeRing, shape: tuple, dtype: type,
-                                                           match: str) -> None:
+@pytest.mark.parametrize(
+    ("shape", "dtype", "match"),
+    [
+        ((49, 64, 3), np.uint8, r"\(49, 64, 3\).*\(48, 64, 3\)"),
+        ((48, 65, 3), np.uint8, r"\(48, 65, 3\).*\(48, 64, 3\)"),
+        ((10, 10, 4), np.uint8, "uint8 \\(H, W, 3\\)"),
+        ((10, 10), np.uint8, "uint8 \\(H, W, 3\\)"),
+        ((10, 10, 3), np.float32, "float32"),
+        ((0, 10, 3), np.uint8, "does not fit"),
+    ],
+)
+def test_bad_frames_are_clear_errors_naming_ring_and_shapes(
+    make_ring: MakeRing, shape: tuple, dtype: type, match: str
+) -> None:
     ring = make_ring(max_height=48, max_width=64)
     with pytest.raises(RingError, match=match) as info:
         ring.write(np.zeros(shape, dtype), 0.0, 0.0)

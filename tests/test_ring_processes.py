@@ -41,6 +41,7 @@ PERIOD = 251  # frame content repeats every PERIOD seqs (7 * k is never 0 mod 25
 
 # -- frames whose every byte derives from their seq ------------------------------------------------
 
+
 def shape_for(seq: int) -> tuple[int, int]:
     k = seq % PERIOD
     return H - k % 3, W - k % 5
@@ -58,6 +59,7 @@ def frame_pool() -> list[np.ndarray]:
 
 
 # -- child process mains (module level: spawn imports this module) ---------------------------------
+
 
 def live_writer(name: str, progress: list[Any], enough: int, conn: Connection) -> None:
     """Lap the ring as fast as possible until every reader has checked ``enough`` frames (60 s at most)."""
@@ -216,11 +218,17 @@ def recv(conn: Connection, timeout: float = 60) -> Any:
 
 def python_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
     """Run code in a fresh interpreter with warnings as errors, as a separate program would."""
-    return subprocess.run([sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code), *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # -- tests ------------------------------------------------------------------------------------------
+
 
 def test_child_attaches_reads_and_exits_without_tracker_noise_and_parent_keeps_the_ring(run_id: str) -> None:
     name = ring_name(run_id, "cam0")
@@ -249,7 +257,8 @@ def test_child_attaches_reads_and_exits_without_tracker_noise_and_parent_keeps_t
 
 
 def test_child_that_creates_writes_and_unlinks_is_silent(run_id: str) -> None:
-    child = python_child("""
+    child = python_child(
+        """
         import sys
         import numpy as np
         from stream.ring import FrameRing
@@ -257,7 +266,9 @@ def test_child_that_creates_writes_and_unlinks_is_silent(run_id: str) -> None:
             ring.write(np.zeros((8, 8, 3), np.uint8), 0.0, 0.0)
             with FrameRing.attach(sys.argv[1]) as again:
                 assert again.latest().seq == 0
-        """, ring_name(run_id, "cam0"))
+        """,
+        ring_name(run_id, "cam0"),
+    )
     assert (child.returncode, child.stderr) == (0, "")
 
 
@@ -267,8 +278,10 @@ def test_readers_never_get_a_torn_frame_under_heavy_overwrite(run_id: str, start
     name = ring_name(run_id, "cam0")
     with FrameRing.create(name, slots=3, max_height=H, max_width=W):
         progress = [CTX.Value("q", 0, lock=False) for _ in range(2)]
-        readers = [start(checking_reader, name, how, count)
-                   for how, count in zip(("latest", "since"), progress, strict=True)]
+        readers = [
+            start(checking_reader, name, how, count)
+            for how, count in zip(("latest", "since"), progress, strict=True)
+        ]
         for _, conn in readers:
             assert recv(conn) == "ready"
         writer, wconn = start(live_writer, name, progress, 500)
@@ -317,8 +330,9 @@ def test_live_ring_drops_oldest_for_a_slow_reader(run_id: str, start: Start) -> 
         assert ring.ended
 
 
-def test_a_dead_reader_stops_holding_back_a_lossless_writer(run_id: str, start: Start,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_a_dead_reader_stops_holding_back_a_lossless_writer(
+    run_id: str, start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
     name = ring_name(run_id, "file")
     with FrameRing.create(name, slots=2, max_height=H, max_width=W, lossless=True) as ring:
         mine = ring.register_reader()
@@ -384,9 +398,24 @@ def test_sigkilled_run_leaves_a_segment_that_remove_stale_rings_removes(run_id: 
 @pytest.mark.slow
 def test_bench_ring_runs_and_ends_with_its_json_figures() -> None:
     """The benchmark tool itself (tiny frames, short runs): it must keep working, not be fast here."""
-    bench = subprocess.run([sys.executable, "tools/bench_ring.py", "--seconds", "0.3", "--rounds", "1",
-                            "--height", "72", "--width", "128"],
-                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "tools/bench_ring.py",
+            "--seconds",
+            "0.3",
+            "--rounds",
+            "1",
+            "--height",
+            "72",
+            "--width",
+            "128",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bench.returncode == 0, bench.stderr
     figures = json.loads(bench.stdout.strip().splitlines()[-1])
     assert figures["ring_fps"] > 0 and figures["queue_fps"] > 0 and figures["memcpy_fps"] > 0

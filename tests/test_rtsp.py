@@ -143,13 +143,23 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
     # The watchdog's stall timeout is set below PyAV's read timeout here, so that the watchdog (not
     # PyAV, whose timeout test_hung_server_raises_source_timeout covers) is what notices the hang.
     options = SourceOptions(open_timeout=3.0, read_timeout=2.0, max_side=320)
-    cap = Capture("cam0", parse_source(server.url), ring, options=options, on_status=statuses.append,
-                  backoff_initial=0.2, backoff_max=1.0, status_interval=0.25, stall_timeout=0.8)
+    cap = Capture(
+        "cam0",
+        parse_source(server.url),
+        ring,
+        options=options,
+        on_status=statuses.append,
+        backoff_initial=0.2,
+        backoff_max=1.0,
+        status_interval=0.25,
+        stall_timeout=0.8,
+    )
     result: list[CaptureState] = []
     runner = threading.Thread(target=lambda: result.append(cap.run(stop)))
     watcher = RingWatcher(ring.name)
     runner.start()
     try:
+
         def state() -> str:
             return statuses[-1]["state"] if statuses else ""
 
@@ -184,8 +194,9 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         time.sleep(1.0)
         frames_before = cap.stats.frames
         server.signal(signal.SIGCONT)
-        wait_until(lambda: state() == "live" and cap.stats.frames >= frames_before + 15, 20,
-                   "frames after SIGCONT")
+        wait_until(
+            lambda: state() == "live" and cap.stats.frames >= frames_before + 15, 20, "frames after SIGCONT"
+        )
     finally:
         stop.set()
         runner.join(10)
@@ -210,17 +221,28 @@ def _exit_code_main(**kwargs: Any) -> None:
     raise SystemExit(capture_main(**kwargs))
 
 
-def test_capture_process_reconnects_after_server_restart(server: RtspServer, ring: FrameRing,
-                                                         tmp_path: Path) -> None:
+def test_capture_process_reconnects_after_server_restart(
+    server: RtspServer, ring: FrameRing, tmp_path: Path
+) -> None:
     """The same through capture_main in a spawned process, watched only through the zmq bus."""
     run = RunPaths.create(root=tmp_path)
     endpoint = run.publisher_endpoint("capture:cam0")
     subscriber = Subscriber([endpoint])
     context = mp.get_context("spawn")
     stop = context.Event()
-    proc = context.Process(target=_exit_code_main, kwargs={
-        "name": "cam0", "source": server.url, "ring_name": ring.name, "status_endpoint": endpoint,
-        "options": OPTIONS, "stop_event": stop, "backoff_initial": 0.2, "backoff_max": 1.0})
+    proc = context.Process(
+        target=_exit_code_main,
+        kwargs={
+            "name": "cam0",
+            "source": server.url,
+            "ring_name": ring.name,
+            "status_endpoint": endpoint,
+            "options": OPTIONS,
+            "stop_event": stop,
+            "backoff_initial": 0.2,
+            "backoff_max": 1.0,
+        },
+    )
     proc.start()
     states: list[str] = []
     last: dict[str, Any] = {}

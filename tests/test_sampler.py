@@ -16,6 +16,7 @@ EPS = 1e-9
 
 # -- helpers ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Run:
     sampler: Sampler
@@ -99,13 +100,15 @@ def steady(n: int, dt: float, start: float = 0.0) -> list[float]:
 
 # -- strategies -------------------------------------------------------------------------------------
 
+
 @st.composite
 def timestamp_streams(draw: st.DrawFn) -> tuple[list[float], list[float]]:
     """pts and wall times: steady runs with jitter, forward jumps, repeats, small and large steps back."""
     pts: list[float] = [draw(st.floats(-1e4, 1e4))]
     walls: list[float] = [1.7e9]
-    segments = draw(st.lists(st.sampled_from(["run", "run", "run", "jump", "repeat", "back"]),
-                             min_size=1, max_size=8))
+    segments = draw(
+        st.lists(st.sampled_from(["run", "run", "run", "jump", "repeat", "back"]), min_size=1, max_size=8)
+    )
     for kind in segments:
         if kind == "run":
             dt = draw(st.sampled_from([1 / 60, 1 / 30, 0.1, 0.25, 0.5, 1.0, 1.5, 3.0]))
@@ -128,17 +131,20 @@ def timestamp_streams(draw: st.DrawFn) -> tuple[list[float], list[float]]:
     return pts, walls
 
 
-sampler_params = st.fixed_dictionaries({
-    "fps": st.sampled_from([0.25, 0.5, 1.0, 2.0, 5.0]),
-    "window": st.sampled_from([1.0, 4.0, 16.0, 30.0, 64.0]),
-    "stride": st.sampled_from([0.5, 1.0, 4.0, 8.0, 20.0]),
-    "max_frames": st.integers(1, 80),
-})
+sampler_params = st.fixed_dictionaries(
+    {
+        "fps": st.sampled_from([0.25, 0.5, 1.0, 2.0, 5.0]),
+        "window": st.sampled_from([1.0, 4.0, 16.0, 30.0, 64.0]),
+        "stride": st.sampled_from([0.5, 1.0, 4.0, 8.0, 20.0]),
+        "max_frames": st.integers(1, 80),
+    }
+)
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # -- properties -------------------------------------------------------------------------------------
+
 
 @PROPERTY
 @given(stream=timestamp_streams(), params=sampler_params)
@@ -149,10 +155,15 @@ def test_invariants_hold_for_any_timestamps(stream: tuple[list[float], list[floa
 
 
 @PROPERTY
-@given(stream=timestamp_streams(), fps=st.sampled_from([0.5, 1.0, 2.0]),
-       window=st.sampled_from([6.0, 16.0]), stride=st.sampled_from([1.0, 4.0]))
-def test_every_sample_reaches_a_job_when_nothing_is_capped(stream: tuple[list[float], list[float]],
-                                                           fps: float, window: float, stride: float) -> None:
+@given(
+    stream=timestamp_streams(),
+    fps=st.sampled_from([0.5, 1.0, 2.0]),
+    window=st.sampled_from([6.0, 16.0]),
+    stride=st.sampled_from([1.0, 4.0]),
+)
+def test_every_sample_reaches_a_job_when_nothing_is_capped(
+    stream: tuple[list[float], list[float]], fps: float, window: float, stride: float
+) -> None:
     """With stride < window, no cap and the caller keeping up, no sample is lost (flush takes the tail)."""
     pts, walls = stream
     sampler = Sampler(fps=fps, window=window, stride=stride, max_frames=1000)
@@ -164,10 +175,15 @@ def test_every_sample_reaches_a_job_when_nothing_is_capped(stream: tuple[list[fl
 
 
 @PROPERTY
-@given(dt=st.floats(0.005, 0.99), fps=st.sampled_from([0.5, 1.0, 2.0]), n=st.integers(2, 400),
-       start=st.floats(-100, 1e5))
-def test_steady_stream_sample_is_the_frame_nearest_each_grid_time(dt: float, fps: float, n: int,
-                                                                  start: float) -> None:
+@given(
+    dt=st.floats(0.005, 0.99),
+    fps=st.sampled_from([0.5, 1.0, 2.0]),
+    n=st.integers(2, 400),
+    start=st.floats(-100, 1e5),
+)
+def test_steady_stream_sample_is_the_frame_nearest_each_grid_time(
+    dt: float, fps: float, n: int, start: float
+) -> None:
     b = 1 / fps
     assume(dt < b)
     pts = steady(n, dt, start)
@@ -181,8 +197,10 @@ def test_steady_stream_sample_is_the_frame_nearest_each_grid_time(dt: float, fps
         best = min(abs(t - grid) for t in times)
         assert abs(x.t - grid) <= best + 1e-6
     # Every grid time the stream reached (by half a frame) has its sample.
-    assert len(run.samples) == math.floor((times[-1] + dt / 2) * fps + 1e-9) + 1 or \
-        len(run.samples) == math.floor((times[-1] + dt / 2) * fps - 1e-9) + 1
+    assert (
+        len(run.samples) == math.floor((times[-1] + dt / 2) * fps + 1e-9) + 1
+        or len(run.samples) == math.floor((times[-1] + dt / 2) * fps - 1e-9) + 1
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -207,6 +225,7 @@ def test_uniform_subsample_picks_the_model_cards_indices_in_order(n: int, cap: i
 
 
 # -- examples ---------------------------------------------------------------------------------------
+
 
 def test_uniform_subsample_examples() -> None:
     assert uniform_subsample(list("abcdefghij"), 4) == ["b", "d", "g", "i"]  # gap 2.5: 1, 3, 6, 8
@@ -240,7 +259,11 @@ def test_jobs_every_stride_with_the_window_frames() -> None:
     sampler = Sampler(fps=1.0, window=16.0, stride=4.0, stream="cam0")
     run = feed(sampler, [i / 30 for i in range(30 * 20)], flush=False)
     assert [(j.index, j.t_start, j.t_end) for j in run.jobs] == [
-        (1, 0.0, 4.0), (2, 0.0, 8.0), (3, 0.0, 12.0), (4, 0.0, 16.0)]
+        (1, 0.0, 4.0),
+        (2, 0.0, 8.0),
+        (3, 0.0, 12.0),
+        (4, 0.0, 16.0),
+    ]
     assert run.jobs[0].frame_times == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert run.jobs[3].frame_times == [float(t) for t in range(1, 17)]  # (0, 16]: 16 frames
     assert all(j.stream == "cam0" for j in run.jobs)
@@ -364,10 +387,17 @@ def test_evicted_notices_are_bounded_when_never_drained() -> None:
     assert len(sampler.drain_evicted()) <= 4 * sampler.window_capacity
 
 
-@pytest.mark.parametrize(("kwargs", "what"), [
-    ({"fps": 0}, "fps"), ({"fps": float("nan")}, "fps"), ({"window": -1}, "window"),
-    ({"stride": 0}, "stride"), ({"max_frames": 0}, "max_frames"), ({"max_pending": 0}, "max_pending"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "what"),
+    [
+        ({"fps": 0}, "fps"),
+        ({"fps": float("nan")}, "fps"),
+        ({"window": -1}, "window"),
+        ({"stride": 0}, "stride"),
+        ({"max_frames": 0}, "max_frames"),
+        ({"max_pending": 0}, "max_pending"),
+    ],
+)
 def test_bad_settings_name_the_setting(kwargs: dict, what: str) -> None:
     with pytest.raises(ValueError, match=what):
         Sampler(**kwargs)

@@ -32,8 +32,9 @@ def mean_rgb(image: np.ndarray) -> tuple[float, float, float]:
     return float(r), float(g), float(b)
 
 
-def until_color(frames: Iterator[VideoFrame], check: Callable[[float, float, float], bool],
-                timeout: float = 10.0) -> VideoFrame:
+def until_color(
+    frames: Iterator[VideoFrame], check: Callable[[float, float, float], bool], timeout: float = 10.0
+) -> VideoFrame:
     """The first frame whose mean colour passes ``check`` (the painter window takes a moment to map)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -72,10 +73,16 @@ def test_screen_is_grabbed_at_fps_hint_and_downscaled(xvfb: Xvfb) -> None:
 def test_screen_capture_into_ring(xvfb: Xvfb) -> None:
     xvfb.fill("yellow")
     statuses: list[dict[str, Any]] = []
-    with FrameRing.create(ring_name(uuid.uuid4().hex, "screen"), slots=4, max_height=640,
-                          max_width=640) as ring:
-        cap = Capture("desk", parse_source(f"screen:{xvfb.display}"), ring,
-                      options=SourceOptions(fps_hint=10), on_status=statuses.append)
+    with FrameRing.create(
+        ring_name(uuid.uuid4().hex, "screen"), slots=4, max_height=640, max_width=640
+    ) as ring:
+        cap = Capture(
+            "desk",
+            parse_source(f"screen:{xvfb.display}"),
+            ring,
+            options=SourceOptions(fps_hint=10),
+            on_status=statuses.append,
+        )
         stop = threading.Event()
         runner = threading.Thread(target=cap.run, args=(stop,))
         runner.start()

@@ -128,8 +128,13 @@ def test_passwords_never_appear_in_labels_or_errors() -> None:
 
 def test_source_options_are_checked() -> None:
     SourceOptions(max_side=0)  # no limit
-    for bad in ({"max_side": -1}, {"max_side": 8}, {"read_timeout": 0}, {"fps_hint": -1.0},
-                {"rtsp_transport": "http"}):
+    for bad in (
+        {"max_side": -1},
+        {"max_side": 8},
+        {"read_timeout": 0},
+        {"fps_hint": -1.0},
+        {"rtsp_transport": "http"},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             SourceOptions(**bad)  # type: ignore[arg-type]
 
@@ -172,8 +177,9 @@ def test_resize_and_rotate() -> None:
         ("mjpeg.avi", {"codec": "mjpeg"}, "yuvj420p", None, 2),
     ],
 )
-def test_direct_rgb_gives_exactly_pyavs_pixels(clips: Path, name: str, kwargs: dict[str, str], pix_fmt: str,
-                                               colorspace: int | None, color_range: int) -> None:
+def test_direct_rgb_gives_exactly_pyavs_pixels(
+    clips: Path, name: str, kwargs: dict[str, str], pix_fmt: str, colorspace: int | None, color_range: int
+) -> None:
     clip = make_clip(clips / name, size="320x180", fps=FPS, seconds=0.2, **kwargs)
     direct = DirectRGB(name)
     with av.open(str(clip)) as container:
@@ -459,7 +465,7 @@ class _RangeHandler(_QuietHandler):
         if not header.startswith("bytes=") or not path.is_file():
             return super().send_head()
         size = path.stat().st_size
-        first, _, last = header[len("bytes="):].partition("-")
+        first, _, last = header[len("bytes=") :].partition("-")
         start, end = int(first or 0), min(int(last) if last else size - 1, size - 1)
         if start >= size:
             self.send_error(416)
@@ -553,8 +559,12 @@ def test_hls_playlist(clips: Path, tmp_path: Path) -> None:
     clip = make_clip(clips / "clip.mp4", size="320x180", fps=FPS, seconds=3.0)
     hls = tmp_path / "hls"
     hls.mkdir()
-    with av.open(str(clip)) as src, av.open(str(hls / "index.m3u8"), "w", format="hls",
-                                            options={"hls_time": "1", "hls_playlist_type": "vod"}) as out:
+    with (
+        av.open(str(clip)) as src,
+        av.open(
+            str(hls / "index.m3u8"), "w", format="hls", options={"hls_time": "1", "hls_playlist_type": "vod"}
+        ) as out,
+    ):
         in_stream = src.streams.video[0]
         out_stream = out.add_stream_from_template(in_stream)
         for packet in src.demux(in_stream):
@@ -587,8 +597,12 @@ class _MjpegHandler(http.server.BaseHTTPRequestHandler):
                 bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
                 ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
                 assert ok
-                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                 + f"Content-Length: {len(jpeg)}\r\n\r\n".encode() + jpeg.tobytes() + b"\r\n")
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {len(jpeg)}\r\n\r\n".encode()
+                    + jpeg.tobytes()
+                    + b"\r\n"
+                )
                 index += 1
                 time.sleep(1 / self.fps)
         except (BrokenPipeError, ConnectionResetError):

@@ -40,8 +40,13 @@ WAIT_MS = 15_000  # generous: two shared CPU cores
 NO_ANSWER = "(no answer please)"
 DOOR_ERROR = "rtsp://127.0.0.1:8554/door: connection refused; retrying in 4 s"
 # Short timings so the heartbeat and reconnect paths run in seconds (the page's documented hook).
-FAST = {"pingIntervalMs": 300, "pongTimeoutMs": 1500, "connectTimeoutMs": 1500, "reconnectBaseMs": 200,
-        "reconnectMaxMs": 800}
+FAST = {
+    "pingIntervalMs": 300,
+    "pongTimeoutMs": 1500,
+    "connectTimeoutMs": 1500,
+    "reconnectBaseMs": 200,
+    "reconnectMaxMs": 800,
+}
 
 
 def _answer(stream: str, question: str) -> str | None:
@@ -63,8 +68,10 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerFeed]:
     paths = RunPaths.create(root=tmp_path_factory.mktemp("run"))
-    streams = [StreamPlay("cam0", thumbnails=photo_thumbnails()),
-               StreamPlay("door", state="lost", fps=0.0, error=DOOR_ERROR)]
+    streams = [
+        StreamPlay("cam0", thumbnails=photo_thumbnails()),
+        StreamPlay("door", state="lost", fps=0.0, error=DOOR_ERROR),
+    ]
     with ViewerFeed(paths, streams, period=0.4, answer=_answer) as running:
         yield running
     paths.remove()
@@ -72,8 +79,14 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewerFeed]:
 
 @pytest.fixture(scope="module")
 def gateway(feed: ViewerFeed) -> Iterator[GatewayProcess]:
-    process = GatewayProcess(feed.endpoints(), feed.asks_endpoint, run_dir=feed.paths.run_dir, token=TOKEN,
-                             ask_timeout=2.0, status_interval=0.5).start()
+    process = GatewayProcess(
+        feed.endpoints(),
+        feed.asks_endpoint,
+        run_dir=feed.paths.run_dir,
+        token=TOKEN,
+        ask_timeout=2.0,
+        status_interval=0.5,
+    ).start()
     yield process
     process.stop()
 
@@ -81,8 +94,9 @@ def gateway(feed: ViewerFeed) -> Iterator[GatewayProcess]:
 @pytest.fixture
 def own_gateway(feed: ViewerFeed) -> Iterator[GatewayProcess]:
     """A gateway of this test alone (it gets killed or stopped), on the same bus."""
-    process = GatewayProcess(feed.endpoints(), feed.asks_endpoint, run_dir=feed.paths.run_dir,
-                             token=TOKEN, status_interval=0.5).start()
+    process = GatewayProcess(
+        feed.endpoints(), feed.asks_endpoint, run_dir=feed.paths.run_dir, token=TOKEN, status_interval=0.5
+    ).start()
     yield process
     process.stop()
 
@@ -93,8 +107,13 @@ def expect(target: Any) -> Any:
     return playwright_expect(target)
 
 
-def open_live(browser: Any, gateway: GatewayProcess, *, viewport: dict[str, int] = DESKTOP,
-              init_config: dict[str, Any] | None = None) -> tuple[Any, PageLog]:
+def open_live(
+    browser: Any,
+    gateway: GatewayProcess,
+    *,
+    viewport: dict[str, int] = DESKTOP,
+    init_config: dict[str, Any] | None = None,
+) -> tuple[Any, PageLog]:
     page, record = open_page(browser, gateway.url, viewport=viewport, init_config=init_config)
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     return page, record
@@ -120,7 +139,8 @@ def timeline_texts(page: Any) -> list[str]:
 
 
 def test_live_stream_shows_status_thumbnail_and_updating_captions(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path
+) -> None:
     page, record = open_live(browser, gateway)
 
     # The picker lists every source of the run with its status strip.
@@ -138,18 +158,27 @@ def test_live_stream_shows_status_thumbnail_and_updating_captions(
     expect(cam0.locator(".tab-error")).to_be_hidden()
 
     # The thumbnail is a real JPEG the browser decoded, and it follows the newest sampled frame.
-    page.wait_for_function("() => { const i = document.getElementById('thumb');"
-                           " return !i.hidden && i.complete && i.naturalWidth > 0; }", timeout=WAIT_MS)
+    page.wait_for_function(
+        "() => { const i = document.getElementById('thumb');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0; }",
+        timeout=WAIT_MS,
+    )
     assert page.evaluate("document.getElementById('thumb').naturalWidth") == 320
     first_src = page.get_attribute("#thumb", "src")
     assert first_src is not None and first_src.startswith("data:image/jpeg;base64,")
-    page.wait_for_function("(src) => document.getElementById('thumb').getAttribute('src') !== src",
-                           arg=first_src, timeout=WAIT_MS)
+    page.wait_for_function(
+        "(src) => document.getElementById('thumb').getAttribute('src') !== src",
+        arg=first_src,
+        timeout=WAIT_MS,
+    )
     expect(page.locator("#thumb-time")).to_have_text(re.compile(r"^frame at \d\d:\d\d\.\d · \d\d:\d\d:\d\d$"))
 
     # Captions appear and update; the past moves into the timeline, newest on top.
-    texts = [f"First caption {time.time_ns()}", f"Second caption {time.time_ns()}",
-             f"Third caption {time.time_ns()}"]
+    texts = [
+        f"First caption {time.time_ns()}",
+        f"Second caption {time.time_ns()}",
+        f"Third caption {time.time_ns()}",
+    ]
     published = []
     for text in texts:
         published.append(feed.caption("cam0", text))
@@ -166,8 +195,12 @@ def test_live_stream_shows_status_thumbnail_and_updating_captions(
     assert re.search(r"\d\d:\d\d:\d\d–\d\d:\d\d:\d\d", entry_meta), entry_meta
 
     # An alert event goes into the timeline, marked with its rule.
-    feed.publish("inference", messages.event(stream="cam0", seq=0, t_start=1.0, t_end=5.0, rule="person",
-                                             text="A person climbs the fence."))
+    feed.publish(
+        "inference",
+        messages.event(
+            stream="cam0", seq=0, t_start=1.0, t_end=5.0, rule="person", text="A person climbs the fence."
+        ),
+    )
     event = page.locator("#timeline li.event").first
     expect(event.locator(".rule")).to_have_text("person", timeout=WAIT_MS)
     expect(event.locator(".text")).to_have_text("A person climbs the fence.")
@@ -180,7 +213,8 @@ def test_live_stream_shows_status_thumbnail_and_updating_captions(
 
 
 def test_partials_show_token_by_token_then_the_final_caption_replaces_them(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_live(browser, gateway)
     before = f"Caption before the partials {time.time_ns()}"
     feed.caption("cam0", before)
@@ -206,7 +240,8 @@ def test_partials_show_token_by_token_then_the_final_caption_replaces_them(
 
 
 def test_ask_gets_its_answer_in_place_for_the_selected_stream(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_live(browser, gateway)
     question = f"What are the dogs doing? {time.time_ns()}"
     page.fill("#question", question)
@@ -244,7 +279,8 @@ def test_ask_gets_its_answer_in_place_for_the_selected_stream(
 
 
 def test_message_text_is_shown_as_text_never_as_markup(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_live(browser, gateway)
     hostile = '<img src="x" onerror="window.__pwned = 1"><b>bold</b> & more'
     feed.caption("cam0", hostile)
@@ -258,7 +294,8 @@ def test_message_text_is_shown_as_text_never_as_markup(
 
 
 def test_timeline_is_capped_and_newest_on_top(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_live(browser, gateway)
     tag = time.time_ns()
     count = 230
@@ -276,10 +313,13 @@ def test_timeline_is_capped_and_newest_on_top(
 
 
 def test_phone_viewport_shows_the_caption_without_horizontal_scrolling(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path
+) -> None:
     page, record = open_live(browser, gateway, viewport=PHONE)
-    text = ("A person in a red jacket walks past the parked cars towards the station entrance; "
-            "sign reads https://example.invalid/" + "x" * 120)
+    text = (
+        "A person in a red jacket walks past the parked cars towards the station entrance; "
+        "sign reads https://example.invalid/" + "x" * 120
+    )
     feed.caption("cam0", text)
     expect(current_text(page)).to_have_text(text, timeout=WAIT_MS)
     page.wait_for_function("() => document.getElementById('thumb').naturalWidth > 0", timeout=WAIT_MS)
@@ -303,7 +343,8 @@ def test_phone_viewport_shows_the_caption_without_horizontal_scrolling(
 
 
 def test_token_is_required_taken_from_the_url_once_and_not_kept_there(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_page(browser)
     assert page.goto(gateway.base_url).status == 401
     assert page.goto(gateway.base_url + "?token=wrong").status == 401
@@ -321,8 +362,10 @@ def test_token_is_required_taken_from_the_url_once_and_not_kept_there(
     # The cookie set on the first answer authorises the websocket: no URL after the first carries the
     # token (nor can a failed reconnect print it in the console), and a reload of the tab still works.
     assert record.websockets and not any("token" in url for url in record.websockets)
-    assert page.evaluate("JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").count(
-        TOKEN) == 0
+    assert (
+        page.evaluate("JSON.stringify({...sessionStorage}) + JSON.stringify({...localStorage})").count(TOKEN)
+        == 0
+    )
     page.reload()
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     assert TOKEN not in page.url
@@ -337,19 +380,27 @@ def test_token_is_required_taken_from_the_url_once_and_not_kept_there(
 
 
 def test_another_run_on_this_host_does_not_log_the_viewer_out(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     # Browsers share cookies across the ports of a host: a second run (its own token) opened in the
     # same browser must not overwrite the first run's cookie, or reloading the first page gets 401.
-    other = GatewayProcess(feed.endpoints(), feed.asks_endpoint, run_dir=feed.paths.run_dir,
-                           token="the-other-run's-token", status_interval=0.5).start()
+    other = GatewayProcess(
+        feed.endpoints(),
+        feed.asks_endpoint,
+        run_dir=feed.paths.run_dir,
+        token="the-other-run's-token",
+        status_interval=0.5,
+    ).start()
     try:
         page, record = open_live(browser, gateway)
         second = page.context.new_page()
         second.goto(other.url)
         expect(second.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
         cookies = {c["name"]: c["value"] for c in page.context.cookies()}
-        assert cookies == {f"vidnarrate_token_{gateway.port}": TOKEN,
-                           f"vidnarrate_token_{other.port}": "the-other-run's-token"}
+        assert cookies == {
+            f"vidnarrate_token_{gateway.port}": TOKEN,
+            f"vidnarrate_token_{other.port}": "the-other-run's-token",
+        }
         assert page.reload().status == 200
         expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
         assert second.reload().status == 200
@@ -360,19 +411,24 @@ def test_another_run_on_this_host_does_not_log_the_viewer_out(
 
 
 def _try_websocket(page: Any, url: str) -> str:
-    return str(page.evaluate(
-        """(url) => new Promise((resolve) => {
+    return str(
+        page.evaluate(
+            """(url) => new Promise((resolve) => {
              const ws = new WebSocket(url);
              ws.onopen = () => { ws.close(); resolve("open"); };
              ws.onclose = () => resolve("refused");
-           })""", url))
+           })""",
+            url,
+        )
+    )
 
 
 # -- losing the gateway ------------------------------------------------------------------------------
 
 
 def test_killed_gateway_shows_reconnecting_then_resumes(
-        browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path) -> None:
+    browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path
+) -> None:
     page, record = open_live(browser, own_gateway, init_config=FAST)
     before = f"before the gateway died {time.time_ns()}"
     feed.caption("cam0", before)
@@ -396,7 +452,8 @@ def test_killed_gateway_shows_reconnecting_then_resumes(
 
 
 def test_heartbeat_notices_a_hung_gateway_and_reconnects_when_it_is_back(
-        browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_live(browser, own_gateway, init_config=FAST)
     own_gateway.pause()  # the TCP connection stays open; only the missing pongs tell
     try:
@@ -410,7 +467,8 @@ def test_heartbeat_notices_a_hung_gateway_and_reconnects_when_it_is_back(
 
 
 def test_states_are_unknown_while_disconnected_and_streams_a_new_run_lacks_are_marked_gone(
-        browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed, tmp_path: Path) -> None:
+    browser: Any, own_gateway: GatewayProcess, feed: ViewerFeed, tmp_path: Path
+) -> None:
     page, record = open_live(browser, own_gateway, init_config={**FAST, "goneAfterMs": 2000})
     cam0 = page.locator('.tab[data-stream="cam0"]')
     door = page.locator('.tab[data-stream="door"]')
@@ -433,8 +491,14 @@ def test_states_are_unknown_while_disconnected_and_streams_a_new_run_lacks_are_m
     # A new run at the same URL has only cam0: door is marked gone, its history is kept.
     paths = RunPaths.create(root=tmp_path)
     with ViewerFeed(paths, [StreamPlay("cam0")], period=0.4) as new_run:
-        restarted = GatewayProcess(new_run.endpoints(), new_run.asks_endpoint, run_dir=paths.run_dir,
-                                   port=own_gateway.port, token=TOKEN, status_interval=0.5).start()
+        restarted = GatewayProcess(
+            new_run.endpoints(),
+            new_run.asks_endpoint,
+            run_dir=paths.run_dir,
+            port=own_gateway.port,
+            token=TOKEN,
+            status_interval=0.5,
+        ).start()
         try:
             expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
             expect(cam0.locator(".state")).to_have_text("live", timeout=WAIT_MS)
@@ -450,7 +514,8 @@ def test_states_are_unknown_while_disconnected_and_streams_a_new_run_lacks_are_m
 
 
 def test_a_question_as_long_as_the_protocol_allows_is_sent_whole(
-        browser: Any, gateway: GatewayProcess, feed: ViewerFeed) -> None:
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
     page, record = open_live(browser, gateway)
     prefix = f"{time.time_ns()} where is the red car now "
     question = prefix + "?" * (messages.MAX_QUESTION_CHARS - len(prefix))
@@ -482,13 +547,13 @@ def _stream_time(t: float) -> str:
     return f"{minutes:02d}:{tenths / 10:04.1f}"
 
 
-def test_a_run_with_more_streams_than_the_viewer_shows_says_so(
-        browser: Any, tmp_path: Path) -> None:
+def test_a_run_with_more_streams_than_the_viewer_shows_says_so(browser: Any, tmp_path: Path) -> None:
     paths = RunPaths.create(root=tmp_path)
     plays = [StreamPlay(f"cam{n:02d}") for n in range(66)]
     with ViewerFeed(paths, plays, period=0.5) as many:
-        gateway = GatewayProcess(many.endpoints(), many.asks_endpoint, run_dir=paths.run_dir,
-                                 status_interval=0.5).start()
+        gateway = GatewayProcess(
+            many.endpoints(), many.asks_endpoint, run_dir=paths.run_dir, status_interval=0.5
+        ).start()
         try:
             page, record = open_live(browser, gateway)
             expect(page.locator(".tab")).to_have_count(64, timeout=WAIT_MS)

@@ -105,8 +105,9 @@ def read_stamp(image: np.ndarray, made_width: int | None = None) -> int:
     return index
 
 
-def frames(photos: Sequence[np.ndarray], width: int, height: int, fps: float, count: int,
-           stamp: bool = True) -> Iterator[np.ndarray]:
+def frames(
+    photos: Sequence[np.ndarray], width: int, height: int, fps: float, count: int, stamp: bool = True
+) -> Iterator[np.ndarray]:
     """``count`` RGB frames: each photo for SECONDS_PER_PHOTO seconds, panned and zoomed."""
     per_photo = max(1, round(SECONDS_PER_PHOTO * fps))
     for index in range(count):
@@ -117,10 +118,22 @@ def frames(photos: Sequence[np.ndarray], width: int, height: int, fps: float, co
         yield image
 
 
-def make_video(out: Path, *, width: int = 640, height: int = 360, fps: float = 30.0, seconds: float = 10.0,
-               codec: str = "libx264", crf: int = 23, preset: str = "veryfast", gop: int | None = None,
-               stamp: bool = True, photos: Sequence[Path] | None = None, pix_fmt: str | None = None,
-               x264_params: str = "") -> int:
+def make_video(
+    out: Path,
+    *,
+    width: int = 640,
+    height: int = 360,
+    fps: float = 30.0,
+    seconds: float = 10.0,
+    codec: str = "libx264",
+    crf: int = 23,
+    preset: str = "veryfast",
+    gop: int | None = None,
+    stamp: bool = True,
+    photos: Sequence[Path] | None = None,
+    pix_fmt: str | None = None,
+    x264_params: str = "",
+) -> int:
     """Encode the clip to ``out`` (container from the suffix); returns the number of frames.
 
     ``pix_fmt`` defaults to yuv420p (yuvj420p for mjpeg); ``x264_params`` passes libx264 settings
@@ -175,14 +188,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pix-fmt", default=None, help="pixel format (default yuv420p; yuvj420p for mjpeg)")
     parser.add_argument("--x264-params", default="", help="e.g. colormatrix=bt709:fullrange=on")
     parser.add_argument("--no-stamp", dest="stamp", action="store_false", help="no frame counter burnt in")
-    parser.add_argument("--photo", dest="photos", type=Path, action="append",
-                        help="photo to use (repeatable; default tests/data/photos/*.jpg)")
+    parser.add_argument(
+        "--photo",
+        dest="photos",
+        type=Path,
+        action="append",
+        help="photo to use (repeatable; default tests/data/photos/*.jpg)",
+    )
     args = parser.parse_args(argv)
     width, height = args.size
     try:
-        count = make_video(args.out, width=width, height=height, fps=args.fps, seconds=args.seconds,
-                           codec=args.codec, crf=args.crf, preset=args.preset, gop=args.gop, stamp=args.stamp,
-                           photos=args.photos, pix_fmt=args.pix_fmt, x264_params=args.x264_params)
+        count = make_video(
+            args.out,
+            width=width,
+            height=height,
+            fps=args.fps,
+            seconds=args.seconds,
+            codec=args.codec,
+            crf=args.crf,
+            preset=args.preset,
+            gop=args.gop,
+            stamp=args.stamp,
+            photos=args.photos,
+            pix_fmt=args.pix_fmt,
+            x264_params=args.x264_params,
+        )
     except (OSError, ValueError) as exc:
         print(f"make_sample_video: {exc}", file=sys.stderr)
         return 1

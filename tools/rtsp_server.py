@@ -28,13 +28,17 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 def launch_line(args: argparse.Namespace) -> str:
     if args.file:
         # The file's own H.264, no re-encode: cheap, ends at the end of the file.
-        return (f"( filesrc location={args.file} ! qtdemux ! h264parse ! "
-                "rtph264pay name=pay0 pt=96 config-interval=1 )")
+        return (
+            f"( filesrc location={args.file} ! qtdemux ! h264parse ! "
+            "rtph264pay name=pay0 pt=96 config-interval=1 )"
+        )
     width, height = args.size.split("x")
-    return (f"( videotestsrc is-live=true pattern={args.pattern} ! "
-            f"video/x-raw,width={width},height={height},framerate={args.fps}/1 ! "
-            f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.gop} ! "
-            "rtph264pay name=pay0 pt=96 config-interval=1 )")
+    return (
+        f"( videotestsrc is-live=true pattern={args.pattern} ! "
+        f"video/x-raw,width={width},height={height},framerate={args.fps}/1 ! "
+        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.gop} ! "
+        "rtph264pay name=pay0 pt=96 config-interval=1 )"
+    )
 
 
 def main() -> int:

@@ -68,8 +68,10 @@ STATION_CAPTIONS = [
 # Shown where the viewer names the model: these captions are not a model's output.
 DEMO_MODEL = "demo run, scripted captions"
 QUESTION = "How many dogs are there, and what are they doing?"
-ANSWER = ("Two white dogs. They stand next to each other on the tree roots, looking at the camera with "
-          "their mouths open; neither of them is moving much.")
+ANSWER = (
+    "Two white dogs. They stand next to each other on the tree roots, looking at the camera with "
+    "their mouths open; neither of them is moving much."
+)
 
 
 def _load_tool(name: str) -> Any:
@@ -87,8 +89,9 @@ def clip_thumbnails(workdir: Path, side: int) -> dict[int, bytes]:
     from PIL import Image
 
     clip = workdir / "demo.mp4"
-    _load_tool("make_sample_video").make_video(clip, width=640, height=360, fps=30.0,
-                                               seconds=CLIP_SECONDS, stamp=False)
+    _load_tool("make_sample_video").make_video(
+        clip, width=640, height=360, fps=30.0, seconds=CLIP_SECONDS, stamp=False
+    )
     thumbs: dict[int, bytes] = {}
     with av.open(str(clip)) as container:
         for frame in container.decode(video=0):
@@ -109,14 +112,18 @@ def demo(out: Path, phone: Path | None, size: tuple[int, int]) -> None:
         workdir = Path(tmp)
         thumbs = clip_thumbnails(workdir, side)
         paths = RunPaths.create(root=workdir)
-        streams = [StreamPlay("park", fps=30.0, thumbnails=[thumbs[CLIP_SECONDS - 1]]),
-                   StreamPlay("station", fps=30.0, thumbnails=[thumbs[1]])]
-        feed = ViewerFeed(paths, streams, period=0.5, answer=lambda stream, question: ANSWER,
-                          model=DEMO_MODEL)
+        streams = [
+            StreamPlay("park", fps=30.0, thumbnails=[thumbs[CLIP_SECONDS - 1]]),
+            StreamPlay("station", fps=30.0, thumbnails=[thumbs[1]]),
+        ]
+        feed = ViewerFeed(
+            paths, streams, period=0.5, answer=lambda stream, question: ANSWER, model=DEMO_MODEL
+        )
         feed.started_wall = time.time() - CLIP_SECONDS  # stream time of the thumbnails: end of the clip
         with feed:
-            gateway = GatewayProcess(feed.endpoints(), feed.asks_endpoint, run_dir=paths.run_dir,
-                                     token=secrets.token_urlsafe(16)).start()
+            gateway = GatewayProcess(
+                feed.endpoints(), feed.asks_endpoint, run_dir=paths.run_dir, token=secrets.token_urlsafe(16)
+            ).start()
             try:
                 _publish_history(feed)
                 with launch_chromium() as browser:
@@ -130,16 +137,28 @@ def demo(out: Path, phone: Path | None, size: tuple[int, int]) -> None:
 def _publish_history(feed: ViewerFeed) -> None:
     """Captions every STRIDE seconds of the clip, as if the run had been going for CLIP_SECONDS."""
     base = feed.started_wall
-    for stream, texts, first_end in (("park", PARK_CAPTIONS, STRIDE),
-                                     ("station", STATION_CAPTIONS, CLIP_SECONDS - STRIDE)):
+    for stream, texts, first_end in (
+        ("park", PARK_CAPTIONS, STRIDE),
+        ("station", STATION_CAPTIONS, CLIP_SECONDS - STRIDE),
+    ):
         for seq, text in enumerate(texts):
             t_end = first_end + seq * STRIDE
             t_start = max(0.0, t_end - WINDOW)
-            feed.publish("inference", messages.caption(
-                stream=stream, seq=seq, t_start=t_start, t_end=t_end,
-                frame_times=[float(t) for t in range(int(t_start), int(t_end))],
-                wall_start=base + t_start, wall_end=base + t_end + 0.9, text=text, model=feed.model,
-                latency_ms=900.0))
+            feed.publish(
+                "inference",
+                messages.caption(
+                    stream=stream,
+                    seq=seq,
+                    t_start=t_start,
+                    t_end=t_end,
+                    frame_times=[float(t) for t in range(int(t_start), int(t_end))],
+                    wall_start=base + t_start,
+                    wall_end=base + t_end + 0.9,
+                    text=text,
+                    model=feed.model,
+                    latency_ms=900.0,
+                ),
+            )
     time.sleep(1.0)  # let the gateway store them for replay
 
 
@@ -158,8 +177,9 @@ def _shoot(browser: Any, url: str, out: Path, size: tuple[int, int], *, ask: boo
     page.wait_for_timeout(300)
     external = record.external()
     if external or record.errors:
-        raise SystemExit(f"the viewer misbehaved: external requests {external}, "
-                         f"script errors {record.errors}")
+        raise SystemExit(
+            f"the viewer misbehaved: external requests {external}, script errors {record.errors}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out))
     page.context.close()
