@@ -230,7 +230,8 @@ class AsyncSubscriber(_SubscriberBase):
     async def recv(self) -> Message:
         """The next message; raises :class:`ProtocolError` for a malformed one (the caller logs it
         and carries on: a bad publisher must not stop the reader)."""
-        return decode(await self._sock.recv_multipart())
+        frames: list[bytes] = await self._sock.recv_multipart()  # type: ignore[misc]  # zmq.asyncio returns a Future
+        return decode(frames)
 
 
 class AskSender:

@@ -244,7 +244,7 @@ class Captioner:
     def __init__(self, backend: Any, settings: CaptionSettings, *, model_name: str | None = None) -> None:
         self.backend = backend
         self.settings = settings
-        self.model_name = model_name or getattr(backend, "name", "model")
+        self.model_name: str = model_name or str(getattr(backend, "name", "model"))
         self.workers: dict[str, StreamWorker] = {}
 
     def add_stream(self, name: str) -> StreamWorker:

@@ -264,7 +264,8 @@ def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
     from .pipeline import NamedSource, check_unique_names, parse_named_sources
     from .sources import parse_source
 
-    resolved, has_demo = [], False
+    resolved: list[NamedSource] = []
+    has_demo = False
     for source in parse_named_sources(values):
         if source.source == DEMO_SOURCE:
             has_demo = True
@@ -297,7 +298,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         warn_if_prompt_looks_like_a_preset_typo(args.prompt)
 
-    stop = {"signal": None}
+    stop: dict[str, int | None] = {"signal": None}
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop["signal"] = signum

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final, TypeAlias
@@ -235,7 +236,11 @@ def _parse_ping(data: Message, request_id: AskId | None) -> Ping:
     return Ping(id=request_id, t=t)
 
 
-_PARSERS = {"subscribe": _parse_subscribe, "ask": _parse_ask, "ping": _parse_ping}
+_PARSERS: dict[str, Callable[[Message, AskId | None], ClientMessage]] = {
+    "subscribe": _parse_subscribe,
+    "ask": _parse_ask,
+    "ping": _parse_ping,
+}
 
 
 def _optional_id(data: Message) -> AskId | None:
@@ -243,8 +248,8 @@ def _optional_id(data: Message) -> AskId | None:
     value = data.get("id")
     if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS:
         return value
-    if _is_int(value) and abs(value) < 2**53:  # exact in JavaScript
-        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53:  # exact in JavaScript
+        return value
     return None
 
 
