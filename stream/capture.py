@@ -53,6 +53,7 @@ import zmq
 from .bus import Publisher
 from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
 from .messages import StreamState, capture_status
+from .process import ExitCode
 from .ring import SLOT_SPARE_BYTES, FrameRing
 from .sources import (
     RGB_OVERRUN_BYTES,
@@ -66,9 +67,9 @@ from .sources import (
 
 log = logging.getLogger(__name__)
 
-# sysexits' EX_CONFIG, as stream.inference.EXIT_CONFIG: the supervisor does not restart a child
-# that exits with it (the pipeline lists it in the capture child's fatal_codes).
-EXIT_BAD_SOURCE = 78
+# The supervisor does not restart a child that exits with it (the pipeline lists it in the capture
+# child's fatal_codes): a source that cannot be opened will not open on the next try either.
+EXIT_BAD_SOURCE = ExitCode.CONFIG
 POLL_S = 0.05  # how often the watchdog looks at the reader thread
 LOSSLESS_WAIT_S = 0.1  # a lossless write waits this long for readers before re-checking for a stop
 ABANDON_JOIN_S = 1.0  # how long a stop waits for the reader to leave cleanly

@@ -23,10 +23,11 @@ from typing import Any
 
 from .config import Config, apply_overrides, load_config, load_prompts
 from .errors import ConfigError, SourceError, VidnarrateError
+from .process import ExitCode
 
 log = logging.getLogger("vidnarrate")
 
-EXIT_USAGE = 2
+EXIT_USAGE = ExitCode.USAGE
 DEMO_SOURCE = "demo"
 
 

@@ -57,6 +57,7 @@ from .bus import AskSender, AsyncSubscriber
 from .errors import ProtocolError
 from .fanout import ClientQueue, PendingAsk, PendingAsks, ReplayStore, StatusBoard, stream_of
 from .messages import Ask, CloseCode, ErrorCode, Message, MessageError, Ping, Subscribe
+from .process import ExitCode, write_ready_file
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
@@ -777,7 +778,7 @@ async def _run(gateway: Gateway, ready_file: str | None, ready_event: Any, stop_
         await gateway.start()
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", gateway.host, gateway.port, exc)
-        return 2
+        return ExitCode.USAGE
     try:
         if ready_file is not None:
             _write_ready_file(Path(ready_file), gateway)
@@ -799,6 +800,4 @@ async def _run(gateway: Gateway, ready_file: str | None, ready_event: Any, stop_
 
 def _write_ready_file(path: Path, gateway: Gateway) -> None:
     info = {"port": gateway.port, "pid": os.getpid(), "url": f"http://{gateway.host}:{gateway.port}/"}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info))
-    tmp.replace(path)
+    write_ready_file(path, json.dumps(info))

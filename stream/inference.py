@@ -12,7 +12,8 @@ Two threads share the per-stream :class:`~stream.captioning.StreamWorker` state:
 
 The tap never waits for the model, so sampling stays on time while a caption is being generated.
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
-exits with :data:`EXIT_CONFIG` and the supervisor stops the run instead of restarting it forever.
+exits with :attr:`~stream.process.ExitCode.CONFIG` and the supervisor stops the run instead of
+restarting it forever.
 """
 
 from __future__ import annotations
@@ -35,13 +36,12 @@ from PIL import Image
 from . import messages
 from .bus import AskReceiver, Publisher, RunPaths
 from .captioning import Captioner, CaptionSettings, StreamWorker
-from .process import signal_handled
+from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
 
 log = logging.getLogger(__name__)
 
 READY_FILE = "inference.ready"  # written in the run directory once the model is loaded
-EXIT_CONFIG = 78  # sysexits' EX_CONFIG: the supervisor does not restart a child that exits with it
 
 _TAP_IDLE_S = 0.01
 _STATUS_EVERY_S = 1.0
@@ -262,9 +262,9 @@ def inference_main(
                     streams={}, wall=time.time(), state="failed", error=str(exc), **status_base
                 )
             )
-            return EXIT_CONFIG
+            return ExitCode.CONFIG
         status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
-        (Path(options.run_dir) / READY_FILE).write_text(str(os.getpid()))
+        write_ready_file(Path(options.run_dir) / READY_FILE, str(os.getpid()))
         return ModelLoop(options, backend, bus, asks, stop_event, status_base).run()
     finally:
         asks.close()
@@ -316,8 +316,8 @@ class ModelLoop:
             self.tap_stop.set()
             self.tap.join(timeout=2.0)
         if self.tap.error is not None:
-            return 1
-        return 0
+            return ExitCode.FAILED
+        return ExitCode.OK
 
     def _caption(self, worker: StreamWorker, job: Any) -> None:
         on_text = None

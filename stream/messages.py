@@ -53,7 +53,8 @@ class ErrorCode(StrEnum):
     ASK_UNAVAILABLE = "ask_unavailable"  # the inference process is not running / asks are off
     ASK_TIMEOUT = "ask_timeout"  # no answer came within the ask timeout
     TOO_MANY_ASKS = "too_many_asks"  # too many of this client's asks are still unanswered
-    ANSWER_FAILED = "answer_failed"  # the inference process could not answer (its reason follows)
+    NO_FRAMES = "no_frames"  # an ask's stream has no sampled frame to look at yet
+    MODEL_ERROR = "model_error"  # the model refused the question (e.g. the prompt is too long)
 
 
 class CloseCode:

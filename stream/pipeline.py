@@ -24,7 +24,8 @@ from .capture import capture_main
 from .config import Config, load_prompts, resolve_prompt
 from .errors import ConfigError
 from .gateway import gateway_main
-from .inference import EXIT_CONFIG, READY_FILE, InferenceOptions, inference_main
+from .inference import READY_FILE, InferenceOptions, inference_main
+from .process import ExitCode
 from .ring import FrameRing, remove_stale_rings, ring_name
 from .sources import SourceOptions, parse_source
 from .supervisor import ChildSpec, Supervisor
@@ -194,7 +195,10 @@ class LivePipeline:
             max_inp_length=c.model.max_inp_length,
         )
         return ChildSpec(
-            role="inference", target=inference_main, kwargs={"options": options}, fatal_codes=(EXIT_CONFIG,)
+            role="inference",
+            target=inference_main,
+            kwargs={"options": options},
+            fatal_codes=(ExitCode.CONFIG,),
         )
 
     def _capture_spec(self, source: NamedSource) -> ChildSpec:
@@ -211,7 +215,7 @@ class LivePipeline:
                 "backoff_initial": c.backoff_initial,
                 "backoff_max": c.backoff_max,
             },
-            fatal_codes=(EXIT_CONFIG,),
+            fatal_codes=(ExitCode.CONFIG,),
         )
 
     # -- run ----------------------------------------------------------------------------------------

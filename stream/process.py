@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import logging
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,22 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(role)s] %(name)s: %(message)s"
+
+
+class ExitCode(enum.IntEnum):
+    """How every process of a run, and the CLI, exits. The supervisor reads these from its children."""
+
+    OK = 0
+    FAILED = 1  # something went wrong that a restart may fix (a child) or that stopped the run (the CLI)
+    USAGE = 2  # the command line, config or an input was refused before anything started
+    CONFIG = 78  # sysexits' EX_CONFIG: a child's configuration cannot work; the supervisor stops the run
+
+
+def write_ready_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader polling for the file never sees it half-written)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def configure_logging(role: str, level: int | str = logging.INFO) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.bus import RunPaths, Subscriber
-from stream.inference import EXIT_CONFIG, InferenceOptions, inference_main
-from stream.process import child_entry
+from stream.inference import InferenceOptions, inference_main
+from stream.process import ExitCode, child_entry
 
 
 def _backend_that_cannot_load(options: InferenceOptions) -> Any:
@@ -29,7 +29,7 @@ def test_a_model_that_cannot_load_says_why_on_the_bus_and_is_not_restarted(tmp_p
     try:
         process.start()
         process.join(60)
-        assert process.exitcode == EXIT_CONFIG  # the supervisor stops the run instead of retrying
+        assert process.exitcode == ExitCode.CONFIG  # the supervisor stops the run instead of retrying
         seen = []
         while (message := subscriber.recv(1.0)) is not None:
             seen.append(message)
