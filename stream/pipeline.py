@@ -89,7 +89,6 @@ def caption_settings(config: Config, *, offline: bool = False) -> CaptionSetting
         stride=config.offline.stride if offline else config.sampler.stride,
         max_frames=config.sampler.max_frames,
         skip_stale=not offline,
-        time_origin=None if offline else 0.0,
     )
 
 
