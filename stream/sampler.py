@@ -75,10 +75,6 @@ class Job:
     def frame_times(self) -> list[float]:
         return [f.t for f in self.frames]
 
-    @property
-    def seqs(self) -> list[int]:
-        return [f.seq for f in self.frames]
-
 
 def uniform_subsample(items: Sequence[T], cap: int) -> list[T]:
     """At most ``cap`` items spread evenly, in order: the model card's ``uniform_sample`` (gap = n / cap,

@@ -200,10 +200,6 @@ class Scheduler:
     def ended(self, stream: str) -> bool:
         return self._stream(stream).ended
 
-    def latest_t(self, stream: str) -> float:
-        """Stream time of the newest frame of ``stream`` offered and accepted."""
-        return self._stream(stream).latest_t
-
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
         bounds how many asks each client may have waiting)."""
