@@ -131,12 +131,9 @@ def inference_options(
     config: Config, *, run_id: str, run_dir: str, streams: dict[str, str]
 ) -> InferenceOptions:
     """The inference process's options for ``streams`` (name -> ring name): the global caption
-    settings, and ``stream_captions`` for each stream with settings of its own."""
-    own = {
-        name
-        for name, source in config.sources.items()
-        if (source.prompt, source.window, source.stride) != (None, None, None)
-    }
+    settings, and in ``stream_captions`` those of each stream whose own settings differ from them."""
+    captions = caption_settings(config)
+    own = {name: caption_settings(config, stream=name) for name in streams}
     return InferenceOptions(
         run_id=run_id,
         run_dir=run_dir,
@@ -144,8 +141,8 @@ def inference_options(
         model=config.model.name,
         device=config.model.device,
         dtype=config.model.dtype,
-        captions=caption_settings(config),
-        stream_captions={name: caption_settings(config, stream=name) for name in streams if name in own},
+        captions=captions,
+        stream_captions={name: settings for name, settings in own.items() if settings != captions},
         stream_tokens=config.captions.stream_tokens,
         thumbnails=config.captions.thumbnails,
         thumbnail_side=config.captions.thumbnail_side,
