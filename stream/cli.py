@@ -244,9 +244,9 @@ def resolve_sources(config: Config) -> tuple[list[Any], bool]:
             source = NamedSource(source.name, str(demo_clip()))
         spec = parse_source(source.source)
         if spec.kind == "file":
-            check_file(spec.target, f"source {source.name} ({source.source})")
+            check_file(spec.target, f"source {source.name}")
         else:
-            check_device_source(spec, f"source {source.name} ({source.source})")
+            check_device_source(spec, f"source {source.name}")
         resolved.append(source)
     return resolved, has_demo
 

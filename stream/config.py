@@ -6,8 +6,8 @@ keys it changes. Layers are applied in order (defaults, ``--config FILE``, the C
 by :func:`merge`, which rejects an unknown section or key and a value of the wrong type, naming the
 file (or "command line") and the key; :func:`check` then checks every range, choice and rule, declared
 next to each field with :func:`setting`. The runtime option objects (``CaptionSettings``,
-``SourceOptions``, ``InferenceOptions``) are built from a checked :class:`Config` and need no checks
-of their own.
+``SourceOptions``, ``InferenceOptions``; ``stream/pipeline.py`` builds them) come from a checked
+:class:`Config` and need no checks of their own.
 
 ``[sources.NAME]`` tables define sources by name (``url``) and give a source its own ``prompt``,
 ``window`` and ``stride``; a setting a source leaves out is the global one.
@@ -173,13 +173,15 @@ def check(config: Config) -> Config:
     for section in fields(config):
         if section.name == "sources":
             for name, source in config.sources.items():
-                _check_section(f"sources.{name}", source)
+                check_settings(f"sources.{name}", source)
         else:
-            _check_section(section.name, getattr(config, section.name))
+            check_settings(section.name, getattr(config, section.name))
     return config
 
 
-def _check_section(prefix: str, section: Any) -> None:
+def check_settings(prefix: str, section: Any) -> None:
+    """Check the fields of one dataclass declared with :func:`setting`; errors name ``prefix.field``.
+    Any option object may declare its fields this way and be checked here, by the same rules."""
     for spec in fields(section):
         value = getattr(section, spec.name)
         if value is None:
