@@ -15,6 +15,7 @@ H.264 compression; :func:`read_stamp` decodes it so tests can tell exactly which
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -29,6 +30,8 @@ import cv2
 import numpy as np
 
 from .errors import VidnarrateError
+
+log = logging.getLogger(__name__)
 
 CODE_BITS = 20  # up to ~1M frames: 9.7 h at 30 fps
 SECONDS_PER_PHOTO = 4.0
@@ -208,6 +211,7 @@ def demo_clip(folder: Path | None = None) -> Path:
             f"demo source: cannot write its clip to {folder}: {exc.strerror} "
             "(set XDG_CACHE_HOME to a writable folder)"
         ) from None
+    log.info("building the demo clip %s (once; about 10 s)", clip)
     try:
         width, height = DEMO_SIZE
         make_video(Path(partial), width=width, height=height, fps=DEMO_FPS, seconds=DEMO_SECONDS)
