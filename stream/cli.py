@@ -1,15 +1,15 @@
 """The ``vidnarrate`` command line: ``run`` (the live pipeline) and ``caption`` (a file, offline).
 
-Settings come from ``config/default.toml``'s defaults, then ``--config FILE``, then the flags, then
-``--set section.key=value`` (any key). Everything is checked before a process starts: an unknown
-key, a bad value, a missing file or an unknown source scheme is one clear line on stderr and exit
-code 2; a model whose weights are not there says how to get them (or to try ``--model tiny``).
+Settings come from the packaged defaults (``stream/defaults/default.toml``), then ``--config FILE``,
+then the flags, then ``--set section.key=value`` (any key). Everything is checked before a process
+starts: an unknown key, a bad value, a missing file or an unknown source scheme is one clear line on
+stderr and exit code 2; a model whose weights are not there says how to get them (or to try
+``--model tiny``).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
 import logging
 import os
@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config, load_prompts
+from .config import Config, apply_overrides, load_config
 from .errors import ConfigError, SourceError, VidnarrateError
 from .process import ExitCode
 
 log = logging.getLogger("vidnarrate")
 
 EXIT_USAGE = ExitCode.USAGE
-DEMO_SOURCE = "demo"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +44,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override any setting of config/default.toml (repeatable)",
+        help="override any setting of the config (repeatable); a source's own prompt, window or stride: "
+        "sources.NAME.prompt=cctv",
     )
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -60,10 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--source",
         action="append",
-        required=True,
         metavar="[NAME=]SRC",
         help="a file, rtsp://..., http(s)://..., webcam:N, /dev/videoN, screen[:DISPLAY], "
-        "or 'demo' (a sample clip played as live); repeatable",
+        "or 'demo' (a sample clip played as live); repeatable. Sources defined in --config "
+        "([sources.NAME] url = ...) run too; --source NAME=SRC gives such a source its url. "
+        "Per source: --set sources.NAME.prompt=cctv (also .window, .stride)",
     )
     run.add_argument("--host", help="interface to listen on (default 127.0.0.1: this machine only)")
     run.add_argument("--port", type=int, help="port of the viewer and websockets (default 8765)")
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
+    """The defaults, then ``--config``, then the flags (``--source NAME=SRC`` is ``sources.NAME.url``),
+    then ``--set``: one strict path, so a bad value is refused the same way wherever it came from."""
+    from .pipeline import parse_named_sources
+
     config = load_config(args.config)
     flags: dict[str, Any] = {
         "model.name": args.model,
@@ -115,6 +120,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
                 "capture.loop_files": args.loop,
             }
         )
+        for source in parse_named_sources(args.source or []):
+            flags[f"sources.{source.name}.url"] = source.source
     config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, "command line")
     return apply_overrides(config, args.overrides, "--set")
 
@@ -139,22 +146,6 @@ def warn_if_windows_too_long(config: Config, window: float, max_slice_nums: int)
             file=sys.stderr,
             flush=True,
         )
-
-
-def warn_if_prompt_looks_like_a_preset_typo(prompt: str) -> None:
-    """``--prompt`` takes a preset name or prompt text; one word that is no preset ('ctv') is far more
-    likely a typo than a prompt, so say so (it is still used as written)."""
-    presets = [name for name in load_prompts() if name != "context"]
-    if prompt in presets or any(ch.isspace() for ch in prompt.strip()):
-        return
-    close = difflib.get_close_matches(prompt.lower(), presets, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    print(
-        f"vidnarrate: warning: --prompt {prompt!r} is not a preset ({', '.join(presets)}); it is used as "
-        f"the prompt text itself.{hint}",
-        file=sys.stderr,
-        flush=True,
-    )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -237,48 +228,26 @@ def check_model_available(name: str, device: str = "auto") -> None:
         ) from None
 
 
-def demo_clip() -> Path:
-    """A sample clip made from the bundled photos (built once, cached beside the repo)."""
-    root = Path(__file__).resolve().parent.parent
-    clip = root / "samples" / "demo.mp4"
-    if clip.exists():
-        return clip
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_sample_video", root / "tools" / "make_sample_video.py"
-    )
-    if spec is None or spec.loader is None:
-        raise ConfigError("the demo source needs tools/make_sample_video.py from the vidnarrate repository")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    clip.parent.mkdir(parents=True, exist_ok=True)
-    partial = clip.with_suffix(".partial.mp4")
-    module.make_video(partial, width=960, height=540, fps=25.0, seconds=30.0)  # looped when played
-    partial.replace(clip)
-    return clip
-
-
-def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
-    """Named sources, with ``demo`` replaced by the sample clip; missing files refused now (not in a
-    child process). Returns the sources and whether the demo clip is among them."""
-    from .pipeline import NamedSource, check_unique_names, parse_named_sources
+def resolve_sources(config: Config) -> tuple[list[Any], bool]:
+    """The run's named sources (see :func:`~stream.pipeline.configured_sources`), with ``demo``
+    replaced by the sample clip; files, cameras and screens that cannot be read refused now (not in
+    a child process). Returns the sources and whether the demo clip is among them."""
+    from .democlip import demo_clip
+    from .pipeline import DEMO_SOURCE, NamedSource, configured_sources
     from .sources import parse_source
 
     resolved: list[NamedSource] = []
     has_demo = False
-    for source in parse_named_sources(values):
+    for source in configured_sources(config):
         if source.source == DEMO_SOURCE:
             has_demo = True
-            name = DEMO_SOURCE if source.name == f"cam{len(resolved)}" else source.name
-            source = NamedSource(name, str(demo_clip()))
+            source = NamedSource(source.name, str(demo_clip()))
         spec = parse_source(source.source)
         if spec.kind == "file":
-            check_file(spec.target, f"--source {source.source!r}")
+            check_file(spec.target, f"source {source.name}")
         else:
-            check_device_source(spec, f"--source {source.source!r}")
+            check_device_source(spec, f"source {source.name}")
         resolved.append(source)
-    check_unique_names(resolved)  # "demo" twice is named "demo" twice
     return resolved, has_demo
 
 
@@ -290,14 +259,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import LivePipeline
 
     config = resolve_config(args)
-    sources, has_demo = resolve_sources(args.source)
+    sources, has_demo = resolve_sources(config)
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
     check_port_free(config.gateway.host, config.gateway.port)
     check_model_available(config.model.name, config.model.device)
     warn_if_windows_too_long(config, config.sampler.window, config.model.max_slice_nums)
-    if args.prompt is not None:
-        warn_if_prompt_looks_like_a_preset_typo(args.prompt)
 
     stop: dict[str, int | None] = {"signal": None}
 
@@ -363,8 +330,6 @@ def cmd_caption(args: argparse.Namespace) -> int:
     for output in outputs:
         check_output(output)
     check_model_available(config.model.name, config.model.device)
-    if args.prompt is not None:
-        warn_if_prompt_looks_like_a_preset_typo(args.prompt)
     warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
     from model.backends import load_backend
 

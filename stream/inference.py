@@ -60,6 +60,7 @@ class InferenceOptions:
     device: str = "auto"
     dtype: str = "auto"
     captions: CaptionSettings = field(default_factory=lambda: CaptionSettings(prompt="Describe the video."))
+    stream_captions: dict[str, CaptionSettings] = field(default_factory=dict)
     stream_tokens: bool = False
     thumbnails: bool = True
     thumbnail_side: int = 320
