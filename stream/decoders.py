@@ -1,6 +1,8 @@
-"""File and network sources, decoded by PyAV: open with the right options and timeouts, demux the
-first video stream, skip and count corrupt packets, and say why an open or a read failed in words
-(:func:`ffmpeg_reason`), naming the source once.
+"""File and network sources decoded by PyAV, and FFmpeg's errors in words.
+
+Each opens with the right options and timeouts, demuxes the first video stream, skips and counts
+corrupt packets, and says why an open or a read failed in words (:func:`ffmpeg_reason`), naming the
+source once.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Local device sources: a camera through OpenCV and the X screen through mss, each frame stamped
-with the monotonic clock at grab time (devices have no timeline of their own).
+"""Local device sources: a camera through OpenCV and the X screen through mss.
+
+Each frame is stamped with the monotonic clock at grab time (devices have no timeline of their own).
 """
 
 from __future__ import annotations

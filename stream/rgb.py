@@ -1,6 +1,8 @@
-"""Decoded pixels into RGB arrays of the wanted size: libswscale converting PyAV frames straight into
-a caller's array (:class:`DirectRGB`), the downscale (:func:`scaled_size`, :func:`resize`), the
-display rotation (:func:`rotate`) and OpenCV/mss BGR(A) images into RGB (:func:`bgr_into`).
+"""Decoded pixels into RGB arrays of the wanted size.
+
+libswscale converts PyAV frames straight into a caller's array (:class:`DirectRGB`); the downscale
+(:func:`scaled_size`, :func:`resize`), the display rotation (:func:`rotate`) and OpenCV/mss BGR(A)
+images into RGB (:func:`bgr_into`) are here too.
 
 Downscaling: frames whose long side exceeds ``max_side`` are resized (aspect kept) right after the
 RGB conversion, by OpenCV, into the target array. Measured on 1080p -> 1344x756 (2-core EPYC, 120

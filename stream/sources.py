@@ -1,5 +1,4 @@
-"""Opening a video source from a string: :func:`open_source` picks the decoder for a
-:class:`SourceSpec`; the names callers use come from here.
+"""Opening a video source from a string: :func:`open_source` picks the decoder; callers import here.
 
 ``parse_source(text)`` turns what a user typed into a :class:`SourceSpec` (:mod:`stream.sourcespec`);
 ``open_source(spec, options)`` opens it, raising a :class:`~stream.errors.SourceError` in one line that

@@ -1,5 +1,6 @@
-"""What to open and how: a user's source string parsed into a :class:`SourceSpec`, and the
-:class:`SourceOptions` it is opened with. Plain values, no I/O.
+"""What to open and how: a source string parsed into a :class:`SourceSpec`, and :class:`SourceOptions`.
+
+Plain values, no I/O.
 
 Accepted strings::
 

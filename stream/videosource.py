@@ -1,8 +1,10 @@
-"""The interface every source implements: :class:`VideoSource`, a context manager whose iterator
-yields :class:`VideoFrame` (a C-contiguous RGB ``uint8 (H, W, 3)`` image, the frame's ``pts`` on the
-source's own timeline in seconds, and the wall-clock time it was decoded), and whose
-:meth:`~VideoSource.pending` yields :class:`PendingFrame`, converted only where the caller says (capture
-converts straight into a ring slot: :class:`~stream.rgb.DirectRGB` explains why).
+"""The interface every source implements: :class:`VideoSource` and the frames it yields.
+
+A :class:`VideoSource` is a context manager whose iterator yields :class:`VideoFrame` (a C-contiguous
+RGB ``uint8 (H, W, 3)`` image, the frame's ``pts`` on the source's own timeline in seconds, and the
+wall-clock time it was decoded), and whose :meth:`~VideoSource.pending` yields :class:`PendingFrame`,
+converted only where the caller says (capture converts straight into a ring slot:
+:class:`~stream.rgb.DirectRGB` explains why).
 
 What the iterator ending means: for a file, the end (the caller calls it *ended*); for a network,
 webcam or screen source, the connection dropped, and the capture loop reconnects. An http(s) source
