@@ -182,7 +182,7 @@ def check_device_source(spec: Any, what: str) -> None:
         try:
             open_source(spec, SourceOptions()).close()
         except SourceError as exc:
-            raise ConfigError(f"{what}: {exc}") from None
+            raise ConfigError(str(exc)) from None  # it names the source and the reason already
 
 
 def check_file(target: str, what: str) -> None:
@@ -198,7 +198,7 @@ def check_file(target: str, what: str) -> None:
     try:
         check_video_file(str(path))
     except SourceError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+        raise ConfigError(str(exc)) from None  # it names the file and the reason already
 
 
 def check_model_available(name: str, device: str = "auto") -> None:

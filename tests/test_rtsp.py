@@ -21,7 +21,7 @@ from realparts import RtspServer, require_rtsp_server
 
 from stream.bus import RunPaths, Subscriber
 from stream.capture import Capture, CaptureState, capture_main
-from stream.errors import SourceTimeout
+from stream.errors import SourceError, SourceTimeout
 from stream.ring import FrameRing, ring_name
 from stream.sources import SourceOptions, open_source, parse_source
 
@@ -118,7 +118,8 @@ def test_hung_server_raises_source_timeout(server: RtspServer) -> None:
         took = time.monotonic() - started
     server.signal(signal.SIGCONT)
     assert took < 3 * OPTIONS.read_timeout + 1.0, took  # PyAV notices after about twice the timeout
-    assert server.url in str(info.value) and isinstance(info.value, TimeoutError)
+    assert str(info.value).count(server.url) == 1 and isinstance(info.value, TimeoutError)
+    assert "[Errno" not in str(info.value)
 
 
 def test_server_that_accepts_but_never_answers_is_an_open_timeout() -> None:
@@ -134,7 +135,18 @@ def test_server_that_accepts_but_never_answers_is_an_open_timeout() -> None:
         took = time.monotonic() - started
         listener.accept()[0].close()  # it did connect: this is not a refused connection
     assert took < 4.0, took
-    assert url in str(info.value) and isinstance(info.value, TimeoutError)
+    assert str(info.value) == f"network source {url!r}: no answer within 1 s"
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_a_path_the_server_does_not_have_is_said_in_words(server: RtspServer) -> None:
+    """FFmpeg reports the RTSP server's 404 as an HTTP error whose message repeats the URL."""
+    url = server.url.replace("/cam", "/nope")
+    with pytest.raises(SourceError) as info:
+        open_source(url, OPTIONS)
+    assert (
+        str(info.value) == f"network source {url!r}: the server answered 404 Not Found (nothing at that path)"
+    )
 
 
 def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing) -> None:
@@ -171,7 +183,8 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         assert wait_until(lambda: state() == "lost", 3, "lost after SIGKILL") < 2.0
         assert "stream ended" in (statuses[-1]["error"] or "")
         wait_until(lambda: cap.stats.reconnects >= 2, 5, "reconnect attempts while the server is down")
-        assert any("Connection refused" in (m["error"] or "") for m in statuses)
+        refused = f"network source {server.url!r}: connection refused"
+        assert any(m["error"] == refused for m in statuses)
 
         # 2. Restart on the same port: frames flow again.
         frames_before = cap.stats.frames
