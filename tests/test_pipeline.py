@@ -230,8 +230,9 @@ def test_ctrl_c_in_the_terminal_while_starting_stops_quietly(tmp_path: Path, cli
     may die of KeyboardInterrupt (traceback, then a restart), and the run must not go on to start.
 
     "Still starting" is made certain, not timed: the inference process is frozen (SIGSTOP) as soon as
-    it exists, so its model cannot be loaded when the Ctrl-C lands; it is thawed once the run has
-    told it to stop (its SIGTERM is pending)."""
+    it exists, so its model cannot be loaded when the Ctrl-C lands, and the Ctrl-C waits for the
+    gateway to listen (the moment a run that printed its address early would have printed it). The
+    inference is thawed once the run has told it to stop (its SIGTERM is pending)."""
     with short_run_root() as root:
         run = LiveRun([str(clips["yard"])], root, extra=["--model", "tiny"]).launch()
         assert run.proc is not None
@@ -247,6 +248,11 @@ def test_ctrl_c_in_the_terminal_while_starting_stops_quietly(tmp_path: Path, cli
             os.kill(pid, signal.SIGSTOP)
             try:
                 assert not any((d / READY_FILE).exists() for d in run.run_dirs), "the model was up already"
+                wait_for(
+                    lambda: any((d / "gateway.json").exists() for d in run.run_dirs),
+                    60,
+                    "the gateway to listen",
+                )
                 os.killpg(run.proc.pid, signal.SIGINT)
                 started = time.monotonic()
                 wait_for(lambda: _sigterm_pending_or_gone(pid), 10, "the run to stop the inference process")
