@@ -40,10 +40,9 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    # Live and offline captioning have different defaults (the model card's): both are said in both
-    # commands' help, read from the defaults file so that they cannot drift from it.
-    defaults = load_config(None)
+def _add_common(parser: argparse.ArgumentParser, defaults: Config) -> None:
+    # Live and offline captioning have different defaults (the model card's): both commands' help
+    # says both, read from the defaults file so that they cannot drift from it.
     live, offline = defaults.sampler, defaults.offline
     parser.add_argument("--config", type=Path, help="a TOML file with the settings to change")
     parser.add_argument("--model", help="hub id, checkpoint folder, or 'tiny' (random weights, smoke runs)")
@@ -90,6 +89,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidnarrate", description="Rolling dense captions of live video.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    defaults = load_config(None)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="caption live sources and serve the viewer and websockets")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="once every file source has ended, keep the viewer up with the history until Ctrl-C "
         "(default: the run stops after their last captions)",
     )
-    _add_common(run)
+    _add_common(run, defaults)
 
     caption = commands.add_parser("caption", help="caption a video file offline, as fast as possible")
     caption.add_argument("file", help="the video file")
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument(
         "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
     )
-    _add_common(caption)
+    _add_common(caption, defaults)
     return parser
 
 
