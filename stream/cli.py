@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
+import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -21,23 +24,49 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, load_config, preset_typo
 from .errors import ConfigError, SourceError, VidnarrateError
 from .process import ExitCode
 
 log = logging.getLogger("vidnarrate")
 
-EXIT_USAGE = ExitCode.USAGE
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("vidnarrate")
+    except importlib.metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+        return "unknown (not installed)"
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, defaults: Config) -> None:
+    # Live and offline captioning have different defaults (the model card's): both commands' help
+    # says both, read from the defaults file so that they cannot drift from it.
+    live, offline = defaults.sampler, defaults.offline
     parser.add_argument("--config", type=Path, help="a TOML file with the settings to change")
     parser.add_argument("--model", help="hub id, checkpoint folder, or 'tiny' (random weights, smoke runs)")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda if available)")
     parser.add_argument("--prompt", help="preset (narration, cctv, screen) or your own prompt text")
-    parser.add_argument("--window", type=float, help="seconds of video each caption looks at")
-    parser.add_argument("--stride", type=float, help="seconds between captions")
-    parser.add_argument("--max-slice-nums", type=int, help="tiles per frame (1 = source image only)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        metavar="S",
+        help=f"seconds of video each caption looks at (default {live.window:g} s for run, "
+        f"{offline.window:g} s for caption)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=float,
+        metavar="S",
+        help=f"seconds between captions (default {live.stride:g} s for run, "
+        f"{offline.stride:g} s for caption)",
+    )
+    parser.add_argument(
+        "--max-slice-nums",
+        type=int,
+        metavar="N",
+        help=f"tiles per frame, 1 = the source image only (default {defaults.model.max_slice_nums} "
+        f"for run, {offline.max_slice_nums} for caption)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -48,12 +77,18 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         "sources.NAME.prompt=cctv",
     )
     parser.add_argument(
-        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what the processes log on stderr (default INFO)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidnarrate", description="Rolling dense captions of live video.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    defaults = load_config(None)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="caption live sources and serve the viewer and websockets")
@@ -68,7 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--host", help="interface to listen on (default 127.0.0.1: this machine only)")
     run.add_argument("--port", type=int, help="port of the viewer and websockets (default 8765)")
-    run.add_argument("--token", help="require this token on the page and websockets (or $VIDNARRATE_TOKEN)")
+    run.add_argument(
+        "--token",
+        help="require this token on the page and websockets (or $VIDNARRATE_TOKEN); beyond loopback "
+        "a random one is made when none is given",
+    )
+    run.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no token even beyond loopback: anyone who can reach the port watches the sources",
+    )
     run.add_argument(
         "--stream-tokens",
         action="store_true",
@@ -76,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish captions token by token (partial messages)",
     )
     run.add_argument("--loop", action="store_true", default=None, help="replay file sources forever")
-    _add_common(run)
+    run.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="once every file source has ended, keep the viewer up with the history until Ctrl-C "
+        "(default: the run stops after their last captions)",
+    )
+    _add_common(run, defaults)
 
     caption = commands.add_parser("caption", help="caption a video file offline, as fast as possible")
     caption.add_argument("file", help="the video file")
@@ -89,8 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write captions (repeatable; default FILE's name .jsonl and .vtt "
         "in the current folder)",
     )
-    caption.add_argument("--no-progress", dest="progress", action="store_false")
-    _add_common(caption)
+    caption.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
+    )
+    _add_common(caption, defaults)
     return parser
 
 
@@ -148,6 +200,17 @@ def warn_if_windows_too_long(config: Config, window: float, max_slice_nums: int)
         )
 
 
+def warn_about_prompt_typos(config: Config) -> None:
+    """Warn about every prompt of the run (the global one and each source's own) that looks like a
+    mistyped preset name: captioning hours of video with the prompt 'ctv' would be a silent waste."""
+    prompts = {"--prompt / captions.prompt": config.captions.prompt}
+    prompts.update({f"sources.{name}.prompt": s.prompt for name, s in config.sources.items() if s.prompt})
+    for key, prompt in prompts.items():
+        problem = preset_typo(prompt)
+        if problem is not None:
+            print(f"vidnarrate: warning: {key}: {problem}", file=sys.stderr, flush=True)
+
+
 def check_port_free(host: str, port: int) -> None:
     """Fail now, with the reason, when the gateway could not listen (port taken, unknown host)
     rather than after the model has loaded."""
@@ -165,6 +228,37 @@ def check_port_free(host: str, port: int) -> None:
         except OSError as exc:
             hint = " (another vidnarrate run? choose another --port)" if exc.errno == errno.EADDRINUSE else ""
             raise ConfigError(f"gateway: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only ("" listens on every interface)."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass  # a name: loopback if every address it has is
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def choose_token(host: str, configured: str, *, no_auth: bool) -> tuple[str, bool]:
+    """The token the gateway requires ("" = none) and whether it was made here. Loopback needs none
+    unless one is given; beyond loopback one is made (as Jupyter does) unless ``--no-auth`` says
+    explicitly that anyone who can reach the port may watch."""
+    if no_auth:
+        if configured:
+            raise ConfigError(
+                "--no-auth, but a token is set (--token, gateway.token or $VIDNARRATE_TOKEN): "
+                "drop one of them"
+            )
+        return "", False
+    if configured or is_loopback(host):
+        return configured, False
+    return secrets.token_urlsafe(24), True
 
 
 def check_device_source(spec: Any, what: str) -> None:
@@ -257,14 +351,27 @@ class _Stopped(Exception):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import LivePipeline
+    from .runwatch import RunWatch, Say
 
     config = resolve_config(args)
     sources, has_demo = resolve_sources(config)
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
-    check_port_free(config.gateway.host, config.gateway.port)
+    host = config.gateway.host
+    token, generated = choose_token(host, config.gateway.resolved_token(), no_auth=args.no_auth)
+    if generated:
+        config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
+    check_port_free(host, config.gateway.port)
     check_model_available(config.model.name, config.model.device)
     warn_if_windows_too_long(config, config.sampler.window, config.model.max_slice_nums)
+    warn_about_prompt_typos(config)
+    if args.no_auth and not is_loopback(host):
+        print(
+            f"vidnarrate: WARNING: --no-auth on {host or 'every interface'}: anyone on the network who can "
+            f"reach port {config.gateway.port} can watch the cameras (captions, thumbnails, asks)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     stop: dict[str, int | None] = {"signal": None}
 
@@ -274,16 +381,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pipeline = LivePipeline(config, sources, log_level=args.log_level)
-    code = 0
+    watch = RunWatch([s.name for s in sources], keep_serving=args.keep_serving)
+    code = ExitCode.OK
     try:
         pipeline.start()
+        print(f"vidnarrate: loading model {config.model.name}; the viewer's address follows", flush=True)
+        # The address is printed once captions can come (the model is loaded, the captures start):
+        # before that the page could only say "loading", and a Ctrl-C meanwhile stops a run that
+        # never claimed to be up.
         info = pipeline.wait_ready(stopping=lambda: stop["signal"] is not None)
         if info is None:
             raise _Stopped
-        token = config.gateway.resolved_token()
         url = pipeline.viewer_url(info)
-        shown = f"{url}?token=…" if token else url
+        shown = f"{url}?token={token if generated else '…'}" if token else url
         print(f"vidnarrate: viewer at {shown}  (websockets: {url.replace('http', 'ws', 1)}ws)", flush=True)
+        if generated:
+            print(
+                f"vidnarrate: {host or 'every interface'} is beyond loopback: the viewer needs the token "
+                "above (--token sets your own, --no-auth none)",
+                flush=True,
+            )
         print(
             f"vidnarrate: model {config.model.name}; sources: "
             + ", ".join(f"{s.name}={s.source}" for s in sources)
@@ -292,24 +409,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         while stop["signal"] is None:
             pipeline.poll()
-            fatal = pipeline.fatal_exit()
-            if fatal is not None and not fatal[0].startswith("capture:"):
-                print(
-                    f"vidnarrate: {fatal[0]} failed (exit code {fatal[1]}); stopping. See the log above.",
-                    file=sys.stderr,
-                )
-                code = 1
-                break
-            if pipeline.every_source_failed():
-                print("vidnarrate: every source failed (see the log above); stopping.", file=sys.stderr)
-                code = 1
+            steps = watch.update(
+                pipeline.source_states(), drained=pipeline.drained(), failed_service=pipeline.failed_service()
+            )
+            for step in steps:
+                if isinstance(step, Say):
+                    print(
+                        f"vidnarrate: {step.text}", file=sys.stderr if step.error else sys.stdout, flush=True
+                    )
+                else:
+                    code = step.code
+            if watch.stopped:
                 break
             time.sleep(0.1)
     except _Stopped:
         pass
     except (TimeoutError, RuntimeError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
-        code = 1
+        code = ExitCode.FAILED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
         pipeline.stop()
@@ -319,7 +436,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .exports import check_output
+    from .exports import check_outputs
     from .offline import caption_file, probe_duration
     from .pipeline import caption_settings
 
@@ -327,8 +444,8 @@ def cmd_caption(args: argparse.Namespace) -> int:
     path = Path(args.file)
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
-    for output in outputs:
-        check_output(output)
+    check_outputs(outputs, source=path)
+    warn_about_prompt_typos(config)
     check_model_available(config.model.name, config.model.device)
     warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
     from model.backends import load_backend
@@ -381,7 +498,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         + ", ".join(str(p) for p in result.outputs),
         flush=True,
     )
-    return 0
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -395,12 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_caption(args)
     except (ConfigError, SourceError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except VidnarrateError as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
 
 
 def entry() -> None:

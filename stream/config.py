@@ -64,17 +64,19 @@ def _device_rule(device: str) -> str | None:
 
 
 def _prompt_rule(prompt: str) -> str | None:
-    """A prompt is a preset's name or prompt text. One word that is no preset ('ctv') is a typo far
-    more often than a prompt: captioning hours of video with it would be a silent waste."""
+    return None if prompt.strip() else "must not be empty (a preset name or prompt text)"
+
+
+def preset_typo(prompt: str) -> str | None:
+    """Why a prompt looks like a mistyped preset name, or None. One word that is no preset ('ctv') is a
+    typo far more often than a prompt; it is still used as written (a user may mean it), so callers warn."""
     text = prompt.strip()
-    if not text:
-        return "must not be empty (a preset name or prompt text)"
     names = prompt_preset_names()
-    if text in names or any(ch.isspace() for ch in text):
+    if not text or text in names or any(ch.isspace() for ch in text):
         return None
     close = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{prompt!r} is not a preset: {', '.join(names)}{hint} (prompt text of your own has several words)"
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{prompt!r} is not a preset ({', '.join(names)}); it is used as the prompt text itself.{hint}"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,9 @@ from .ring import FrameRing
 log = logging.getLogger(__name__)
 
 READY_FILE = "inference.ready"  # written in the run directory once the model is loaded
+# Written in the run directory once every source has ended and its last window is captioned: a run
+# of files without --loop stops then (stream.runwatch).
+DRAINED_FILE = "inference.drained"
 
 _TAP_IDLE_S = 0.01
 _STATUS_EVERY_S = 1.0
@@ -300,6 +303,7 @@ class ModelLoop:
 
     def run(self) -> int:
         self.tap.start()
+        drained = False
         try:
             self._publish_status(force=True)
             while not self.stop_event.is_set() and not self.tap_stop.is_set():
@@ -310,6 +314,9 @@ class ModelLoop:
                     self._caption(*job)
                     did += 1
                 self._publish_status()
+                if not did and not drained and self._drained():
+                    drained = True
+                    write_ready_file(Path(self.options.run_dir) / DRAINED_FILE, str(os.getpid()))
                 if not did:
                     self.wake.wait(0.05)
                     self.wake.clear()
@@ -319,6 +326,15 @@ class ModelLoop:
         if self.tap.error is not None:
             return ExitCode.FAILED
         return ExitCode.OK
+
+    def _drained(self) -> bool:
+        """Every source ended and nothing of it is left to caption (captions are made in this thread:
+        the last one is published by now)."""
+        for worker in self.captioner.workers.values():
+            with worker.lock:
+                if not worker.ended or worker.due:
+                    return False
+        return True
 
     def _caption(self, worker: StreamWorker, job: Any) -> None:
         on_text = None

@@ -2,9 +2,10 @@
 
 Start order: stale rings of dead runs are removed, then one ring per source is created (owned here,
 so capture and inference restarts re-attach to it), then the gateway (its subscription must exist
-before anyone publishes), the inference process, and one capture process per source. Stop order is
-the reverse intent: every child is told at once, given ``stop_timeout``, then terminated; then the
-rings are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
+before anyone publishes), the inference process, and, once the model is loaded, one capture process
+per source. Stop order is the reverse intent: every child is told at once, given ``stop_timeout``,
+then terminated; then the rings are unlinked and the run directory (zmq socket files) removed.
+Nothing is left behind.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from .capture import capture_main
 from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, load_prompts, resolve_prompt
 from .errors import ConfigError
 from .gateway import gateway_main
-from .inference import READY_FILE, InferenceOptions, inference_main
+from .inference import DRAINED_FILE, READY_FILE, InferenceOptions, inference_main
 from .process import ExitCode
 from .ring import FrameRing, remove_stale_rings, ring_name
+from .runwatch import SourceState
 from .sources import SourceOptions, parse_source
 from .supervisor import ChildSpec, Supervisor
 
@@ -221,7 +223,7 @@ class LivePipeline:
                 "replay": g.replay,
                 "max_message_bytes": g.max_message_bytes,
             },
-            fatal_codes=(2,),
+            fatal_codes=(ExitCode.USAGE,),
         )
 
     def _inference_spec(self) -> ChildSpec:
@@ -257,38 +259,64 @@ class LivePipeline:
 
     # -- run ----------------------------------------------------------------------------------------
     def wait_ready(
-        self, timeout: float = 30.0, stopping: Callable[[], bool] = lambda: False
+        self, gateway_timeout: float = 30.0, stopping: Callable[[], bool] = lambda: False
     ) -> dict[str, Any] | None:
-        """Wait for the gateway to listen; returns ``{"port", "pid", "url"}``, or None as soon as
-        ``stopping()`` says the user gave up (Ctrl-C while starting)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait for the gateway to listen and the model to be loaded (the captures start then);
+        returns the gateway's ``{"port", "pid", "url"}``, or None as soon as ``stopping()`` says the
+        user gave up (Ctrl-C while starting). The model gets no deadline: the real one takes minutes
+        to load, and one that cannot load exits with a fatal code, raised here as RuntimeError."""
+        deadline = time.monotonic() + gateway_timeout
+        while True:
             if stopping():
                 return None
             self.poll()
-            if self.ready_file.exists():
-                return json.loads(self.ready_file.read_text())
             fatal = self.supervisor.fatal_exit()
             if fatal is not None:
                 raise RuntimeError(f"{fatal[0]} exited with code {fatal[1]} while starting")
+            listening = self.ready_file.exists()
+            if listening and self._captures_started:
+                return json.loads(self.ready_file.read_text())
+            if not listening and time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway did not start listening within {gateway_timeout:.0f} s")
             time.sleep(0.05)
-        raise TimeoutError(f"the gateway did not start listening within {timeout:.0f} s")
 
     def poll(self) -> None:
         self.supervisor.poll()
         self._start_captures_when_model_ready()
+        self._end_rings_of_failed_captures()
 
-    @property
-    def captures_started(self) -> bool:
-        return self._captures_started
+    def _end_rings_of_failed_captures(self) -> None:
+        """A capture that failed for good (not restarted) may leave its ring without the "ended" mark
+        a finished file sets; it is set here, the writer being gone, so that the inference captions
+        what that source did deliver and counts it as over."""
+        for role in self.supervisor.failed_roles():
+            ring = self.rings.get(role.removeprefix("capture:")) if role.startswith("capture:") else None
+            if ring is not None and not ring.ended:
+                ring.mark_ended()
 
-    def fatal_exit(self) -> tuple[str, int] | None:
-        return self.supervisor.fatal_exit()
+    def failed_service(self) -> tuple[str, int] | None:
+        """(role, exit code) of the gateway or inference if it exited with a fatal code."""
+        fatal = self.supervisor.fatal_exit()
+        return fatal if fatal is not None and not fatal[0].startswith("capture:") else None
 
-    def every_source_failed(self) -> bool:
-        """Every capture process exited with a fatal code: the run has nothing left to caption."""
-        failed = self.supervisor.failed_roles()
-        return bool(self.sources) and all(f"capture:{s.name}" in failed for s in self.sources)
+    def source_states(self) -> dict[str, SourceState]:
+        """Each source's state, from its capture process (a file that played to its end exits 0)."""
+        ended = set(self.supervisor.ended_roles())
+        failed = set(self.supervisor.failed_roles())
+        states = {}
+        for source in self.sources:
+            role = f"capture:{source.name}"
+            if role in failed:
+                states[source.name] = SourceState.FAILED
+            elif role in ended:
+                states[source.name] = SourceState.ENDED
+            else:
+                states[source.name] = SourceState.RUNNING
+        return states
+
+    def drained(self) -> bool:
+        """The inference has published the last captions of every source (all of them ended)."""
+        return (self.run.run_dir / DRAINED_FILE).exists()
 
     def viewer_url(self, info: dict[str, Any]) -> str:
         host = self.config.gateway.host
