@@ -320,7 +320,7 @@ class Captioner:
 
     def caption(
         self, worker: StreamWorker, job: Job, on_text: Callable[[str], None] | None = None
-    ) -> dict[str, Any] | None:
+    ) -> messages.Caption | None:
         """Caption one window; returns the ``caption`` message (None when no frame of it survived)."""
         frames, embeddings = self.embeddings_now(worker, job.frames)
         with worker.lock:
@@ -341,7 +341,7 @@ class Captioner:
         embeddings: list[Any],
         context: str | None,
         on_text: Callable[[str], None] | None,
-    ) -> dict[str, Any] | None:
+    ) -> messages.Caption | None:
         if not frames:
             log.warning(
                 "stream %s: window %.1f-%.1f s has no encoded frame; skipped",
@@ -373,7 +373,7 @@ class Captioner:
             latency_ms = (published - frames[-1].wall) * 1000
             worker.counters.last_latency_ms = round(latency_ms, 1)
             worker.counters.last_model_ms = round(model_ms, 1)
-        return messages.caption(
+        return messages.Caption(
             stream=worker.name,
             seq=seq,
             t_start=round(job.t_start, 3),

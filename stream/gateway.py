@@ -53,10 +53,28 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from . import messages
-from .bus import AskSender, AsyncSubscriber
+from .bus import AskSender, AsyncSubscriber, Envelope
 from .errors import ProtocolError
-from .fanout import ClientQueue, PendingAsk, PendingAsks, ReplayStore, StatusBoard, stream_of
-from .messages import Ask, CloseCode, ErrorCode, Message, MessageError, Ping, Subscribe
+from .fanout import ClientQueue, PendingAsk, PendingAsks, ReplayStore, StatusBoard
+from .messages import (
+    Answer,
+    Ask,
+    AskRequest,
+    CaptureStatus,
+    CloseCode,
+    ErrorCode,
+    ErrorReply,
+    InferenceStatus,
+    Message,
+    MessageError,
+    Ping,
+    Pong,
+    Processes,
+    ServerMessage,
+    Status,
+    Subscribe,
+    Subscribed,
+)
 from .process import ExitCode, write_ready_file
 
 log = logging.getLogger(__name__)
@@ -70,7 +88,7 @@ one machine (or one restarted with a new token) must not overwrite each other's 
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 
-_FORWARDED = frozenset({"caption", "partial", "event"})
+_FORWARDED = frozenset({"caption", "partial", "event", "thumbnail"})  # their bus bytes go to clients
 _REPORTS = frozenset({"capture_status", "inference_status", "processes"})
 _MAX_STATIC_BYTES = 16 * 1024 * 1024
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
@@ -452,13 +470,13 @@ class Gateway:
             elif isinstance(request, Ask):
                 self._ask(client, request)
             elif isinstance(request, Ping):
-                self._send(client, messages.pong(id=request.id, t=request.t, wall=time.time()))
+                self._send(client, Pong(id=request.id, t=request.t, wall=time.time()))
         except MessageError as exc:
             self._client_error(client, exc)
 
     def _client_error(self, client: _Client, exc: MessageError) -> None:
         self.stats["error_replies"] += 1
-        self._send(client, exc.to_message())
+        self._send(client, exc.to_reply())
         now = time.monotonic()
         client.errors.append(now)
         if len(client.errors) == client.errors.maxlen and now - client.errors[0] < self._error_window:
@@ -470,8 +488,16 @@ class Gateway:
 
     def _subscribe(self, client: _Client, request: Subscribe) -> None:
         client.subscription = request
-        replay = self._replay.recent_encoded(request, request.replay)
-        self._send(client, messages.subscribed(request, replayed=len(replay)))
+        replay = self._replay.recent(request, request.replay)
+        self._send(
+            client,
+            Subscribed(
+                streams="*" if request.streams is None else sorted(request.streams),
+                replay=request.replay,
+                replayed=len(replay),
+                thumbnails=request.thumbnails,
+            ),
+        )
         for caption in replay:
             self._deliver(client, caption)
         if request.thumbnails:
@@ -491,7 +517,7 @@ class Gateway:
                 ErrorCode.UNKNOWN_STREAM, f"there is no stream named {request.stream!r}", request.id
             )
         pending = self._asks.add(client.number, request, time.monotonic())
-        forwarded = messages.ask_request(
+        forwarded = AskRequest(
             id=pending.key,
             stream=request.stream,
             question=request.question,
@@ -502,16 +528,16 @@ class Gateway:
             self._asks.resolve(pending.key)
             self._send(
                 client,
-                messages.error(
-                    ErrorCode.ASK_UNAVAILABLE,
-                    "the inference process is not running; try again later",
+                ErrorReply(
+                    error=ErrorCode.ASK_UNAVAILABLE,
+                    message="the inference process is not running; try again later",
                     id=request.id,
                 ),
             )
 
     # -- delivery --------------------------------------------------------------------------------
-    def _send(self, client: _Client, message: Message) -> None:
-        self._deliver(client, messages.to_json(message).encode())
+    def _send(self, client: _Client, message: ServerMessage) -> None:
+        self._deliver(client, message.to_json())
 
     def _deliver(self, client: _Client, data: bytes) -> None:
         if client.closing:
@@ -596,8 +622,7 @@ class Gateway:
         assert self._subscriber is not None
         while True:
             try:
-                message = await self._subscriber.recv()
-                self._on_bus_message(message)
+                self._on_bus_message(await self._subscriber.recv())
             except (ProtocolError, ValueError, TypeError, KeyError) as exc:
                 self._bad_bus_message(exc)
             except asyncio.CancelledError:
@@ -605,43 +630,42 @@ class Gateway:
             except Exception:  # the reader must outlive any one message; say what happened
                 log.exception("unexpected error handling a bus message; continuing")
 
-    def _on_bus_message(self, message: Message) -> None:
+    def _on_bus_message(self, envelope: Envelope) -> None:
         self.stats["bus_messages"] += 1
         self._last_bus_wall = time.time()
-        kind = message.get("type")
-        if kind in _FORWARDED or kind == "thumbnail":
-            stream = stream_of(message)
+        kind, stream = envelope.type, envelope.stream
+        if kind in _FORWARDED:
             if stream is None:
                 raise ValueError(f"bus {kind!r} message without a 'stream' name")
-            data = messages.to_json(message).encode()
             if kind == "caption":
-                self._replay.add(message)
+                self._replay.add(stream, envelope.body)
             elif kind == "thumbnail":
                 if stream in self._thumbnails or len(self._thumbnails) < self._max_streams:
-                    self._thumbnails[stream] = data
-            self._fanout(data, stream, thumbnail=kind == "thumbnail")
-        elif kind == "answer":
-            self._on_answer(message)
-        elif kind in _REPORTS:
-            if self._board.update(message, time.monotonic()):
-                self._status_soon()
+                    self._thumbnails[stream] = envelope.body
+            self._fanout(envelope.body, stream, thumbnail=kind == "thumbnail")
+        elif kind == "answer" or kind in _REPORTS:
+            message = envelope.decode()
+            if isinstance(message, Answer):
+                self._on_answer(message)
+            elif isinstance(message, CaptureStatus | InferenceStatus | Processes):
+                if self._board.update(message, time.monotonic()):
+                    self._status_soon()
         else:
             raise ValueError(f"bus message of unknown type {kind!r}")
 
-    def _on_answer(self, message: Message) -> None:
-        pending = self._asks.resolve(message.get("id"))
+    def _on_answer(self, answer: Answer) -> None:
+        pending = self._asks.resolve(answer.id)
         if pending is None:
-            log.debug("answer for an unknown or expired ask %r", message.get("id"))
+            log.debug("answer for an unknown or expired ask %r", answer.id)
             return
         client = self._clients.get(pending.client)
         if client is None:
             return
-        if message.get("error"):
-            code = str(message["error"])
-            text = str(message.get("message") or "the inference process could not answer")
-            self._send(client, messages.error(code, text, id=pending.request_id))
+        if answer.error is not None:
+            text = answer.message or "the inference process could not answer"
+            self._send(client, ErrorReply(error=answer.error, message=text, id=pending.request_id))
         else:
-            self._send(client, {**message, "id": pending.request_id})
+            self._send(client, dataclasses.replace(answer, id=pending.request_id))
 
     def _bad_bus_message(self, exc: Exception) -> None:
         self.stats["bad_bus_messages"] += 1
@@ -651,13 +675,13 @@ class Gateway:
             log.warning("ignoring a bad bus message (%d so far): %s", self.stats["bad_bus_messages"], exc)
 
     # -- status and timers -----------------------------------------------------------------------
-    def _status_message(self) -> Message:
+    def _status_message(self) -> Status:
         return self._board.snapshot(now=time.monotonic(), wall=time.time(), clients=len(self._clients))
 
     def _broadcast_status(self) -> None:
         self._status_handle = None
         self._last_status = time.monotonic()
-        self._fanout(messages.to_json(self._status_message()).encode(), None)
+        self._fanout(self._status_message().to_json(), None)
 
     def _status_soon(self) -> None:
         """Send status now, or as soon as the minimum gap allows (once for a burst of changes)."""
@@ -688,9 +712,10 @@ class Gateway:
         if client is not None:
             self._send(
                 client,
-                messages.error(
-                    ErrorCode.ASK_TIMEOUT,
-                    f"no answer within {self._asks.timeout:g} s; the inference process may be busy or down",
+                ErrorReply(
+                    error=ErrorCode.ASK_TIMEOUT,
+                    message=f"no answer within {self._asks.timeout:g} s; "
+                    "the inference process may be busy or down",
                     id=pending.request_id,
                 ),
             )

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from . import messages
-from .bus import AskReceiver, Publisher, RunPaths
+from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import Captioner, CaptionSettings, StreamWorker
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
@@ -70,22 +70,6 @@ class InferenceOptions:
     max_inp_length: int = 8192
 
 
-class Bus:
-    """The inference process's publisher, safe to use from both threads."""
-
-    def __init__(self, publisher: Publisher) -> None:
-        self._publisher = publisher
-        self._lock = threading.Lock()
-
-    def send(self, message: dict[str, Any]) -> None:
-        with self._lock:
-            self._publisher.send(message)
-
-    def close(self) -> None:
-        with self._lock:
-            self._publisher.close(linger=1.0)  # the last captions and status must arrive
-
-
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
     """A small JPEG of an RGB frame, base64-encoded for a JSON message."""
     picture = Image.fromarray(image)
@@ -102,7 +86,7 @@ class FrameTap(threading.Thread):
         self,
         workers: dict[str, StreamWorker],
         ring_names: dict[str, str],
-        bus: Bus,
+        bus: LockedPublisher,
         options: InferenceOptions,
         wake: threading.Event,
         stop: threading.Event,
@@ -192,7 +176,7 @@ class FrameTap(threading.Thread):
         self.last_thumbnail[name] = now
         jpeg = thumbnail_jpeg(image, self.options.thumbnail_side)
         self.bus.send(
-            messages.thumbnail(
+            messages.Thumbnail(
                 stream=name,
                 t=round(t, 3),
                 wall=wall,
@@ -206,7 +190,7 @@ class FrameTap(threading.Thread):
 class PartialPublisher:
     """Turns token pieces into throttled ``partial`` messages (at most one per 100 ms)."""
 
-    def __init__(self, bus: Bus, stream: str, seq: int) -> None:
+    def __init__(self, bus: LockedPublisher, stream: str, seq: int) -> None:
         self.bus, self.stream, self.seq = bus, stream, seq
         self.text = ""
         self._last = 0.0
@@ -216,7 +200,7 @@ class PartialPublisher:
         now = time.monotonic()
         if now - self._last >= _PARTIAL_EVERY_S:
             self._last = now
-            self.bus.send(messages.partial(stream=self.stream, seq=self.seq, text=self.text))
+            self.bus.send(messages.Partial(stream=self.stream, seq=self.seq, text=self.text))
 
 
 def load_caption_backend(options: InferenceOptions) -> Any:
@@ -248,11 +232,15 @@ def inference_main(
     run = RunPaths(run_id=options.run_id, run_dir=Path(options.run_dir))
     publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
     publisher.wait_for_subscriber(1.0)  # a model that fails at once must still be heard saying why
-    bus = Bus(publisher)
+    bus = LockedPublisher(publisher)
     asks = AskReceiver(run.asks_endpoint)
     status_base = {"model": options.model, "device": options.device}
     try:
-        bus.send(messages.inference_status(streams={}, wall=time.time(), state="loading", **status_base))
+        bus.send(
+            messages.InferenceStatus(
+                streams={}, wall=time.time(), state=messages.ModelState.LOADING, **status_base
+            )
+        )
         try:
             with signal_handled(signal.SIGTERM, _abort_loading):
                 backend = backend_factory(options)
@@ -262,8 +250,12 @@ def inference_main(
         except (CheckpointError, FileNotFoundError, ValueError) as exc:  # ValueError: device or dtype
             log.error("cannot load model %s: %s", options.model, exc)
             bus.send(
-                messages.inference_status(
-                    streams={}, wall=time.time(), state="failed", error=str(exc), **status_base
+                messages.InferenceStatus(
+                    streams={},
+                    wall=time.time(),
+                    state=messages.ModelState.FAILED,
+                    error=str(exc),
+                    **status_base,
                 )
             )
             return ExitCode.CONFIG
@@ -282,10 +274,10 @@ class ModelLoop:
         self,
         options: InferenceOptions,
         backend: Any,
-        bus: Bus,
+        bus: LockedPublisher,
         asks: AskReceiver,
         stop_event: Any,
-        status_base: dict[str, Any],
+        status_base: dict[str, str],
     ) -> None:
         self.options = options
         self.bus = bus
@@ -359,35 +351,47 @@ class ModelLoop:
         handled = 0
         for ask in self.asks.poll():
             handled += 1
-            ask_id, stream, question = ask.get("id"), ask.get("stream"), ask.get("question")
-            worker = self.captioner.workers.get(stream) if isinstance(stream, str) else None
-            if worker is None or not isinstance(question, str):
+            ask_id, stream = ask.id, ask.stream
+            worker = self.captioner.workers.get(stream)
+            if worker is None:
                 self.bus.send(
-                    messages.answer(
+                    messages.Answer(
                         id=ask_id,
-                        stream=str(stream),
+                        stream=stream,
                         text="",
-                        error="unknown_stream",
+                        error=messages.ErrorCode.UNKNOWN_STREAM,
                         message=f"no stream named {stream!r} in this run",
                     )
                 )
                 continue
             self.captioner.encode_pending()  # the newest frames belong in the answer
             try:
-                text, frames = self.captioner.answer(worker, question)
+                text, frames = self.captioner.answer(worker, ask.question)
             except LookupError as exc:
                 self.bus.send(
-                    messages.answer(id=ask_id, stream=stream, text="", error="no_frames", message=str(exc))
+                    messages.Answer(
+                        id=ask_id,
+                        stream=stream,
+                        text="",
+                        error=messages.ErrorCode.NO_FRAMES,
+                        message=str(exc),
+                    )
                 )
                 continue
             except ValueError as exc:  # the model refused this question: the asker hears why
                 log.warning("stream %s: ask %r not answered: %s", stream, ask_id, exc)
                 self.bus.send(
-                    messages.answer(id=ask_id, stream=stream, text="", error="model_error", message=str(exc))
+                    messages.Answer(
+                        id=ask_id,
+                        stream=stream,
+                        text="",
+                        error=messages.ErrorCode.MODEL_ERROR,
+                        message=str(exc),
+                    )
                 )
                 continue
             self.bus.send(
-                messages.answer(
+                messages.Answer(
                     id=ask_id,
                     stream=stream,
                     text=text,
@@ -408,5 +412,7 @@ class ModelLoop:
             with worker.lock:
                 streams[name] = worker.status()
         self.bus.send(
-            messages.inference_status(streams=streams, wall=time.time(), state="ready", **self.status_base)
+            messages.InferenceStatus(
+                streams=streams, wall=time.time(), state=messages.ModelState.READY, **self.status_base
+            )
         )

@@ -95,10 +95,11 @@ def caption_file(
             message = captioner.caption(*job)
             if message is None:
                 continue
-            captions.append(message)
+            caption = message.to_dict()  # the caption files hold the JSON clients receive
+            captions.append(caption)
             open_outputs()
             for writer in writers:
-                writer.write(message)
+                writer.write(caption)
 
     frames = 0
     decode_errors = 0

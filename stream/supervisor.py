@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bus import Publisher, RunPaths
+from .messages import Processes
 from .process import child_entry, signal_handled
 
 log = logging.getLogger(__name__)
@@ -204,4 +205,4 @@ class Supervisor:
         if self._publisher is None or (not force and now - self._last_report < 1.0):
             return
         self._last_report = now
-        self._publisher.send({"type": "processes", "processes": self.processes(), "wall": time.time()})
+        self._publisher.send(Processes(processes=self.processes(), wall=time.time()))

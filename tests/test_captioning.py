@@ -89,7 +89,7 @@ def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_cap
             captions.append((captioner.caption(*job), job[1]))
     assert worker.counters.sampled == 12
     assert backend.encoded == 12, "each sampled frame went through the vision tower once"
-    frames_captioned = sum(len(c["frame_times"]) for c, _ in captions)
+    frames_captioned = sum(len(c.frame_times) for c, _ in captions)
     assert (
         frames_captioned > 2 * backend.encoded
     )  # overlapping windows reused the cache (no cache: 26 encodes)
@@ -97,7 +97,7 @@ def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_cap
     # A cached-embedding caption equals the model card's chat on the same frames' pixels.
     message, job = captions[2]
     pixels = [Image.fromarray(images[f.seq]) for f in job.frames]
-    context = captioner.workers["cam"].settings.context_template.format(previous=captions[1][0]["text"])
+    context = captioner.workers["cam"].settings.context_template.format(previous=captions[1][0].text)
     direct = tiny.model.chat(
         [{"role": "user", "content": [context, *pixels, captioner.prompt_for(job)]}],
         max_new_tokens=4,
@@ -108,7 +108,7 @@ def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_cap
         top_k=None,
         temperature=None,
     )
-    assert message["text"] == direct
+    assert message.text == direct
     # Bounded: only what the window (and nothing else) still needs stays cached.
     assert len(worker.cache) <= worker.sampler.window_capacity
 
@@ -122,9 +122,9 @@ def test_live_mode_captions_the_newest_window_and_counts_the_skipped(backend: Co
     assert job.t_end == 8.0 or job.t_end == 10.0
     message = captioner.caption(worker, job)
     assert message is not None
-    assert message["seq"] == job.index - 1
-    assert message["skipped"] == message["seq"], "every earlier window was skipped, and said so"
-    assert worker.counters.skipped == message["skipped"]
+    assert message.seq == job.index - 1
+    assert message.skipped == message.seq, "every earlier window was skipped, and said so"
+    assert worker.counters.skipped == message.skipped
     assert captioner.next_job() is None, "no backlog is kept"
 
 
@@ -152,7 +152,7 @@ def test_previous_caption_is_given_as_context(backend: CountingBackend) -> None:
     captioner.encode_pending()
     first = captioner.caption(*captioner.next_job())  # type: ignore[misc]
     assert first is not None
-    assert worker.context() == settings().context_template.format(previous=first["text"])
+    assert worker.context() == settings().context_template.format(previous=first.text)
 
 
 def test_greedy_captions_are_deterministic_and_the_prompt_says_the_duration(backend: CountingBackend) -> None:
@@ -219,7 +219,7 @@ def test_windows_and_asks_are_served_when_encoding_is_slower_than_real_time(tiny
         if taken is not None:
             message = captioner.caption(*taken)
             assert message is not None, f"window {taken[1].t_start}-{taken[1].t_end} s captioned from nothing"
-            assert message["frames"] == len(taken[1].frames) == 4
+            assert message.frames == len(taken[1].frames) == 4
             captions.append(message)
     assert len(captions) >= 5
     # An ask while frames keep coming looks at the current window, not at nothing.

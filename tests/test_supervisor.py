@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.bus import RunPaths, Subscriber
+from stream.messages import Processes
 from stream.supervisor import ChildSpec, Supervisor
 
 
@@ -76,8 +77,8 @@ def test_crashed_child_is_restarted_with_doubling_backoff_and_reported(tmp_path:
         reports = []
         while (message := subscriber.recv(timeout=0.2)) is not None:
             reports.append(message)
-        assert reports and all(m["type"] == "processes" for m in reports)
-        assert reports[-1]["processes"]["crasher"]["restarts"] >= 1
+        assert reports and all(isinstance(m, Processes) for m in reports)
+        assert reports[-1].processes["crasher"]["restarts"] >= 1
     finally:
         supervisor.stop()
         subscriber.close()

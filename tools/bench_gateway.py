@@ -64,8 +64,9 @@ CAPTION_TEXT = (
 # message and only the timestamp is read, so that on a small machine the figures show the gateway
 # rather than the cost of 500 Python clients per process.
 
-_WALL_KEY = b'"bench_wall":'
-_MEASURE = b'"measure":true'
+# A caption's wall_end is its publish time here; measured captions name the model "bench-measure".
+_WALL_KEY = b'"wall_end":'
+_MEASURE = b'"model":"bench-measure"'
 
 
 class _BenchClient(asyncio.Protocol):
@@ -250,19 +251,18 @@ def run_phase(
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                message = messages.caption(
+                now = time.time()
+                message = messages.Caption(
                     stream=f"cam{seq % 4}",
                     seq=seq,
                     t_start=float(seq),
                     t_end=seq + 16.0,
                     frame_times=[float(seq + i) for i in range(16)],
-                    wall_start=time.time() - 16.0,
-                    wall_end=time.time(),
+                    wall_start=now - 16.0,
+                    wall_end=now,
                     text=CAPTION_TEXT,
-                    model="bench",
+                    model="bench-measure" if measure else "bench",
                     latency_ms=0.0,
-                    measure=measure,
-                    bench_wall=time.time(),
                 )
                 publisher.send(message)
                 seq += 1

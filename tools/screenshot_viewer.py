@@ -146,7 +146,7 @@ def _publish_history(feed: ViewerFeed) -> None:
             t_start = max(0.0, t_end - WINDOW)
             feed.publish(
                 "inference",
-                messages.caption(
+                messages.Caption(
                     stream=stream,
                     seq=seq,
                     t_start=t_start,
