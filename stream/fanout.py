@@ -1,6 +1,6 @@
 """The gateway's state, without I/O: per-client queues, the replay store, the status board and the
-pending asks. :mod:`stream.gateway` wires these to websockets and zmq; everything here is plain data
-structures with bounded memory, tested on their own.
+pending asks. :mod:`stream.clients` and :mod:`stream.gateway` wire these to websockets and zmq;
+everything here is plain data structures with bounded memory, tested on their own.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from .capture import capture_main
 from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, load_prompts, resolve_prompt
 from .errors import ConfigError
 from .gateway import gateway_main
+from .gateway_options import GatewayOptions
 from .inference import DRAINED_FILE, READY_FILE, InferenceOptions, inference_main
 from .process import ExitCode
 from .ring import FrameRing, remove_stale_rings, ring_name
@@ -215,13 +216,15 @@ class LivePipeline:
             kwargs={
                 "events_endpoints": [self.run.publisher_endpoint(role) for role in self._roles()],
                 "asks_endpoint": self.run.asks_endpoint,
-                "host": g.host,
-                "port": g.port,
-                "token": g.resolved_token(),
+                "options": GatewayOptions(
+                    host=g.host,
+                    port=g.port,
+                    token=g.resolved_token(),
+                    client_queue=g.client_queue,
+                    replay=g.replay,
+                    max_message_bytes=g.max_message_bytes,
+                ),
                 "ready_file": str(self.ready_file),
-                "client_queue": g.client_queue,
-                "replay": g.replay,
-                "max_message_bytes": g.max_message_bytes,
             },
             fatal_codes=(ExitCode.USAGE,),
         )

@@ -181,6 +181,26 @@ class GatewayProcess:
         """The URL a user opens: with ``?token=`` when auth is on."""
         return self.base_url + (f"?token={self.token}" if self.token else "")
 
+    def wait_for_replay(self, count: int, timeout: float = 10.0) -> None:
+        """Block until a subscriber would get at least ``count`` captions replayed: the gateway has
+        read and stored them."""
+        from websockets.sync.client import connect
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        deadline = time.monotonic() + timeout
+        with connect(f"ws://127.0.0.1:{self.port}/ws", additional_headers=headers) as ws:
+            while True:
+                ws.send(json.dumps({"type": "subscribe", "replay": messages.MAX_REPLAY}))
+                while (reply := json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))))[
+                    "type"
+                ] != "subscribed":
+                    pass  # the previous subscribe's replay and status
+                if reply["replayed"] >= count:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the gateway stored {reply['replayed']} of {count} captions")
+                time.sleep(0.05)
+
     @property
     def pid(self) -> int:
         assert self.process is not None and self.process.pid is not None
@@ -188,6 +208,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         from stream.gateway import gateway_main
+        from stream.gateway_options import GatewayOptions
 
         context = multiprocessing.get_context("spawn")
         deadline = time.monotonic() + timeout
@@ -202,12 +223,11 @@ class GatewayProcess:
                 daemon=True,
                 args=(self.endpoints, self.asks_endpoint),
                 kwargs={
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "token": self.token,
+                    "options": GatewayOptions(
+                        host="127.0.0.1", port=self.port, token=self.token, **self.options
+                    ),
                     "ready_file": str(ready_file),
                     "stop_event": self._stop_event,
-                    **self.options,
                 },
             )
             self.process.start()

@@ -28,8 +28,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stream import messages
 from stream.bus import AskReceiver, Publisher, RunPaths
-from stream.gateway import DEFAULT_WEB_DIR, Gateway, gateway_main
+from stream.gateway import Gateway, gateway_main
+from stream.gateway_options import GatewayOptions
 from stream.messages import CloseCode
+from stream.process import ExitCode
+from stream.routes import DEFAULT_WEB_DIR
 
 Json = dict[str, Any]
 
@@ -68,7 +71,9 @@ async def gateway_on_bus(run: RunPaths, **options: Any) -> AsyncIterator[tuple[G
     """A started in-process gateway reading a real publisher (slow-joiner guard passed)."""
     publisher = Publisher(run.publisher_endpoint("inference"))
     gateway = Gateway(
-        [publisher.endpoint], options.pop("asks_endpoint", run.asks_endpoint), port=0, **options
+        [publisher.endpoint],
+        options.pop("asks_endpoint", run.asks_endpoint),
+        GatewayOptions(port=0, **options),
     )
     await gateway.start()
     try:
@@ -426,6 +431,25 @@ def test_malformed_unknown_and_oversized_messages_get_errors_and_others_are_serv
             assert await recv(bystander) == wire(caption("cam0", 0))
             assert gateway.stats["error_replies"] == 9
             await bystander.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_documented_size_line_with_default_options(run: RunPaths) -> None:
+    # The README and docs/protocol.md: over 64 KiB up to 256 KiB gets too_large; a 2 MB message, 1009.
+    async def scenario() -> None:
+        async with gateway_on_bus(run) as (gateway, _publisher):
+            assert gateway.options.max_message_bytes == 64 * 1024
+            async with connect(f"ws://127.0.0.1:{gateway.port}/ws", max_size=None) as ws:
+                for size in (64 * 1024 + 1, 256 * 1024):
+                    await ws.send(json.dumps({"type": "ping", "pad": "x" * (size - 28)}).ljust(size))
+                    reply = await recv(ws)
+                    assert reply["type"] == "error" and reply["error"] == "too_large", reply
+                    assert f"is {size} bytes" in reply["message"]
+                await ws.send("x" * 2_000_000)
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv(ws)
+                assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
 
     asyncio.run(scenario())
 
@@ -876,7 +900,7 @@ def test_gateway_main_runs_as_a_spawned_process_and_stops_cleanly(run: RunPaths)
     process = context.Process(
         target=gateway_main,
         args=([publisher.endpoint], run.asks_endpoint),
-        kwargs={"port": 0, "token": "", "ready_file": str(ready), "stop_event": stop},
+        kwargs={"options": GatewayOptions(port=0), "ready_file": str(ready), "stop_event": stop},
         daemon=True,
     )
     process.start()
@@ -912,11 +936,6 @@ def test_gateway_main_says_when_it_cannot_listen(run: RunPaths) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert gateway_main([], None, port=port, stop_event=threading.Event()) == 2
-
-
-def test_nonsensical_options_are_refused_with_their_name() -> None:
-    with pytest.raises(ValueError, match="client_queue"):
-        Gateway(client_queue=0)
-    with pytest.raises(ValueError, match="ask_timeout"):
-        Gateway(ask_timeout=0)
+        assert (
+            gateway_main([], None, GatewayOptions(port=port), stop_event=threading.Event()) == ExitCode.USAGE
+        )
