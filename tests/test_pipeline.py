@@ -26,6 +26,7 @@ from realparts import make_clip
 
 from stream.bus import RunPaths, Subscriber
 from stream.inference import READY_FILE
+from stream.messages import Caption
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -409,9 +410,9 @@ def test_a_run_of_files_without_loop_stops_by_itself_after_their_last_captions(
         ):
             assert line in out, run.log()
         assert out.index("source short ended") < out.index("last captions are out")
-        captions = of_type(heard, "caption", "short")
+        captions = [m for m in heard if isinstance(m, Caption) and m.stream == "short"]
         assert captions, run.log()
-        assert captions[-1]["t_end"] > 4.5, f"the tail after the last full window is captioned: {captions}"
+        assert captions[-1].t_end > 4.5, f"the tail after the last full window is captioned: {captions}"
         assert "Traceback" not in "".join(run.stderr), run.log()
         assert run.run_dirs == []
 
