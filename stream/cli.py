@@ -200,6 +200,13 @@ def warn_if_windows_too_long(config: Config, window: float, max_slice_nums: int)
         )
 
 
+def live_windows(config: Config) -> list[float]:
+    """Every window length of a live run: the global one and those sources set for themselves (a
+    source's longer window may not fit the model's input where the global one does)."""
+    own = {s.window for s in config.sources.values() if s.window is not None}
+    return sorted({config.sampler.window} | own)
+
+
 def warn_about_prompt_typos(config: Config) -> None:
     """Warn about every prompt of the run (the global one and each source's own) that looks like a
     mistyped preset name: captioning hours of video with the prompt 'ctv' would be a silent waste."""
@@ -363,7 +370,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
     check_port_free(host, config.gateway.port)
     check_model_available(config.model.name, config.model.device)
-    warn_if_windows_too_long(config, config.sampler.window, config.model.max_slice_nums)
+    for window in live_windows(config):
+        warn_if_windows_too_long(config, window, config.model.max_slice_nums)
     warn_about_prompt_typos(config)
     if args.no_auth and not is_loopback(host):
         print(
@@ -439,9 +447,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
     from .exports import check_outputs
     from .offline import caption_file, probe_duration
     from .pipeline import caption_settings
+    from .sources import parse_source
 
     config = resolve_config(args)
-    path = Path(args.file)
+    spec = parse_source(args.file)
+    if spec.kind != "file":
+        raise ConfigError(f"caption: {spec.label!r} is not a file (use `vidnarrate run` for live sources)")
+    path = Path(spec.target)
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     check_outputs(outputs, source=path)

@@ -19,9 +19,11 @@ from stream.cli import (
     build_parser,
     choose_token,
     is_loopback,
+    live_windows,
     resolve_config,
     resolve_sources,
     warn_about_prompt_typos,
+    warn_if_windows_too_long,
 )
 from stream.config import load_config, load_prompts
 from stream.errors import ConfigError
@@ -196,3 +198,24 @@ def test_every_prompt_of_the_run_that_looks_like_a_preset_typo_is_warned_about(
     assert "sources.door.prompt: 'ctv' is not a preset" in err and "Did you mean 'cctv'?" in err
     warn_about_prompt_typos(resolve_config(build_parser().parse_args(["run", "--source", "x.mp4"])))
     assert capsys.readouterr().err == ""
+
+
+def test_caption_of_a_live_source_says_it_is_not_a_file() -> None:
+    done = vidnarrate("caption", "rtsp://user:secret@cam.example/stream", "--model", "tiny")
+    assert done.returncode == ExitCode.USAGE and "Traceback" not in done.stderr, done.stderr
+    assert "is not a file (use `vidnarrate run` for live sources)" in done.stderr
+    assert "rtsp:/cam" not in done.stderr and "secret" not in done.stderr, "the URL as given, redacted"
+
+
+def test_a_source_window_of_its_own_that_cannot_fit_is_warned_about(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = build_parser().parse_args(
+        ["run", "--source", "door=x.mp4", "--set", "sources.door.window=60", "--max-slice-nums", "2"]
+    )
+    config = resolve_config(args)
+    assert live_windows(config) == [config.sampler.window, 60.0]
+    for window in live_windows(config):
+        warn_if_windows_too_long(config, window, config.model.max_slice_nums)
+    err = capsys.readouterr().err
+    assert "a full 60-s window" in err and f"a full {config.sampler.window:g}-s window" not in err
