@@ -15,34 +15,37 @@ never share (and never silently steal) a socket path. Every socket closes with `
 
 Slow joiners: a PUB drops what it sends before the subscriber's subscription has arrived. The
 publisher side is an XPUB, which *sees* subscriptions arrive; :meth:`Publisher.wait_for_subscriber`
-blocks until one has, so nothing sent at start is lost. Messages are one JSON object each, sent as two
-frames: the message ``type`` (the zmq topic) and the JSON body.
+blocks until one has, so nothing sent at start is lost.
+
+A message (a :class:`~stream.messages.ServerMessage`) travels as three frames: its ``type`` (the zmq
+topic), its ``stream`` (empty for messages of no stream) and its JSON body, encoded once by
+``to_json()`` in the publishing process. The gateway routes on the first two and forwards the body's
+bytes to websocket clients as they are (:class:`Envelope`); everyone else gets the typed message back.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from . import messages
 from .errors import ConfigError, ProtocolError
+from .messages import AskRequest, BusMessage
 from .procinfo import process_alive, process_start
 
 log = logging.getLogger(__name__)
-
-Message = dict[str, Any]
 
 OWNER_FILE = "owner"  # "<pid> <start time>" of the process that created the run directory
 
@@ -116,27 +119,32 @@ def remove_stale_runs(root: Path | None = None) -> list[Path]:
     return removed
 
 
-def encode(message: Message) -> list[bytes]:
-    kind = message.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise ProtocolError(f"bus message has no string 'type' field: {message!r:.200}")
-    try:
-        body = json.dumps(message, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:  # NaN/Infinity, or a value JSON cannot hold
-        raise ProtocolError(f"bus message {kind!r} cannot be encoded as JSON: {exc}") from exc
-    return [kind.encode(), body.encode()]
+@dataclass(frozen=True)
+class Envelope:
+    """One bus message as it arrived: routing fields and the JSON body, not decoded."""
+
+    type: str
+    stream: str | None
+    body: bytes
+
+    def decode(self) -> BusMessage:
+        """The typed message; :class:`ProtocolError` when the body does not fit its type."""
+        return messages.decode(self.type, self.body)
 
 
-def decode(frames: list[bytes]) -> Message:
-    if len(frames) != 2:
-        raise ProtocolError(f"bus message has {len(frames)} frames, expected 2 (type, json)")
+def encode(message: BusMessage) -> list[bytes]:
+    stream = getattr(message, "stream", None)
+    return [message.TYPE.encode(), stream.encode() if stream else b"", message.to_json()]
+
+
+def unpack(frames: list[bytes]) -> Envelope:
+    if len(frames) != 3:
+        raise ProtocolError(f"bus message has {len(frames)} frames, expected 3 (type, stream, json)")
     try:
-        message = json.loads(frames[1])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"bus message body is not JSON: {exc}") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError("bus message body is not a JSON object")
-    return message
+        kind, stream = frames[0].decode(), frames[1].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"bus message type or stream is not UTF-8: {exc}") from exc
+    return Envelope(kind, stream or None, frames[2])
 
 
 def _socket(context: zmq.Context, kind: int) -> zmq.Socket:
@@ -176,7 +184,7 @@ class Publisher:
                     self._subscribed = True
         return True
 
-    def send(self, message: Message) -> None:
+    def send(self, message: BusMessage) -> None:
         # A PUB never blocks: a subscriber whose queue (SNDHWM) is full misses this message.
         self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK)
 
@@ -187,6 +195,24 @@ class Publisher:
         self._sock.close(linger=int(linger * 1000))
         if self._own_context:
             self._context.term()
+
+
+class LockedPublisher:
+    """A :class:`Publisher` that several threads of one process share (the inference process's frame
+    tap and model loop): zmq sockets are not thread-safe, so every send takes a lock."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._lock = threading.Lock()
+
+    def send(self, message: BusMessage) -> None:
+        with self._lock:
+            self._publisher.send(message)
+
+    def close(self, linger: float = 1.0) -> None:
+        """Close after delivering what is queued (the last captions and status), within ``linger`` s."""
+        with self._lock:
+            self._publisher.close(linger=linger)
 
 
 class _SubscriberBase:
@@ -214,11 +240,12 @@ class Subscriber(_SubscriberBase):
     def __init__(self, endpoints: list[str], *, context: zmq.Context | None = None) -> None:
         super().__init__(context or zmq.Context.instance(), endpoints)
 
-    def recv(self, timeout: float | None = None) -> Message | None:
-        """The next message, or None when ``timeout`` seconds pass without one."""
+    def recv(self, timeout: float | None = None) -> BusMessage | None:
+        """The next message, or None when ``timeout`` seconds pass without one; raises
+        :class:`ProtocolError` for a malformed one."""
         if timeout is not None and not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
-        return decode(self._sock.recv_multipart())
+        return unpack(self._sock.recv_multipart()).decode()
 
 
 class AsyncSubscriber(_SubscriberBase):
@@ -227,11 +254,11 @@ class AsyncSubscriber(_SubscriberBase):
     def __init__(self, endpoints: list[str], *, context: zmq.asyncio.Context | None = None) -> None:
         super().__init__(context or zmq.asyncio.Context.instance(), endpoints)
 
-    async def recv(self) -> Message:
-        """The next message; raises :class:`ProtocolError` for a malformed one (the caller logs it
-        and carries on: a bad publisher must not stop the reader)."""
+    async def recv(self) -> Envelope:
+        """The next message, not decoded; raises :class:`ProtocolError` for a malformed one (the
+        caller logs it and carries on: a bad publisher must not stop the reader)."""
         frames: list[bytes] = await self._sock.recv_multipart()  # type: ignore[misc]  # zmq.asyncio returns a Future
-        return decode(frames)
+        return unpack(frames)
 
 
 class AskSender:
@@ -250,7 +277,7 @@ class AskSender:
         self._sock.connect(endpoint)
         self.endpoint = endpoint
 
-    def send(self, message: Message) -> bool:
+    def send(self, message: AskRequest) -> bool:
         """True when the ask was handed to a connected inference process."""
         try:
             self._sock.send_multipart(encode(message), flags=zmq.NOBLOCK)
@@ -270,15 +297,18 @@ class AskReceiver:
         self._sock = _socket(self._context, zmq.PULL)
         self._sock.bind(endpoint)
 
-    def poll(self, timeout: float = 0.0) -> list[Message]:
+    def poll(self, timeout: float = 0.0) -> list[AskRequest]:
         """Every ask waiting now, after waiting up to ``timeout`` seconds for the first one;
         malformed ones are logged and dropped."""
-        asks: list[Message] = []
+        asks: list[AskRequest] = []
         wait_ms = int(timeout * 1000)
         while self._sock.poll(wait_ms, zmq.POLLIN):
             wait_ms = 0
             try:
-                asks.append(decode(self._sock.recv_multipart()))
+                ask = unpack(self._sock.recv_multipart()).decode()
+                if not isinstance(ask, AskRequest):
+                    raise ProtocolError(f"expected an 'ask', got a {ask.TYPE!r} message")
+                asks.append(ask)
             except ProtocolError as exc:
                 log.warning("dropping malformed ask: %s", exc)
         return asks

@@ -52,7 +52,7 @@ import zmq
 
 from .bus import Publisher
 from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
-from .messages import StreamState, capture_status
+from .messages import CaptureStatus, StreamState
 from .process import ExitCode
 from .ring import SLOT_SPARE_BYTES, FrameRing
 from .sources import (
@@ -135,7 +135,7 @@ class Capture:
         ring: FrameWriter,
         *,
         options: SourceOptions | None = None,
-        on_status: Callable[[dict[str, Any]], None] | None = None,
+        on_status: Callable[[CaptureStatus], None] | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 10.0,
         max_reconnects: int | None = None,
@@ -386,7 +386,7 @@ class Capture:
         self.state = state
         self._publish()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> CaptureStatus:
         """The ``capture_status`` message for now (also refreshes ``stats.fps``)."""
         now = time.monotonic()
         with self._lock:
@@ -399,7 +399,7 @@ class Capture:
             self._fps_mark = (now, frames)
         if self.state != CaptureState.LIVE and not (attempt and attempt.frames):
             self.stats.fps = 0.0
-        return capture_status(
+        return CaptureStatus(
             stream=self.name, state=self.state, **asdict(self.stats), error=self.error, wall=time.time()
         )
 
@@ -454,7 +454,7 @@ def capture_main(
     if publisher is not None:
         publisher.wait_for_subscriber(1.0)
 
-    def send(message: dict[str, Any]) -> None:
+    def send(message: CaptureStatus) -> None:
         if publisher is None:
             return
         try:
@@ -465,7 +465,7 @@ def capture_main(
     def fail(error: str) -> int:
         log.error("%s: %s", name, error)
         send(
-            capture_status(
+            CaptureStatus(
                 stream=name, state=CaptureState.ENDED, **asdict(CaptureStats()), error=error, wall=time.time()
             )
         )

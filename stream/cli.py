@@ -1,18 +1,21 @@
 """The ``vidnarrate`` command line: ``run`` (the live pipeline) and ``caption`` (a file, offline).
 
-Settings come from ``config/default.toml``'s defaults, then ``--config FILE``, then the flags, then
-``--set section.key=value`` (any key). Everything is checked before a process starts: an unknown
-key, a bad value, a missing file or an unknown source scheme is one clear line on stderr and exit
-code 2; a model whose weights are not there says how to get them (or to try ``--model tiny``).
+Settings come from the packaged defaults (``stream/defaults/default.toml``), then ``--config FILE``,
+then the flags, then ``--set section.key=value`` (any key). Everything is checked before a process
+starts: an unknown key, a bad value, a missing file or an unknown source scheme is one clear line on
+stderr and exit code 2; a model whose weights are not there says how to get them (or to try
+``--model tiny``).
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import errno
+import importlib.metadata
+import ipaddress
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -21,53 +24,95 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config, load_prompts
+from .config import Config, apply_overrides, load_config, preset_typo
 from .errors import ConfigError, SourceError, VidnarrateError
 from .process import ExitCode
 
 log = logging.getLogger("vidnarrate")
 
-EXIT_USAGE = ExitCode.USAGE
-DEMO_SOURCE = "demo"
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("vidnarrate")
+    except importlib.metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+        return "unknown (not installed)"
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, defaults: Config) -> None:
+    # Live and offline captioning have different defaults (the model card's): both commands' help
+    # says both, read from the defaults file so that they cannot drift from it.
+    live, offline = defaults.sampler, defaults.offline
     parser.add_argument("--config", type=Path, help="a TOML file with the settings to change")
     parser.add_argument("--model", help="hub id, checkpoint folder, or 'tiny' (random weights, smoke runs)")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda if available)")
     parser.add_argument("--prompt", help="preset (narration, cctv, screen) or your own prompt text")
-    parser.add_argument("--window", type=float, help="seconds of video each caption looks at")
-    parser.add_argument("--stride", type=float, help="seconds between captions")
-    parser.add_argument("--max-slice-nums", type=int, help="tiles per frame (1 = source image only)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        metavar="S",
+        help=f"seconds of video each caption looks at (default {live.window:g} s for run, "
+        f"{offline.window:g} s for caption)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=float,
+        metavar="S",
+        help=f"seconds between captions (default {live.stride:g} s for run, "
+        f"{offline.stride:g} s for caption)",
+    )
+    parser.add_argument(
+        "--max-slice-nums",
+        type=int,
+        metavar="N",
+        help=f"tiles per frame, 1 = the source image only (default {defaults.model.max_slice_nums} "
+        f"for run, {offline.max_slice_nums} for caption)",
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override any setting of config/default.toml (repeatable)",
+        help="override any setting of the config (repeatable); a source's own prompt, window or stride: "
+        "sources.NAME.prompt=cctv",
     )
     parser.add_argument(
-        "--log-level", default="INFO", type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what the processes log on stderr (default INFO)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidnarrate", description="Rolling dense captions of live video.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    defaults = load_config(None)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="caption live sources and serve the viewer and websockets")
     run.add_argument(
         "--source",
         action="append",
-        required=True,
         metavar="[NAME=]SRC",
         help="a file, rtsp://..., http(s)://..., webcam:N, /dev/videoN, screen[:DISPLAY], "
-        "or 'demo' (a sample clip played as live); repeatable",
+        "or 'demo' (a sample clip played as live); repeatable. Sources defined in --config "
+        "([sources.NAME] url = ...) run too; --source NAME=SRC gives such a source its url. "
+        "Per source: --set sources.NAME.prompt=cctv (also .window, .stride)",
     )
     run.add_argument("--host", help="interface to listen on (default 127.0.0.1: this machine only)")
     run.add_argument("--port", type=int, help="port of the viewer and websockets (default 8765)")
-    run.add_argument("--token", help="require this token on the page and websockets (or $VIDNARRATE_TOKEN)")
+    run.add_argument(
+        "--token",
+        help="require this token on the page and websockets (or $VIDNARRATE_TOKEN); beyond loopback "
+        "a random one is made when none is given",
+    )
+    run.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="no token even beyond loopback: anyone who can reach the port watches the sources",
+    )
     run.add_argument(
         "--stream-tokens",
         action="store_true",
@@ -75,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish captions token by token (partial messages)",
     )
     run.add_argument("--loop", action="store_true", default=None, help="replay file sources forever")
-    _add_common(run)
+    run.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="once every file source has ended, keep the viewer up with the history until Ctrl-C "
+        "(default: the run stops after their last captions)",
+    )
+    _add_common(run, defaults)
 
     caption = commands.add_parser("caption", help="caption a video file offline, as fast as possible")
     caption.add_argument("file", help="the video file")
@@ -88,12 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write captions (repeatable; default FILE's name .jsonl and .vtt "
         "in the current folder)",
     )
-    caption.add_argument("--no-progress", dest="progress", action="store_false")
-    _add_common(caption)
+    caption.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
+    )
+    _add_common(caption, defaults)
     return parser
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
+    """The defaults, then ``--config``, then the flags (``--source NAME=SRC`` is ``sources.NAME.url``),
+    then ``--set``: one strict path, so a bad value is refused the same way wherever it came from."""
+    from .pipeline import parse_named_sources
+
     config = load_config(args.config)
     flags: dict[str, Any] = {
         "model.name": args.model,
@@ -115,6 +172,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
                 "capture.loop_files": args.loop,
             }
         )
+        for source in parse_named_sources(args.source or []):
+            flags[f"sources.{source.name}.url"] = source.source
     config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, "command line")
     return apply_overrides(config, args.overrides, "--set")
 
@@ -141,20 +200,22 @@ def warn_if_windows_too_long(config: Config, window: float, max_slice_nums: int)
         )
 
 
-def warn_if_prompt_looks_like_a_preset_typo(prompt: str) -> None:
-    """``--prompt`` takes a preset name or prompt text; one word that is no preset ('ctv') is far more
-    likely a typo than a prompt, so say so (it is still used as written)."""
-    presets = [name for name in load_prompts() if name != "context"]
-    if prompt in presets or any(ch.isspace() for ch in prompt.strip()):
-        return
-    close = difflib.get_close_matches(prompt.lower(), presets, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    print(
-        f"vidnarrate: warning: --prompt {prompt!r} is not a preset ({', '.join(presets)}); it is used as "
-        f"the prompt text itself.{hint}",
-        file=sys.stderr,
-        flush=True,
-    )
+def live_windows(config: Config) -> list[float]:
+    """Every window length of a live run: the global one and those sources set for themselves (a
+    source's longer window may not fit the model's input where the global one does)."""
+    own = {s.window for s in config.sources.values() if s.window is not None}
+    return sorted({config.sampler.window} | own)
+
+
+def warn_about_prompt_typos(config: Config) -> None:
+    """Warn about every prompt of the run (the global one and each source's own) that looks like a
+    mistyped preset name: captioning hours of video with the prompt 'ctv' would be a silent waste."""
+    prompts = {"--prompt / captions.prompt": config.captions.prompt}
+    prompts.update({f"sources.{name}.prompt": s.prompt for name, s in config.sources.items() if s.prompt})
+    for key, prompt in prompts.items():
+        problem = preset_typo(prompt)
+        if problem is not None:
+            print(f"vidnarrate: warning: {key}: {problem}", file=sys.stderr, flush=True)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -176,6 +237,37 @@ def check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"gateway: cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether listening on ``host`` reaches this machine only ("" listens on every interface)."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass  # a name: loopback if every address it has is
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
+
+
+def choose_token(host: str, configured: str, *, no_auth: bool) -> tuple[str, bool]:
+    """The token the gateway requires ("" = none) and whether it was made here. Loopback needs none
+    unless one is given; beyond loopback one is made (as Jupyter does) unless ``--no-auth`` says
+    explicitly that anyone who can reach the port may watch."""
+    if no_auth:
+        if configured:
+            raise ConfigError(
+                "--no-auth, but a token is set (--token, gateway.token or $VIDNARRATE_TOKEN): "
+                "drop one of them"
+            )
+        return "", False
+    if configured or is_loopback(host):
+        return configured, False
+    return secrets.token_urlsafe(24), True
+
+
 def check_device_source(spec: Any, what: str) -> None:
     """A screen or camera source that cannot exist right now (no X display, no such device node) is
     a mistake in the command line: said now, not after the model loaded (and not retried forever)."""
@@ -191,7 +283,7 @@ def check_device_source(spec: Any, what: str) -> None:
         try:
             open_source(spec, SourceOptions()).close()
         except SourceError as exc:
-            raise ConfigError(f"{what}: {exc}") from None
+            raise ConfigError(str(exc)) from None  # it names the source and the reason already
 
 
 def check_file(target: str, what: str) -> None:
@@ -207,7 +299,7 @@ def check_file(target: str, what: str) -> None:
     try:
         check_video_file(str(path))
     except SourceError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+        raise ConfigError(str(exc)) from None  # it names the file and the reason already
 
 
 def check_model_available(name: str, device: str = "auto") -> None:
@@ -237,48 +329,26 @@ def check_model_available(name: str, device: str = "auto") -> None:
         ) from None
 
 
-def demo_clip() -> Path:
-    """A sample clip made from the bundled photos (built once, cached beside the repo)."""
-    root = Path(__file__).resolve().parent.parent
-    clip = root / "samples" / "demo.mp4"
-    if clip.exists():
-        return clip
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_sample_video", root / "tools" / "make_sample_video.py"
-    )
-    if spec is None or spec.loader is None:
-        raise ConfigError("the demo source needs tools/make_sample_video.py from the vidnarrate repository")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    clip.parent.mkdir(parents=True, exist_ok=True)
-    partial = clip.with_suffix(".partial.mp4")
-    module.make_video(partial, width=960, height=540, fps=25.0, seconds=30.0)  # looped when played
-    partial.replace(clip)
-    return clip
-
-
-def resolve_sources(values: list[str]) -> tuple[list[Any], bool]:
-    """Named sources, with ``demo`` replaced by the sample clip; missing files refused now (not in a
-    child process). Returns the sources and whether the demo clip is among them."""
-    from .pipeline import NamedSource, check_unique_names, parse_named_sources
+def resolve_sources(config: Config) -> tuple[list[Any], bool]:
+    """The run's named sources (see :func:`~stream.pipeline.configured_sources`), with ``demo``
+    replaced by the sample clip; files, cameras and screens that cannot be read refused now (not in
+    a child process). Returns the sources and whether the demo clip is among them."""
+    from .democlip import demo_clip
+    from .pipeline import DEMO_SOURCE, NamedSource, configured_sources
     from .sources import parse_source
 
     resolved: list[NamedSource] = []
     has_demo = False
-    for source in parse_named_sources(values):
+    for source in configured_sources(config):
         if source.source == DEMO_SOURCE:
             has_demo = True
-            name = DEMO_SOURCE if source.name == f"cam{len(resolved)}" else source.name
-            source = NamedSource(name, str(demo_clip()))
+            source = NamedSource(source.name, str(demo_clip()))
         spec = parse_source(source.source)
         if spec.kind == "file":
-            check_file(spec.target, f"--source {source.source!r}")
+            check_file(spec.target, f"source {source.name}")
         else:
-            check_device_source(spec, f"--source {source.source!r}")
+            check_device_source(spec, f"source {source.name}")
         resolved.append(source)
-    check_unique_names(resolved)  # "demo" twice is named "demo" twice
     return resolved, has_demo
 
 
@@ -288,16 +358,28 @@ class _Stopped(Exception):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .pipeline import LivePipeline
+    from .runwatch import RunWatch, Say
 
     config = resolve_config(args)
-    sources, has_demo = resolve_sources(args.source)
+    sources, has_demo = resolve_sources(config)
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
-    check_port_free(config.gateway.host, config.gateway.port)
+    host = config.gateway.host
+    token, generated = choose_token(host, config.gateway.resolved_token(), no_auth=args.no_auth)
+    if generated:
+        config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
+    check_port_free(host, config.gateway.port)
     check_model_available(config.model.name, config.model.device)
-    warn_if_windows_too_long(config, config.sampler.window, config.model.max_slice_nums)
-    if args.prompt is not None:
-        warn_if_prompt_looks_like_a_preset_typo(args.prompt)
+    for window in live_windows(config):
+        warn_if_windows_too_long(config, window, config.model.max_slice_nums)
+    warn_about_prompt_typos(config)
+    if args.no_auth and not is_loopback(host):
+        print(
+            f"vidnarrate: WARNING: --no-auth on {host or 'every interface'}: anyone on the network who can "
+            f"reach port {config.gateway.port} can watch the cameras (captions, thumbnails, asks)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     stop: dict[str, int | None] = {"signal": None}
 
@@ -307,16 +389,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pipeline = LivePipeline(config, sources, log_level=args.log_level)
-    code = 0
+    watch = RunWatch([s.name for s in sources], keep_serving=args.keep_serving)
+    code = ExitCode.OK
     try:
         pipeline.start()
+        print(f"vidnarrate: loading model {config.model.name}; the viewer's address follows", flush=True)
+        # The address is printed once captions can come (the model is loaded, the captures start):
+        # before that the page could only say "loading", and a Ctrl-C meanwhile stops a run that
+        # never claimed to be up.
         info = pipeline.wait_ready(stopping=lambda: stop["signal"] is not None)
         if info is None:
             raise _Stopped
-        token = config.gateway.resolved_token()
         url = pipeline.viewer_url(info)
-        shown = f"{url}?token=…" if token else url
+        shown = f"{url}?token={token if generated else '…'}" if token else url
         print(f"vidnarrate: viewer at {shown}  (websockets: {url.replace('http', 'ws', 1)}ws)", flush=True)
+        if generated:
+            print(
+                f"vidnarrate: {host or 'every interface'} is beyond loopback: the viewer needs the token "
+                "above (--token sets your own, --no-auth none)",
+                flush=True,
+            )
         print(
             f"vidnarrate: model {config.model.name}; sources: "
             + ", ".join(f"{s.name}={s.source}" for s in sources)
@@ -325,24 +417,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         while stop["signal"] is None:
             pipeline.poll()
-            fatal = pipeline.fatal_exit()
-            if fatal is not None and not fatal[0].startswith("capture:"):
-                print(
-                    f"vidnarrate: {fatal[0]} failed (exit code {fatal[1]}); stopping. See the log above.",
-                    file=sys.stderr,
-                )
-                code = 1
-                break
-            if pipeline.every_source_failed():
-                print("vidnarrate: every source failed (see the log above); stopping.", file=sys.stderr)
-                code = 1
+            steps = watch.update(
+                pipeline.source_states(), drained=pipeline.drained(), failed_service=pipeline.failed_service()
+            )
+            for step in steps:
+                if isinstance(step, Say):
+                    print(
+                        f"vidnarrate: {step.text}", file=sys.stderr if step.error else sys.stdout, flush=True
+                    )
+                else:
+                    code = step.code
+            if watch.stopped:
                 break
             time.sleep(0.1)
     except _Stopped:
         pass
     except (TimeoutError, RuntimeError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
-        code = 1
+        code = ExitCode.FAILED
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
         pipeline.stop()
@@ -352,19 +444,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    from .exports import check_output
+    from .exports import check_outputs
     from .offline import caption_file, probe_duration
     from .pipeline import caption_settings
+    from .sources import parse_source
 
     config = resolve_config(args)
-    path = Path(args.file)
+    spec = parse_source(args.file)
+    if spec.kind != "file":
+        raise ConfigError(f"caption: {spec.label!r} is not a file (use `vidnarrate run` for live sources)")
+    path = Path(spec.target)
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
-    for output in outputs:
-        check_output(output)
+    check_outputs(outputs, source=path)
+    warn_about_prompt_typos(config)
     check_model_available(config.model.name, config.model.device)
-    if args.prompt is not None:
-        warn_if_prompt_looks_like_a_preset_typo(args.prompt)
     warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
     from model.backends import load_backend
 
@@ -416,7 +510,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
         + ", ".join(str(p) for p in result.outputs),
         flush=True,
     )
-    return 0
+    return ExitCode.OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -430,12 +524,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_caption(args)
     except (ConfigError, SourceError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except VidnarrateError as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     except KeyboardInterrupt:
-        return 130
+        return 128 + signal.SIGINT
 
 
 def entry() -> None:

@@ -1,42 +1,92 @@
-"""Typed, strict configuration.
+"""Typed, strict configuration: the one place where settings are checked.
 
-The dataclasses below hold the defaults; ``config/default.toml`` documents every key with the same
-values (a test keeps the two equal). A user file only needs the keys it changes. Loading is strict:
-an unknown section or key, a wrong type or an out-of-range value raises :class:`ConfigError` naming
-the file, the key and the reason. CLI flags override through :func:`apply_overrides` with dotted keys
-(``captions.prompt=cctv``), checked the same way.
+The section dataclasses below hold the defaults; the packaged ``stream/defaults/default.toml``
+documents every key with the same values (a test keeps the two equal). A user file only needs the
+keys it changes. Layers are applied in order (defaults, ``--config FILE``, the CLI's flags, ``--set``)
+by :func:`merge`, which rejects an unknown section or key and a value of the wrong type, naming the
+file (or "command line") and the key; :func:`check` then checks every range, choice and rule, declared
+next to each field with :func:`setting`. The runtime option objects (``CaptionSettings``,
+``SourceOptions``, ``InferenceOptions``; ``stream/pipeline.py`` builds them) come from a checked
+:class:`Config` and need no checks of their own.
+
+``[sources.NAME]`` tables define sources by name (``url``) and give a source its own ``prompt``,
+``window`` and ``stride``; a setting a source leaves out is the global one.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
+import functools
 import os
+import re
 import tomllib
+import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
-DEFAULT_CONFIG_FILE = CONFIG_DIR / "default.toml"
-PROMPTS_FILE = CONFIG_DIR / "prompts.toml"
+# A source's name keys its ring, its captions and its status, and is a TOML key and a --set path
+# component, so it is kept plain.
+SOURCE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+SOURCE_NAME_RULE = "a letter, then letters, digits, _ or -, at most 64"
+
+
+def packaged_text(name: str) -> str:
+    """A file of ``stream/defaults/`` (package data, so it is there however vidnarrate was installed)."""
+    return (resources.files(__package__) / "defaults" / name).read_text(encoding="utf-8")
+
+
+def setting(
+    default: Any,
+    *,
+    low: float | str | None = None,
+    high: float | None = None,
+    choices: tuple[str, ...] = (),
+    rule: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """A config field with its checks: an inclusive range (``low`` may name a sibling field that the
+    value must not be below), a set of choices, or a rule that returns the reason a value is bad."""
+    return field(default=default, metadata={"low": low, "high": high, "choices": choices, "rule": rule})
+
+
+def _not_empty(what: str) -> Callable[[Any], str | None]:
+    return lambda value: None if value.strip() else f"must not be empty ({what})"
+
+
+def _device_rule(device: str) -> str | None:
+    if device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", device):
+        return None
+    return f"{device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _prompt_rule(prompt: str) -> str | None:
+    return None if prompt.strip() else "must not be empty (a preset name or prompt text)"
+
+
+def preset_typo(prompt: str) -> str | None:
+    """Why a prompt looks like a mistyped preset name, or None. One word that is no preset ('ctv') is a
+    typo far more often than a prompt; it is still used as written (a user may mean it), so callers warn."""
+    text = prompt.strip()
+    names = prompt_preset_names()
+    if not text or text in names or any(ch.isspace() for ch in text):
+        return None
+    close = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{prompt!r} is not a preset ({', '.join(names)}); it is used as the prompt text itself.{hint}"
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: int = setting(8765, low=0, high=65535)
     token: str = ""
-    client_queue: int = 256
-    replay: int = 100
-    max_message_bytes: int = 65536
-
-    def check(self) -> None:
-        _check_range("gateway.port", self.port, 0, 65535)
-        _check_range("gateway.client_queue", self.client_queue, 1, 1_000_000)
-        _check_range("gateway.replay", self.replay, 0, 100_000)
-        _check_range("gateway.max_message_bytes", self.max_message_bytes, 256, 64 * 1024 * 1024)
+    client_queue: int = setting(256, low=1, high=1_000_000)
+    replay: int = setting(100, low=0, high=100_000)
+    max_message_bytes: int = setting(65536, low=256, high=64 * 1024 * 1024)
 
     def resolved_token(self) -> str:
         return self.token or os.environ.get("VIDNARRATE_TOKEN", "")
@@ -44,101 +94,68 @@ class GatewayConfig:
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    max_side: int = 1344
-    ring_slots: int = 8
+    max_side: int = setting(1344, low=28, high=8192)
+    ring_slots: int = setting(8, low=2, high=1024)
     realtime: bool = True
     loop_files: bool = False
-    open_timeout: float = 10.0
-    read_timeout: float = 5.0
-    backoff_initial: float = 0.5
-    backoff_max: float = 10.0
-    screen_fps: float = 5.0
-
-    def check(self) -> None:
-        _check_range("capture.max_side", self.max_side, 28, 8192)
-        _check_range("capture.ring_slots", self.ring_slots, 2, 1024)
-        _check_range("capture.open_timeout", self.open_timeout, 0.1, 3600)
-        _check_range("capture.read_timeout", self.read_timeout, 0.1, 3600)
-        _check_range("capture.backoff_initial", self.backoff_initial, 0.01, 3600)
-        _check_range("capture.backoff_max", self.backoff_max, self.backoff_initial, 3600)
-        _check_range("capture.screen_fps", self.screen_fps, 0.1, 120)
+    open_timeout: float = setting(10.0, low=0.1, high=3600)
+    read_timeout: float = setting(5.0, low=0.1, high=3600)
+    backoff_initial: float = setting(0.5, low=0.01, high=3600)
+    backoff_max: float = setting(10.0, low="backoff_initial", high=3600)
+    screen_fps: float = setting(5.0, low=0.1, high=120)
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    fps: float = 1.0
-    window: float = 16.0
-    stride: float = 4.0
-    max_frames: int = 64
-
-    def check(self) -> None:
-        _check_range("sampler.fps", self.fps, 0.01, 30)
-        _check_range("sampler.window", self.window, 0.1, 3600)
-        _check_range("sampler.stride", self.stride, 0.1, 3600)
-        _check_range("sampler.max_frames", self.max_frames, 1, 64)  # the model card's video cap
+    fps: float = setting(1.0, low=0.01, high=30)
+    window: float = setting(16.0, low=0.1, high=3600)
+    stride: float = setting(4.0, low=0.1, high=3600)
+    max_frames: int = setting(64, low=1, high=64)  # the model card's video cap
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "openbmb/MiniCPM-V-2_6"
-    device: str = "auto"
-    dtype: str = "auto"
-    max_slice_nums: int = 1
-    max_inp_length: int = 8192
-
-    def check(self) -> None:
-        if not self.name:
-            raise ConfigError("model.name: must not be empty (a hub id, a folder, or 'tiny')")
-        _check_choice("model.dtype", self.dtype, ("auto", "bfloat16", "float16", "float32"))
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"model.device: {self.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
-        _check_range("model.max_slice_nums", self.max_slice_nums, 1, 9)
-        _check_range("model.max_inp_length", self.max_inp_length, 256, 131072)
+    name: str = setting("openbmb/MiniCPM-V-2_6", rule=_not_empty("a hub id, a folder, or 'tiny'"))
+    device: str = setting("auto", rule=_device_rule)
+    dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"))
+    max_slice_nums: int = setting(1, low=1, high=9)
+    max_inp_length: int = setting(8192, low=256, high=131072)
 
 
 @dataclass(frozen=True)
 class CaptionsConfig:
-    prompt: str = "narration"
-    context_captions: int = 1
-    max_new_tokens: int = 160
-    decoding: str = "greedy"
+    prompt: str = setting("narration", rule=_prompt_rule)
+    context_captions: int = setting(1, low=0, high=16)
+    max_new_tokens: int = setting(160, low=1, high=4096)
+    decoding: str = setting("greedy", choices=("greedy", "sampling", "beam"))
     stream_tokens: bool = False
     thumbnails: bool = True
-    thumbnail_side: int = 320
-
-    def check(self) -> None:
-        if not self.prompt.strip():
-            raise ConfigError("captions.prompt: must not be empty (a preset name or prompt text)")
-        _check_range("captions.context_captions", self.context_captions, 0, 16)
-        _check_range("captions.max_new_tokens", self.max_new_tokens, 1, 4096)
-        _check_choice("captions.decoding", self.decoding, ("greedy", "sampling", "beam"))
-        _check_range("captions.thumbnail_side", self.thumbnail_side, 32, 2048)
+    thumbnail_side: int = setting(320, low=32, high=2048)
 
 
 @dataclass(frozen=True)
 class OfflineConfig:
-    max_slice_nums: int = 2
-    window: float = 16.0
-    stride: float = 8.0
-
-    def check(self) -> None:
-        _check_range("offline.max_slice_nums", self.max_slice_nums, 1, 9)
-        _check_range("offline.window", self.window, 0.1, 3600)
-        _check_range("offline.stride", self.stride, 0.1, 3600)
+    max_slice_nums: int = setting(2, low=1, high=9)
+    window: float = setting(16.0, low=0.1, high=3600)
+    stride: float = setting(8.0, low=0.1, high=3600)
 
 
 @dataclass(frozen=True)
 class SupervisorConfig:
-    restart_backoff_initial: float = 1.0
-    restart_backoff_max: float = 30.0
-    stop_timeout: float = 5.0
+    restart_backoff_initial: float = setting(1.0, low=0.01, high=3600)
+    restart_backoff_max: float = setting(30.0, low="restart_backoff_initial", high=3600)
+    stop_timeout: float = setting(5.0, low=0.1, high=600)
 
-    def check(self) -> None:
-        _check_range("supervisor.restart_backoff_initial", self.restart_backoff_initial, 0.01, 3600)
-        _check_range(
-            "supervisor.restart_backoff_max", self.restart_backoff_max, self.restart_backoff_initial, 3600
-        )
-        _check_range("supervisor.stop_timeout", self.stop_timeout, 0.1, 600)
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One ``[sources.NAME]`` table. ``url`` may come from ``--source NAME=URL`` instead; the other
+    keys, when left out (None), are the global ``captions.prompt``, ``sampler.window``/``stride``."""
+
+    url: str = ""
+    prompt: str | None = setting(None, rule=_prompt_rule)
+    window: float | None = setting(None, low=0.1, high=3600)
+    stride: float | None = setting(None, low=0.1, high=3600)
 
 
 @dataclass(frozen=True)
@@ -150,25 +167,46 @@ class Config:
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
-
-    def check(self) -> Config:
-        for section in fields(self):
-            getattr(self, section.name).check()
-        return self
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # by name, in the order defined
 
 
-def _check_range(key: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ConfigError(f"{key}: {value!r} is out of range [{low}, {high}]")
+def check(config: Config) -> Config:
+    """Check every range, choice and rule of ``config``; returns it. The one validator."""
+    for section in fields(config):
+        if section.name == "sources":
+            for name, source in config.sources.items():
+                check_settings(f"sources.{name}", source)
+        else:
+            check_settings(section.name, getattr(config, section.name))
+    return config
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+def check_settings(prefix: str, section: Any) -> None:
+    """Check the fields of one dataclass declared with :func:`setting`; errors name ``prefix.field``.
+    Any option object may declare its fields this way and be checked here, by the same rules."""
+    for spec in fields(section):
+        value = getattr(section, spec.name)
+        if value is None:
+            continue
+        key = f"{prefix}.{spec.name}"
+        meta = spec.metadata
+        low, high = meta.get("low"), meta.get("high")
+        if isinstance(low, str):
+            low = getattr(section, low)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{key}: {value!r} is out of range [{low}, {high}]")
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
+        reason = meta["rule"](value) if meta.get("rule") else None
+        if reason:
+            raise ConfigError(f"{key}: {reason}")
 
 
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """Check one TOML value against the field's type; ints are accepted where floats are expected."""
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Check one TOML value against the field's type; ints are accepted where floats are expected.
+    A ``T | None`` field takes a T (TOML has no null: None only means "not set")."""
+    if get_origin(kind) in (Union, types.UnionType):
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
@@ -201,24 +239,38 @@ def _merge_section(section: Any, name: str, values: Any, origin: str) -> Any:
     return replace(section, **changes)
 
 
+def _merge_sources(sources: dict[str, SourceConfig], tables: Any, origin: str) -> dict[str, SourceConfig]:
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{origin}: [sources] must hold one table per source ([sources.NAME])")
+    merged = dict(sources)
+    for name, values in tables.items():
+        if not SOURCE_NAME_RE.match(name):
+            raise ConfigError(f"{origin}: sources.{name}: {name!r} is not a source name ({SOURCE_NAME_RULE})")
+        merged[name] = _merge_section(merged.get(name, SourceConfig()), f"sources.{name}", values, origin)
+    return merged
+
+
 def merge(config: Config, data: dict[str, Any], origin: str) -> Config:
-    """Return ``config`` with the sections/keys of ``data`` applied (strictly)."""
+    """Return ``config`` with the sections/keys of ``data`` applied (strictly) and checked."""
     sections = {f.name for f in fields(config)}
-    changes = {}
+    changes: dict[str, Any] = {}
     for name, values in data.items():
         if name not in sections:
             raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(sorted(sections))})")
-        changes[name] = _merge_section(getattr(config, name), name, values, origin)
+        if name == "sources":
+            changes[name] = _merge_sources(config.sources, values, origin)
+        else:
+            changes[name] = _merge_section(getattr(config, name), name, values, origin)
     merged = replace(config, **changes)
     try:
-        return merged.check()
+        return check(merged)
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
 
 
 def load_config(path: Path | str | None = None) -> Config:
     """The defaults, with the user's file (if any) applied on top."""
-    config = Config().check()
+    config = check(Config())
     if path is None:
         return config
     path = Path(path)
@@ -226,23 +278,32 @@ def load_config(path: Path | str | None = None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return merge(config, data, str(path))
 
 
 def apply_overrides(
-    config: Config, overrides: list[str] | dict[str, Any], origin: str = "command line"
+    config: Config, overrides: Iterable[str] | dict[str, Any], origin: str = "command line"
 ) -> Config:
-    """Apply ``section.key=value`` overrides. String values are parsed as TOML values when they parse
-    (``8``, ``true``, ``1.5``, ``"x"``), else taken as plain strings (``prompt=cctv``)."""
+    """Apply ``section.key=value`` (and ``sources.NAME.key=value``) overrides. String values are
+    parsed as TOML values when they parse (``8``, ``true``, ``1.5``, ``"x"``), else taken as plain
+    strings (``prompt=cctv``); the values of a dict are taken as they are."""
     items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
-    data: dict[str, dict[str, Any]] = {}
+    data: dict[str, Any] = {}
     for dotted, value in items:
         section, _, key = dotted.partition(".")
-        if not key:
+        if section == "sources":
+            name, _, key = key.partition(".")
+            if not name or not key:
+                raise ConfigError(f"{origin}: {dotted!r} is not of the form sources.NAME.key")
+            data.setdefault("sources", {}).setdefault(name, {})[key] = value
+        elif not key:
             raise ConfigError(f"{origin}: {dotted!r} is not of the form section.key")
-        data.setdefault(section, {})[key] = value
+        else:
+            data.setdefault(section, {})[key] = value
     return merge(config, data, origin)
 
 
@@ -257,24 +318,29 @@ def _split_override(text: str) -> tuple[str, Any]:
     return dotted.strip(), value
 
 
-def as_dict(config: Config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def load_prompts(path: Path = PROMPTS_FILE) -> dict[str, str]:
-    """Prompt presets by name (``narration``, ``cctv``, ``screen``, and the ``context`` template)."""
+@functools.cache
+def _packaged_prompts() -> tuple[tuple[str, str], ...]:
+    origin = "stream/defaults/prompts.toml"
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"prompt presets file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"prompt presets file {path} is not valid TOML: {exc}") from None
-    presets = {}
+        data = tomllib.loads(packaged_text("prompts.toml"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
+        raise ConfigError(f"prompt presets {origin}: {exc}") from None
+    presets = []
     for name, table in data.items():
         if not isinstance(table, dict) or not isinstance(table.get("text"), str):
-            raise ConfigError(f"{path}: preset [{name}] needs a string 'text'")
-        presets[name] = table["text"]
-    return presets
+            raise ConfigError(f"{origin}: preset [{name}] needs a string 'text'")
+        presets.append((name, table["text"]))
+    return tuple(presets)
+
+
+def load_prompts() -> dict[str, str]:
+    """Prompt presets by name (``narration``, ``cctv``, ``screen``, and the ``context`` template)."""
+    return dict(_packaged_prompts())
+
+
+def prompt_preset_names() -> list[str]:
+    """The presets a prompt may name (``context`` is the template for earlier captions, not a prompt)."""
+    return [name for name, _ in _packaged_prompts() if name != "context"]
 
 
 def resolve_prompt(prompt: str, presets: dict[str, str]) -> str:

@@ -8,9 +8,15 @@ each other without overlapping and the text on screen always describes the momen
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from .errors import ConfigError
 
 
 class CaptionWriter(Protocol):
@@ -109,9 +115,57 @@ def open_writer(path: Path) -> CaptionWriter:
 
 def check_output(path: Path) -> type:
     """The writer class for ``path``'s extension; ConfigError naming the file if there is none."""
-    from .errors import ConfigError
-
     kind = WRITERS.get(path.suffix.lower())
     if kind is None:
         raise ConfigError(f"--out {path}: unknown caption format {path.suffix!r}; use .jsonl, .vtt or .srt")
     return kind
+
+
+def check_outputs(paths: Sequence[Path], *, source: Path | None = None) -> None:
+    """Refuse, before a model loads, outputs that could not be written: an unknown format, a path
+    given twice or equal to ``source`` (the input), a folder, a parent that is a file, a folder
+    where nothing can be created. ConfigError naming the path and the reason. Creates and changes
+    nothing: missing folders are made when the first caption is written."""
+    seen: set[Path] = set()
+    for path in paths:
+        check_output(path)
+        where = Path(os.path.abspath(path))
+        if where in seen:
+            raise ConfigError(f"--out {path}: given twice")
+        seen.add(where)
+        if source is not None and (where == Path(os.path.abspath(source)) or _same_file(path, source)):
+            raise ConfigError(f"--out {path}: that is the input file")
+        if where.is_dir():
+            raise ConfigError(f"--out {path}: is a folder, not a file")
+        if where.exists():
+            if not os.access(where, os.W_OK):
+                raise ConfigError(f"--out {path}: not writable (permission denied)")
+            continue
+        folder = path.parent
+        while not folder.exists():  # ends: "." or "/" exists
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ConfigError(f"--out {path}: {folder} is a file, not a folder")
+        _check_creatable(path, folder)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_creatable(path: Path, folder: Path) -> None:
+    """Create and remove a scratch entry in ``folder``: what can be created there is the file
+    system's answer (permission bits, read-only mounts, /proc), which ``os.access`` is not."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vidnarrate-check-", dir=folder))
+    except OSError as exc:
+        reason = {
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.EROFS: "a read-only file system",
+            errno.ENOENT: "this file system does not hold files",
+        }.get(exc.errno or 0, exc.strerror or str(exc))
+        raise ConfigError(f"--out {path}: nothing can be created in {folder} ({reason})") from None

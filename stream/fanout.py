@@ -1,6 +1,6 @@
 """The gateway's state, without I/O: per-client queues, the replay store, the status board and the
-pending asks. :mod:`stream.gateway` wires these to websockets and zmq; everything here is plain data
-structures with bounded memory, tested on their own.
+pending asks. :mod:`stream.clients` and :mod:`stream.gateway` wire these to websockets and zmq;
+everything here is plain data structures with bounded memory, tested on their own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import messages
-from .messages import Ask, AskId, ErrorCode, Message, MessageError, StreamState, Subscribe
+from .messages import (
+    Ask,
+    AskId,
+    CaptureStatus,
+    Dropped,
+    ErrorCode,
+    InferenceStatus,
+    Message,
+    MessageError,
+    Processes,
+    Status,
+    StreamState,
+    Subscribe,
+)
 
 
 class ClientQueue:
@@ -54,9 +67,9 @@ class ClientQueue:
     def pop(self) -> bytes | None:
         """The next thing to send (a ``dropped`` notice first, if messages were lost), or None."""
         if self.dropped_pending:
-            notice = messages.dropped(count=self.dropped_pending, total=self.dropped_total)
+            notice = Dropped(count=self.dropped_pending, total=self.dropped_total)
             self.dropped_pending = 0
-            return messages.to_json(notice).encode()
+            return notice.to_json()
         if not self._items:
             return None
         item = self._items.popleft()
@@ -68,30 +81,25 @@ class ClientQueue:
         return 0.0 if self.behind_since is None else now - self.behind_since
 
 
-@dataclass(frozen=True)
-class _Replayable:
-    wall: float
-    message: Message
-    encoded: bytes  # the message with ``"replayed": true``, serialized once when it arrives
-
-
 class ReplayStore:
     """The last ``per_stream`` captions of each stream (at most ``max_streams`` streams; the stream
-    heard from least recently is forgotten first).
+    heard from least recently is forgotten first), as the JSON bytes they arrived in.
 
-    Each caption is serialized for replay once, when stored: a client that re-subscribes in a loop
-    then costs queue pushes, not thousands of JSON encodings that would stall every other client.
+    Each caption is marked ``"replayed": true`` once, when stored, without being decoded: a client
+    that re-subscribes in a loop then costs queue pushes, not JSON work that would stall every other
+    client. Replay is in arrival order, the order live clients saw.
     """
 
     def __init__(self, per_stream: int, *, max_streams: int = 256) -> None:
         self.per_stream = per_stream
         self.max_streams = max_streams
-        self._streams: OrderedDict[str, deque[_Replayable]] = OrderedDict()
+        self._streams: OrderedDict[str, deque[tuple[int, bytes]]] = OrderedDict()
+        self._arrivals = itertools.count()
 
-    def add(self, message: Message) -> None:
+    def add(self, stream: str, caption: bytes) -> None:
+        """Keep ``caption`` (a caption's JSON, as ``Caption.to_json()`` made it) of ``stream``."""
         if self.per_stream <= 0:
             return
-        stream = message["stream"]
         store = self._streams.get(stream)
         if store is None:
             store = self._streams[stream] = deque(maxlen=self.per_stream)
@@ -99,34 +107,22 @@ class ReplayStore:
                 self._streams.popitem(last=False)
         else:
             self._streams.move_to_end(stream)
-        encoded = messages.to_json({**message, "replayed": True}).encode()
-        store.append(_Replayable(_wall_key(message), message, encoded))
+        store.append((next(self._arrivals), messages.mark_replayed(caption)))
 
-    def recent(self, request: Subscribe, count: int) -> list[Message]:
-        """Up to ``count`` most recent captions of each requested stream, oldest first (by wall time)."""
-        return [entry.message for entry in self._recent(request, count)]
-
-    def recent_encoded(self, request: Subscribe, count: int) -> list[bytes]:
-        """The same as :meth:`recent`, serialized and marked ``"replayed": true``, ready to send."""
-        return [entry.encoded for entry in self._recent(request, count)]
-
-    def _recent(self, request: Subscribe, count: int) -> list[_Replayable]:
+    def recent(self, request: Subscribe, count: int) -> list[bytes]:
+        """Up to ``count`` most recent captions of each requested stream, oldest first, marked
+        ``"replayed": true`` and ready to send."""
         if count <= 0:
             return []
-        picked: list[_Replayable] = []
+        picked: list[tuple[int, bytes]] = []
         for stream, store in self._streams.items():
             if request.wants(stream):
                 picked.extend(itertools.islice(store, max(0, len(store) - count), None))
-        picked.sort(key=lambda entry: entry.wall)
-        return picked
+        picked.sort()
+        return [body for _, body in picked]
 
     def streams(self) -> list[str]:
         return list(self._streams)
-
-
-def _wall_key(message: Message) -> float:
-    wall = message.get("wall_end", message.get("wall", 0.0))
-    return float(wall) if isinstance(wall, int | float) else 0.0
 
 
 _CAPTURE_FIELDS = ("fps", "frames", "drops", "reconnects", "decode_errors", "width", "height", "error")
@@ -141,8 +137,8 @@ _INFERENCE_FIELDS = (
 
 
 class StatusBoard:
-    """Merges ``capture_status``, ``inference_status`` and ``processes`` reports into the client-facing
-    ``status`` message.
+    """Merges :class:`CaptureStatus`, :class:`InferenceStatus` and :class:`Processes` reports into the
+    client-facing :class:`Status`.
 
     Per stream: the capture figures (``state``, ``fps``, ``frames``, ``drops``, ``reconnects``,
     ``decode_errors``, ``width``, ``height``, ``error``), ``age_s`` (seconds since the capture report)
@@ -155,66 +151,50 @@ class StatusBoard:
 
     def __init__(self, *, max_streams: int = 256) -> None:
         self.max_streams = max_streams
-        self._capture: dict[str, Message] = {}
+        self._capture: dict[str, CaptureStatus] = {}
         self._capture_at: dict[str, float] = {}
         self._inference: dict[str, Message] = {}
-        self._inference_meta: Message = {}
+        self._model: tuple[str | None, str | None] = (None, None)
         self._processes: dict[str, Message] = {}
 
-    def update(self, message: Message, now: float) -> bool:
+    def update(self, report: CaptureStatus | InferenceStatus | Processes, now: float) -> bool:
         """Fold in a report; True when something a viewer should see at once changed (a stream
         appeared or changed state, a process restarted or died, the model changed).
 
-        Raises :class:`ValueError` (naming the field) for a report that does not fit its schema.
+        Raises :class:`ValueError` for a report that cannot be kept (naming the stream).
         """
-        kind = message.get("type")
-        if kind == "capture_status":
-            return self._update_capture(message, now)
-        if kind == "inference_status":
-            return self._update_inference(message)
-        if kind == "processes":
-            return self._update_processes(message)
-        raise ValueError(f"not a status report: type {kind!r}")
+        if isinstance(report, CaptureStatus):
+            return self._update_capture(report, now)
+        if isinstance(report, InferenceStatus):
+            return self._update_inference(report)
+        return self._update_processes(report)
 
-    def _update_capture(self, message: Message, now: float) -> bool:
-        stream = message.get("stream")
-        if not isinstance(stream, str) or not stream:
+    def _update_capture(self, report: CaptureStatus, now: float) -> bool:
+        stream = report.stream
+        if not stream:
             raise ValueError("capture_status without a 'stream' name")
-        state = message.get("state")
-        if state not in StreamState.__members__.values():
-            raise ValueError(f"capture_status of {stream!r} has an unknown state {state!r}")
         old = self._capture.get(stream)
         if old is None and not self._room_for(stream):
             raise ValueError(
                 f"capture_status of {stream!r} ignored: already tracking {self.max_streams} streams"
             )
-        self._capture[stream] = message
+        self._capture[stream] = report
         self._capture_at[stream] = now
-        return old is None or old.get("state") != state or old.get("error") != message.get("error")
+        return old is None or old.state != report.state or old.error != report.error
 
-    def _update_inference(self, message: Message) -> bool:
-        streams = message.get("streams")
-        if not isinstance(streams, dict):
-            raise ValueError("inference_status without a 'streams' object")
-        figures: dict[str, Message] = {}
-        for name, values in itertools.islice(streams.items(), self.max_streams):
-            if isinstance(values, dict):
-                figures[name] = values
+    def _update_inference(self, report: InferenceStatus) -> bool:
+        figures = dict(itertools.islice(report.streams.items(), self.max_streams))
         new_streams = set(figures) - set(self._inference)
-        meta = {key: message.get(key) for key in ("model", "device")}
-        changed = bool(new_streams) or meta != {k: self._inference_meta.get(k) for k in meta}
+        model = (report.model, report.device)
+        changed = bool(new_streams) or model != self._model
         self._inference = figures
-        self._inference_meta = meta
+        self._model = model
         return changed
 
-    def _update_processes(self, message: Message) -> bool:
-        procs = message.get("processes")
-        if not isinstance(procs, dict):
-            raise ValueError("processes report without a 'processes' object")
+    def _update_processes(self, report: Processes) -> bool:
         fresh = {
             role: dict(info)
-            for role, info in itertools.islice(procs.items(), 4 * self.max_streams)
-            if isinstance(info, dict)
+            for role, info in itertools.islice(report.processes.items(), 4 * self.max_streams)
         }
 
         def key(info: Message) -> tuple[Any, ...]:
@@ -232,13 +212,15 @@ class StatusBoard:
     def streams(self) -> set[str]:
         return set(self._capture) | set(self._inference)
 
-    def snapshot(self, *, now: float, wall: float, **extra: Any) -> Message:
+    def snapshot(self, *, now: float, wall: float, clients: int | None = None) -> Status:
         streams: dict[str, Message] = {}
         for name in sorted(self.streams()):
-            report = self._capture.get(name, {})
-            entry: Message = {"state": report.get("state", StreamState.CONNECTING.value)}
-            for field in _CAPTURE_FIELDS:
-                entry[field] = report.get(field)
+            entry: Message = dict.fromkeys(("state", *_CAPTURE_FIELDS))
+            report = self._capture.get(name)
+            entry["state"] = StreamState.CONNECTING.value
+            if report is not None:
+                entry.update({field: getattr(report, field) for field in _CAPTURE_FIELDS})
+                entry["state"] = report.state.value
             entry["age_s"] = round(now - self._capture_at[name], 3) if name in self._capture_at else None
             proc = self._processes.get(f"capture:{name}")
             if proc is not None and proc.get("alive") is False and entry["state"] != StreamState.ENDED:
@@ -254,13 +236,13 @@ class StatusBoard:
             for field, value in figures.items():
                 entry.setdefault(field, value)
             streams[name] = entry
-        return messages.status(
+        return Status(
             streams=streams,
             processes={r: dict(p) for r, p in self._processes.items()},
+            model=self._model[0],
+            device=self._model[1],
             wall=wall,
-            model=self._inference_meta.get("model"),
-            device=self._inference_meta.get("device"),
-            **extra,
+            clients=clients,
         )
 
 
@@ -342,9 +324,3 @@ class PendingAsks:
             self._per_client[client] = left
         else:
             self._per_client.pop(client, None)
-
-
-def stream_of(message: Message) -> str | None:
-    """The ``stream`` a bus message belongs to, if it has a usable one."""
-    stream = message.get("stream")
-    return stream if isinstance(stream, str) and stream else None

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
 from . import messages
-from .bus import AskReceiver, Publisher, RunPaths
+from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
@@ -50,6 +50,9 @@ from .scheduler import Action, Answer, Caption, Encode, Scheduler
 log = logging.getLogger(__name__)
 
 READY_FILE = "inference.ready"  # written in the run directory once the model is loaded
+# Written in the run directory once every source has ended and its last window is captioned: a run
+# of files without --loop stops then (stream.runwatch).
+DRAINED_FILE = "inference.drained"
 
 _TAP_IDLE_S = 0.01
 _IDLE_WAIT_S = 0.05  # the model loop with nothing to do waits this long for the tap (or an ask)
@@ -74,22 +77,6 @@ class InferenceOptions:
     thumbnails: bool = True
     thumbnail_side: int = 320
     max_inp_length: int = 8192
-
-
-class Bus:
-    """The inference process's publisher, safe to use from both threads."""
-
-    def __init__(self, publisher: Publisher) -> None:
-        self._publisher = publisher
-        self._lock = threading.Lock()
-
-    def send(self, message: dict[str, Any]) -> None:
-        with self._lock:
-            self._publisher.send(message)
-
-    def close(self) -> None:
-        with self._lock:
-            self._publisher.close(linger=1.0)  # the last captions and status must arrive
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -122,7 +109,7 @@ class FrameTap(threading.Thread):
         self,
         shared: SharedScheduler,
         ring_names: dict[str, str],
-        bus: Bus,
+        bus: LockedPublisher,
         options: InferenceOptions,
         wake: threading.Event,
         stop: threading.Event,
@@ -209,7 +196,7 @@ class FrameTap(threading.Thread):
         self.last_thumbnail[name] = now
         jpeg = thumbnail_jpeg(image, self.options.thumbnail_side)
         self.bus.send(
-            messages.thumbnail(
+            messages.Thumbnail(
                 stream=name,
                 t=round(t, 3),
                 wall=wall,
@@ -223,7 +210,7 @@ class FrameTap(threading.Thread):
 class PartialPublisher:
     """Turns token pieces into throttled ``partial`` messages (at most one per 100 ms)."""
 
-    def __init__(self, bus: Bus, stream: str, seq: int) -> None:
+    def __init__(self, bus: LockedPublisher, stream: str, seq: int) -> None:
         self.bus, self.stream, self.seq = bus, stream, seq
         self.text = ""
         self._last = 0.0
@@ -233,7 +220,7 @@ class PartialPublisher:
         now = time.monotonic()
         if now - self._last >= _PARTIAL_EVERY_S:
             self._last = now
-            self.bus.send(messages.partial(stream=self.stream, seq=self.seq, text=self.text))
+            self.bus.send(messages.Partial(stream=self.stream, seq=self.seq, text=self.text))
 
 
 def load_caption_backend(options: InferenceOptions) -> CaptionBackend:
@@ -265,11 +252,15 @@ def inference_main(
     run = RunPaths(run_id=options.run_id, run_dir=Path(options.run_dir))
     publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
     publisher.wait_for_subscriber(1.0)  # a model that fails at once must still be heard saying why
-    bus = Bus(publisher)
+    bus = LockedPublisher(publisher)
     asks = AskReceiver(run.asks_endpoint)
     status_base = {"model": options.model, "device": options.device}
     try:
-        bus.send(messages.inference_status(streams={}, wall=time.time(), state="loading", **status_base))
+        bus.send(
+            messages.InferenceStatus(
+                streams={}, wall=time.time(), state=messages.ModelState.LOADING, **status_base
+            )
+        )
         try:
             with signal_handled(signal.SIGTERM, _abort_loading):
                 backend = backend_factory(options)
@@ -279,8 +270,12 @@ def inference_main(
         except (CheckpointError, FileNotFoundError, ValueError) as exc:  # ValueError: device or dtype
             log.error("cannot load model %s: %s", options.model, exc)
             bus.send(
-                messages.inference_status(
-                    streams={}, wall=time.time(), state="failed", error=str(exc), **status_base
+                messages.InferenceStatus(
+                    streams={},
+                    wall=time.time(),
+                    state=messages.ModelState.FAILED,
+                    error=str(exc),
+                    **status_base,
                 )
             )
             return ExitCode.CONFIG
@@ -299,10 +294,10 @@ class ModelLoop:
         self,
         options: InferenceOptions,
         backend: CaptionBackend,
-        bus: Bus,
+        bus: LockedPublisher,
         asks: AskReceiver,
         stop_event: Any,
-        status_base: dict[str, Any],
+        status_base: dict[str, str],
     ) -> None:
         self.options = options
         self.backend = backend
@@ -322,6 +317,7 @@ class ModelLoop:
 
     def run(self) -> int:
         self.tap.start()
+        drained = False
         try:
             self._publish_status(force=True)
             while not self.stop_event.is_set() and not self.tap_stop.is_set():
@@ -329,11 +325,15 @@ class ModelLoop:
                 asks = self.asks.poll()
                 with self.shared.use() as core:
                     for ask in asks:
-                        self._submit(core, ask)
+                        core.submit_ask(ask.id, ask.stream, ask.question)
                     action = core.next_action()
+                    idle_and_drained = action is None and not drained and core.drained()
                 if action is not None:
                     self._perform(action)
                 self._publish_status()
+                if idle_and_drained:  # the last caption is published by now: this thread made it
+                    drained = True
+                    write_ready_file(Path(self.options.run_dir) / DRAINED_FILE, str(os.getpid()))
                 if action is None:
                     self.wake.wait(_IDLE_WAIT_S)
         finally:
@@ -342,14 +342,6 @@ class ModelLoop:
         if self.tap.error is not None:
             return ExitCode.FAILED
         return ExitCode.OK
-
-    @staticmethod
-    def _submit(core: Scheduler, ask: messages.Message) -> None:
-        ask_id, stream, question = ask.get("id", ""), ask.get("stream"), ask.get("question")
-        if isinstance(stream, str) and isinstance(question, str):
-            core.submit_ask(ask_id, stream, question)
-        else:  # the gateway sends only validated asks: this one did not come from it
-            log.warning("dropping malformed ask: %r", ask)
 
     def _perform(self, action: Action) -> None:
         """Run one action on the model, outside the lock, and report its result to the core."""
@@ -420,5 +412,7 @@ class ModelLoop:
         with self.shared.use() as core:
             streams = core.status()
         self.bus.send(
-            messages.inference_status(streams=streams, wall=time.time(), state="ready", **self.status_base)
+            messages.InferenceStatus(
+                streams=streams, wall=time.time(), state=messages.ModelState.READY, **self.status_base
+            )
         )

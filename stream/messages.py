@@ -1,31 +1,36 @@
-"""The JSON messages of vidnarrate: their shapes, their validation and their builders.
+"""The JSON messages of vidnarrate: their shapes, their validation and their one encoder.
 
-One JSON object per websocket text message, always with ``"type"``; the same dicts travel on the zmq
+One JSON object per websocket text message, always with ``"type"``; the same JSON travels on the zmq
 bus between processes. ``docs/protocol.md`` documents every field; this module is its code.
 
 * **Client to server** (validated strictly, because anyone can send anything): :class:`Subscribe`,
   :class:`Ask`, :class:`Ping`, parsed by :func:`parse_client_message`, which raises
   :class:`MessageError` (a :class:`~stream.errors.ProtocolError`) carrying the ``error`` code and the
   sentence the gateway replies with.
-* **Server to client**: ``caption``, ``partial``, ``event``, ``answer`` (produced by the inference
-  process, forwarded as they are), ``status``, ``thumbnail``, ``error``, ``pong``, ``subscribed`` and
-  ``dropped`` (produced by the gateway). Builders below return plain dicts; extra fields may be added
-  to any message, and clients must ignore fields they do not know.
-* **Bus only** (never sent to clients as they are): ``capture_status``, ``inference_status``,
-  ``processes`` (merged by the gateway into ``status``) and ``ask`` (gateway -> inference).
+* **Server to client**, each a frozen :class:`ServerMessage` dataclass: :class:`Caption`,
+  :class:`Partial`, :class:`Event`, :class:`Thumbnail`, :class:`Answer` (published by the inference
+  process; the gateway forwards their bus bytes as they are), :class:`Status`, :class:`ErrorReply`,
+  :class:`Pong`, :class:`Subscribed` and :class:`Dropped` (made by the gateway). Later versions may add
+  fields: clients must ignore fields they do not know.
+* **Bus only** (never sent to clients as they are): :class:`CaptureStatus`, :class:`InferenceStatus`,
+  :class:`Processes` (merged by the gateway into ``status``) and :class:`AskRequest` (gateway ->
+  inference). :func:`decode` turns a bus body back into its dataclass.
 
 Times: ``t_*`` are seconds of stream time (from the source's first frame), ``wall*`` are Unix seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Final, TypeAlias
+from enum import Enum, StrEnum
+from typing import Any, ClassVar, Final, Self, TypeAlias
 
 from .errors import ProtocolError
 
@@ -84,8 +89,8 @@ class MessageError(ProtocolError):
         self.code = code
         self.id = id
 
-    def to_message(self) -> Message:
-        return error(self.code, str(self), id=self.id)
+    def to_reply(self) -> ErrorReply:
+        return ErrorReply(error=self.code, message=str(self), id=self.id)
 
 
 # -- client to server ----------------------------------------------------------------------------
@@ -272,6 +277,8 @@ def _json_kind(value: Any) -> str:
         return "an array"
     if isinstance(value, str):
         return "a string"
+    if isinstance(value, dict):
+        return "an object"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -279,187 +286,395 @@ def _json_kind(value: Any) -> str:
     return "a number"
 
 
-# -- server to client ----------------------------------------------------------------------------
-# Builders take keyword arguments (the field names of docs/protocol.md) and return plain dicts.
-# ``extra`` fields are merged in: the schema promises the named fields, not only them.
+# -- server to client and bus --------------------------------------------------------------------
+# Every message the processes publish or the gateway sends is a frozen dataclass below, its fields
+# named as the JSON keys of docs/protocol.md. ``to_json()`` is the one encoder; :func:`decode` the one
+# decoder (used on the bus, where the other side is one of our own processes). A field whose default
+# is None is left out of the JSON while it is None; a field without a default is always written
+# (``null`` included, e.g. a capture report's ``error``).
 
 
-def caption(
-    *,
-    stream: str,
-    seq: int,
-    t_start: float,
-    t_end: float,
-    frame_times: list[float],
-    wall_start: float,
-    wall_end: float,
-    text: str,
-    model: str,
-    latency_ms: float,
-    skipped: int = 0,
-    **extra: Any,
-) -> Message:
+class EventState(StrEnum):
+    """Where an alert event is in its life: it starts, may be updated, and ends."""
+
+    START = "start"
+    UPDATE = "update"
+    END = "end"
+
+
+class ModelState(StrEnum):
+    """The inference process's model, as its ``inference_status`` reports it."""
+
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerMessage:
+    """Base of every server-to-client and bus message. ``TYPE`` is the JSON ``"type"``."""
+
+    TYPE: ClassVar[str]
+
+    def to_dict(self) -> Message:
+        out: Message = {"type": self.TYPE}
+        for name, omit_none in _spec(type(self)).layout:
+            value = getattr(self, name)
+            if value is None and omit_none:
+                continue
+            out[name] = value
+        return out
+
+    def to_json(self) -> bytes:
+        """Compact UTF-8 JSON, the bytes that travel on the bus and (unchanged) to websocket clients.
+        NaN/Infinity are refused: browsers cannot parse them."""
+        try:
+            return json.dumps(
+                self.to_dict(), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"cannot encode {self.TYPE!r} message as JSON: {exc}") from exc
+
+    @classmethod
+    def from_dict(cls, data: Message) -> Self:
+        """The message of a decoded JSON object; :class:`~stream.errors.ProtocolError` naming the field
+        that is missing, unknown or of the wrong type."""
+        if data.get("type") != cls.TYPE:
+            raise ProtocolError(f"expected a {cls.TYPE!r} message, got type {data.get('type')!r:.60}")
+        spec = _spec(cls)
+        unknown = data.keys() - spec.hints.keys() - {"type"}
+        if unknown:
+            raise ProtocolError(f"{cls.TYPE!r} message has unknown fields {sorted(unknown)!r:.200}")
+        values: Message = {}
+        for name, hint in spec.hints.items():
+            if name not in data:
+                if name in spec.required:
+                    raise ProtocolError(f"{cls.TYPE!r} message lacks the field {name!r}")
+                continue
+            try:
+                values[name] = _checked(data[name], hint)
+            except _Mismatch as exc:
+                raise ProtocolError(f"{cls.TYPE!r} message field {name!r}: {exc}") from None
+        return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Caption(ServerMessage):
     """A rolling caption of ``[t_start, t_end]`` built from the frames at ``frame_times``."""
-    return {
-        "type": "caption",
-        "stream": stream,
-        "seq": seq,
-        "t_start": t_start,
-        "t_end": t_end,
-        "frame_times": list(frame_times),
-        "wall_start": wall_start,
-        "wall_end": wall_end,
-        "text": text,
-        "model": model,
-        "latency_ms": latency_ms,
-        "skipped": skipped,
-        **extra,
-    }
+
+    TYPE: ClassVar[str] = "caption"
+    stream: str
+    seq: int
+    t_start: float
+    t_end: float
+    frame_times: list[float]
+    wall_start: float
+    wall_end: float
+    text: str
+    model: str
+    latency_ms: float
+    skipped: int = 0
+    frames: int | None = None
+    model_ms: float | None = None
+    encode_ms: float | None = None
+    replayed: bool | None = None  # True only on captions resent because of subscribe's replay
 
 
-def partial(*, stream: str, seq: int, text: str, **extra: Any) -> Message:
+@dataclass(frozen=True, kw_only=True)
+class Partial(ServerMessage):
     """The text of caption ``seq`` so far (token streaming); the final ``caption`` follows."""
-    return {"type": "partial", "stream": stream, "seq": seq, "text": text, **extra}
+
+    TYPE: ClassVar[str] = "partial"
+    stream: str
+    seq: int
+    text: str
 
 
-def event(
-    *, stream: str, seq: int, t_start: float, t_end: float, rule: str, text: str, **extra: Any
-) -> Message:
-    """An alert: the rule (an alert prompt's name) matched the window ``[t_start, t_end]``."""
-    return {
-        "type": "event",
-        "stream": stream,
-        "seq": seq,
-        "t_start": t_start,
-        "t_end": t_end,
-        "rule": rule,
-        "text": text,
-        **extra,
-    }
+@dataclass(frozen=True, kw_only=True)
+class Event(ServerMessage):
+    """An alert: the rule (an alert prompt's name) matched the window ``[t_start, t_end]``; one
+    ``event_id`` runs from ``start`` through ``update`` to ``end``."""
+
+    TYPE: ClassVar[str] = "event"
+    stream: str
+    rule: str
+    event_id: str
+    state: EventState
+    t_start: float
+    t_end: float
+    wall_start: float
+    wall_end: float
+    score: float
+    text: str
 
 
-def answer(*, id: AskId, stream: str, text: str, **extra: Any) -> Message:
-    """The answer to the ``ask`` with this ``id``."""
-    return {"type": "answer", "id": id, "stream": stream, "text": text, **extra}
-
-
-def status(
-    *, streams: dict[str, Message], processes: dict[str, Message], wall: float, **extra: Any
-) -> Message:
-    """Per-stream state and figures, and per-process pid/restarts (merged by the gateway)."""
-    return {"type": "status", "streams": streams, "processes": processes, "wall": wall, **extra}
-
-
-def thumbnail(*, stream: str, t: float, wall: float, jpeg: str, **extra: Any) -> Message:
+@dataclass(frozen=True, kw_only=True)
+class Thumbnail(ServerMessage):
     """A small JPEG (base64) of the stream's frame at stream time ``t``."""
-    return {"type": "thumbnail", "stream": stream, "t": t, "wall": wall, "jpeg": jpeg, **extra}
+
+    TYPE: ClassVar[str] = "thumbnail"
+    stream: str
+    t: float
+    wall: float
+    jpeg: str
+    width: int | None = None
+    height: int | None = None
 
 
-def error(code: ErrorCode | str, message: str, *, id: AskId | None = None) -> Message:
+@dataclass(frozen=True, kw_only=True)
+class Answer(ServerMessage):
+    """The answer to the ``ask`` with this ``id``.
+
+    On the bus ``id`` is the gateway's id of the request (:class:`AskRequest`); the gateway swaps in
+    the client's own id. An answer that could not be given carries ``error`` and ``message`` (the
+    asker then receives an :class:`ErrorReply`)."""
+
+    TYPE: ClassVar[str] = "answer"
+    id: AskId
+    stream: str
+    text: str
+    t_start: float | None = None
+    t_end: float | None = None
+    frame_times: list[float] | None = None
+    error: ErrorCode | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorReply(ServerMessage):
     """A reply saying what was wrong; ``id`` when it answers a request that had one."""
-    out: Message = {"type": "error", "error": str(code), "message": message}
-    if id is not None:
-        out["id"] = id
-    return out
+
+    TYPE: ClassVar[str] = "error"
+    error: ErrorCode
+    message: str
+    id: AskId | None = None
 
 
-def pong(*, id: AskId | None = None, t: float | None = None, wall: float) -> Message:
+@dataclass(frozen=True, kw_only=True)
+class Pong(ServerMessage):
     """The reply to ``ping``: echoes ``id`` and ``t`` when given; ``wall`` is the server's clock."""
-    out: Message = {"type": "pong", "wall": wall}
-    if id is not None:
-        out["id"] = id
-    if t is not None:
-        out["t"] = t
-    return out
+
+    TYPE: ClassVar[str] = "pong"
+    wall: float
+    id: AskId | None = None
+    t: float | None = None
 
 
-def subscribed(request: Subscribe, *, replayed: int) -> Message:
-    """Acknowledges a ``subscribe``; ``replayed`` captions follow it."""
-    streams: str | list[str] = "*" if request.streams is None else sorted(request.streams)
-    return {
-        "type": "subscribed",
-        "streams": streams,
-        "replay": request.replay,
-        "replayed": replayed,
-        "thumbnails": request.thumbnails,
-    }
+@dataclass(frozen=True, kw_only=True)
+class Subscribed(ServerMessage):
+    """Acknowledges a ``subscribe`` (``streams``: ``"*"`` or the sorted names); ``replayed`` captions
+    follow it."""
+
+    TYPE: ClassVar[str] = "subscribed"
+    streams: str | list[str]
+    replay: int
+    replayed: int
+    thumbnails: bool
 
 
-def dropped(*, count: int, total: int) -> Message:
-    """``count`` messages were dropped just before this one because the client read too slowly
+@dataclass(frozen=True, kw_only=True)
+class Dropped(ServerMessage):
+    """``count`` messages were dropped just before the next one because the client read too slowly
     (``total`` since it connected)."""
-    return {"type": "dropped", "count": count, "total": total}
+
+    TYPE: ClassVar[str] = "dropped"
+    count: int
+    total: int
 
 
-# -- bus only ------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Status(ServerMessage):
+    """Per-stream state and figures, and per-process pid/restarts, merged by the gateway from the
+    reports below (``model``/``device`` are null until the inference process reports)."""
+
+    TYPE: ClassVar[str] = "status"
+    streams: dict[str, Message]
+    processes: dict[str, Message]
+    model: str | None
+    device: str | None
+    wall: float
+    clients: int | None = None
 
 
-def capture_status(
-    *,
-    stream: str,
-    state: StreamState | str,
-    frames: int,
-    fps: float,
-    decode_errors: int,
-    reconnects: int,
-    drops: int,
-    width: int | None,
-    height: int | None,
-    error: str | None,
-    wall: float,
-    **extra: Any,
-) -> Message:
-    """A capture process's report (~1 Hz and on change)."""
-    return {
-        "type": "capture_status",
-        "stream": stream,
-        "state": str(StreamState(state)),
-        "frames": frames,
-        "fps": fps,
-        "decode_errors": decode_errors,
-        "reconnects": reconnects,
-        "drops": drops,
-        "width": width,
-        "height": height,
-        "error": error,
-        "wall": wall,
-        **extra,
-    }
+@dataclass(frozen=True, kw_only=True)
+class CaptureStatus(ServerMessage):
+    """A capture process's report (bus only; ~1 Hz and on change)."""
+
+    TYPE: ClassVar[str] = "capture_status"
+    stream: str
+    state: StreamState
+    frames: int
+    fps: float
+    decode_errors: int
+    reconnects: int
+    drops: int
+    width: int | None
+    height: int | None
+    error: str | None
+    wall: float
 
 
-def inference_status(
-    *, streams: dict[str, Message], model: str, device: str, wall: float, **extra: Any
-) -> Message:
-    """The inference process's report: per stream ``lag_s``, ``skipped``, ``captions``,
-    ``encodes_per_frame``, ``caption_latency_ms`` (and any other figures)."""
-    return {
-        "type": "inference_status",
-        "streams": streams,
-        "model": model,
-        "device": device,
-        "wall": wall,
-        **extra,
-    }
+@dataclass(frozen=True, kw_only=True)
+class InferenceStatus(ServerMessage):
+    """The inference process's report (bus only): per stream ``lag_s``, ``skipped``, ``captions``,
+    ``caption_errors``, ``encodes_per_frame``, ``caption_latency_ms`` and any further figures."""
+
+    TYPE: ClassVar[str] = "inference_status"
+    streams: dict[str, Message]
+    model: str
+    device: str
+    state: ModelState
+    wall: float
+    error: str | None = None  # why the model could not be loaded (state "failed")
 
 
-def processes(*, processes: dict[str, Message], wall: float, **extra: Any) -> Message:
-    """The supervisor's report: role -> ``{pid, restarts, alive}``."""
-    return {"type": "processes", "processes": processes, "wall": wall, **extra}
+@dataclass(frozen=True, kw_only=True)
+class Processes(ServerMessage):
+    """The supervisor's report (bus only): role -> ``{pid, restarts, alive, finished, exit_code}``."""
+
+    TYPE: ClassVar[str] = "processes"
+    processes: dict[str, Message]
+    wall: float
 
 
-def ask_request(*, id: str, stream: str, question: str, wall: float, **extra: Any) -> Message:
-    """An ask as the gateway forwards it to the inference process (``AskSender``).
+@dataclass(frozen=True, kw_only=True)
+class AskRequest(ServerMessage):
+    """An ask as the gateway forwards it to the inference process (bus only).
 
-    ``id`` is the gateway's own id for the request (unique per gateway run, unlike the client's); the
-    inference process must echo it in the ``answer`` it publishes (``answer(id=..., stream=..., text=...)``)
-    or, when it cannot answer, publish ``answer`` with ``error`` (a short code) and ``message`` fields.
-    """
-    return {"type": "ask", "id": id, "stream": stream, "question": question, "wall": wall, **extra}
+    ``id`` is the gateway's own id for the request (unique per gateway run, unlike the client's), and
+    ``client`` the asking connection's number; the inference process echoes ``id`` in its
+    :class:`Answer`."""
+
+    TYPE: ClassVar[str] = "ask"
+    id: str
+    stream: str
+    question: str
+    wall: float
+    client: int | None = None
 
 
-def to_json(message: Message) -> str:
-    """Compact JSON; NaN/Infinity are refused (browsers cannot parse them)."""
+BusMessage: TypeAlias = (
+    Caption | Partial | Event | Thumbnail | Answer | CaptureStatus | InferenceStatus | Processes | AskRequest
+)
+_BUS_TYPES: dict[str, type[ServerMessage]] = {
+    cls.TYPE: cls
+    for cls in (
+        Caption,
+        Partial,
+        Event,
+        Thumbnail,
+        Answer,
+        CaptureStatus,
+        InferenceStatus,
+        Processes,
+        AskRequest,
+    )
+}
+
+
+def decode(kind: str, body: bytes) -> BusMessage:
+    """The typed message of a bus body whose type (the zmq topic) is ``kind``;
+    :class:`~stream.errors.ProtocolError` for anything else."""
+    cls = _BUS_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(f"bus message of unknown type {kind!r:.60}")
     try:
-        return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"cannot encode {message.get('type')!r} message as JSON: {exc}") from exc
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"bus {kind!r} message is not JSON: {str(exc)[:120]}") from exc
+    if not isinstance(data, dict):
+        raise ProtocolError(f"bus {kind!r} message is not a JSON object")
+    return cls.from_dict(data)  # type: ignore[return-value]  # _BUS_TYPES holds only BusMessage classes
+
+
+def mark_replayed(body: bytes) -> bytes:
+    """The JSON of a caption (``Caption.to_json()``) with ``"replayed": true`` added, without decoding
+    it: the gateway stores each caption for replay this way once, from the bus bytes."""
+    if not body.endswith(b"}"):
+        raise ProtocolError("cannot mark a caption as replayed: its body is not a JSON object")
+    return body[:-1] + b',"replayed":true}'
+
+
+# -- field checks for from_dict ------------------------------------------------------------------
+
+
+class _Mismatch(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What encoding and decoding need of a message class, worked out once per class."""
+
+    layout: tuple[tuple[str, bool], ...]  # (field name, left out when None), in declaration order
+    hints: dict[str, Any]  # field name -> its type
+    required: frozenset[str]  # fields without a default
+
+    @classmethod
+    def of(cls, message_class: type[ServerMessage]) -> _Spec:
+        fields = dataclasses.fields(message_class)
+        hints = typing.get_type_hints(message_class)
+        return cls(
+            layout=tuple((f.name, f.default is None) for f in fields),
+            hints={f.name: hints[f.name] for f in fields},
+            required=frozenset(
+                f.name
+                for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            ),
+        )
+
+
+_SPECS: dict[type[ServerMessage], _Spec] = {}
+
+
+def _spec(message_class: type[ServerMessage]) -> _Spec:
+    spec = _SPECS.get(message_class)
+    if spec is None:
+        spec = _SPECS[message_class] = _Spec.of(message_class)
+    return spec
+
+
+def _checked(value: Any, hint: Any) -> Any:
+    """``value`` if it fits the type ``hint`` (an enum's member for its value); else :class:`_Mismatch`."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(hint):
+            try:
+                return _checked(value, arm)
+            except _Mismatch:
+                continue
+        raise _Mismatch(f"{_json_kind(value)} is none of {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(hint)
+            return [_checked(v, item) for v in value]
+    elif origin is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            _, item = typing.get_args(hint)
+            return {k: _checked(v, item) for k, v in value.items()}
+    elif isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            raise _Mismatch(f"{value!r:.60} is not one of {', '.join(m.value for m in hint)}") from None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if _is_int(value):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"no check for the field type {hint!r}")
+    raise _Mismatch(f"expected {getattr(hint, '__name__', hint)}, got {_json_kind(value)}")

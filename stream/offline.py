@@ -105,6 +105,7 @@ def caption_file(
             # No asks offline, so no Answer or Reply.
 
     def caption(action: Caption) -> dict[str, Any]:
+        """The caption as the JSON clients receive (what the caption files hold)."""
         started = time.monotonic()
         text = backend.describe(
             list(action.embeddings),
@@ -113,7 +114,8 @@ def caption_file(
             max_new_tokens=action.max_new_tokens,
             decoding=action.decoding,
         )
-        return core.captioned(action, text, model_ms=(time.monotonic() - started) * 1000, wall=time.time())
+        model_ms = (time.monotonic() - started) * 1000
+        return core.captioned(action, text, model_ms=model_ms, wall=time.time()).to_dict()
 
     def write(message: dict[str, Any]) -> None:
         captions.append(message)

@@ -2,16 +2,16 @@
 
 Start order: stale rings of dead runs are removed, then one ring per source is created (owned here,
 so capture and inference restarts re-attach to it), then the gateway (its subscription must exist
-before anyone publishes), the inference process, and one capture process per source. Stop order is
-the reverse intent: every child is told at once, given ``stop_timeout``, then terminated; then the
-rings are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
+before anyone publishes), the inference process, and, once the model is loaded, one capture process
+per source. Stop order is the reverse intent: every child is told at once, given ``stop_timeout``,
+then terminated; then the rings are unlinked and the run directory (zmq socket files) removed.
+Nothing is left behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,18 +21,20 @@ from typing import Any
 from .bus import RunPaths, remove_stale_runs
 from .captioning import CaptionSettings
 from .capture import capture_main
-from .config import Config, load_prompts, resolve_prompt
+from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, load_prompts, resolve_prompt
 from .errors import ConfigError
 from .gateway import gateway_main
-from .inference import READY_FILE, InferenceOptions, inference_main
+from .gateway_options import GatewayOptions
+from .inference import DRAINED_FILE, READY_FILE, InferenceOptions, inference_main
 from .process import ExitCode
 from .ring import FrameRing, remove_stale_rings, ring_name
+from .runwatch import SourceState
 from .sources import SourceOptions, parse_source
 from .supervisor import ChildSpec, Supervisor
 
 log = logging.getLogger(__name__)
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+DEMO_SOURCE = "demo"
 
 
 @dataclass(frozen=True)
@@ -42,25 +44,21 @@ class NamedSource:
 
 
 def parse_named_sources(values: list[str]) -> list[NamedSource]:
-    """``name=SRC`` or ``SRC`` (named ``cam0``, ``cam1``, ...). A URL's own ``=`` is never taken for a
-    name: the part before ``=`` must be a plain identifier."""
+    """``--source`` values: ``name=SRC``, or ``SRC`` (named ``cam0``, ``cam1``, ... by position;
+    ``demo`` is named ``demo``). A URL's own ``=`` is never taken for a name: the part before ``=``
+    must be a plain identifier."""
     sources: list[NamedSource] = []
     for index, value in enumerate(values):
         name, sep, rest = value.partition("=")
-        if sep and _NAME_RE.match(name) and rest:
+        if sep and SOURCE_NAME_RE.match(name) and rest:
             sources.append(NamedSource(name, rest))
         elif sep and rest and "/" not in name and "://" not in value and not Path(value).exists():
             raise ConfigError(
-                f"--source {value!r}: {name!r} is not a source name (NAME=SRC: a letter, then letters, "
-                "digits, _ or -, at most 64)"
+                f"--source {value!r}: {name!r} is not a source name (NAME=SRC: {SOURCE_NAME_RULE})"
             )
         else:
-            sources.append(NamedSource(f"cam{index}", value))
+            sources.append(NamedSource(DEMO_SOURCE if value == DEMO_SOURCE else f"cam{index}", value))
     check_unique_names(sources)
-    for source in sources:
-        parse_source(source.source)  # unknown schemes fail here, before anything starts
-    if not sources:
-        raise ConfigError("at least one --source is needed")
     return sources
 
 
@@ -75,18 +73,45 @@ def check_unique_names(sources: list[NamedSource]) -> None:
         seen.add(source.name)
 
 
-def caption_settings(config: Config, *, offline: bool = False) -> CaptionSettings:
+def configured_sources(config: Config) -> list[NamedSource]:
+    """The run's sources: ``[sources.NAME]`` of the config file and ``--source`` (which the CLI merged
+    in), in that order. Each needs a url from one of them, and a scheme we can read."""
+    sources = []
+    for name, source in config.sources.items():
+        if not source.url:
+            raise ConfigError(
+                f"sources.{name}: no url (set url in [sources.{name}] or pass --source {name}=SRC)"
+            )
+        if source.url != DEMO_SOURCE:
+            parse_source(source.url)  # unknown schemes fail here, before anything starts
+        sources.append(NamedSource(name, source.url))
+    if not sources:
+        raise ConfigError("no source: pass --source SRC, or define [sources.NAME] with a url in --config")
+    return sources
+
+
+def caption_settings(config: Config, *, offline: bool = False, stream: str | None = None) -> CaptionSettings:
+    """How captions are made: the global settings (live, or ``[offline]``'s), with the
+    ``[sources.NAME]`` prompt, window and stride of ``stream`` over them where it sets them."""
     presets = load_prompts()
+    own = config.sources.get(stream) if stream is not None else None
+    window = config.offline.window if offline else config.sampler.window
+    stride = config.offline.stride if offline else config.sampler.stride
+    prompt = config.captions.prompt
+    if own is not None:
+        prompt = own.prompt if own.prompt is not None else prompt
+        window = own.window if own.window is not None else window
+        stride = own.stride if own.stride is not None else stride
     return CaptionSettings(
-        prompt=resolve_prompt(config.captions.prompt, presets),
+        prompt=resolve_prompt(prompt, presets),
         context_template=presets.get("context", CaptionSettings.context_template),
         context_captions=config.captions.context_captions,
         max_new_tokens=config.captions.max_new_tokens,
         decoding=config.captions.decoding,
         max_slice_nums=config.offline.max_slice_nums if offline else config.model.max_slice_nums,
         fps=config.sampler.fps,
-        window=config.offline.window if offline else config.sampler.window,
-        stride=config.offline.stride if offline else config.sampler.stride,
+        window=window,
+        stride=stride,
         max_frames=config.sampler.max_frames,
         skip_stale=not offline,
     )
@@ -101,6 +126,29 @@ def source_options(config: Config, *, realtime: bool | None = None) -> SourceOpt
         open_timeout=c.open_timeout,
         read_timeout=c.read_timeout,
         fps_hint=c.screen_fps,
+    )
+
+
+def inference_options(
+    config: Config, *, run_id: str, run_dir: str, streams: dict[str, str]
+) -> InferenceOptions:
+    """The inference process's options for ``streams`` (name -> ring name): the global caption
+    settings, and in ``stream_captions`` those of each stream whose own settings differ from them."""
+    captions = caption_settings(config)
+    own = {name: caption_settings(config, stream=name) for name in streams}
+    return InferenceOptions(
+        run_id=run_id,
+        run_dir=run_dir,
+        streams=streams,
+        model=config.model.name,
+        device=config.model.device,
+        dtype=config.model.dtype,
+        captions=captions,
+        stream_captions={name: settings for name, settings in own.items() if settings != captions},
+        stream_tokens=config.captions.stream_tokens,
+        thumbnails=config.captions.thumbnails,
+        thumbnail_side=config.captions.thumbnail_side,
+        max_inp_length=config.model.max_inp_length,
     )
 
 
@@ -167,31 +215,25 @@ class LivePipeline:
             kwargs={
                 "events_endpoints": [self.run.publisher_endpoint(role) for role in self._roles()],
                 "asks_endpoint": self.run.asks_endpoint,
-                "host": g.host,
-                "port": g.port,
-                "token": g.resolved_token(),
+                "options": GatewayOptions(
+                    host=g.host,
+                    port=g.port,
+                    token=g.resolved_token(),
+                    client_queue=g.client_queue,
+                    replay=g.replay,
+                    max_message_bytes=g.max_message_bytes,
+                ),
                 "ready_file": str(self.ready_file),
-                "client_queue": g.client_queue,
-                "replay": g.replay,
-                "max_message_bytes": g.max_message_bytes,
             },
-            fatal_codes=(2,),
+            fatal_codes=(ExitCode.USAGE,),
         )
 
     def _inference_spec(self) -> ChildSpec:
-        c = self.config
-        options = InferenceOptions(
+        options = inference_options(
+            self.config,
             run_id=self.run.run_id,
             run_dir=str(self.run.run_dir),
             streams={s.name: self.rings[s.name].name for s in self.sources},
-            model=c.model.name,
-            device=c.model.device,
-            dtype=c.model.dtype,
-            captions=caption_settings(c),
-            stream_tokens=c.captions.stream_tokens,
-            thumbnails=c.captions.thumbnails,
-            thumbnail_side=c.captions.thumbnail_side,
-            max_inp_length=c.model.max_inp_length,
         )
         return ChildSpec(
             role="inference",
@@ -219,38 +261,64 @@ class LivePipeline:
 
     # -- run ----------------------------------------------------------------------------------------
     def wait_ready(
-        self, timeout: float = 30.0, stopping: Callable[[], bool] = lambda: False
+        self, gateway_timeout: float = 30.0, stopping: Callable[[], bool] = lambda: False
     ) -> dict[str, Any] | None:
-        """Wait for the gateway to listen; returns ``{"port", "pid", "url"}``, or None as soon as
-        ``stopping()`` says the user gave up (Ctrl-C while starting)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Wait for the gateway to listen and the model to be loaded (the captures start then);
+        returns the gateway's ``{"port", "pid", "url"}``, or None as soon as ``stopping()`` says the
+        user gave up (Ctrl-C while starting). The model gets no deadline: the real one takes minutes
+        to load, and one that cannot load exits with a fatal code, raised here as RuntimeError."""
+        deadline = time.monotonic() + gateway_timeout
+        while True:
             if stopping():
                 return None
             self.poll()
-            if self.ready_file.exists():
-                return json.loads(self.ready_file.read_text())
             fatal = self.supervisor.fatal_exit()
             if fatal is not None:
                 raise RuntimeError(f"{fatal[0]} exited with code {fatal[1]} while starting")
+            listening = self.ready_file.exists()
+            if listening and self._captures_started:
+                return json.loads(self.ready_file.read_text())
+            if not listening and time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway did not start listening within {gateway_timeout:.0f} s")
             time.sleep(0.05)
-        raise TimeoutError(f"the gateway did not start listening within {timeout:.0f} s")
 
     def poll(self) -> None:
         self.supervisor.poll()
         self._start_captures_when_model_ready()
+        self._end_rings_of_failed_captures()
 
-    @property
-    def captures_started(self) -> bool:
-        return self._captures_started
+    def _end_rings_of_failed_captures(self) -> None:
+        """A capture that failed for good (not restarted) may leave its ring without the "ended" mark
+        a finished file sets; it is set here, the writer being gone, so that the inference captions
+        what that source did deliver and counts it as over."""
+        for role in self.supervisor.failed_roles():
+            ring = self.rings.get(role.removeprefix("capture:")) if role.startswith("capture:") else None
+            if ring is not None and not ring.ended:
+                ring.mark_ended()
 
-    def fatal_exit(self) -> tuple[str, int] | None:
-        return self.supervisor.fatal_exit()
+    def failed_service(self) -> tuple[str, int] | None:
+        """(role, exit code) of the gateway or inference if it exited with a fatal code."""
+        fatal = self.supervisor.fatal_exit()
+        return fatal if fatal is not None and not fatal[0].startswith("capture:") else None
 
-    def every_source_failed(self) -> bool:
-        """Every capture process exited with a fatal code: the run has nothing left to caption."""
-        failed = self.supervisor.failed_roles()
-        return bool(self.sources) and all(f"capture:{s.name}" in failed for s in self.sources)
+    def source_states(self) -> dict[str, SourceState]:
+        """Each source's state, from its capture process (a file that played to its end exits 0)."""
+        ended = set(self.supervisor.ended_roles())
+        failed = set(self.supervisor.failed_roles())
+        states = {}
+        for source in self.sources:
+            role = f"capture:{source.name}"
+            if role in failed:
+                states[source.name] = SourceState.FAILED
+            elif role in ended:
+                states[source.name] = SourceState.ENDED
+            else:
+                states[source.name] = SourceState.RUNNING
+        return states
+
+    def drained(self) -> bool:
+        """The inference has published the last captions of every source (all of them ended)."""
+        return (self.run.run_dir / DRAINED_FILE).exists()
 
     def viewer_url(self, info: dict[str, Any]) -> str:
         host = self.config.gateway.host

@@ -111,7 +111,7 @@ class Reply:
     """Publish this message (an ``answer`` with an error: no such stream, no frames yet, too many
     asks); nothing to report back."""
 
-    message: messages.Message
+    message: messages.Answer
 
 
 @dataclass(frozen=True)
@@ -199,6 +199,10 @@ class Scheduler:
 
     def ended(self, stream: str) -> bool:
         return self._stream(stream).ended
+
+    def drained(self) -> bool:
+        """Every stream has ended and nothing of it is left to caption (no window due or taken)."""
+        return self._held is None and all(s.ended and not s.due for s in self.streams.values())
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
@@ -341,7 +345,7 @@ class Scheduler:
         for frame, embedding in zip(action.frames, embeddings, strict=True):
             self.streams[frame.stream].store(frame.seq, embedding, round(ms, 1))
 
-    def captioned(self, action: Caption, text: str, *, model_ms: float, wall: float) -> messages.Message:
+    def captioned(self, action: Caption, text: str, *, model_ms: float, wall: float) -> messages.Caption:
         """The caption ``text`` of ``action``, made in ``model_ms`` and published at ``wall`` (Unix
         seconds): counted, remembered as context, and returned as the ``caption`` message."""
         self._finish(action)
@@ -357,7 +361,7 @@ class Scheduler:
         c.last_latency_ms = latency_ms
         c.last_model_ms = round(model_ms, 1)
         stream.sweep()
-        return messages.caption(
+        return messages.Caption(
             stream=stream.name,
             seq=action.seq,
             t_start=round(action.job.t_start, 3),
@@ -383,11 +387,11 @@ class Scheduler:
         stream.sweep()
         return stream.counters.caption_errors
 
-    def answered(self, action: Answer, text: str) -> messages.Message:
+    def answered(self, action: Answer, text: str) -> messages.Answer:
         """The ``answer`` message for ``action``."""
         self._finish(action)
         frames = action.frames
-        return messages.answer(
+        return messages.Answer(
             id=action.id,
             stream=action.stream,
             text=text,
@@ -396,17 +400,17 @@ class Scheduler:
             frame_times=[round(f.t, 3) for f in frames],
         )
 
-    def answer_failed(self, action: Answer, reason: str) -> messages.Message:
+    def answer_failed(self, action: Answer, reason: str) -> messages.Answer:
         """The model refused the question: the asker gets an ``answer`` with ``model_error``."""
         self._finish(action)
         ask = _Ask(action.id, action.stream, action.question, None)
         return self._error_answer(ask, ErrorCode.MODEL_ERROR, reason)
 
     @staticmethod
-    def _error_answer(ask: _Ask, code: ErrorCode, reason: str) -> messages.Message:
-        return messages.answer(id=ask.id, stream=ask.stream, text="", error=code, message=reason)
+    def _error_answer(ask: _Ask, code: ErrorCode, reason: str) -> messages.Answer:
+        return messages.Answer(id=ask.id, stream=ask.stream, text="", error=code, message=reason)
 
-    def _no_frames(self, ask: _Ask) -> messages.Message:
+    def _no_frames(self, ask: _Ask) -> messages.Answer:
         return self._error_answer(
             ask, ErrorCode.NO_FRAMES, f"stream {ask.stream} has no frames to look at yet"
         )

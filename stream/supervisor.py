@@ -17,10 +17,11 @@ import multiprocessing as mp
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .bus import Publisher, RunPaths
+from .messages import Processes
 from .process import child_entry, signal_handled
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ class _Child:
     restart_at: float | None = None
     finished: bool = False
     last_exit: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -183,6 +183,11 @@ class Supervisor:
             if child.finished and child.last_exit is not None and child.last_exit in child.spec.fatal_codes
         ]
 
+    def ended_roles(self) -> list[str]:
+        """Roles whose child finished by itself with exit code 0 (a file source that played to its
+        end), in start order. Only meaningful while running: :meth:`stop` finishes every child."""
+        return [role for role, child in self._children.items() if child.finished and child.last_exit == 0]
+
     def processes(self) -> dict[str, dict[str, Any]]:
         return {
             role: {
@@ -200,4 +205,4 @@ class Supervisor:
         if self._publisher is None or (not force and now - self._last_report < 1.0):
             return
         self._last_report = now
-        self._publisher.send({"type": "processes", "processes": self.processes(), "wall": time.time()})
+        self._publisher.send(Processes(processes=self.processes(), wall=time.time()))

@@ -34,6 +34,7 @@ from conftest import DATA_DIR, require_executable, require_real_part
 
 from stream import messages
 from stream.bus import AskReceiver, Publisher, RunPaths
+from stream.messages import BusMessage
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,26 @@ class GatewayProcess:
         """The URL a user opens: with ``?token=`` when auth is on."""
         return self.base_url + (f"?token={self.token}" if self.token else "")
 
+    def wait_for_replay(self, count: int, timeout: float = 10.0) -> None:
+        """Block until a subscriber would get at least ``count`` captions replayed: the gateway has
+        read and stored them."""
+        from websockets.sync.client import connect
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        deadline = time.monotonic() + timeout
+        with connect(f"ws://127.0.0.1:{self.port}/ws", additional_headers=headers) as ws:
+            while True:
+                ws.send(json.dumps({"type": "subscribe", "replay": messages.MAX_REPLAY}))
+                while (reply := json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic()))))[
+                    "type"
+                ] != "subscribed":
+                    pass  # the previous subscribe's replay and status
+                if reply["replayed"] >= count:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the gateway stored {reply['replayed']} of {count} captions")
+                time.sleep(0.05)
+
     @property
     def pid(self) -> int:
         assert self.process is not None and self.process.pid is not None
@@ -187,6 +208,7 @@ class GatewayProcess:
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
         from stream.gateway import gateway_main
+        from stream.gateway_options import GatewayOptions
 
         context = multiprocessing.get_context("spawn")
         deadline = time.monotonic() + timeout
@@ -201,12 +223,11 @@ class GatewayProcess:
                 daemon=True,
                 args=(self.endpoints, self.asks_endpoint),
                 kwargs={
-                    "host": "127.0.0.1",
-                    "port": self.port,
-                    "token": self.token,
+                    "options": GatewayOptions(
+                        host="127.0.0.1", port=self.port, token=self.token, **self.options
+                    ),
                     "ready_file": str(ready_file),
                     "stop_event": self._stop_event,
-                    **self.options,
                 },
             )
             self.process.start()
@@ -321,10 +342,10 @@ class ViewerFeed:
         self.period = period
         self.answer = answer or (lambda stream, question: f"On {stream}: an answer to {question!r}.")
         self.model = model
-        self.asks: list[dict[str, Any]] = []
-        self.published: list[dict[str, Any]] = []  # captions and partials, in order
+        self.asks: list[messages.AskRequest] = []
+        self.published: list[messages.Caption | messages.Partial] = []  # in order
         self.started_wall = time.time()
-        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, BusMessage]] = queue.Queue()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="viewer-feed", daemon=True)
@@ -363,7 +384,7 @@ class ViewerFeed:
     def stream_time(self) -> float:
         return time.time() - self.started_wall
 
-    def publish(self, role: str, message: dict[str, Any]) -> dict[str, Any]:
+    def publish(self, role: str, message: BusMessage) -> BusMessage:
         self._queue.put((role, message))
         return message
 
@@ -374,7 +395,7 @@ class ViewerFeed:
         *,
         partials: Sequence[str] = (),
         partial_delay: float = 0.0,
-    ) -> dict[str, Any]:
+    ) -> messages.Caption:
         """Publish the next caption of ``stream`` (after its ``partials``); returns the caption."""
         play = self.streams[stream]
         with self._lock:
@@ -384,10 +405,10 @@ class ViewerFeed:
         t_end = now - self.started_wall
         t_start = max(0.0, t_end - play.window)
         for chunk in partials:
-            self.publish("inference", messages.partial(stream=stream, seq=seq, text=chunk))
+            self.publish("inference", messages.Partial(stream=stream, seq=seq, text=chunk))
             if partial_delay:
                 time.sleep(partial_delay)
-        message = messages.caption(
+        message = messages.Caption(
             stream=stream,
             seq=seq,
             t_start=round(t_start, 3),
@@ -399,12 +420,15 @@ class ViewerFeed:
             model=self.model,
             latency_ms=850.0,
         )
-        return self.publish("inference", message)
+        self.publish("inference", message)
+        return message
 
-    def partial(self, stream: str, text: str) -> dict[str, Any]:
+    def partial(self, stream: str, text: str) -> messages.Partial:
         """Publish a partial of the stream's *next* caption (its seq is not consumed)."""
         play = self.streams[stream]
-        return self.publish("inference", messages.partial(stream=stream, seq=play.seq, text=text))
+        message = messages.Partial(stream=stream, seq=play.seq, text=text)
+        self.publish("inference", message)
+        return message
 
     def set_state(self, stream: str, state: str) -> None:
         with self._lock:
@@ -457,15 +481,15 @@ class ViewerFeed:
             except queue.Empty:
                 return
             publishers[role].send(message)
-            if message["type"] in ("caption", "partial"):
+            if isinstance(message, messages.Caption | messages.Partial):
                 self.published.append(message)
 
-    def _answer(self, publisher: Publisher, ask: dict[str, Any]) -> None:
+    def _answer(self, publisher: Publisher, ask: messages.AskRequest) -> None:
         # The inference process echoes the gateway's id; the gateway routes the answer to the asker.
-        text = self.answer(str(ask.get("stream")), str(ask.get("question")))
+        text = self.answer(ask.stream, ask.question)
         if text is None:  # plays an inference process that never answers
             return
-        publisher.send(messages.answer(id=ask["id"], stream=ask["stream"], text=text))
+        publisher.send(messages.Answer(id=ask.id, stream=ask.stream, text=text))
 
     def _report(self, publishers: dict[str, Publisher], thumb_index: int) -> None:
         wall = time.time()
@@ -479,9 +503,9 @@ class ViewerFeed:
             play = self.streams[name]
             play.frames = int(t * fps)
             publishers[f"capture:{name}"].send(
-                messages.capture_status(
+                messages.CaptureStatus(
                     stream=name,
-                    state=state,
+                    state=messages.StreamState(state),
                     frames=play.frames,
                     fps=fps if state == "live" else 0.0,
                     decode_errors=0,
@@ -503,12 +527,14 @@ class ViewerFeed:
             if thumbnails and state == "live":
                 jpeg = thumbnails[thumb_index % len(thumbnails)]
                 publishers["inference"].send(
-                    messages.thumbnail(
+                    messages.Thumbnail(
                         stream=name, t=round(t, 3), wall=wall, jpeg=base64.b64encode(jpeg).decode()
                     )
                 )
         publishers["inference"].send(
-            messages.inference_status(streams=inference, model=self.model, device="cpu", wall=wall)
+            messages.InferenceStatus(
+                streams=inference, model=self.model, device="cpu", state=messages.ModelState.READY, wall=wall
+            )
         )
 
 

@@ -92,15 +92,27 @@ class LiveRun:
         self.stdout: list[str] = []
         self.stderr: list[str] = []
         self.url: str | None = None
+        self._pumps: list[threading.Thread] = []
 
     def launch(self) -> LiveRun:
         """Start the process (in a session of its own: its group is what a terminal's Ctrl-C hits)."""
         self.proc = subprocess.Popen(
             self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(pipe, into), daemon=True)
+            for pipe, into in ((self.proc.stdout, self.stdout), (self.proc.stderr, self.stderr))
+        ]
+        for pump in self._pumps:
+            pump.start()
         return self
+
+    def wait_output(self, timeout: float = 10.0) -> None:
+        """Wait until every line the run (and its children) wrote has been read: the pipes close once
+        the last process holding them has exited."""
+        for pump in self._pumps:
+            pump.join(timeout)
+            assert not pump.is_alive(), f"output still open {timeout} s after the run ended:\n{self.log()}"
 
     def start(self, timeout: float = 90.0) -> LiveRun:
         self.launch()

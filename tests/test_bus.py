@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +16,16 @@ from stream.bus import (
     AskReceiver,
     AskSender,
     AsyncSubscriber,
+    Envelope,
+    LockedPublisher,
     Publisher,
     RunPaths,
     Subscriber,
-    decode,
     encode,
+    unpack,
 )
 from stream.errors import ProtocolError
+from stream.messages import AskRequest, CaptureStatus, Partial, Processes, StreamState
 
 
 @pytest.fixture
@@ -42,22 +46,47 @@ def test_run_paths_hold_the_run_id_and_are_removed(run: RunPaths) -> None:
     assert not other.run_dir.exists()
 
 
-def test_encode_and_decode_round_trip_and_refuse_bad_messages() -> None:
-    frames = encode({"type": "caption", "stream": "cam0", "text": "é"})
-    assert frames[0] == b"caption"
-    assert decode(frames) == {"type": "caption", "stream": "cam0", "text": "é"}
-    with pytest.raises(ProtocolError, match="type"):
-        encode({"stream": "cam0"})
+def _partial(seq: int, stream: str = "cam0") -> Partial:
+    return Partial(stream=stream, seq=seq, text=f"so far {seq}")
+
+
+def _report(stream: str) -> CaptureStatus:
+    return CaptureStatus(
+        stream=stream,
+        state=StreamState.LIVE,
+        frames=1,
+        fps=25.0,
+        decode_errors=0,
+        reconnects=0,
+        drops=0,
+        width=640,
+        height=360,
+        error=None,
+        wall=1.0,
+    )
+
+
+def test_a_message_travels_as_type_stream_and_its_json_once_encoded() -> None:
+    message = Partial(stream="cam0", seq=1, text="é")
+    frames = encode(message)
+    assert frames == [b"partial", b"cam0", message.to_json()]
+    envelope = unpack(frames)
+    assert envelope == Envelope("partial", "cam0", message.to_json())
+    assert envelope.decode() == message
+    assert encode(Processes(processes={}, wall=1.0))[1] == b""  # a message of no stream
+    assert unpack(encode(Processes(processes={}, wall=1.0))).stream is None
     with pytest.raises(ProtocolError, match="JSON"):
-        encode({"type": "status", "lag_s": math.nan})
+        encode(Partial(stream="cam0", seq=1, text=math.nan))  # type: ignore[arg-type]
     with pytest.raises(ProtocolError, match="frames"):
-        decode([b"caption"])
+        unpack([b"caption", b"{}"])
+    with pytest.raises(ProtocolError, match="UTF-8"):
+        unpack([b"\xff", b"", b"{}"])
     with pytest.raises(ProtocolError, match="not JSON"):
-        decode([b"caption", b"{nope"])
+        unpack([b"caption", b"cam0", b"{nope"]).decode()
     with pytest.raises(ProtocolError, match="not JSON"):
-        decode([b"caption", b"\xff"])
+        unpack([b"caption", b"cam0", b"\xff"]).decode()
     with pytest.raises(ProtocolError, match="object"):
-        decode([b"caption", b"[1]"])
+        unpack([b"caption", b"cam0", b"[1]"]).decode()
 
 
 def test_nothing_is_lost_after_wait_for_subscriber(run: RunPaths) -> None:
@@ -66,13 +95,37 @@ def test_nothing_is_lost_after_wait_for_subscriber(run: RunPaths) -> None:
     try:
         assert publisher.wait_for_subscriber(timeout=5.0)
         for seq in range(50):
-            publisher.send({"type": "caption", "stream": "cam0", "seq": seq})
+            publisher.send(_partial(seq))
         got = [subscriber.recv(timeout=5.0) for _ in range(50)]
-        assert [m["seq"] for m in got if m is not None] == list(range(50))
+        assert got == [_partial(seq) for seq in range(50)]
         assert subscriber.recv(timeout=0.05) is None
     finally:
         subscriber.close()
         publisher.close()
+
+
+def test_locked_publisher_is_shared_by_threads(run: RunPaths) -> None:
+    publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
+    subscriber = Subscriber([publisher.endpoint])
+    shared = LockedPublisher(publisher)
+    try:
+        assert publisher.wait_for_subscriber(timeout=5.0)
+
+        def send(stream: str) -> None:
+            for seq in range(200):
+                shared.send(_partial(seq, stream))
+
+        threads = [threading.Thread(target=send, args=(name,)) for name in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        got = [subscriber.recv(timeout=5.0) for _ in range(400)]
+        for name in ("a", "b"):  # every message whole, each thread's in its order
+            assert [m.seq for m in got if isinstance(m, Partial) and m.stream == name] == list(range(200))
+    finally:
+        shared.close()
+        subscriber.close()
 
 
 def test_wait_for_subscriber_times_out_without_one(run: RunPaths) -> None:
@@ -90,10 +143,10 @@ def test_subscriber_fans_in_from_several_publishers(run: RunPaths) -> None:
     subscriber.connect(a.endpoint)  # connecting twice is harmless
     try:
         assert a.wait_for_subscriber(5.0) and b.wait_for_subscriber(5.0)
-        a.send({"type": "capture_status", "stream": "a"})
-        b.send({"type": "capture_status", "stream": "b"})
-        got = {subscriber.recv(timeout=5.0)["stream"] for _ in range(2)}  # type: ignore[index]
-        assert got == {"a", "b"}
+        a.send(_report("a"))
+        b.send(_report("b"))
+        got = {subscriber.recv(timeout=5.0) for _ in range(2)}
+        assert got == {_report("a"), _report("b")}
         assert subscriber.endpoints == [a.endpoint, b.endpoint]
     finally:
         subscriber.close()
@@ -104,19 +157,19 @@ def test_subscriber_fans_in_from_several_publishers(run: RunPaths) -> None:
 def test_async_subscriber_reaches_a_publisher_bound_later(run: RunPaths) -> None:
     endpoint = run.publisher_endpoint("inference")
 
-    async def scenario() -> dict[str, object]:
+    async def scenario() -> Envelope:
         subscriber = AsyncSubscriber([])
         subscriber.connect(endpoint)  # nothing is bound there yet: zmq retries
         publisher = Publisher(endpoint)
         try:
             assert await asyncio.to_thread(publisher.wait_for_subscriber, 5.0)
-            publisher.send({"type": "caption", "stream": "cam0", "seq": 0})
+            publisher.send(_partial(0))
             return await asyncio.wait_for(subscriber.recv(), 5.0)
         finally:
             subscriber.close()
             publisher.close()
 
-    assert asyncio.run(scenario()) == {"type": "caption", "stream": "cam0", "seq": 0}
+    assert asyncio.run(scenario()) == Envelope("partial", "cam0", _partial(0).to_json())
 
 
 def test_async_subscriber_raises_protocol_error_for_a_bad_message(run: RunPaths) -> None:
@@ -130,7 +183,7 @@ def test_async_subscriber_raises_protocol_error_for_a_bad_message(run: RunPaths)
         try:
             assert await asyncio.to_thread(raw.poll, 5000)
             raw.recv()  # the subscription
-            raw.send_multipart([b"caption", b"not json"])
+            raw.send_multipart([b"caption", b"not three frames"])
             with pytest.raises(ProtocolError):
                 await asyncio.wait_for(subscriber.recv(), 5.0)
         finally:
@@ -143,7 +196,7 @@ def test_async_subscriber_raises_protocol_error_for_a_bad_message(run: RunPaths)
 def test_ask_sender_refuses_while_no_receiver_is_there(run: RunPaths) -> None:
     sender = AskSender(run.asks_endpoint)
     try:
-        assert sender.send({"type": "ask", "id": "g-1", "stream": "cam0", "question": "q"}) is False
+        assert sender.send(AskRequest(id="g-1", stream="cam0", question="q", wall=1.0)) is False
     finally:
         sender.close()
 
@@ -156,16 +209,18 @@ def test_asks_travel_and_malformed_ones_are_dropped(run: RunPaths) -> None:
     raw.connect(run.asks_endpoint)
     try:
         deadline = 50
-        while not sender.send({"type": "ask", "id": "g-1", "stream": "cam0", "question": "who?"}):
+        ask = AskRequest(id="g-1", stream="cam0", question="who?", wall=1.0, client=7)
+        while not sender.send(ask):
             deadline -= 1
             assert deadline > 0, "the sender never saw the receiver"
             receiver.poll(timeout=0.02)
-        raw.send_multipart([b"ask", b"{broken"])
+        raw.send_multipart([b"ask", b"cam0", b"{broken"])
+        raw.send_multipart(encode(_partial(0)))  # not an ask
         asks = receiver.poll(timeout=2.0)
         while len(asks) < 1:
             asks += receiver.poll(timeout=2.0)
-        assert asks[0] == {"type": "ask", "id": "g-1", "stream": "cam0", "question": "who?"}
-        assert receiver.poll(timeout=0.2) == []  # the broken one was logged and dropped
+        assert asks[0] == ask
+        assert receiver.poll(timeout=0.2) == []  # the broken ones were logged and dropped
     finally:
         raw.close()
         sender.close()

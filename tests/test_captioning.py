@@ -76,7 +76,8 @@ def settings(**overrides: object) -> CaptionSettings:
 
 
 def run(core: Scheduler, backend: Any) -> list[tuple[Action, Any]]:
-    """Run the core's actions on the backend until it has nothing to do (what the shells do)."""
+    """Run the core's actions on the backend until it has nothing to do (what the shells do); the
+    messages as the JSON clients receive."""
     done: list[tuple[Action, Any]] = []
     while (action := core.next_action()) is not None:
         result: Any = None
@@ -90,12 +91,12 @@ def run(core: Scheduler, backend: Any) -> list[tuple[Action, Any]]:
                 max_new_tokens=action.max_new_tokens,
                 decoding=action.decoding,
             )
-            result = core.captioned(action, text, model_ms=1.0, wall=time.time())
+            result = core.captioned(action, text, model_ms=1.0, wall=time.time()).to_dict()
         elif isinstance(action, Answer):
             text = backend.ask(list(action.embeddings), action.question, max_new_tokens=action.max_new_tokens)
-            result = core.answered(action, text)
+            result = core.answered(action, text).to_dict()
         elif isinstance(action, Reply):
-            result = action.message
+            result = action.message.to_dict()
         done.append((action, result))
     return done
 

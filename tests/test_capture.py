@@ -24,6 +24,7 @@ from realparts import free_port, load_tool, make_clip
 
 from stream.bus import RunPaths, Subscriber
 from stream.capture import EXIT_BAD_SOURCE, Capture, CaptureState, capture_main
+from stream.messages import BusMessage, CaptureStatus
 from stream.process import child_entry
 from stream.ring import SLOT_SPARE_BYTES, FrameRing, ring_name
 from stream.sources import RGB_OVERRUN_BYTES, PendingFrame, SourceOptions, SourceSpec, parse_source
@@ -60,17 +61,17 @@ def ring() -> Iterator[FrameRing]:
     assert not (SHM / ring.name).exists()
 
 
-class Statuses(list[dict[str, Any]]):
+class Statuses(list[CaptureStatus]):
     """on_status callback that keeps every message."""
 
-    def __call__(self, message: dict[str, Any]) -> None:
+    def __call__(self, message: CaptureStatus) -> None:
         self.append(message)
 
     def states(self) -> list[str]:
         out: list[str] = []
         for message in self:
-            if not out or out[-1] != message["state"]:
-                out.append(message["state"])
+            if not out or out[-1] != message.state:
+                out.append(message.state)
         return out
 
 
@@ -119,9 +120,9 @@ def test_file_into_ring_ends_cleanly(clip: Path, ring: FrameRing) -> None:
     cap, statuses = capture(clip, ring)
     assert statuses.states() == ["connecting", "live", "ended"]
     final = statuses[-1]
-    assert set(final) == STATUS_KEYS and final["type"] == "capture_status" and final["stream"] == "cam0"
-    assert (final["frames"], final["width"], final["height"], final["error"]) == (60, 320, 180, None)
-    assert final["decode_errors"] == 0 and final["reconnects"] == 0 and final["drops"] == 0
+    assert set(final.to_dict()) == STATUS_KEYS and final.TYPE == "capture_status" and final.stream == "cam0"
+    assert (final.frames, final.width, final.height, final.error) == (60, 320, 180, None)
+    assert final.decode_errors == 0 and final.reconnects == 0 and final.drops == 0
     assert ring.head_seq == 59 and ring.ended
     last = ring.latest()
     assert last is not None and msv.read_stamp(last.image) == 59
@@ -208,10 +209,10 @@ def test_stop_while_a_lossless_writer_waits_for_readers(clip: Path) -> None:
 def test_realtime_status_reports_measured_fps(clips: Path, ring: FrameRing) -> None:
     clip = make_clip(clips / "clip3s.mp4", size="320x180", fps=30, seconds=3.0)
     cap, statuses = capture(clip, ring, options=SourceOptions(realtime=True), status_interval=0.5)
-    live = [m for m in statuses if m["state"] == "live" and m["frames"] > 20]
+    live = [m for m in statuses if m.state == "live" and m.frames > 20]
     assert len(live) >= 3  # heartbeats while live
-    assert all(20 < m["fps"] < 40 for m in live[1:]), [m["fps"] for m in live]
-    assert statuses[-1]["fps"] == 0.0 and statuses[-1]["frames"] == 90
+    assert all(20 < m.fps < 40 for m in live[1:]), [m.fps for m in live]
+    assert statuses[-1].fps == 0.0 and statuses[-1].frames == 90
 
 
 def test_corrupt_file_counts_errors_and_reaches_the_end(clip: Path, ring: FrameRing, tmp_path: Path) -> None:
@@ -224,8 +225,8 @@ def test_corrupt_file_counts_errors_and_reaches_the_end(clip: Path, ring: FrameR
     bad.write_bytes(bytes(data))
     cap, statuses = capture(bad, ring)
     final = statuses[-1]
-    assert final["state"] == "ended" and final["error"] is None
-    assert final["decode_errors"] > 0 and 30 < final["frames"] < 60
+    assert final.state == "ended" and final.error is None
+    assert final.decode_errors > 0 and 30 < final.frames < 60
     last = ring.latest()  # its pixels may be concealment garbage (damaged references): check its time
     assert last is not None and last.pts == pytest.approx(59 / 30, abs=1e-3)
 
@@ -244,8 +245,8 @@ def test_unopenable_file_ends_at_once_with_the_reason(
     cap, statuses = capture(path, ring)
     assert time.monotonic() - started < 2.0
     assert statuses.states() == ["connecting", "ended"]
-    assert name in statuses[-1]["error"] and reason in statuses[-1]["error"]
-    assert statuses[-1]["reconnects"] == 0 and ring.ended and not cap.retryable
+    assert name in statuses[-1].error and reason in statuses[-1].error
+    assert statuses[-1].reconnects == 0 and ring.ended and not cap.retryable
 
 
 def test_network_source_retries_with_capped_exponential_backoff(
@@ -264,22 +265,22 @@ def test_network_source_retries_with_capped_exponential_backoff(
     # The outage is a warning once (seen at --log-level WARNING); its retries are INFO.
     losses = [r for r in caplog.records if "reconnecting in" in r.getMessage()]
     assert [r.levelno for r in losses] == [logging.WARNING] + [logging.INFO] * 4
-    connecting = [m["wall"] for m in statuses if m["state"] == "connecting"]
+    connecting = [m.wall for m in statuses if m.state == "connecting"]
     connecting = [t for i, t in enumerate(connecting) if i == 0 or t - connecting[i - 1] > 0.05]
     gaps = np.diff(connecting)
     assert len(gaps) == 5
     assert gaps == pytest.approx([0.1, 0.2, 0.4, 0.4, 0.4], abs=0.08)
     assert "lost" in statuses.states()
     final = statuses[-1]
-    assert final["state"] == "ended" and final["reconnects"] == 5
-    assert "gave up after 5 reconnects" in final["error"] and "Connection refused" in final["error"]
-    assert url in final["error"] and cap.retryable  # a later process may well connect
+    assert final.state == "ended" and final.reconnects == 5
+    assert "gave up after 5 reconnects" in final.error and "connection refused" in final.error
+    assert url in final.error and cap.retryable  # a later process may well connect
 
 
 def test_invalid_live_source_on_first_attempt_is_fatal(ring: FrameRing) -> None:
     cap, statuses = capture("/dev/video98", ring)
     assert statuses.states() == ["connecting", "ended"]
-    assert "/dev/video98" in statuses[-1]["error"] and statuses[-1]["reconnects"] == 0
+    assert "/dev/video98" in statuses[-1].error and statuses[-1].reconnects == 0
 
 
 class HangingSource:
@@ -348,7 +349,7 @@ def test_watchdog_abandons_a_hung_reader_and_reconnects(ring: FrameRing) -> None
         for source in sources:
             source.release.set()
     assert statuses.states()[:5] == ["connecting", "live", "lost", "connecting", "live"]
-    assert "no frame for" in statuses[2]["error"] and "stalled" in statuses[2]["error"]
+    assert "no frame for" in statuses[2].error and "stalled" in statuses[2].error
     frames = ring.since(-1)
     assert frames and all(f.image[0, 0, 0] == 2 for f in frames)  # the late frame of reader 1 never landed
     assert cap.stats.reconnects == 1
@@ -361,8 +362,8 @@ def test_stop_ends_a_real_time_file_promptly(clips: Path, ring: FrameRing) -> No
     started = time.monotonic()
     cap, statuses = capture(clip, ring, stop, options=SourceOptions(realtime=True))
     assert time.monotonic() - started < 2.0
-    assert 10 < statuses[-1]["frames"] < 60
-    assert statuses[-1]["state"] == "ended" and statuses[-1]["error"] is None
+    assert 10 < statuses[-1].frames < 60
+    assert statuses[-1].state == "ended" and statuses[-1].error is None
 
 
 def test_looped_file_keeps_stream_time_increasing(clips: Path, ring: FrameRing) -> None:
@@ -407,7 +408,7 @@ def run_capture_process(
     options: SourceOptions,
     stop_when_live: Subscriber | None = None,
     use_sigterm: bool = False,
-) -> tuple[int, float, list[dict[str, Any]]]:
+) -> tuple[int, float, list[BusMessage]]:
     """Run capture_main in a spawned process; with ``stop_when_live``, stop it (stop event or SIGTERM)
     once its status says live. Returns (exit code, seconds from the stop (or start) to exit, messages
     seen before the stop)."""
@@ -425,10 +426,10 @@ def run_capture_process(
     )
     started = time.monotonic()
     proc.start()
-    seen: list[dict[str, Any]] = []
+    seen: list[BusMessage] = []
     try:
         if stop_when_live is not None:
-            while not seen or seen[-1]["state"] != "live":
+            while not seen or seen[-1].state != "live":
                 message = stop_when_live.recv(30)
                 assert message is not None, f"no live status; got {seen}"
                 seen.append(message)
@@ -459,7 +460,7 @@ def bus(tmp_path: Path) -> Iterator[tuple[str, Subscriber]]:
         run.remove()
 
 
-def drain(subscriber: Subscriber, timeout: float = 1.0) -> list[dict[str, Any]]:
+def drain(subscriber: Subscriber, timeout: float = 1.0) -> list[BusMessage]:
     messages = []
     while (message := subscriber.recv(timeout)) is not None:
         messages.append(message)
@@ -471,9 +472,9 @@ def test_capture_process_file_end_exit_zero(clip: Path, ring: FrameRing, bus: tu
     code, _, _ = run_capture_process(str(clip), ring.name, endpoint, SourceOptions(realtime=True))
     messages = drain(subscriber)
     assert code == 0
-    states = [m["state"] for m in messages]
+    states = [m.state for m in messages]
     assert states[0] == "connecting" and states[-1] == "ended" and "live" in states
-    assert messages[-1]["frames"] == 60 and messages[-1]["error"] is None
+    assert messages[-1].frames == 60 and messages[-1].error is None
     assert ring.ended and ring.head_seq == 59
 
 
@@ -500,8 +501,8 @@ def test_last_status_arrives_through_the_production_child_entry(
         assert proc.exitcode == 0
         messages = drain(subscriber)
         assert messages, f"attempt {attempt}: no status at all"
-        assert messages[-1]["state"] == "ended", f"attempt {attempt}: {messages[-1]}"
-        assert messages[-1]["frames"] == frames and messages[-1]["error"] is None
+        assert messages[-1].state == "ended", f"attempt {attempt}: {messages[-1]}"
+        assert messages[-1].frames == frames and messages[-1].error is None
 
 
 def test_capture_process_sigterm_is_a_clean_stop(
@@ -519,8 +520,8 @@ def test_capture_process_sigterm_is_a_clean_stop(
     )
     assert code == 0 and took < 2.0
     messages = drain(subscriber)
-    assert messages[-1]["state"] == "ended" and messages[-1]["error"] is None
-    assert 0 < messages[-1]["frames"] < 240 and not ring.ended
+    assert messages[-1].state == "ended" and messages[-1].error is None
+    assert 0 < messages[-1].frames < 240 and not ring.ended
 
 
 def capture_main_in_thread(source: str, ring: str, endpoint: str, **kwargs: Any) -> int:
@@ -548,18 +549,18 @@ def test_capture_main_bad_source_exits_not_to_be_restarted(
     endpoint, subscriber = bus
     assert capture_main_in_thread(source, ring.name, endpoint) == EXIT_BAD_SOURCE == 78
     messages = drain(subscriber, 0.3)
-    assert messages[-1]["state"] == "ended"
-    assert source in messages[-1]["error"] and reason in messages[-1]["error"]
+    assert messages[-1].state == "ended"
+    assert source in messages[-1].error and reason in messages[-1].error
 
 
 def test_capture_main_giving_up_reconnecting_exits_one(ring: FrameRing, bus: tuple[str, Subscriber]) -> None:
     endpoint, subscriber = bus
     url = f"rtsp://127.0.0.1:{free_port()}/cam"
     assert capture_main_in_thread(url, ring.name, endpoint, backoff_initial=0.05, max_reconnects=1) == 1
-    assert "gave up after 1 reconnects" in drain(subscriber, 0.3)[-1]["error"]
+    assert "gave up after 1 reconnects" in drain(subscriber, 0.3)[-1].error
 
 
 def test_capture_main_without_a_ring_says_so(bus: tuple[str, Subscriber], clip: Path) -> None:
     endpoint, subscriber = bus
     assert capture_main_in_thread(str(clip), "vn-none-0000000000", endpoint) == EXIT_BAD_SOURCE
-    assert "no ring named vn-none-0000000000" in drain(subscriber, 0.3)[-1]["error"]
+    assert "no ring named vn-none-0000000000" in drain(subscriber, 0.3)[-1].error

@@ -1,36 +1,69 @@
-"""The strict config: defaults documented in config/default.toml, errors that name the key."""
+"""The strict config: packaged defaults documented in stream/defaults/default.toml, errors that name
+the file and the key, per-source settings, and the runtime option objects built from a checked config."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from stream.config import (
-    DEFAULT_CONFIG_FILE,
     Config,
+    SourceConfig,
     apply_overrides,
+    check,
     load_config,
     load_prompts,
+    packaged_text,
+    preset_typo,
+    prompt_preset_names,
     resolve_prompt,
 )
-from stream.errors import ConfigError
+from stream.errors import ConfigError, UnsupportedSource
+from stream.pipeline import (
+    NamedSource,
+    caption_settings,
+    configured_sources,
+    inference_options,
+    source_options,
+)
 
 
-def test_default_toml_documents_every_setting_with_its_default() -> None:
-    data = tomllib.loads(DEFAULT_CONFIG_FILE.read_text())
+def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -> None:
+    text = packaged_text("default.toml")
+    data = tomllib.loads(text)
     defaults = Config()
     for section in fields(defaults):
+        if section.name == "sources":
+            continue  # none by default: documented by the commented example below
         documented = data.get(section.name, {})
         values = getattr(defaults, section.name)
         for key in fields(values):
             assert key.name in documented, f"{section.name}.{key.name} missing from default.toml"
             assert documented[key.name] == getattr(values, key.name), f"{section.name}.{key.name}"
-    assert load_config(DEFAULT_CONFIG_FILE) == defaults
+    path = tmp_path / "default.toml"
+    path.write_text(text)
+    assert load_config(path) == defaults
 
 
-def test_user_file_changes_only_its_keys(tmp_path) -> None:
+def test_the_documented_source_example_loads_and_names_every_source_key(tmp_path: Path) -> None:
+    text = packaged_text("default.toml")
+    example = text[text.index("# [sources.door]") :]
+    path = tmp_path / "example.toml"
+    path.write_text(re.sub(r"(?m)^# ?", "", example))
+    door = load_config(path).sources["door"]
+    assert {f.name for f in fields(SourceConfig)} == {"url", "prompt", "window", "stride"}
+    assert door == SourceConfig(url="rtsp://cam-door/stream", prompt="cctv", window=30.0, stride=10.0)
+
+
+def test_every_default_passes_the_one_validator() -> None:
+    assert check(Config()) == Config()
+
+
+def test_user_file_changes_only_its_keys(tmp_path: Path) -> None:
     path = tmp_path / "my.toml"
     path.write_text('[sampler]\nwindow = 32\n[captions]\nprompt = "cctv"\n')
     config = load_config(path)
@@ -49,10 +82,23 @@ def test_user_file_changes_only_its_keys(tmp_path) -> None:
         ("[sampler]\nmax_frames = 100\n", "sampler.max_frames: 100 is out of range"),
         ("[gateway]\nport = 70000\n", "gateway.port: 70000 is out of range"),
         ('[captions]\ndecoding = "fast"\n', "captions.decoding: 'fast' is not one of"),
+        ('[model]\ndevice = "gpu"\n', "model.device: 'gpu' is not 'auto'"),
+        (
+            "[capture]\nbackoff_initial = 5\nbackoff_max = 2\n",
+            "capture.backoff_max: 2.0 is out of range [5.0",
+        ),
+        ('[captions]\nprompt = "  "\n', "captions.prompt: must not be empty"),
         ("[sampler]\nwindow = \n", "is not valid TOML"),
+        ('[sources.door]\nurl = "x.mp4"\ncolour = 1\n', "unknown key sources.door.colour"),
+        ("[sources.door]\nwindow = 0.0\n", "sources.door.window: 0.0 is out of range"),
+        ("[sources.door]\nstride = 7200\n", "sources.door.stride: 7200.0 is out of range"),
+        ('[sources.door]\nwindow = "long"\n', "sources.door.window: expected float"),
+        ('[sources."front door"]\nurl = "x.mp4"\n', "sources.front door: 'front door' is not a source name"),
+        ('[sources.2nd]\nurl = "x.mp4"\n', "'2nd' is not a source name (a letter, then"),
+        ("[sources]\ndoor = 1\n", "[sources.door] must be a table"),
     ],
 )
-def test_bad_file_names_the_file_and_key(tmp_path, text: str, needle: str) -> None:
+def test_bad_file_names_the_file_and_key(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
@@ -61,7 +107,30 @@ def test_bad_file_names_the_file_and_key(tmp_path, text: str, needle: str) -> No
     assert str(path) in str(info.value)
 
 
-def test_missing_file_is_named(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("typed", "suggestion"), [("ctv", "cctv"), ("Narration", "narration"), ("scren", "screen")]
+)
+def test_a_one_word_prompt_that_is_no_preset_is_a_likely_typo_named_with_the_nearest_preset(
+    typed: str, suggestion: str
+) -> None:
+    problem = preset_typo(typed)
+    assert problem is not None and problem.startswith(f"{typed!r} is not a preset")
+    assert f"Did you mean {suggestion!r}?" in problem
+    # Still a valid setting: the user may mean that one word as the prompt.
+    assert apply_overrides(Config(), {"captions.prompt": typed}).captions.prompt == typed
+
+
+@pytest.mark.parametrize("prompt", ["cctv", "narration", "Describe who enters the shop and when."])
+def test_presets_and_real_prompt_text_are_no_typos(prompt: str) -> None:
+    assert preset_typo(prompt) is None
+
+
+def test_context_is_the_template_not_a_prompt() -> None:
+    problem = preset_typo("context")
+    assert problem is not None and "'context' is not a preset" in problem
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nope.toml does not exist"):
         load_config(tmp_path / "nope.toml")
 
@@ -75,12 +144,97 @@ def test_overrides_parse_values_and_reject_unknown_keys() -> None:
         apply_overrides(Config(), ["model.nme=tiny"])
     with pytest.raises(ConfigError, match="not of the form section.key=value"):
         apply_overrides(Config(), ["model.name"])
+    with pytest.raises(ConfigError, match="'sources.door' is not of the form sources.NAME.key"):
+        apply_overrides(Config(), ["sources.door=rtsp://cam"])
 
 
 def test_prompt_presets_exist_and_resolve() -> None:
     presets = load_prompts()
     for name in ("narration", "cctv", "screen", "context"):
         assert presets[name].strip()
+    assert prompt_preset_names() == ["narration", "cctv", "screen"]
     assert "{duration}" in presets["narration"]
     assert resolve_prompt("cctv", presets) == presets["cctv"]
     assert resolve_prompt("Count the cars.", presets) == "Count the cars."
+
+
+CAMS = """
+[captions]
+prompt = "narration"
+
+[sources.door]
+url = "rtsp://cam-door/stream"
+prompt = "cctv"
+window = 30
+stride = 10
+
+[sources.desk]
+url = "screen"
+prompt = "screen"
+
+[sources.yard]
+url = "rtsp://cam-yard/stream"
+"""
+
+
+def test_per_source_settings_layer_over_the_global_ones(tmp_path: Path) -> None:
+    path = tmp_path / "cams.toml"
+    path.write_text(CAMS)
+    config = apply_overrides(
+        load_config(path),
+        ["sources.yard.stride=2", "sources.door.url=rtsp://cam-door/other?channel=1", "sampler.window=20"],
+        "--set",
+    )
+    assert configured_sources(config) == [
+        NamedSource("door", "rtsp://cam-door/other?channel=1"),  # --set's url replaced the file's
+        NamedSource("desk", "screen"),
+        NamedSource("yard", "rtsp://cam-yard/stream"),
+    ]
+    presets = load_prompts()
+    door = caption_settings(config, stream="door")
+    assert (door.prompt, door.window, door.stride) == (presets["cctv"], 30.0, 10.0)
+    yard = caption_settings(config, stream="yard")
+    assert (yard.prompt, yard.window, yard.stride) == (presets["narration"], 20.0, 2.0)
+    assert caption_settings(config) == caption_settings(config, stream="nobody")
+
+    options = inference_options(
+        config,
+        run_id="r1",
+        run_dir="/run/r1",
+        streams={"door": "vn-r1-door", "desk": "vn-r1-desk", "cam3": "x"},
+    )
+    assert options.captions == caption_settings(config)
+    assert options.stream_captions == {
+        "door": caption_settings(config, stream="door"),
+        "desk": caption_settings(config, stream="desk"),
+    }  # yard is not a stream of this run; cam3 has nothing of its own
+    assert options.model == config.model.name and options.max_inp_length == config.model.max_inp_length
+
+
+def test_offline_settings_ignore_sources(tmp_path: Path) -> None:
+    path = tmp_path / "cams.toml"
+    path.write_text(CAMS)
+    settings = caption_settings(load_config(path), offline=True)
+    assert (settings.window, settings.stride, settings.max_slice_nums) == (16.0, 8.0, 2)
+    assert settings.skip_stale is False
+
+
+def test_a_source_needs_a_url_from_the_file_or_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "cams.toml"
+    path.write_text('[sources.door]\nprompt = "cctv"\n')
+    config = load_config(path)
+    with pytest.raises(ConfigError, match=r"sources.door: no url \(.*--source door=SRC\)"):
+        configured_sources(config)
+    named = apply_overrides(config, {"sources.door.url": "rtsp://cam-door/stream"})
+    assert configured_sources(named) == [NamedSource("door", "rtsp://cam-door/stream")]
+    with pytest.raises(ConfigError, match="no source: pass --source SRC"):
+        configured_sources(Config())
+    with pytest.raises(UnsupportedSource, match="unsupported scheme gopher://"):
+        configured_sources(apply_overrides(Config(), {"sources.door.url": "gopher://cam/1"}))
+
+
+def test_source_options_come_from_the_capture_section() -> None:
+    config = apply_overrides(Config(), ["capture.max_side=640", "capture.loop_files=true"])
+    options = source_options(config, realtime=False)
+    assert (options.max_side, options.loop, options.realtime) == (640, True, False)
+    assert options.fps_hint == config.capture.screen_fps

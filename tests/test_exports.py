@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 
 from stream.errors import ConfigError
-from stream.exports import open_writer, timestamp
+from stream.exports import check_outputs, open_writer, timestamp
 
 
 def caption(seq: int, t_start: float, t_end: float, text: str) -> dict:
@@ -52,3 +54,52 @@ def test_overlapping_windows_become_consecutive_cues(tmp_path: Path) -> None:
 def test_unknown_format_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown caption format '.txt'"):
         open_writer(tmp_path / "c.txt")
+
+
+def test_outputs_that_cannot_be_written_are_refused_naming_the_path_and_the_reason(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"video")
+    (tmp_path / "out.vtt").mkdir()
+    (tmp_path / "same.vtt").write_text("made by an earlier run")
+    cases = {
+        clip / "sub.vtt": f"{clip} is a file, not a folder",
+        clip / "deeper" / "sub.vtt": f"{clip} is a file, not a folder",
+        tmp_path / "out.vtt": "is a folder, not a file",
+        tmp_path / "c.txt": "unknown caption format '.txt'",
+    }
+    for out, reason in cases.items():
+        with pytest.raises(ConfigError) as refused:
+            check_outputs([tmp_path / "fine.vtt", out], source=clip)
+        assert str(refused.value).startswith(f"--out {out}: {reason}"), refused.value
+    with pytest.raises(ConfigError, match="same.vtt: given twice"):
+        check_outputs([tmp_path / "same.vtt", tmp_path / "sub" / ".." / "same.vtt"])
+    with pytest.raises(ConfigError, match="same.vtt: that is the input file"):
+        check_outputs([tmp_path / "same.vtt"], source=tmp_path / "same.vtt")
+    link = tmp_path / "link.vtt"
+    link.symlink_to(tmp_path / "same.vtt")
+    with pytest.raises(ConfigError, match="link.vtt: that is the input file"):
+        check_outputs([link], source=tmp_path / "same.vtt")
+    assert (tmp_path / "same.vtt").read_text() == "made by an earlier run", "nothing is touched"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "link.vtt", "out.vtt", "same.vtt"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_a_folder_where_nothing_can_be_created_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^--out /proc/nope/x.vtt: nothing can be created in /proc \("):
+        check_outputs([Path("/proc/nope/x.vtt")])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in any folder")
+def test_a_folder_without_write_permission_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(ConfigError, match=r"nothing can be created in .*locked \(permission denied\)"):
+            check_outputs([locked / "new" / "c.vtt"])
+    finally:
+        locked.chmod(0o700)
+
+
+def test_missing_folders_are_fine_and_not_made_by_the_check(tmp_path: Path) -> None:
+    check_outputs([tmp_path / "new" / "deeper" / "c.vtt", tmp_path / "c.srt"], source=tmp_path / "clip.mp4")
+    assert list(tmp_path.iterdir()) == []

@@ -8,7 +8,7 @@ import pytest
 
 from stream import messages
 from stream.fanout import ClientQueue, PendingAsks, ReplayStore, StatusBoard
-from stream.messages import Ask, ErrorCode, MessageError, Subscribe
+from stream.messages import Ask, ErrorCode, MessageError, StreamState, Subscribe
 
 
 def test_client_queue_drops_oldest_and_reports_the_gap() -> None:
@@ -53,8 +53,8 @@ def test_client_queue_rejects_zero_capacity() -> None:
         ClientQueue(0)
 
 
-def _caption(stream: str, seq: int) -> dict[str, object]:
-    return messages.caption(
+def _caption(stream: str, seq: int) -> bytes:
+    return messages.Caption(
         stream=stream,
         seq=seq,
         t_start=seq,
@@ -65,32 +65,35 @@ def _caption(stream: str, seq: int) -> dict[str, object]:
         text=f"{stream} {seq}",
         model="tiny",
         latency_ms=1.0,
-    )
+    ).to_json()
 
 
-def test_replay_store_keeps_the_last_n_per_stream_in_time_order() -> None:
+def test_replay_store_keeps_the_last_n_per_stream_in_arrival_order() -> None:
     store = ReplayStore(3, max_streams=2)
     for seq in range(5):
-        store.add(_caption("a", seq))
-        store.add(_caption("b", seq))
-    picked = store.recent(Subscribe(), 2)
+        store.add("a", _caption("a", seq))
+        store.add("b", _caption("b", seq))
+    picked = [json.loads(body) for body in store.recent(Subscribe(), 2)]
     assert [(m["stream"], m["seq"]) for m in picked] == [("a", 3), ("b", 3), ("a", 4), ("b", 4)]
-    assert [m["seq"] for m in store.recent(Subscribe(streams=frozenset({"a"})), 10)] == [2, 3, 4]
+    assert all(m["replayed"] is True for m in picked)
+    only_a = store.recent(Subscribe(streams=frozenset({"a"})), 10)
+    assert [json.loads(body)["seq"] for body in only_a] == [2, 3, 4]
+    assert only_a[-1] == messages.mark_replayed(_caption("a", 4))
     assert store.recent(Subscribe(), 0) == []
-    store.add(_caption("c", 0))  # a third stream evicts the least recently heard one
+    store.add("c", _caption("c", 0))  # a third stream evicts the least recently heard one
     assert sorted(store.streams()) == ["b", "c"]
 
 
 def test_replay_store_with_zero_capacity_stores_nothing() -> None:
     store = ReplayStore(0)
-    store.add(_caption("a", 0))
+    store.add("a", _caption("a", 0))
     assert store.recent(Subscribe(), 5) == [] and store.streams() == []
 
 
-def _capture(stream: str, state: str, frames: int = 10, error: str | None = None) -> dict[str, object]:
-    return messages.capture_status(
+def _capture(stream: str, state: str, frames: int = 10, error: str | None = None) -> messages.CaptureStatus:
+    return messages.CaptureStatus(
         stream=stream,
-        state=state,
+        state=StreamState(state),
         frames=frames,
         fps=25.0,
         decode_errors=1,
@@ -110,7 +113,7 @@ def test_status_board_merges_capture_inference_and_processes() -> None:
     assert board.update(_capture("cam0", "live", frames=45), now=12.0) is False  # figures only
     assert (
         board.update(
-            messages.inference_status(
+            messages.InferenceStatus(
                 streams={
                     "cam0": {
                         "lag_s": 0.4,
@@ -123,6 +126,7 @@ def test_status_board_merges_capture_inference_and_processes() -> None:
                 },
                 model="tiny",
                 device="cpu",
+                state=messages.ModelState.READY,
                 wall=1.0,
             ),
             now=12.0,
@@ -131,7 +135,7 @@ def test_status_board_merges_capture_inference_and_processes() -> None:
     )
     assert (
         board.update(
-            messages.processes(
+            messages.Processes(
                 processes={
                     "capture:cam0": {"pid": 11, "restarts": 0, "alive": True},
                     "inference": {"pid": 12, "restarts": 1, "alive": True},
@@ -142,8 +146,9 @@ def test_status_board_merges_capture_inference_and_processes() -> None:
         )
         is True
     )
-    snap = board.snapshot(now=12.5, wall=99.0)
-    assert snap["type"] == "status" and snap["wall"] == 99.0
+    status = board.snapshot(now=12.5, wall=99.0, clients=3)
+    snap = json.loads(status.to_json())
+    assert snap["type"] == "status" and snap["wall"] == 99.0 and snap["clients"] == 3
     assert snap["model"] == "tiny" and snap["device"] == "cpu"
     cam = snap["streams"]["cam0"]
     assert cam["state"] == "live" and cam["frames"] == 45 and cam["fps"] == 25.0
@@ -158,7 +163,7 @@ def test_status_board_shows_a_dead_capture_as_lost() -> None:
     board.update(_capture("cam0", "live"), now=0.0)
     board.update(_capture("file", "ended"), now=0.0)
     changed = board.update(
-        messages.processes(
+        messages.Processes(
             processes={
                 "capture:cam0": {"pid": 11, "restarts": 0, "alive": False},
                 "capture:file": {"pid": 12, "restarts": 0, "alive": False},
@@ -168,10 +173,10 @@ def test_status_board_shows_a_dead_capture_as_lost() -> None:
         now=1.0,
     )
     assert changed
-    snap = board.snapshot(now=1.0, wall=1.0)
-    assert snap["streams"]["cam0"]["state"] == "lost"
-    assert "not running" in snap["streams"]["cam0"]["error"]
-    assert snap["streams"]["file"]["state"] == "ended"
+    streams = board.snapshot(now=1.0, wall=1.0).streams
+    assert streams["cam0"]["state"] == "lost"
+    assert "not running" in streams["cam0"]["error"]
+    assert streams["file"]["state"] == "ended"
 
 
 def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> None:
@@ -180,7 +185,7 @@ def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> No
     board.update(_capture("clip", "live"), now=0.0)
     board.update(_capture("cam1", "live"), now=0.0)
     board.update(
-        messages.processes(
+        messages.Processes(
             processes={
                 "capture:clip": {"pid": 11, "restarts": 0, "alive": False, "finished": True, "exit_code": 0},
                 "capture:cam1": {"pid": 12, "restarts": 0, "alive": False, "finished": True, "exit_code": 78},
@@ -189,32 +194,40 @@ def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> No
         ),
         now=1.0,
     )
-    snap = board.snapshot(now=1.0, wall=1.0)
-    assert snap["streams"]["clip"]["state"] == "ended" and snap["streams"]["clip"]["error"] is None
-    assert snap["streams"]["cam1"]["state"] == "lost"
+    streams = board.snapshot(now=1.0, wall=1.0).streams
+    assert streams["clip"]["state"] == "ended" and streams["clip"]["error"] is None
+    assert streams["cam1"]["state"] == "lost"
 
 
 def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> None:
     board = StatusBoard()
     board.update(
-        messages.inference_status(streams={"cam9": {"lag_s": 0.0}}, model="m", device="d", wall=1.0), now=0.0
+        messages.InferenceStatus(
+            streams={"cam9": {"lag_s": 0.0}}, model="m", device="d", state=messages.ModelState.READY, wall=1.0
+        ),
+        now=0.0,
     )
-    assert board.snapshot(now=0.0, wall=0.0)["streams"]["cam9"]["state"] == "connecting"
+    assert board.snapshot(now=0.0, wall=0.0).streams["cam9"]["state"] == "connecting"
 
 
 @pytest.mark.parametrize(
     "report",
     [
         {"type": "capture_status", "state": "live"},
-        {"type": "capture_status", "stream": "cam0", "state": "dancing"},
-        {"type": "inference_status", "streams": []},
-        {"type": "processes", "processes": "none"},
-        {"type": "caption"},
+        {**_capture("cam0", "live").to_dict(), "state": "dancing"},
+        {"type": "inference_status", "streams": [], "model": "m", "device": "d", "state": "ready", "wall": 1},
+        {"type": "processes", "processes": "none", "wall": 1.0},
+        {"type": "processes", "processes": {"inference": 12}, "wall": 1.0},
     ],
 )
-def test_status_board_rejects_malformed_reports(report: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        StatusBoard().update(report, now=0.0)
+def test_malformed_reports_never_reach_the_status_board(report: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # a ProtocolError from decoding, before the board sees it
+        messages.decode(str(report["type"]), json.dumps(report).encode())
+
+
+def test_status_board_rejects_a_capture_report_without_a_stream_name() -> None:
+    with pytest.raises(ValueError, match="'stream'"):
+        StatusBoard().update(_capture("", "live"), now=0.0)
 
 
 def test_status_board_caps_the_number_of_streams() -> None:

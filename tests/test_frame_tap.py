@@ -14,18 +14,19 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
-from stream.bus import AskReceiver, AskSender, Publisher, RunPaths, Subscriber
+from stream.bus import AskReceiver, AskSender, LockedPublisher, Publisher, RunPaths, Subscriber
 from stream.captioning import CaptionSettings
-from stream.inference import Bus, FrameTap, InferenceOptions, ModelLoop, SharedScheduler
-from stream.messages import ask_request
+from stream.inference import DRAINED_FILE, FrameTap, InferenceOptions, ModelLoop, SharedScheduler
+from stream.messages import Answer, AskRequest, BusMessage, Caption, InferenceStatus, Thumbnail
 from stream.ring import FrameRing, ring_name
 from stream.scheduler import Scheduler
 
+M = TypeVar("M", bound=BusMessage)
 DEADLINE_S = 30.0
 SETTINGS = CaptionSettings(prompt="Describe.", window=4.0, stride=2.0, skip_stale=False, max_new_tokens=8)
 
@@ -89,7 +90,7 @@ def test_the_tap_offers_ring_frames_and_ends_the_stream_with_the_ring(
     publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
     options = InferenceOptions(run_id=run.run_id, run_dir=str(run.run_dir), streams={"cam": ring.name})
     wake, stop = threading.Event(), threading.Event()
-    tap = FrameTap(shared, {"cam": ring.name}, Bus(publisher), options, wake, stop)
+    tap = FrameTap(shared, {"cam": ring.name}, LockedPublisher(publisher), options, wake, stop)
     write(ring, range(12))  # 6 s at 2 fps
     tap.start()
     try:
@@ -133,43 +134,46 @@ def test_the_model_loop_captions_answers_and_flushes_the_tail(ring: FrameRing, t
     )
     backend = TagBackend()
     stop = threading.Event()
-    loop = ModelLoop(options, backend, Bus(publisher), asks, stop, {"model": "tags", "device": "cpu"})
+    loop = ModelLoop(
+        options, backend, LockedPublisher(publisher), asks, stop, {"model": "tags", "device": "cpu"}
+    )
     write(ring, range(12))  # 0 .. 5.5 s at 2 fps
     ring.mark_ended()
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(loop.run()), name="model-loop")
     thread.start()
-    seen: list[dict[str, Any]] = []
+    seen: list[BusMessage] = []
 
-    def receive(kind: str) -> dict[str, Any]:
+    def receive(kind: type[M]) -> M:
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             message = subscriber.recv(1.0)
             if message is not None:
                 seen.append(message)
-                if message["type"] == kind:
+                if isinstance(message, kind):
                     return message
-        raise AssertionError(f"no {kind} message; saw {[m['type'] for m in seen]}")
+        raise AssertionError(f"no {kind.TYPE} message; saw {[m.TYPE for m in seen]}")
 
     try:
-        captions = [receive("caption") for _ in range(3)]
-        assert [(c["seq"], c["t_start"], c["t_end"], c["frame_times"]) for c in captions] == [
+        captions = [receive(Caption) for _ in range(3)]
+        assert [(c.seq, c.t_start, c.t_end, c.frame_times) for c in captions] == [
             (0, 0.0, 2.0, [0.0, 1.0, 2.0]),
             (1, 0.0, 4.0, [1.0, 2.0, 3.0, 4.0]),
             (2, 2.0, 5.5, [3.0, 4.0, 5.0]),  # the tail, flushed when the ring ended
         ]
-        assert captions[1]["text"] == "Describe. saw 20,40,60,80" and captions[1]["model"] == "tags"
+        assert captions[1].text == "Describe. saw 20,40,60,80" and captions[1].model == "tags"
         assert backend.encoded == [0, 20, 40, 60, 80, 100], "every sampled frame encoded once"
-        assert sender.send(ask_request(id="a1", stream="cam", question="What?", wall=time.time()))
-        answer = receive("answer")
-        assert answer["id"] == "a1" and answer["frame_times"] == [2.0, 3.0, 4.0, 5.0]
-        assert answer["text"] == "What? saw 40,60,80,100"
-        assert sender.send(ask_request(id="a2", stream="nope", question="What?", wall=time.time()))
-        assert receive("answer")["error"] == "unknown_stream"
-        status = receive("inference_status")
-        assert status["state"] == "ready" and status["streams"]["cam"]["encodes_per_frame"] == 1.0
-        thumbnail = next(m for m in seen if m["type"] == "thumbnail")
-        assert (thumbnail["t"], thumbnail["width"], thumbnail["height"]) == (0.0, 64, 48)
+        assert sender.send(AskRequest(id="a1", stream="cam", question="What?", wall=time.time()))
+        answer = receive(Answer)
+        assert answer.id == "a1" and answer.frame_times == [2.0, 3.0, 4.0, 5.0]
+        assert answer.text == "What? saw 40,60,80,100" and answer.error is None
+        assert sender.send(AskRequest(id="a2", stream="nope", question="What?", wall=time.time()))
+        assert receive(Answer).error == "unknown_stream"
+        status = receive(InferenceStatus)
+        assert status.state == "ready" and status.streams["cam"]["encodes_per_frame"] == 1.0
+        assert (run.run_dir / DRAINED_FILE).exists()  # every source ended and its last window is out
+        thumbnail = next(m for m in seen if isinstance(m, Thumbnail))
+        assert (thumbnail.t, thumbnail.width, thumbnail.height) == (0.0, 64, 48)
     finally:
         stop.set()
         thread.join(10)

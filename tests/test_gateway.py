@@ -28,8 +28,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stream import messages
 from stream.bus import AskReceiver, Publisher, RunPaths
-from stream.gateway import DEFAULT_WEB_DIR, Gateway, gateway_main
+from stream.gateway import Gateway, gateway_main
+from stream.gateway_options import GatewayOptions
 from stream.messages import CloseCode
+from stream.process import ExitCode
+from stream.routes import DEFAULT_WEB_DIR
 
 Json = dict[str, Any]
 
@@ -43,8 +46,8 @@ def run() -> Iterator[RunPaths]:
     paths.remove()
 
 
-def caption(stream: str, seq: int, text: str | None = None, **extra: Any) -> Json:
-    return messages.caption(
+def caption(stream: str, seq: int, text: str | None = None) -> messages.Caption:
+    return messages.Caption(
         stream=stream,
         seq=seq,
         t_start=4.0 * seq,
@@ -55,8 +58,12 @@ def caption(stream: str, seq: int, text: str | None = None, **extra: Any) -> Jso
         text=text if text is not None else f"{stream} caption {seq}",
         model="tiny",
         latency_ms=5.0,
-        **extra,
     )
+
+
+def wire(message: messages.ServerMessage) -> Json:
+    """What a client receives for ``message``."""
+    return json.loads(message.to_json())
 
 
 @contextlib.asynccontextmanager
@@ -64,7 +71,9 @@ async def gateway_on_bus(run: RunPaths, **options: Any) -> AsyncIterator[tuple[G
     """A started in-process gateway reading a real publisher (slow-joiner guard passed)."""
     publisher = Publisher(run.publisher_endpoint("inference"))
     gateway = Gateway(
-        [publisher.endpoint], options.pop("asks_endpoint", run.asks_endpoint), port=0, **options
+        [publisher.endpoint],
+        options.pop("asks_endpoint", run.asks_endpoint),
+        GatewayOptions(port=0, **options),
     )
     await gateway.start()
     try:
@@ -137,17 +146,26 @@ def test_captions_reach_every_subscriber_by_stream_filter(run: RunPaths) -> None
             for seq in range(5):
                 publisher.send(caption("cam0", seq))
                 publisher.send(caption("cam1", seq))
-                publisher.send(messages.partial(stream="cam1", seq=seq + 1, text="so far"))
+                publisher.send(messages.Partial(stream="cam1", seq=seq + 1, text="so far"))
             publisher.send(
-                messages.event(
-                    stream="cam0", seq=0, t_start=0.0, t_end=4.0, rule="fence", text="someone climbs"
+                messages.Event(
+                    stream="cam0",
+                    rule="fence",
+                    event_id="fence-1",
+                    state=messages.EventState.START,
+                    t_start=0.0,
+                    t_end=4.0,
+                    wall_start=1000.0,
+                    wall_end=1004.0,
+                    score=0.75,
+                    text="someone climbs",
                 )
             )
             got_all = [await recv(everything) for _ in range(16)]
             got_cam0 = [await recv(cam0) for _ in range(6)]
             got_cam1 = [await recv(cam1) for _ in range(10)]
             assert [(m["type"], m["stream"]) for m in got_all].count(("caption", "cam0")) == 5
-            assert got_cam0 == [caption("cam0", s) for s in range(5)] + [got_all[-1]]
+            assert got_cam0 == [wire(caption("cam0", s)) for s in range(5)] + [got_all[-1]]
             assert got_all[-1]["type"] == "event" and got_all[-1]["rule"] == "fence"
             assert [m["type"] for m in got_cam1] == ["caption", "partial"] * 5
             assert all(m["stream"] == "cam1" for m in got_cam1)
@@ -188,13 +206,13 @@ def test_subscribe_replays_the_last_captions_then_goes_live(run: RunPaths) -> No
             assert (await recv(ws, skip=()))["type"] == "status"  # right after the replay
             publisher.send(caption("cam0", 5))
             live = await recv(ws)
-            assert live == caption("cam0", 5) and "replayed" not in live
+            assert live == wire(caption("cam0", 5)) and "replayed" not in live
             # Subscribing again replaces the filter; replay 0 sends none.
             await ws.send(json.dumps({"type": "subscribe", "streams": ["cam1"]}))
             assert (await recv(ws))["replayed"] == 0
             publisher.send(caption("cam0", 6))
             publisher.send(caption("cam1", 1))
-            assert await recv(ws) == caption("cam1", 1)
+            assert await recv(ws) == wire(caption("cam1", 1))
             await ws.close()
 
     asyncio.run(scenario())
@@ -207,13 +225,13 @@ def test_thumbnails_go_only_to_clients_that_asked_for_them(run: RunPaths) -> Non
             no_thumbs = await subscribed_client(gateway, streams="*")
             wants_cam1 = await subscribed_client(gateway, streams=["cam1"], thumbnails=True)
             jpeg = base64.b64encode(b"\xff\xd8fake jpeg\xff\xd9").decode()
-            publisher.send(messages.thumbnail(stream="cam0", t=3.0, wall=1003.0, jpeg=jpeg))
+            publisher.send(messages.Thumbnail(stream="cam0", t=3.0, wall=1003.0, jpeg=jpeg))
             publisher.send(caption("cam0", 0))  # a sentinel: per-client order is kept
             publisher.send(caption("cam1", 0))
             assert (await recv(wants_cam0))["jpeg"] == jpeg
             assert (await recv(wants_cam0))["type"] == "caption"
             assert [(await recv(no_thumbs))["type"] for _ in range(2)] == ["caption", "caption"]
-            assert (await recv(wants_cam1)) == caption("cam1", 0)
+            assert (await recv(wants_cam1)) == wire(caption("cam1", 0))
             # A later subscriber that wants thumbnails gets the latest one at once.
             late = await connect(f"ws://127.0.0.1:{gateway.port}/ws")
             await late.send(json.dumps({"type": "subscribe", "thumbnails": True}))
@@ -237,7 +255,7 @@ class InferenceSide(threading.Thread):
         self.endpoint = run.publisher_endpoint("inference-side")
         self.asks_endpoint = run.asks_endpoint
         self.answer = answer
-        self.received: list[Json] = []
+        self.received: list[messages.AskRequest] = []
         self.ready = threading.Event()
         self.stop = threading.Event()
         self.error: BaseException | None = None
@@ -253,20 +271,20 @@ class InferenceSide(threading.Thread):
                     self.received.append(ask)
                     if not self.answer:
                         continue
-                    if ask["question"] == "fail":
+                    if ask.question == "fail":
                         publisher.send(
-                            messages.answer(
-                                id=ask["id"],
-                                stream=ask["stream"],
+                            messages.Answer(
+                                id=ask.id,
+                                stream=ask.stream,
                                 text="",
-                                error="model_error",
+                                error=messages.ErrorCode.MODEL_ERROR,
                                 message="the model ran out of memory",
                             )
                         )
                     else:
                         publisher.send(
-                            messages.answer(
-                                id=ask["id"], stream=ask["stream"], text=f"{ask['stream']}: {ask['question']}"
+                            messages.Answer(
+                                id=ask.id, stream=ask.stream, text=f"{ask.stream}: {ask.question}"
                             )
                         )
         except BaseException as exc:  # surfaced by the test after join
@@ -317,8 +335,8 @@ def test_answers_reach_only_their_asker_even_with_the_same_id(run: RunPaths) -> 
                 await ws.send(json.dumps({"type": "ping", "id": "end"}))
                 assert (await recv(ws))["type"] == "pong"
             # The inference side saw the gateway's ids, not the clients'.
-            assert len({m["id"] for m in side.received}) == len(side.received)
-            assert all(isinstance(m["id"], str) and m["id"] != "1" for m in side.received)
+            assert len({m.id for m in side.received}) == len(side.received)
+            assert all(m.id != "1" for m in side.received)
             unknown = await ask(alice, 2, "nowhere", "?")
             assert unknown["type"] == "error" and unknown["error"] == "unknown_stream" and unknown["id"] == 2
             for ws in (alice, bob, onlooker):
@@ -348,7 +366,7 @@ def test_ask_errors_when_the_inference_side_is_down_or_silent(run: RunPaths) -> 
                 reply = await ask(ws, "q2", "cam0", "anyone?")
                 assert reply["type"] == "error" and reply["error"] == "ask_timeout" and reply["id"] == "q2"
                 assert time.monotonic() - started >= 0.25
-                assert side.received and side.received[-1]["question"] == "anyone?"
+                assert side.received and side.received[-1].question == "anyone?"
             finally:
                 side.stop.set()
                 side.join(5.0)
@@ -410,9 +428,28 @@ def test_malformed_unknown_and_oversized_messages_get_errors_and_others_are_serv
                     await recv(ws)
                 assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
             publisher.send(caption("cam0", 0))
-            assert await recv(bystander) == caption("cam0", 0)
+            assert await recv(bystander) == wire(caption("cam0", 0))
             assert gateway.stats["error_replies"] == 9
             await bystander.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_documented_size_line_with_default_options(run: RunPaths) -> None:
+    # The README and docs/protocol.md: over 64 KiB up to 256 KiB gets too_large; a 2 MB message, 1009.
+    async def scenario() -> None:
+        async with gateway_on_bus(run) as (gateway, _publisher):
+            assert gateway.options.max_message_bytes == 64 * 1024
+            async with connect(f"ws://127.0.0.1:{gateway.port}/ws", max_size=None) as ws:
+                for size in (64 * 1024 + 1, 256 * 1024):
+                    await ws.send(json.dumps({"type": "ping", "pad": "x" * (size - 28)}).ljust(size))
+                    reply = await recv(ws)
+                    assert reply["type"] == "error" and reply["error"] == "too_large", reply
+                    assert f"is {size} bytes" in reply["message"]
+                await ws.send("x" * 2_000_000)
+                with pytest.raises(ConnectionClosed) as info:
+                    await recv(ws)
+                assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.MESSAGE_TOO_BIG
 
     asyncio.run(scenario())
 
@@ -720,9 +757,9 @@ def test_status_merges_reports_and_is_sent_on_change_and_periodically(run: RunPa
             first = await recv(ws, skip=())
             assert first["type"] == "status" and first["streams"] == {}
             publisher.send(
-                messages.capture_status(
+                messages.CaptureStatus(
                     stream="cam0",
-                    state="live",
+                    state=messages.StreamState.LIVE,
                     frames=250,
                     fps=25.0,
                     decode_errors=0,
@@ -735,7 +772,7 @@ def test_status_merges_reports_and_is_sent_on_change_and_periodically(run: RunPa
                 )
             )
             publisher.send(
-                messages.inference_status(
+                messages.InferenceStatus(
                     streams={
                         "cam0": {
                             "lag_s": 0.8,
@@ -747,11 +784,12 @@ def test_status_merges_reports_and_is_sent_on_change_and_periodically(run: RunPa
                     },
                     model="tiny",
                     device="cpu",
+                    state=messages.ModelState.READY,
                     wall=time.time(),
                 )
             )
             publisher.send(
-                messages.processes(
+                messages.Processes(
                     processes={
                         "capture:cam0": {"pid": 101, "restarts": 0, "alive": True},
                         "inference": {"pid": 102, "restarts": 1, "alive": True},
@@ -780,7 +818,7 @@ def test_status_merges_reports_and_is_sent_on_change_and_periodically(run: RunPa
             assert status["processes"]["inference"] == {"pid": 102, "restarts": 1, "alive": True}
             assert status["clients"] == 1
             publisher.send(
-                messages.processes(
+                messages.Processes(
                     processes={"capture:cam0": {"pid": 101, "restarts": 0, "alive": False}}, wall=time.time()
                 )
             )
@@ -811,19 +849,36 @@ def test_bad_bus_messages_are_ignored_and_counted(run: RunPaths) -> None:
                 assert await asyncio.to_thread(raw.poll, 5000)
                 raw.recv()  # the gateway's subscription arrived
                 ws = await subscribed_client(gateway)
+                report = messages.CaptureStatus(
+                    stream="cam0",
+                    state=messages.StreamState.LIVE,
+                    frames=1,
+                    fps=1.0,
+                    decode_errors=0,
+                    reconnects=0,
+                    drops=0,
+                    width=None,
+                    height=None,
+                    error=None,
+                    wall=1.0,
+                ).to_dict()
+                # Captions, partials, events and thumbnails are forwarded as their publisher encoded
+                # them; what the gateway reads (routing frames, reports, answers) is checked.
                 bad = [
-                    [b"caption", b"not json"],
-                    [b"caption", b"[1, 2]"],
-                    [b"", b'{"stream": "cam0", "text": "no type"}'],
-                    [b"weird", b'{"type": "weird"}'],
-                    [b"caption", b'{"type": "caption", "text": "no stream"}'],
-                    [b"capture_status", b'{"type": "capture_status", "stream": "cam0", "state": "dancing"}'],
+                    [b"", b"", b'{"stream": "cam0", "text": "no type"}'],
+                    [b"weird", b"", b'{"type": "weird"}'],
+                    [b"caption", b"", b'{"type": "caption", "text": "no stream"}'],
+                    [b"capture_status", b"cam0", b"not json"],
+                    [b"capture_status", b"cam0", json.dumps({**report, "state": "dancing"}).encode()],
+                    [b"processes", b"", b"[1, 2]"],
+                    [b"answer", b"cam0", b'{"type": "answer", "id": "g-1"}'],
+                    [b"caption", b"cam0"],
                     [b"one frame only"],
                 ]
                 for frames in bad:
                     raw.send_multipart(frames)
-                raw.send_multipart(messages and [b"caption", json.dumps(caption("cam0", 0)).encode()])
-                assert await recv(ws) == caption("cam0", 0)
+                raw.send_multipart([b"caption", b"cam0", caption("cam0", 0).to_json()])
+                assert await recv(ws) == wire(caption("cam0", 0))
                 assert gateway.stats["bad_bus_messages"] == len(bad)
                 await ws.send('{"type":"ping"}')
                 assert (await recv(ws))["type"] == "pong"
@@ -845,7 +900,7 @@ def test_gateway_main_runs_as_a_spawned_process_and_stops_cleanly(run: RunPaths)
     process = context.Process(
         target=gateway_main,
         args=([publisher.endpoint], run.asks_endpoint),
-        kwargs={"port": 0, "token": "", "ready_file": str(ready), "stop_event": stop},
+        kwargs={"options": GatewayOptions(port=0), "ready_file": str(ready), "stop_event": stop},
         daemon=True,
     )
     process.start()
@@ -865,7 +920,7 @@ def test_gateway_main_runs_as_a_spawned_process_and_stops_cleanly(run: RunPaths)
                 publisher.send(caption("cam0", 0))
                 return await recv(ws)
 
-        assert asyncio.run(client()) == caption("cam0", 0)
+        assert asyncio.run(client()) == wire(caption("cam0", 0))
         stop.set()
         process.join(10)
         assert process.exitcode == 0
@@ -881,11 +936,6 @@ def test_gateway_main_says_when_it_cannot_listen(run: RunPaths) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert gateway_main([], None, port=port, stop_event=threading.Event()) == 2
-
-
-def test_nonsensical_options_are_refused_with_their_name() -> None:
-    with pytest.raises(ValueError, match="client_queue"):
-        Gateway(client_queue=0)
-    with pytest.raises(ValueError, match="ask_timeout"):
-        Gateway(ask_timeout=0)
+        assert (
+            gateway_main([], None, GatewayOptions(port=port), stop_event=threading.Event()) == ExitCode.USAGE
+        )

@@ -12,6 +12,7 @@ from typing import Any
 
 from stream.bus import RunPaths, Subscriber
 from stream.inference import InferenceOptions, inference_main
+from stream.messages import InferenceStatus
 from stream.process import ExitCode, child_entry
 
 
@@ -33,8 +34,10 @@ def test_a_model_that_cannot_load_says_why_on_the_bus_and_is_not_restarted(tmp_p
         seen = []
         while (message := subscriber.recv(1.0)) is not None:
             seen.append(message)
-        assert [m.get("state") for m in seen] == ["loading", "failed"], seen
-        assert "out of memory while loading" in seen[-1]["error"] and "cuda:3" in seen[-1]["error"]
+        assert all(isinstance(m, InferenceStatus) for m in seen), seen
+        assert [m.state for m in seen] == ["loading", "failed"], seen
+        error = seen[-1].error
+        assert error is not None and "out of memory while loading" in error and "cuda:3" in error
     finally:
         if process.is_alive():
             process.kill()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -91,7 +93,7 @@ def test_invalid_messages_raise_with_code_and_id(
     assert info.value.code == code
     assert info.value.id == request_id
     assert isinstance(info.value, ProtocolError) and isinstance(info.value, ValueError)
-    reply = info.value.to_message()
+    reply = json.loads(info.value.to_reply().to_json())
     assert reply["type"] == "error" and reply["error"] == code.value and reply["message"] == str(info.value)
     assert reply.get("id") == request_id
 
@@ -169,59 +171,110 @@ def test_any_input_parses_or_raises_message_error(raw: str | bytes) -> None:
         assert isinstance(parsed, Subscribe | Ask | Ping)
 
 
+def _caption(**overrides: object) -> messages.Caption:
+    fields: dict[str, Any] = {
+        "stream": "cam0",
+        "seq": 3,
+        "t_start": 4.0,
+        "t_end": 8.0,
+        "frame_times": [4.0, 5.0, 6.0, 7.0],
+        "wall_start": 100.0,
+        "wall_end": 104.0,
+        "text": "A cat.",
+        "model": "tiny",
+        "latency_ms": 12.5,
+        **overrides,
+    }
+    return messages.Caption(**fields)
+
+
+def _json(message: messages.ServerMessage) -> dict[str, Any]:
+    return json.loads(message.to_json())
+
+
 def test_server_messages_have_the_design_fields() -> None:
-    caption = messages.caption(
+    assert _json(_caption(frames=4, model_ms=10.0, encode_ms=2.0)) == {
+        "type": "caption",
+        "stream": "cam0",
+        "seq": 3,
+        "t_start": 4.0,
+        "t_end": 8.0,
+        "frame_times": [4.0, 5.0, 6.0, 7.0],
+        "wall_start": 100.0,
+        "wall_end": 104.0,
+        "text": "A cat.",
+        "model": "tiny",
+        "latency_ms": 12.5,
+        "skipped": 0,
+        "frames": 4,
+        "model_ms": 10.0,
+        "encode_ms": 2.0,
+    }
+    assert _json(messages.Partial(stream="cam0", seq=3, text="A c")) == {
+        "type": "partial",
+        "stream": "cam0",
+        "seq": 3,
+        "text": "A c",
+    }
+    event = messages.Event(
         stream="cam0",
-        seq=3,
-        t_start=4.0,
-        t_end=8.0,
-        frame_times=[4.0, 5.0, 6.0, 7.0],
+        rule="fence",
+        event_id="e1",
+        state=messages.EventState.START,
+        t_start=0.0,
+        t_end=4.0,
         wall_start=100.0,
         wall_end=104.0,
-        text="A cat.",
-        model="tiny",
-        latency_ms=12.5,
+        score=0.8,
+        text="climbing",
     )
-    assert {
-        "type",
-        "stream",
-        "seq",
-        "t_start",
-        "t_end",
-        "frame_times",
-        "wall_start",
-        "wall_end",
-        "text",
-        "model",
-        "latency_ms",
-    } <= caption.keys()
-    assert caption["type"] == "caption"
-    assert messages.partial(stream="cam0", seq=3, text="A c")["type"] == "partial"
-    ev = messages.event(stream="cam0", seq=1, t_start=0.0, t_end=4.0, rule="fence", text="climbing")
-    assert {"stream", "seq", "t_start", "t_end", "rule", "text"} <= ev.keys()
-    assert messages.answer(id="q", stream="cam0", text="yes") == {
+    assert _json(event) == {
+        "type": "event",
+        "stream": "cam0",
+        "rule": "fence",
+        "event_id": "e1",
+        "state": "start",
+        "t_start": 0.0,
+        "t_end": 4.0,
+        "wall_start": 100.0,
+        "wall_end": 104.0,
+        "score": 0.8,
+        "text": "climbing",
+    }
+    assert _json(messages.Answer(id="q", stream="cam0", text="yes")) == {
         "type": "answer",
         "id": "q",
         "stream": "cam0",
         "text": "yes",
     }
-    assert messages.error(ErrorCode.BAD_JSON, "bad") == {
+    assert _json(messages.ErrorReply(error=ErrorCode.BAD_JSON, message="bad")) == {
         "type": "error",
         "error": "bad_json",
         "message": "bad",
     }
-    assert messages.error("x", "y", id=0)["id"] == 0
-    assert messages.pong(wall=1.0) == {"type": "pong", "wall": 1.0}
-    assert messages.pong(id="p", t=2.0, wall=1.0) == {"type": "pong", "id": "p", "t": 2.0, "wall": 1.0}
-    status = messages.status(
-        streams={"cam0": {"state": "live"}}, processes={"inference": {"pid": 1}}, wall=1.0
+    assert _json(messages.ErrorReply(error=ErrorCode.BAD_FIELD, message="y", id=0))["id"] == 0
+    assert _json(messages.Pong(wall=1.0)) == {"type": "pong", "wall": 1.0}
+    assert _json(messages.Pong(id="p", t=2.0, wall=1.0)) == {"type": "pong", "id": "p", "t": 2.0, "wall": 1.0}
+    status = messages.Status(
+        streams={"cam0": {"state": "live"}},
+        processes={"inference": {"pid": 1}},
+        model=None,
+        device=None,
+        wall=1.0,
     )
-    assert status["type"] == "status" and status["streams"]["cam0"]["state"] == "live"
-    thumb = messages.thumbnail(stream="cam0", t=1.0, wall=2.0, jpeg="QUJD")
-    assert thumb["jpeg"] == "QUJD"
-    assert messages.dropped(count=3, total=10) == {"type": "dropped", "count": 3, "total": 10}
-    ack = messages.subscribed(Subscribe(streams=frozenset({"b", "a"}), replay=2), replayed=1)
-    assert ack == {
+    assert _json(status) == {
+        "type": "status",
+        "streams": {"cam0": {"state": "live"}},
+        "processes": {"inference": {"pid": 1}},
+        "model": None,
+        "device": None,
+        "wall": 1.0,
+    }
+    thumb = messages.Thumbnail(stream="cam0", t=1.0, wall=2.0, jpeg="QUJD")
+    assert _json(thumb) == {"type": "thumbnail", "stream": "cam0", "t": 1.0, "wall": 2.0, "jpeg": "QUJD"}
+    assert _json(messages.Dropped(count=3, total=10)) == {"type": "dropped", "count": 3, "total": 10}
+    ack = messages.Subscribed(streams=["a", "b"], replay=2, replayed=1, thumbnails=False)
+    assert _json(ack) == {
         "type": "subscribed",
         "streams": ["a", "b"],
         "replay": 2,
@@ -230,48 +283,95 @@ def test_server_messages_have_the_design_fields() -> None:
     }
 
 
-def test_bus_report_builders_check_the_state() -> None:
-    report = messages.capture_status(
-        stream="cam0",
-        state="live",
-        frames=10,
-        fps=25.0,
-        decode_errors=0,
-        reconnects=0,
-        drops=1,
-        width=640,
-        height=480,
-        error=None,
-        wall=1.0,
+def test_message_error_becomes_its_error_reply() -> None:
+    error = MessageError(ErrorCode.TOO_LARGE, "message is 9 bytes; the limit is 8", id="r1")
+    assert error.to_reply() == messages.ErrorReply(
+        error=ErrorCode.TOO_LARGE, message="message is 9 bytes; the limit is 8", id="r1"
     )
-    assert report["state"] == StreamState.LIVE == "live"
-    with pytest.raises(ValueError):
-        messages.capture_status(
+
+
+def _bus_messages() -> list[messages.BusMessage]:
+    return [
+        _caption(frames=4, model_ms=10.0, encode_ms=2.0),
+        messages.Partial(stream="cam0", seq=3, text="A c"),
+        messages.Thumbnail(stream="cam0", t=1.0, wall=2.0, jpeg="QUJD", width=320, height=180),
+        messages.Answer(id="g-1", stream="cam0", text="yes", t_start=0.0, t_end=4.0, frame_times=[0.0, 4.0]),
+        messages.Answer(id="g-2", stream="cam0", text="", error=ErrorCode.NO_FRAMES, message="nothing yet"),
+        messages.CaptureStatus(
             stream="cam0",
-            state="sleeping",
-            frames=0,
-            fps=0.0,
+            state=StreamState.LIVE,
+            frames=10,
+            fps=25.0,
             decode_errors=0,
             reconnects=0,
-            drops=0,
+            drops=1,
             width=None,
             height=None,
             error=None,
             wall=1.0,
-        )
-    inf = messages.inference_status(streams={"cam0": {"lag_s": 0.5}}, model="tiny", device="cpu", wall=1.0)
-    assert inf["type"] == "inference_status"
-    assert (
-        messages.processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}}, wall=1.0)["type"]
-        == "processes"
-    )
-    ask = messages.ask_request(id="g-1", stream="cam0", question="q", wall=1.0)
-    assert ask["type"] == "ask" and ask["id"] == "g-1"
+        ),
+        messages.InferenceStatus(
+            streams={"cam0": {"lag_s": 0.5}},
+            model="tiny",
+            device="cpu",
+            state=messages.ModelState.FAILED,
+            error="no weights",
+            wall=1.0,
+        ),
+        messages.Processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}}, wall=1.0),
+        messages.AskRequest(id="g-1", stream="cam0", question="q", wall=1.0, client=3),
+    ]
+
+
+@pytest.mark.parametrize("message", _bus_messages(), ids=lambda m: m.TYPE)
+def test_every_bus_message_decodes_to_what_was_encoded(message: messages.BusMessage) -> None:
+    assert messages.decode(message.TYPE, message.to_json()) == message
+
+
+def test_decoding_names_what_is_wrong() -> None:
+    good = _json(_caption())
+    with pytest.raises(ProtocolError, match="unknown type 'launch'"):
+        messages.decode("launch", b"{}")
+    with pytest.raises(ProtocolError, match="not JSON"):
+        messages.decode("caption", b"{nope")
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        messages.decode("caption", b"[]")
+    with pytest.raises(ProtocolError, match="expected a 'caption' message"):
+        messages.decode("caption", json.dumps({**good, "type": "partial"}).encode())
+    with pytest.raises(ProtocolError, match="lacks the field 'text'"):
+        messages.decode("caption", json.dumps({k: v for k, v in good.items() if k != "text"}).encode())
+    with pytest.raises(ProtocolError, match="unknown fields \\['bogus'\\]"):
+        messages.decode("caption", json.dumps({**good, "bogus": 1}).encode())
+    with pytest.raises(ProtocolError, match="'seq': expected int, got a string"):
+        messages.decode("caption", json.dumps({**good, "seq": "3"}).encode())
+    with pytest.raises(ProtocolError, match="'seq'"):
+        messages.decode("caption", json.dumps({**good, "seq": True}).encode())
+    with pytest.raises(ProtocolError, match="'frame_times'"):
+        messages.decode("caption", json.dumps({**good, "frame_times": [1.0, "x"]}).encode())
+    report = _json(_bus_messages()[5])
+    with pytest.raises(ProtocolError, match="'sleeping' is not one of connecting, live, lost, ended"):
+        messages.decode("capture_status", json.dumps({**report, "state": "sleeping"}).encode())
+    answer = {"type": "answer", "id": "g", "stream": "s", "text": "", "error": "on_fire"}
+    with pytest.raises(ProtocolError, match="'error'"):
+        messages.decode("answer", json.dumps(answer).encode())
+
+
+def test_a_decoded_state_is_its_enum_member() -> None:
+    report = messages.decode("capture_status", _bus_messages()[5].to_json())
+    assert isinstance(report, messages.CaptureStatus) and report.state is StreamState.LIVE
 
 
 def test_to_json_is_compact_utf8_and_refuses_nan() -> None:
-    assert messages.to_json({"type": "x", "text": "café"}) == '{"type":"x","text":"café"}'
-    with pytest.raises(ProtocolError, match="'x'"):
-        messages.to_json({"type": "x", "v": math.nan})
+    assert _caption(text="café").to_json().startswith(b'{"type":"caption","stream":"cam0"')
+    assert '"text":"café"'.encode() in _caption(text="café").to_json()
+    with pytest.raises(ProtocolError, match="'caption'"):
+        _caption(latency_ms=math.nan).to_json()
+    with pytest.raises(ProtocolError, match="'partial'"):
+        messages.Partial(stream="cam0", seq=0, text=object()).to_json()  # type: ignore[arg-type]
+
+
+def test_mark_replayed_adds_the_field_without_decoding() -> None:
+    caption = _caption()
+    assert messages.mark_replayed(caption.to_json()) == dataclasses.replace(caption, replayed=True).to_json()
     with pytest.raises(ProtocolError):
-        messages.to_json({"type": "x", "v": object()})
+        messages.mark_replayed(b"[1]")

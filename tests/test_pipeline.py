@@ -5,12 +5,16 @@ one stops it with Ctrl-C and checks that nothing is left behind."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,10 @@ import pytest
 import torch
 from liverun import LiveRun, collect, descendants, of_type, shm_rings, short_run_root, wait_for
 from realparts import make_clip
+
+from stream.bus import RunPaths, Subscriber
+from stream.inference import READY_FILE
+from stream.messages import Caption
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -32,6 +40,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "yard": make_clip(folder / "yard.mp4", size="640x360", fps=30.0, seconds=20.0),
         "door": make_clip(folder / "door.mp4", size="320x240", fps=25.0, seconds=20.0),
+        "short": make_clip(folder / "short.mp4", size="320x240", fps=25.0, seconds=7.0),
     }
 
 
@@ -204,22 +213,58 @@ def test_ctrl_c_stops_everything_and_leaves_nothing_behind(live: LiveRun) -> Non
     assert "Traceback" not in tail and "leaked" not in tail, tail[-3000:]
 
 
+def _sigterm_pending_or_gone(pid: int) -> bool:
+    """Whether a (stopped) process has been sent SIGTERM, or has exited already."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields["State"].strip().startswith("Z"):
+        return True
+    pending = int(fields["ShdPnd"], 16) | int(fields["SigPnd"], 16)
+    return bool(pending & (1 << (signal.SIGTERM - 1)))
+
+
 def test_ctrl_c_in_the_terminal_while_starting_stops_quietly(tmp_path: Path, clips: dict[str, Path]) -> None:
     """A terminal's Ctrl-C reaches the whole process group, children still starting included: none
-    may die of KeyboardInterrupt (traceback, then a restart), and the run must not go on to start."""
+    may die of KeyboardInterrupt (traceback, then a restart), and the run must not go on to start.
+
+    "Still starting" is made certain, not timed: the inference process is frozen (SIGSTOP) as soon as
+    it exists, so its model cannot be loaded when the Ctrl-C lands, and the Ctrl-C waits for the
+    gateway to listen (the moment a run that printed its address early would have printed it). The
+    inference is thawed once the run has told it to stop (its SIGTERM is pending)."""
     with short_run_root() as root:
         run = LiveRun([str(clips["yard"])], root, extra=["--model", "tiny"]).launch()
         assert run.proc is not None
         try:
-            wait_for(lambda: "started inference" in "".join(run.stderr), 60, "the inference process to start")
-            time.sleep(0.15)  # its interpreter is still importing
-            os.killpg(run.proc.pid, signal.SIGINT)
-            started = time.monotonic()
+
+            def inference_pid() -> int | None:
+                found = re.search(r"started inference \(pid (\d+)\)", "".join(run.stderr))
+                return int(found.group(1)) if found else None
+
+            wait_for(lambda: inference_pid() is not None, 60, "the inference process to start")
+            pid = inference_pid()
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                assert not any((d / READY_FILE).exists() for d in run.run_dirs), "the model was up already"
+                wait_for(
+                    lambda: any((d / "gateway.json").exists() for d in run.run_dirs),
+                    60,
+                    "the gateway to listen",
+                )
+                os.killpg(run.proc.pid, signal.SIGINT)
+                started = time.monotonic()
+                wait_for(lambda: _sigterm_pending_or_gone(pid), 10, "the run to stop the inference process")
+            finally:
+                with contextlib.suppress(ProcessLookupError):  # SIGTERM ended it frozen (no handler yet)
+                    os.kill(pid, signal.SIGCONT)
             assert run.proc.wait(15) == 0, run.log()
             assert time.monotonic() - started < 5, run.log()
+            run.wait_output()
         finally:
             run.kill()
-        time.sleep(0.2)  # the output pumps finish their last lines
         err = "".join(run.stderr)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
         assert "restarting" not in err, err[-3000:]
@@ -239,9 +284,9 @@ def test_a_run_whose_every_source_fails_stops_and_says_so(tmp_path: Path, clips:
             wait_for(lambda: "started inference" in "".join(run.stderr), 60, "the inference process to start")
             doomed.unlink()
             assert run.proc.wait(60) == 1, run.log()
+            run.wait_output()
         finally:
             run.kill()
-        time.sleep(0.2)
         assert "every source failed" in "".join(run.stderr), run.log()
         assert run.run_dirs == []
 
@@ -331,3 +376,99 @@ def test_a_model_that_refuses_every_window_keeps_the_run_alive(clips: dict[str, 
             assert "inference exited" not in "".join(run.stderr)
         finally:
             run.kill()
+
+
+def test_a_run_of_files_without_loop_stops_by_itself_after_their_last_captions(
+    clips: dict[str, Path],
+) -> None:
+    """A 7-s file, 4-s windows every 4 s: the window ending at 4 s, then the tail (4-6 s) once the file
+    ends. The terminal says the source ended; the run exits 0 once the tail's caption is published
+    (heard here on the inference's own bus, where captions leave for every client)."""
+    with short_run_root() as root:
+        run = LiveRun([f"short={clips['short']}"], root, extra=["--window", "4", "--stride", "4"]).launch()
+        assert run.proc is not None
+        bus: Subscriber | None = None
+        try:
+            wait_for(lambda: bool(run.run_dirs), 30, "the run directory")
+            run_dir = run.run_dirs[0]
+            bus = Subscriber([RunPaths(run_id=run_dir.name, run_dir=run_dir).publisher_endpoint("inference")])
+            assert run.proc.wait(150) == 0, run.log()
+            run.wait_output()
+            heard = []
+            while (message := bus.recv(timeout=1.0)) is not None:
+                heard.append(message)
+        finally:
+            if bus is not None:
+                bus.close()
+            run.kill()
+        out = "".join(run.stdout)
+        for line in (
+            "viewer at",
+            "source short ended",
+            "every source has ended",
+            "last captions are out; stopping",
+        ):
+            assert line in out, run.log()
+        assert out.index("source short ended") < out.index("last captions are out")
+        captions = [m for m in heard if isinstance(m, Caption) and m.stream == "short"]
+        assert captions, run.log()
+        assert captions[-1].t_end > 4.5, f"the tail after the last full window is captioned: {captions}"
+        assert "Traceback" not in "".join(run.stderr), run.log()
+        assert run.run_dirs == []
+
+
+def test_keep_serving_keeps_the_viewer_up_after_the_files_end(clips: dict[str, Path]) -> None:
+    with short_run_root() as root:
+        run = LiveRun(
+            [f"short={clips['short']}"], root, extra=["--window", "4", "--stride", "4", "--keep-serving"]
+        ).start()
+        try:
+            wait_for(lambda: "the viewer stays up" in "".join(run.stdout), 150, "the last captions")
+            assert run.proc is not None and run.proc.poll() is None, run.log()
+            with urllib.request.urlopen(f"http://127.0.0.1:{run.port}/healthz", timeout=10) as health:
+                assert health.status == 200 and json.load(health)["ok"] is True
+            replayed = collect(
+                run.ws_url,
+                lambda m: bool(of_type(m, "caption")),
+                timeout=10,
+                subscribe={"type": "subscribe", "streams": "*", "replay": 10},
+            )
+            assert of_type(replayed, "caption", "short"), "the history is served"
+            assert run.stop(signal.SIGINT) == 0, run.log()
+        finally:
+            run.kill()
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_beyond_loopback_a_token_is_made_unless_no_auth_is_explicit(clips: dict[str, Path]) -> None:
+    with short_run_root() as root:
+        run = LiveRun([str(clips["yard"])], root, extra=["--host", "0.0.0.0", "--loop"]).start()
+        try:
+            assert run.url is not None
+            token = re.fullmatch(r"http://[^/]+/\?token=([A-Za-z0-9_-]{32,})", run.url)
+            assert token, run.url
+            base = f"http://127.0.0.1:{run.port}/"
+            assert _http_status(base) == 401
+            assert _http_status(f"{base}?token=wrong") == 401
+            assert _http_status(f"{base}?token={token.group(1)}") == 200
+            assert _http_status(f"{base}healthz") == 200, "health stays open"
+            assert run.stop(signal.SIGINT) == 0, run.log()
+        finally:
+            run.kill()
+        open_run = LiveRun(
+            [str(clips["yard"])], root, extra=["--host", "0.0.0.0", "--no-auth", "--loop"]
+        ).start()
+        try:
+            assert open_run.url == f"http://127.0.0.1:{open_run.port}/"
+            assert _http_status(open_run.url) == 200
+            assert "anyone on the network who can reach port" in "".join(open_run.stderr)
+            assert open_run.stop(signal.SIGINT) == 0, open_run.log()
+        finally:
+            open_run.kill()

@@ -21,7 +21,8 @@ from realparts import RtspServer, require_rtsp_server
 
 from stream.bus import RunPaths, Subscriber
 from stream.capture import Capture, CaptureState, capture_main
-from stream.errors import SourceTimeout
+from stream.errors import SourceError, SourceTimeout
+from stream.messages import CaptureStatus
 from stream.ring import FrameRing, ring_name
 from stream.sources import SourceOptions, open_source, parse_source
 
@@ -118,7 +119,8 @@ def test_hung_server_raises_source_timeout(server: RtspServer) -> None:
         took = time.monotonic() - started
     server.signal(signal.SIGCONT)
     assert took < 3 * OPTIONS.read_timeout + 1.0, took  # PyAV notices after about twice the timeout
-    assert server.url in str(info.value) and isinstance(info.value, TimeoutError)
+    assert str(info.value).count(server.url) == 1 and isinstance(info.value, TimeoutError)
+    assert "[Errno" not in str(info.value)
 
 
 def test_server_that_accepts_but_never_answers_is_an_open_timeout() -> None:
@@ -134,11 +136,22 @@ def test_server_that_accepts_but_never_answers_is_an_open_timeout() -> None:
         took = time.monotonic() - started
         listener.accept()[0].close()  # it did connect: this is not a refused connection
     assert took < 4.0, took
-    assert url in str(info.value) and isinstance(info.value, TimeoutError)
+    assert str(info.value) == f"network source {url!r}: no answer within 1 s"
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_a_path_the_server_does_not_have_is_said_in_words(server: RtspServer) -> None:
+    """FFmpeg reports the RTSP server's 404 as an HTTP error whose message repeats the URL."""
+    url = server.url.replace("/cam", "/nope")
+    with pytest.raises(SourceError) as info:
+        open_source(url, OPTIONS)
+    assert (
+        str(info.value) == f"network source {url!r}: the server answered 404 Not Found (nothing at that path)"
+    )
 
 
 def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing) -> None:
-    statuses: list[dict[str, Any]] = []
+    statuses: list[CaptureStatus] = []
     stop = threading.Event()
     # The watchdog's stall timeout is set below PyAV's read timeout here, so that the watchdog (not
     # PyAV, whose timeout test_hung_server_raises_source_timeout covers) is what notices the hang.
@@ -161,7 +174,7 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
     try:
 
         def state() -> str:
-            return statuses[-1]["state"] if statuses else ""
+            return statuses[-1].state if statuses else ""
 
         wait_until(lambda: state() == "live" and cap.stats.frames >= 15, 15, "first frames")
 
@@ -169,9 +182,10 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         server.kill()
         killed_at = time.time()
         assert wait_until(lambda: state() == "lost", 3, "lost after SIGKILL") < 2.0
-        assert "stream ended" in (statuses[-1]["error"] or "")
+        assert "stream ended" in (statuses[-1].error or "")
         wait_until(lambda: cap.stats.reconnects >= 2, 5, "reconnect attempts while the server is down")
-        assert any("Connection refused" in (m["error"] or "") for m in statuses)
+        refused = f"network source {server.url!r}: connection refused"
+        assert any(m.error == refused for m in statuses)
 
         # 2. Restart on the same port: frames flow again.
         frames_before = cap.stats.frames
@@ -186,9 +200,9 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         lost = statuses[-1]
         # Counted from the last frame that arrived (the client may still be draining buffered data
         # when the server stops).
-        last_frame = max(w for (_, _, w) in watcher.seen if w < lost["wall"])
-        assert lost["wall"] - last_frame < cap.stall_timeout + 0.5, lost["wall"] - last_frame
-        assert "stalled" in (lost["error"] or "")
+        last_frame = max(w for (_, _, w) in watcher.seen if w < lost.wall)
+        assert lost.wall - last_frame < cap.stall_timeout + 0.5, lost.wall - last_frame
+        assert "stalled" in (lost.error or "")
 
         # 4. SIGCONT: the server answers again; capture reconnects.
         time.sleep(1.0)
@@ -213,8 +227,8 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
     assert np.all(np.diff(pts) > 0)
     drift = (pts - pts[0]) - (walls - walls[0])
     assert np.abs(drift).max() < 1.0, np.abs(drift).max()
-    assert statuses[-1]["reconnects"] >= 3
-    assert statuses[-1]["state"] == "ended" and statuses[-1]["error"] is None  # a stop, not a failure
+    assert statuses[-1].reconnects >= 3
+    assert statuses[-1].state == "ended" and statuses[-1].error is None  # a stop, not a failure
 
 
 def _exit_code_main(**kwargs: Any) -> None:
@@ -253,10 +267,10 @@ def test_capture_process_reconnects_after_server_restart(
             message = subscriber.recv(0.2)
             if message is None:
                 continue
-            last.update(message)
-            if not states or states[-1] != message["state"]:
-                states.append(message["state"])
-            if message["state"] == state and message["frames"] >= min_frames:
+            last.update(message.to_dict())
+            if not states or states[-1] != message.state:
+                states.append(message.state)
+            if message.state == state and message.frames >= min_frames:
                 return
         pytest.fail(f"no {state!r} status within {timeout} s; states so far: {states}")
 

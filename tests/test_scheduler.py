@@ -45,7 +45,8 @@ class Embedding:
 
 @dataclass
 class Driver:
-    """Runs the core's actions the way the shells do, on a fake model that records its calls."""
+    """Runs the core's actions the way the shells do, on a fake model that records its calls; keeps
+    the messages as the JSON clients receive."""
 
     core: Scheduler
     calls: list[Action] = field(default_factory=list)
@@ -74,14 +75,14 @@ class Driver:
                 self.core.caption_failed(action)
                 return
             text = f"{action.stream} {action.job.t_start:g}-{action.job.t_end:g}"
-            self.captions.append(self.core.captioned(action, text, model_ms=20.0, wall=2000.0))
+            self.captions.append(self.core.captioned(action, text, model_ms=20.0, wall=2000.0).to_dict())
         elif isinstance(action, Answer):
             if self.refuse:
-                self.replies.append(self.core.answer_failed(action, "prompt too long"))
+                self.replies.append(self.core.answer_failed(action, "prompt too long").to_dict())
             else:
-                self.replies.append(self.core.answered(action, f"answer to {action.question}"))
+                self.replies.append(self.core.answered(action, f"answer to {action.question}").to_dict())
         elif isinstance(action, Reply):
-            self.replies.append(action.message)
+            self.replies.append(action.message.to_dict())
 
     def drain(self, min_batch: int = 1) -> None:
         while self.step(min_batch) is not None:
@@ -133,7 +134,7 @@ def test_context_prompt_and_caption_message_fields() -> None:
     assert second.prompt == "Describe the 4 seconds."
     assert second.context == settings().context_template.format(previous="cam 0-2")
     assert second.encode_ms == 5.0
-    message = core.captioned(second, "text", model_ms=12.34, wall=1004.5)
+    message = core.captioned(second, "text", model_ms=12.34, wall=1004.5).to_dict()
     assert message["type"] == "caption" and message["model"] == "tiny" and message["seq"] == 1
     assert message["frame_times"] == [0.0, 1.0, 2.0, 3.0, 4.0] and message["frames"] == 5
     assert (message["wall_start"], message["wall_end"]) == (1000.0, 1004.0)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from stream.bus import RunPaths, Subscriber
+from stream.messages import Processes
 from stream.supervisor import ChildSpec, Supervisor
 
 
@@ -24,17 +26,20 @@ def run_until_stopped(marker: str, stop_event: Any) -> int:
     return 0
 
 
-def ignore_stop(stop_event: Any) -> int:
+def ignore_stop(marker: str, stop_event: Any) -> int:
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(marker).write_text(str(os.getpid()))  # from here on, only SIGKILL ends it
     while True:
-        time.sleep(0.1)
+        signal.pause()
 
 
-def drive(supervisor: Supervisor, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+def drive_until(supervisor: Supervisor, done: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll the supervisor (as the run's main loop does) until ``done()``, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         supervisor.poll()
         time.sleep(0.02)
 
@@ -49,23 +54,31 @@ def test_crashed_child_is_restarted_with_doubling_backoff_and_reported(tmp_path:
         supervisor.start(ChildSpec("crasher", crash_after, {"seconds": 0.0, "code": 3}))
         supervisor.start(ChildSpec("done", crash_after, {"seconds": 0.0, "code": 0}))
         supervisor.start(ChildSpec("fatal", crash_after, {"seconds": 0.0, "code": 78}, fatal_codes=(78,)))
-        drive(supervisor, 4.0)
+
+        def delays() -> list[str]:
+            return [
+                r.getMessage().rsplit(" ", 2)[-2]
+                for r in caplog.records
+                if r.getMessage().startswith("crasher exited with code 3; restarting in")
+            ]
+
+        def settled() -> bool:
+            processes = supervisor.processes()
+            return len(delays()) >= 3 and processes["done"]["finished"] and processes["fatal"]["finished"]
+
+        drive_until(supervisor, settled, 60, "three crashes, the finished child and the fatal one")
         processes = supervisor.processes()
         assert processes["crasher"]["restarts"] >= 2
-        delays = [
-            r.getMessage().rsplit(" ", 2)[-2]
-            for r in caplog.records
-            if r.getMessage().startswith("crasher exited with code 3; restarting in")
-        ]
-        assert delays[:3] == ["0.2", "0.4", "0.4"], "backoff doubles, capped at backoff_max"
+        assert delays()[:3] == ["0.2", "0.4", "0.4"], "backoff doubles, capped at backoff_max"
         assert processes["done"] == {**processes["done"], "restarts": 0, "finished": True, "exit_code": 0}
         assert processes["fatal"]["restarts"] == 0 and processes["fatal"]["finished"]
         assert supervisor.fatal_exit() == ("fatal", 78)
+        assert supervisor.failed_roles() == ["fatal"] and supervisor.ended_roles() == ["done"]
         reports = []
         while (message := subscriber.recv(timeout=0.2)) is not None:
             reports.append(message)
-        assert reports and all(m["type"] == "processes" for m in reports)
-        assert reports[-1]["processes"]["crasher"]["restarts"] >= 1
+        assert reports and all(isinstance(m, Processes) for m in reports)
+        assert reports[-1].processes["crasher"]["restarts"] >= 1
     finally:
         supervisor.stop()
         subscriber.close()
@@ -76,13 +89,10 @@ def test_stop_is_clean_for_a_well_behaved_child_and_forced_for_a_stuck_one(tmp_p
     run = RunPaths.create(root=tmp_path)
     supervisor = Supervisor(run, stop_timeout=1.0)
     marker = tmp_path / "child.pid"
+    stuck = tmp_path / "stuck.pid"
     supervisor.start(ChildSpec("worker", run_until_stopped, {"marker": str(marker)}))
-    supervisor.start(ChildSpec("stuck", ignore_stop, {}))
-    deadline = time.monotonic() + 30
-    while not marker.exists() and time.monotonic() < deadline:
-        supervisor.poll()
-        time.sleep(0.05)
-    time.sleep(1.0)  # let the stuck child install its SIGTERM-ignoring handler
+    supervisor.start(ChildSpec("stuck", ignore_stop, {"marker": str(stuck)}))
+    drive_until(supervisor, lambda: marker.exists() and stuck.exists(), 30, "both children to be up")
     worker_pid, stuck_pid = supervisor.pid("worker"), supervisor.pid("stuck")
     started = time.monotonic()
     supervisor.stop()

@@ -188,17 +188,26 @@ def test_live_stream_shows_status_thumbnail_and_updating_captions(
     last = published[-1]
     range_text = page.locator("#current-range").text_content() or ""
     assert re.fullmatch(r"\d\d:\d\d\.\d–\d\d:\d\d\.\d", range_text), range_text
-    assert range_text.endswith(_stream_time(last["t_end"]))
+    assert range_text.endswith(_stream_time(last.t_end))
     assert re.fullmatch(r"\d\d:\d\d:\d\d–\d\d:\d\d:\d\d", page.locator("#current-wall").text_content() or "")
     entry_meta = page.locator("#timeline li .meta").first.text_content() or ""
-    assert _stream_time(published[1]["t_end"]) in entry_meta
+    assert _stream_time(published[1].t_end) in entry_meta
     assert re.search(r"\d\d:\d\d:\d\d–\d\d:\d\d:\d\d", entry_meta), entry_meta
 
     # An alert event goes into the timeline, marked with its rule.
     feed.publish(
         "inference",
-        messages.event(
-            stream="cam0", seq=0, t_start=1.0, t_end=5.0, rule="person", text="A person climbs the fence."
+        messages.Event(
+            stream="cam0",
+            rule="person",
+            event_id="person-1",
+            state=messages.EventState.START,
+            t_start=1.0,
+            t_end=5.0,
+            wall_start=time.time() - 4.0,
+            wall_end=time.time(),
+            score=0.9,
+            text="A person climbs the fence.",
         ),
     )
     event = page.locator("#timeline li.event").first
@@ -250,7 +259,7 @@ def test_ask_gets_its_answer_in_place_for_the_selected_stream(
     expect(answer.locator(".question")).to_have_text(question)
     expect(answer).to_have_attribute("data-state", "answered", timeout=WAIT_MS)
     expect(answer.locator(".reply")).to_have_text(f"On cam0: an answer to {question!r}.")
-    assert any(ask["question"] == question and ask["stream"] == "cam0" for ask in feed.asks)
+    assert any(ask.question == question and ask.stream == "cam0" for ask in feed.asks)
     expect(page.locator("#question")).to_have_value("")
 
     # Pick the other stream: the question goes about that one, and its answer shows there.
@@ -522,7 +531,7 @@ def test_a_question_as_long_as_the_protocol_allows_is_sent_whole(
     page.fill("#question", question + " and more")  # the box stops at the protocol's limit
     page.press("#question", "Enter")
     expect(page.locator("#answers li").first).to_have_attribute("data-state", "answered", timeout=WAIT_MS)
-    assert any(ask["question"] == question for ask in feed.asks)
+    assert any(ask.question == question for ask in feed.asks)
     assert_clean(page, record)
 
 

@@ -15,7 +15,7 @@ For each clip, in the same run and interleaved round by round (so both see the s
   status: what the capture process does;
 * **capture, copying**: the same, but each frame converted by PyAV into a new array and copied into
   the slot (``FrameRing.write``) instead of converted by PyAV's libswscale straight into the slot
-  (``write_with`` + ``sources.DirectRGB``): what the direct conversion saves;
+  (``write_with`` + ``rgb.DirectRGB``): what the direct conversion saves;
 * **capture, max_side 1344** (only where the clip is larger): the default downscale, for reference.
 
 The figure that matters is the overhead of capture over bare decoding (target <= 10%), in frames/s

@@ -47,6 +47,7 @@ from machine_info import cpu_model  # noqa: E402
 from stream import messages  # noqa: E402
 from stream.bus import Publisher, RunPaths  # noqa: E402
 from stream.gateway import gateway_main  # noqa: E402
+from stream.gateway_options import GatewayOptions  # noqa: E402
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 # A realistic dense caption is a few hundred characters.
@@ -64,8 +65,9 @@ CAPTION_TEXT = (
 # message and only the timestamp is read, so that on a small machine the figures show the gateway
 # rather than the cost of 500 Python clients per process.
 
-_WALL_KEY = b'"bench_wall":'
-_MEASURE = b'"measure":true'
+# A caption's wall_end is its publish time here; measured captions name the model "bench-measure".
+_WALL_KEY = b'"wall_end":'
+_MEASURE = b'"model":"bench-measure"'
 
 
 class _BenchClient(asyncio.Protocol):
@@ -121,13 +123,18 @@ class _BenchClient(asyncio.Protocol):
             self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
 
 
-def clients_main(port: int, count: int, slow: int, ready: Any, stop: Any, results: Any) -> None:
-    """``count`` websocket clients on one loop; the first ``slow`` of them never read."""
+def clients_main(
+    port: int, count: int, slow: int, ready: Any, stop: Any, results: Any, received: Any
+) -> None:
+    """``count`` websocket clients on one loop; the first ``slow`` of them never read. ``received``
+    (a shared integer) follows how many measured messages they have received."""
     _raise_nofile(count + 256)
-    asyncio.run(_clients(port, count, slow, ready, stop, results))
+    asyncio.run(_clients(port, count, slow, ready, stop, results, received))
 
 
-async def _clients(port: int, count: int, slow: int, ready: Any, stop: Any, results: Any) -> None:
+async def _clients(
+    port: int, count: int, slow: int, ready: Any, stop: Any, results: Any, received: Any
+) -> None:
     loop = asyncio.get_running_loop()
     uri = f"ws://127.0.0.1:{port}/ws"
     subscribe = json.dumps({"type": "subscribe", "streams": "*"})
@@ -157,6 +164,7 @@ async def _clients(port: int, count: int, slow: int, ready: Any, stop: Any, resu
     cpu_start, wall_start = time.process_time(), time.monotonic()
     ready.put(count)
     while not stop.is_set():
+        received.value = counts[0]
         await asyncio.sleep(0.05)
     cpu, wall = time.process_time() - cpu_start, time.monotonic() - wall_start
     for client in clients:
@@ -226,9 +234,10 @@ def run_phase(
         slow_total // args.procs + (1 if i < slow_total % args.procs else 0) for i in range(args.procs)
     ]
     ready, results, stop = context.Queue(), context.Queue(), context.Event()
+    received = [context.Value("q", 0, lock=False) for _ in per_proc]
     procs = [
-        context.Process(target=clients_main, args=(port, n, s, ready, stop, results), daemon=True)
-        for n, s in zip(per_proc, slow_per_proc, strict=True)
+        context.Process(target=clients_main, args=(port, n, s, ready, stop, results, got), daemon=True)
+        for n, s, got in zip(per_proc, slow_per_proc, received, strict=True)
     ]
     connect_started = time.monotonic()
     for proc in procs:
@@ -250,19 +259,18 @@ def run_phase(
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                message = messages.caption(
+                now = time.time()
+                message = messages.Caption(
                     stream=f"cam{seq % 4}",
                     seq=seq,
                     t_start=float(seq),
                     t_end=seq + 16.0,
                     frame_times=[float(seq + i) for i in range(16)],
-                    wall_start=time.time() - 16.0,
-                    wall_end=time.time(),
+                    wall_start=now - 16.0,
+                    wall_end=now,
                     text=CAPTION_TEXT,
-                    model="bench",
+                    model="bench-measure" if measure else "bench",
                     latency_ms=0.0,
-                    measure=measure,
-                    bench_wall=time.time(),
                 )
                 publisher.send(message)
                 seq += 1
@@ -289,7 +297,11 @@ def run_phase(
         cpu1, wall1 = _cpu_seconds(gateway_pid), time.monotonic()
         during = _health(port)
         load_after = os.getloadavg()[0]
-        time.sleep(1.0)  # let the last messages arrive
+        # Every reader should get every measured message; a missing one is counted below, not waited for.
+        expected = sent * (args.clients - slow_total)
+        arrival_deadline = time.monotonic() + 5.0
+        while sum(got.value for got in received) < expected and time.monotonic() < arrival_deadline:
+            time.sleep(0.05)
         after = _health(port)
         stop.set()
         reports = [results.get(timeout=60) for _ in procs]
@@ -383,13 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         args=([publisher.endpoint], None),
         daemon=True,
         kwargs={
-            "port": 0,
-            "token": "",
+            "options": GatewayOptions(
+                port=0,
+                client_queue=args.client_queue,
+                send_buffer=args.send_buffer,
+                max_clients=args.clients + 100,
+            ),
             "ready_file": str(ready_file),
             "stop_event": stop_gateway,
-            "client_queue": args.client_queue,
-            "send_buffer": args.send_buffer,
-            "max_clients": args.clients + 100,
         },
     )
     gateway.start()

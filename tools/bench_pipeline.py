@@ -203,7 +203,7 @@ def encode_counts(window: float, stride: float, seconds: float, backend: Any) ->
             elif isinstance(action, Caption):
                 text = counting.describe(list(action.embeddings), action.prompt, max_new_tokens=1)
                 message = core.captioned(action, text, model_ms=0.0, wall=time.time())
-                per_caption.append(len(message["frame_times"]))
+                per_caption.append(len(message.frame_times))
     sampled = core.status()["bench"]["sampled"]
     return {
         "window": window,

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) the project's virtual environment in .venv and installs vidnarrate into it.
-# Idempotent: a stamp holding the hash of pyproject.toml skips the install when nothing changed.
+# Idempotent: a stamp records what was installed (the hash of pyproject.toml and the torch
+# requirement, then the extras); nothing is installed when that still holds. A venv with more extras
+# than asked for is fine as it is: `./vidnarrate` after `bash tools/test.sh` does not reinstall.
 #
-#   TORCH_SPEC   the torch requirement to install first. Default: "torch==2.13.0" on a machine without
-#                an NVIDIA GPU (a CPU build where the machine provides one), plain "torch" (a CUDA
-#                build from PyPI) where `nvidia-smi` finds a GPU.
-#   EXTRAS       optional extras to install, e.g. "test".
+#   TORCH_SPEC        the torch requirement to install first. Default: "torch==2.13.0" on a machine
+#                     without an NVIDIA GPU (a CPU build where the machine provides one), plain "torch"
+#                     (a CUDA build from PyPI) where `nvidia-smi` finds a GPU.
+#   EXTRAS            optional extras to install, comma-separated, e.g. "test".
+#   VIDNARRATE_VENV   where the venv lives (default: .venv in the repository).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${VIDNARRATE_VENV:-$root/.venv}"
-extras="${EXTRAS:-}"
 python="${PYTHON:-python3}"
 
 if [[ -z "${TORCH_SPEC:-}" ]]; then
@@ -20,11 +22,23 @@ if [[ -z "${TORCH_SPEC:-}" ]]; then
     fi
 fi
 
-want="$( (cat "$root/pyproject.toml"; echo "$TORCH_SPEC"; echo "$extras") | sha256sum | cut -c1-16)"
+# "b, a,,a" -> "a,b": extras as a sorted set.
+extras_set() { tr ', ' '\n\n' <<<"$*" | sed '/^$/d' | sort -u | paste -sd, -; }
+
+want="$( (cat "$root/pyproject.toml"; echo "$TORCH_SPEC") | sha256sum | cut -c1-16)"
 stamp="$venv/.vidnarrate-stamp"
-if [[ -x "$venv/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    exit 0
+have="" had_extras=""
+if [[ -x "$venv/bin/python" && -f "$stamp" ]]; then
+    { read -r have || true; read -r had_extras || true; } <"$stamp"
 fi
+asked="$(extras_set "${EXTRAS:-}")"
+if [[ "$have" == "$want" ]]; then
+    # Installed already, unless an extra asked for is not among those installed.
+    [[ -z "$(comm -23 <(tr ',' '\n' <<<"$asked" | sed '/^$/d') <(tr ',' '\n' <<<"$had_extras" | sed '/^$/d'))" ]] \
+        && exit 0
+fi
+# Keep what was installed before: switching between the launcher and the tests must not flip-flop.
+extras="$(extras_set "$asked,$had_extras")"
 
 echo "vidnarrate: setting up $venv (torch: $TORCH_SPEC${extras:+, extras: $extras})" >&2
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
@@ -33,4 +47,4 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 target="$root"
 [[ -n "$extras" ]] && target="$root[$extras]"
 "${pip[@]}" install -e "$target"
-echo "$want" > "$stamp"
+printf '%s\n%s\n' "$want" "$extras" >"$stamp"

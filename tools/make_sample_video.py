@@ -1,170 +1,23 @@
 #!/usr/bin/env python3
-"""Make a test/demo video from real photos: a slow pan and zoom over each photo, encoded with PyAV.
+"""Make a test/demo video from the bundled photos (see :mod:`stream.democlip`).
 
     python tools/make_sample_video.py out.mp4 --size 640x360 --fps 30 --seconds 20
     python tools/make_sample_video.py out.mp4 --size 1920x1080 --seconds 10 --no-stamp
 
-Why: no media ships in our wheels and tests run offline, so clips of any size, frame rate and length
-are built from the small real photos committed in ``tests/data/photos/`` (real-world content, unlike
-synthetic patterns, so codecs and the model see something realistic). Needs only PyAV (its wheel has
-libx264), OpenCV and numpy.
-
-Stamp (on by default): every frame carries its index twice, as text for humans and as a row of
-black/white cells along the top edge (``CODE_BITS`` bits, least significant first) that survives
-H.264 compression; :func:`read_stamp` decodes it so tests can tell exactly which frame they got.
+Tests and the other tools load this script for :mod:`stream.democlip`'s clip builder and stamp
+reader, which it re-exports under their own names.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-from collections.abc import Iterator, Sequence
-from fractions import Fraction
+from collections.abc import Sequence
 from pathlib import Path
 
-import av
-import cv2
-import numpy as np
+from stream.democlip import draw_stamp, frames, load_photos, make_video, read_stamp
 
-PHOTOS_DIR = Path(__file__).resolve().parent.parent / "tests" / "data" / "photos"
-CODE_BITS = 20  # up to ~1M frames: 9.7 h at 30 fps
-SECONDS_PER_PHOTO = 4.0
-
-
-def code_cell(width: int) -> int:
-    """Side of one stamp cell in pixels at this frame width (big enough to survive compression)."""
-    return max(4, min(32, width // (CODE_BITS + 4)))
-
-
-def load_photos(paths: Sequence[Path] | None = None) -> list[np.ndarray]:
-    """The photos as RGB uint8 arrays (default: every JPEG in ``tests/data/photos``)."""
-    files = list(paths) if paths else sorted(PHOTOS_DIR.glob("*.jpg"))
-    if not files:
-        raise FileNotFoundError(f"no photos given and none found in {PHOTOS_DIR}")
-    photos = []
-    for path in files:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{path}: not a readable image")
-        photos.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    return photos
-
-
-def pan_zoom(photo: np.ndarray, width: int, height: int, phase: float) -> np.ndarray:
-    """One view of ``photo`` at ``phase`` in [0, 1): a crop with the output's aspect that zooms in
-    and out and drifts across the picture, resized to ``width`` x ``height``."""
-    ph, pw = photo.shape[:2]
-    aspect = width / height
-    full_w, full_h = (pw, pw / aspect) if pw / ph < aspect else (ph * aspect, ph)
-    zoom = 1.0 + 0.35 * (1.0 - math.cos(2.0 * math.pi * phase)) / 2.0  # 1.0 -> 1.35 -> 1.0
-    crop_w, crop_h = full_w / zoom, full_h / zoom
-    cx = pw / 2 + (pw - crop_w) / 2 * math.sin(2.0 * math.pi * phase)
-    cy = ph / 2 + (ph - crop_h) / 2 * math.sin(4.0 * math.pi * phase) * 0.8
-    x0 = min(max(cx - crop_w / 2, 0.0), pw - crop_w)
-    y0 = min(max(cy - crop_h / 2, 0.0), ph - crop_h)
-    # An affine warp does crop + resize with sub-pixel offsets, so the motion is smooth.
-    sx, sy = width / crop_w, height / crop_h
-    matrix = np.array([[sx, 0.0, -x0 * sx], [0.0, sy, -y0 * sy]], dtype=np.float64)
-    interp = cv2.INTER_AREA if sx < 1.0 else cv2.INTER_LINEAR
-    return cv2.warpAffine(photo, matrix, (width, height), flags=interp, borderMode=cv2.BORDER_REFLECT)
-
-
-def draw_stamp(image: np.ndarray, index: int, seconds: float) -> None:
-    """Burn ``index`` (cells + text) and the time into ``image`` in place."""
-    h, w = image.shape[:2]
-    cell = code_cell(w)
-    if index >= 1 << CODE_BITS:
-        raise ValueError(f"frame index {index} does not fit in {CODE_BITS} stamp bits")
-    image[: cell + 2 * (cell // 4), : (CODE_BITS + 2) * cell] = (0, 0, 255)  # blue band behind the cells
-    for bit in range(CODE_BITS):
-        value = 255 if (index >> bit) & 1 else 0
-        x = (bit + 1) * cell
-        image[cell // 4 : cell // 4 + cell, x : x + cell] = value
-    text = f"#{index}  {seconds:.3f}s"
-    scale = max(0.4, h / 400)
-    org = (cell, min(h - 4, cell * 2 + int(28 * scale)))
-    for color, weight in (((0, 0, 0), 4), ((255, 255, 255), 2)):  # white on a black outline
-        thickness = max(1, int(weight * scale))
-        cv2.putText(image, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
-
-
-def read_stamp(image: np.ndarray, made_width: int | None = None) -> int:
-    """The frame index burnt in by :func:`draw_stamp`, from an RGB frame; ``made_width`` is the width
-    the clip was made at when the frame was scaled since (e.g. by capture's ``max_side``)."""
-    width = image.shape[1]
-    cell = code_cell(made_width or width) * width / (made_width or width)
-    y = round(cell / 4 + cell / 2)
-    r = max(1, round(cell / 4))
-    index = 0
-    for bit in range(CODE_BITS):
-        x = round((bit + 1.5) * cell)
-        patch = image[y - r : y + r + 1, x - r : x + r + 1]
-        if float(patch.mean()) > 127.5:
-            index |= 1 << bit
-    return index
-
-
-def frames(
-    photos: Sequence[np.ndarray], width: int, height: int, fps: float, count: int, stamp: bool = True
-) -> Iterator[np.ndarray]:
-    """``count`` RGB frames: each photo for SECONDS_PER_PHOTO seconds, panned and zoomed."""
-    per_photo = max(1, round(SECONDS_PER_PHOTO * fps))
-    for index in range(count):
-        photo = photos[(index // per_photo) % len(photos)]
-        image = pan_zoom(photo, width, height, (index % per_photo) / per_photo)
-        if stamp:
-            draw_stamp(image, index, index / fps)
-        yield image
-
-
-def make_video(
-    out: Path,
-    *,
-    width: int = 640,
-    height: int = 360,
-    fps: float = 30.0,
-    seconds: float = 10.0,
-    codec: str = "libx264",
-    crf: int = 23,
-    preset: str = "veryfast",
-    gop: int | None = None,
-    stamp: bool = True,
-    photos: Sequence[Path] | None = None,
-    pix_fmt: str | None = None,
-    x264_params: str = "",
-) -> int:
-    """Encode the clip to ``out`` (container from the suffix); returns the number of frames.
-
-    ``pix_fmt`` defaults to yuv420p (yuvj420p for mjpeg); ``x264_params`` passes libx264 settings
-    such as ``colormatrix=bt709:fullrange=on`` (colour tags the decoder then reports)."""
-    if width % 2 or height % 2:
-        raise ValueError(f"size {width}x{height}: width and height must be even (yuv420p)")
-    count = max(1, round(seconds * fps))
-    rate = Fraction(fps).limit_denominator(1001)
-    try:
-        is_video = av.Codec(codec, "w").type == "video"
-    except av.codec.codec.UnknownCodecError:
-        is_video = False
-    if not is_video:
-        raise ValueError(f"codec {codec!r} is not a video encoder this PyAV build has")
-    images = load_photos(photos)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(out), mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        assert isinstance(stream, av.VideoStream)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": preset, "g": str(gop or max(1, round(2 * fps)))}
-            if x264_params:
-                stream.options |= {"x264-params": x264_params}
-        for index, image in enumerate(frames(images, width, height, fps, count, stamp)):
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = index
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    return count
+__all__ = ["draw_stamp", "frames", "load_photos", "main", "make_video", "read_stamp"]
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -193,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dest="photos",
         type=Path,
         action="append",
-        help="photo to use (repeatable; default tests/data/photos/*.jpg)",
+        help="photo to use (repeatable; default the bundled stream/demo/*.jpg)",
     )
     args = parser.parse_args(argv)
     width, height = args.size

@@ -125,7 +125,7 @@ def demo(out: Path, phone: Path | None, size: tuple[int, int]) -> None:
                 feed.endpoints(), feed.asks_endpoint, run_dir=paths.run_dir, token=secrets.token_urlsafe(16)
             ).start()
             try:
-                _publish_history(feed)
+                gateway.wait_for_replay(_publish_history(feed))
                 with launch_chromium() as browser:
                     _shoot(browser, gateway.url, out, size, ask=True)
                     if phone is not None:
@@ -134,8 +134,9 @@ def demo(out: Path, phone: Path | None, size: tuple[int, int]) -> None:
                 gateway.stop()
 
 
-def _publish_history(feed: ViewerFeed) -> None:
-    """Captions every STRIDE seconds of the clip, as if the run had been going for CLIP_SECONDS."""
+def _publish_history(feed: ViewerFeed) -> int:
+    """Captions every STRIDE seconds of the clip, as if the run had been going for CLIP_SECONDS;
+    returns how many."""
     base = feed.started_wall
     for stream, texts, first_end in (
         ("park", PARK_CAPTIONS, STRIDE),
@@ -146,7 +147,7 @@ def _publish_history(feed: ViewerFeed) -> None:
             t_start = max(0.0, t_end - WINDOW)
             feed.publish(
                 "inference",
-                messages.caption(
+                messages.Caption(
                     stream=stream,
                     seq=seq,
                     t_start=t_start,
@@ -159,7 +160,7 @@ def _publish_history(feed: ViewerFeed) -> None:
                     latency_ms=900.0,
                 ),
             )
-    time.sleep(1.0)  # let the gateway store them for replay
+    return len(PARK_CAPTIONS) + len(STATION_CAPTIONS)
 
 
 def _shoot(browser: Any, url: str, out: Path, size: tuple[int, int], *, ask: bool) -> None:

@@ -1,0 +1,132 @@
+"""What to open and how: a source string parsed into a :class:`SourceSpec`, and :class:`SourceOptions`.
+
+Plain values, no I/O.
+
+Accepted strings::
+
+    clip.mp4, /path/x.mkv, file:///path/x.ts     a file PyAV can read (paced at real time by default)
+    rtsp://..., rtsps://...                       RTSP camera, TCP transport by default
+    http(s)://...                                 MJPEG over HTTP, HLS playlists, or a remote file
+    webcam, webcam:N, /dev/videoN                 a camera through OpenCV (V4L2 on Linux)
+    screen, screen:DISPLAY (screen::99, screen:99) the X screen through mss
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from .errors import ConfigError, UnsupportedSource
+
+SourceKind = Literal["file", "network", "webcam", "screen"]
+
+ACCEPTED = (
+    "a video file path (or file://PATH), rtsp://, rtsps://, http://, https:// (MJPEG, HLS), "
+    "webcam:N, /dev/videoN, screen or screen:DISPLAY (e.g. screen::99)"
+)
+NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_DEV_VIDEO = re.compile(r"^/dev/video\d+$")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed source string. ``target`` is the path, URL, camera index/device or X display."""
+
+    kind: SourceKind
+    target: str
+    text: str = ""
+
+    @property
+    def live(self) -> bool:
+        """Live sources reconnect when they end; files end."""
+        return self.kind != "file"
+
+    @property
+    def label(self) -> str:
+        """The source as shown in logs and errors: the user's string with any password hidden."""
+        return redact(self.text or self.target)
+
+
+def redact(text: str) -> str:
+    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; other strings unchanged."""
+    if not _SCHEME.match(text):
+        return text
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = f"{parts.username}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_source(text: str) -> SourceSpec:
+    """Parse a user's source string; raises :class:`UnsupportedSource` naming it and what is accepted."""
+    raw = text
+    text = text.strip()
+    if not text:
+        raise UnsupportedSource(f"empty source string; expected {ACCEPTED}")
+    if text == "screen" or text.startswith("screen:"):
+        display = text[len("screen:") :] if text != "screen" else ""
+        if display and not display.startswith(":") and display[:1].isdigit():
+            display = ":" + display  # screen:99 means :99
+        if display and not re.fullmatch(r"[A-Za-z0-9_.-]*:\d+(\.\d+)?", display):
+            raise UnsupportedSource(f"source {raw!r}: {display!r} is not an X display like :0 or :99.0")
+        return SourceSpec("screen", display, text)
+    if text == "webcam" or text.startswith("webcam:"):
+        index = text[len("webcam:") :] if text != "webcam" else "0"
+        if _DEV_VIDEO.match(index):
+            return SourceSpec("webcam", index, text)
+        if not index.isdigit():
+            raise UnsupportedSource(f"source {raw!r}: webcam index {index!r} is not a number like webcam:0")
+        return SourceSpec("webcam", str(int(index)), text)
+    if _DEV_VIDEO.match(text):
+        return SourceSpec("webcam", text, text)
+    match = _SCHEME.match(text)
+    if match:
+        scheme = match.group(1).lower()
+        if scheme == "file":
+            path = urlsplit(text).path
+            if not path:
+                raise UnsupportedSource(f"source {raw!r}: file:// URL without a path")
+            return SourceSpec("file", path, text)
+        if scheme in NETWORK_SCHEMES:
+            if not urlsplit(text).hostname:
+                raise UnsupportedSource(f"source {redact(raw)!r}: {scheme}:// URL without a host")
+            return SourceSpec("network", text, text)
+        raise UnsupportedSource(
+            f"source {redact(raw)!r}: unsupported scheme {scheme}://; expected {ACCEPTED}"
+        )
+    return SourceSpec("file", str(Path(text).expanduser()), text)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to open and read a source. Picklable, so it travels to the capture process as is.
+
+    ``max_side``: long side limit in pixels (0 = keep the source size). ``realtime``: pace files by
+    their pts (False = as fast as possible, for offline work). ``loop``: replay a file forever as if
+    it were live (demos). ``open_timeout``/``read_timeout``: seconds for network sources (PyAV
+    notices a hung server after about twice the read timeout; capture's watchdog bounds it too).
+    ``fps_hint``: screen grabs per second. ``rtsp_transport``: ``tcp`` (default) or ``udp``.
+    """
+
+    max_side: int = 1344
+    realtime: bool = True
+    loop: bool = False
+    open_timeout: float = 10.0
+    read_timeout: float = 5.0
+    fps_hint: float = 5.0
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+
+    def __post_init__(self) -> None:
+        if self.max_side < 0 or 0 < self.max_side < 16:
+            raise ConfigError(f"SourceOptions.max_side: {self.max_side} is not 0 (no limit) or >= 16")
+        for name in ("open_timeout", "read_timeout", "fps_hint"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"SourceOptions.{name}: {getattr(self, name)} must be > 0")
+        if self.rtsp_transport not in ("tcp", "udp"):
+            raise ConfigError(f"SourceOptions.rtsp_transport: {self.rtsp_transport!r} is not 'tcp' or 'udp'")

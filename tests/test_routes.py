@@ -1,0 +1,78 @@
+"""The gateway's HTTP routes, on requests built in memory (the real server: tests/test_gateway.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from stream.auth import TokenAuth
+from stream.routes import Routes
+
+
+def routes(web_dir: Path | None, *, token: str = "", admit: bool = True) -> Routes:
+    return Routes(
+        web_dir=web_dir,
+        auth=TokenAuth(token, port=8765) if token else None,
+        health=lambda: {"ok": True, "clients": 3},
+        admit=lambda: admit,
+    )
+
+
+def get(r: Routes, path: str, method: str = "GET", **headers: str) -> Response | None:
+    return r.process_request(None, Request(path, Headers(list(headers.items())), method=method))  # type: ignore[arg-type]
+
+
+def status(response: Any) -> int:
+    assert isinstance(response, Response)
+    return response.status_code
+
+
+def test_static_files_with_their_type_and_nothing_outside(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<p>hi</p>")
+    (web / "app.js").write_text("1;")
+    (tmp_path / "secret.txt").write_text("no")
+    r = routes(web)
+    page = get(r, "/")
+    assert isinstance(page, Response) and page.body == b"<p>hi</p>"
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert page.headers["Content-Length"] == "9"
+    js = get(r, "/app.js")
+    assert isinstance(js, Response) and "javascript" in js.headers["Content-Type"]
+    for path in ("/missing", "/../secret.txt", "/web/../../secret.txt"):
+        assert status(get(r, path)) == 404, path
+    assert status(get(routes(None), "/")) == 404  # no page at all
+
+
+def test_head_has_the_headers_and_no_body_and_other_methods_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<p>hi</p>")
+    r = routes(tmp_path)
+    head = get(r, "/", method="HEAD")
+    assert isinstance(head, Response) and head.body == b"" and head.headers["Content-Length"] == "9"
+    refused = get(r, "/", method="POST")
+    assert status(refused) == 405 and refused is not None and refused.headers["Allow"] == "GET, HEAD"
+
+
+def test_health_is_open_and_the_rest_needs_the_token(tmp_path: Path) -> None:
+    (tmp_path / "index.html").write_text("<p>hi</p>")
+    r = routes(tmp_path, token="s3cret")
+    health = get(r, "/healthz")
+    assert isinstance(health, Response) and json.loads(health.body) == {"ok": True, "clients": 3}
+    assert status(get(r, "/")) == 401 and status(get(r, "/ws")) == 401
+    page = get(r, "/?token=s3cret")
+    assert status(page) == 200 and page is not None
+    assert page.headers["Set-Cookie"].startswith("vidnarrate_token_8765=s3cret;")
+    by_cookie = get(r, "/", Cookie="vidnarrate_token_8765=s3cret")
+    assert status(by_cookie) == 200 and by_cookie is not None and "Set-Cookie" not in by_cookie.headers
+    assert get(r, "/ws", Authorization="Bearer s3cret") is None  # on to the websocket handshake
+
+
+def test_the_websocket_path_admits_up_to_the_client_limit(tmp_path: Path) -> None:
+    assert get(routes(tmp_path), "/ws") is None
+    assert status(get(routes(tmp_path, admit=False), "/ws")) == 503
+    assert status(get(routes(tmp_path), "/", Connection="Upgrade")) == 404  # websockets are at /ws
