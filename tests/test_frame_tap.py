@@ -183,3 +183,37 @@ def test_the_model_loop_captions_answers_and_flushes_the_tail(ring: FrameRing, t
         publisher.close()
         run.remove()
     assert result == [0]
+
+
+def test_a_ring_that_does_not_exist_yet_is_attached_once_it_does(tmp_path: Path) -> None:
+    """FrameRing.attach raises RingError for a missing ring: the tap says so once and keeps trying."""
+    core = Scheduler(SETTINGS)
+    core.add_stream("cam")
+    shared = SharedScheduler(core)
+    run = RunPaths.create(root=tmp_path)
+    publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
+    name = ring_name(uuid.uuid4().hex, "cam")
+    options = InferenceOptions(run_id=run.run_id, run_dir=str(run.run_dir), streams={"cam": name})
+    stop = threading.Event()
+    tap = FrameTap(shared, {"cam": name}, LockedPublisher(publisher), options, threading.Event(), stop)
+    tap.start()
+    ring = None
+    try:
+        wait_until(lambda: "cam" in tap.unattached, "the tap to find no ring")
+        ring = FrameRing.create(name, slots=8, max_height=64, max_width=64)
+        write(ring, range(3))
+        wait_until(lambda: core_sampled(shared) == 2, "frames from the ring created late")
+    finally:
+        stop.set()
+        tap.join(5)
+        if ring is not None:
+            ring.close()
+            ring.unlink()
+        publisher.close()
+        run.remove()
+    assert tap.error is None
+
+
+def core_sampled(shared: SharedScheduler) -> int:
+    with shared.use() as core:
+        return int(core.status()["cam"]["sampled"])
