@@ -5,9 +5,11 @@ documents every key with the same values (a test keeps the two equal). A user fi
 keys it changes. Layers are applied in order (defaults, ``--config FILE``, the CLI's flags, ``--set``)
 by :func:`merge`, which rejects an unknown section or key and a value of the wrong type, naming the
 file (or "command line") and the key; :func:`check` then checks every range, choice and rule, declared
-next to each field with :func:`setting`. The runtime option objects (``CaptionSettings``,
-``SourceOptions``, ``InferenceOptions``; ``stream/pipeline.py`` builds them) come from a checked
-:class:`Config` and need no checks of their own.
+next to each field with :func:`setting`. :func:`check_settings` is the one validator: the runtime
+option objects that code may also make directly (``GatewayOptions``, ``SourceOptions``) declare their
+fields with :func:`setting` too and call it when made, so a bad value gets the same message from a
+file, a flag or code. ``GatewayOptions`` extends :class:`GatewayConfig` (the ``[gateway]`` keys are
+its user-settable fields); :func:`options_from` makes an option object from a section.
 
 ``[sources.NAME]`` tables define sources by name (``url``) and give a source its own ``prompt``,
 ``window`` and ``stride``; a setting a source leaves out is the global one.
@@ -21,18 +23,23 @@ import os
 import re
 import tomllib
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # A source's name keys its ring, its captions and its status, and is a TOML key and a --set path
 # component, so it is kept plain.
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 SOURCE_NAME_RULE = "a letter, then letters, digits, _ or -, at most 64"
+
+Options = TypeVar("Options", bound="DataclassInstance")
 
 
 def packaged_text(name: str) -> str:
@@ -44,13 +51,19 @@ def setting(
     default: Any,
     *,
     low: float | str | None = None,
+    above: float | None = None,
     high: float | None = None,
     choices: tuple[str, ...] = (),
     rule: Callable[[Any], str | None] | None = None,
 ) -> Any:
-    """A config field with its checks: an inclusive range (``low`` may name a sibling field that the
-    value must not be below), a set of choices, or a rule that returns the reason a value is bad."""
-    return field(default=default, metadata={"low": low, "high": high, "choices": choices, "rule": rule})
+    """A field with its checks: a range (``low`` inclusive, and it may name a sibling field that the
+    value must not be below; ``above`` exclusive, for "more than 0"; ``high`` inclusive), a set of
+    choices, or a rule that returns the reason a value is bad. A None value (an optional field left
+    unset) passes every check."""
+    return field(
+        default=default,
+        metadata={"low": low, "above": above, "high": high, "choices": choices, "rule": rule},
+    )
 
 
 def _not_empty(what: str) -> Callable[[Any], str | None]:
@@ -79,8 +92,11 @@ def preset_typo(prompt: str) -> str | None:
     return f"{prompt!r} is not a preset ({', '.join(names)}); it is used as the prompt text itself.{hint}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GatewayConfig:
+    """The ``[gateway]`` keys. ``stream.gateway_options.GatewayOptions`` extends this class with the
+    options only code sets, so these fields, defaults and limits are declared once, here."""
+
     host: str = "127.0.0.1"
     port: int = setting(8765, low=0, high=65535)
     token: str = ""
@@ -89,6 +105,7 @@ class GatewayConfig:
     max_message_bytes: int = setting(65536, low=256, high=64 * 1024 * 1024)
 
     def resolved_token(self) -> str:
+        """The token in use: this one, else ``$VIDNARRATE_TOKEN`` ("" when neither: no auth)."""
         return self.token or os.environ.get("VIDNARRATE_TOKEN", "")
 
 
@@ -190,16 +207,40 @@ def check_settings(prefix: str, section: Any) -> None:
             continue
         key = f"{prefix}.{spec.name}"
         meta = spec.metadata
-        low, high = meta.get("low"), meta.get("high")
+        low, above, high = meta.get("low"), meta.get("above"), meta.get("high")
         if isinstance(low, str):
             low = getattr(section, low)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{key}: {value!r} is out of range [{low}, {high}]")
+        # Written so that NaN fails every bound it meets.
+        if (
+            (low is not None and not value >= low)
+            or (above is not None and not value > above)
+            or (high is not None and not value <= high)
+        ):
+            raise ConfigError(f"{key}: {value!r} is out of range {_interval(low, above, high)}")
         if meta.get("choices") and value not in meta["choices"]:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
         reason = meta["rule"](value) if meta.get("rule") else None
         if reason:
             raise ConfigError(f"{key}: {reason}")
+
+
+def _interval(low: float | None, above: float | None, high: float | None) -> str:
+    """``[0, 65535]``, ``(0, inf)``, ``[1, inf)``: the range a value must be in."""
+    start = f"[{low}" if low is not None else f"({above}" if above is not None else "(-inf"
+    end = f"{high}]" if high is not None else "inf)"
+    return f"{start}, {end}"
+
+
+def options_from(
+    section: Any, options: type[Options], renamed: Mapping[str, str] | None = None, **changes: Any
+) -> Options:
+    """The option object ``options`` (a dataclass) made from a checked config section: each key of the
+    section that is one of its fields (by the same name, or by the name ``renamed`` maps it to) is
+    carried over, ``changes`` are applied on top, and the object checks itself when made."""
+    renamed = renamed or {}
+    known = {spec.name for spec in fields(options)}
+    values = {renamed.get(spec.name, spec.name): getattr(section, spec.name) for spec in fields(section)}
+    return options(**{name: value for name, value in values.items() if name in known} | changes)
 
 
 def _coerce(key: str, value: Any, kind: Any) -> Any:

@@ -1,7 +1,11 @@
 """The gateway's options: one frozen value, checked once when it is made.
 
-Keyword-only and grouped by purpose, with safe limits on by default. :class:`GatewayOptions` is
-picklable, so ``vidnarrate run`` hands it as it is to the gateway's child process.
+Keyword-only and grouped by purpose, with safe limits on by default. :class:`GatewayOptions` is the
+``[gateway]`` config section (:class:`~stream.config.GatewayConfig`: host, port, token, client_queue,
+replay, max_message_bytes) extended with the options only code sets; every limit is declared on its
+field and checked by :func:`~stream.config.check_settings`, so a bad value gets the same message as
+in a config file. It is picklable, so ``vidnarrate run`` hands it as it is to the gateway's child
+process.
 """
 
 from __future__ import annotations
@@ -9,80 +13,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError
+from .config import GatewayConfig, check_settings, setting
 from .routes import DEFAULT_WEB_DIR
 
 
 @dataclass(frozen=True, kw_only=True)
-class GatewayOptions:
+class GatewayOptions(GatewayConfig):
     """How the gateway listens, and what it allows each client. Raises :class:`ConfigError` (a
-    ``ValueError``) naming the option for a value out of range."""
+    ``ValueError``) naming the option for a value out of range. ``port`` 0 means any free port (read
+    ``Gateway.port`` once it listens); ``token`` "" means no auth (``resolved_token`` is the config's
+    rule, for callers that read ``$VIDNARRATE_TOKEN``)."""
 
-    # where
-    host: str = "127.0.0.1"
-    port: int = 8765  # 0: any free port (read Gateway.port once it listens)
-    token: str = ""  # "": no auth; else the page and the websocket need it
     web_dir: Path | None = DEFAULT_WEB_DIR  # the viewer's files; None: no page
-    # fan-out
-    client_queue: int = 256  # messages queued per client behind its socket
-    replay: int = 100  # captions kept per stream for subscribe's replay
-    write_buffer: int = 64 * 1024  # bytes in a client's socket buffer before messages queue instead
-    send_buffer: int | None = 256 * 1024  # each client's kernel send buffer (None: the kernel's)
-    slow_client_timeout: float = 30.0  # seconds a client may stay behind, dropping, before 4000
-    max_clients: int = 10_000
-    status_interval: float = 1.0  # seconds between periodic status messages
-    # client input
-    max_message_bytes: int = 65536  # larger client messages get a too_large error reply
-    max_errors: int = 20  # this many error replies within error_window seconds closes with 1008
-    error_window: float = 10.0
+    # fan-out (client_queue and replay are config keys). write_buffer: bytes in a client's socket
+    # buffer before messages queue instead; send_buffer: each client's kernel send buffer (None: the
+    # kernel's); slow_client_timeout: seconds a client may stay behind, dropping, before 4000.
+    write_buffer: int = setting(64 * 1024, low=0)
+    send_buffer: int | None = setting(256 * 1024, low=1)
+    slow_client_timeout: float = setting(30.0, above=0)
+    max_clients: int = setting(10_000, low=1)
+    status_interval: float = setting(1.0, above=0)  # seconds between periodic status messages
+    # client input (max_message_bytes is a config key: larger messages get a too_large error reply):
+    # max_errors error replies within error_window seconds close the connection with 1008.
+    max_errors: int = setting(20, low=1)
+    error_window: float = setting(10.0, above=0)
     # asks
-    ask_timeout: float = 30.0
-    asks_per_client: int = 8
-    max_pending_asks: int = 1024
+    ask_timeout: float = setting(30.0, above=0)
+    asks_per_client: int = setting(8, low=1)
+    max_pending_asks: int = setting(1024, low=1)
     # connections
-    close_timeout: float = 3.0
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    max_streams: int = 256
+    close_timeout: float = setting(3.0, above=0)
+    ping_interval: float | None = setting(20.0, above=0)
+    ping_timeout: float | None = setting(20.0, above=0)
+    max_streams: int = setting(256, low=1)
 
     def __post_init__(self) -> None:
-        for name, low in (
-            ("port", 0),
-            ("client_queue", 1),
-            ("replay", 0),
-            ("write_buffer", 0),
-            ("max_clients", 1),
-            ("max_message_bytes", 1),
-            ("max_errors", 1),
-            ("asks_per_client", 1),
-            ("max_pending_asks", 1),
-            ("max_streams", 1),
-        ):
-            value = getattr(self, name)
-            if value < low:
-                raise ConfigError(f"gateway option {name} must be at least {low}, got {value}")
-        if self.port > 65535:
-            raise ConfigError(f"gateway option port must be at most 65535, got {self.port}")
-        if self.send_buffer is not None and self.send_buffer < 1:
-            raise ConfigError(
-                f"gateway option send_buffer must be at least 1 (or None), got {self.send_buffer}"
-            )
-        for name in (
-            "slow_client_timeout",
-            "status_interval",
-            "error_window",
-            "ask_timeout",
-            "close_timeout",
-        ):
-            seconds = getattr(self, name)
-            if not seconds > 0:
-                raise ConfigError(
-                    f"gateway option {name} must be a positive number of seconds, got {seconds}"
-                )
-        for name in ("ping_interval", "ping_timeout"):
-            seconds = getattr(self, name)
-            if seconds is not None and not seconds > 0:
-                raise ConfigError(f"gateway option {name} must be positive seconds or None, got {seconds}")
+        check_settings("gateway", self)
 
     @property
     def max_frame_bytes(self) -> int:

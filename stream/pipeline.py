@@ -21,7 +21,7 @@ from typing import Any
 from .bus import RunPaths, remove_stale_runs
 from .captioning import CaptionSettings
 from .capture import capture_main
-from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, load_prompts, resolve_prompt
+from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, load_prompts, options_from, resolve_prompt
 from .errors import ConfigError
 from .gateway import gateway_main
 from .gateway_options import GatewayOptions
@@ -117,16 +117,14 @@ def caption_settings(config: Config, *, offline: bool = False, stream: str | Non
     )
 
 
+# [capture] keys that SourceOptions names otherwise; the other keys they share carry over by name
+# (ring_slots and the backoff are the pipeline's, not a source's).
+CAPTURE_KEYS_AS_SOURCE_OPTIONS = {"loop_files": "loop", "screen_fps": "fps_hint"}
+
+
 def source_options(config: Config, *, realtime: bool | None = None) -> SourceOptions:
-    c = config.capture
-    return SourceOptions(
-        max_side=c.max_side,
-        realtime=c.realtime if realtime is None else realtime,
-        loop=c.loop_files,
-        open_timeout=c.open_timeout,
-        read_timeout=c.read_timeout,
-        fps_hint=c.screen_fps,
-    )
+    changes = {} if realtime is None else {"realtime": realtime}
+    return options_from(config.capture, SourceOptions, CAPTURE_KEYS_AS_SOURCE_OPTIONS, **changes)
 
 
 def inference_options(
@@ -215,14 +213,7 @@ class LivePipeline:
             kwargs={
                 "events_endpoints": [self.run.publisher_endpoint(role) for role in self._roles()],
                 "asks_endpoint": self.run.asks_endpoint,
-                "options": GatewayOptions(
-                    host=g.host,
-                    port=g.port,
-                    token=g.resolved_token(),
-                    client_queue=g.client_queue,
-                    replay=g.replay,
-                    max_message_bytes=g.max_message_bytes,
-                ),
+                "options": options_from(g, GatewayOptions, token=g.resolved_token()),
                 "ready_file": str(self.ready_file),
             },
             fatal_codes=(ExitCode.USAGE,),

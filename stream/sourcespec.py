@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError, UnsupportedSource
+from .config import check_settings, setting
+from .errors import UnsupportedSource
 
 SourceKind = Literal["file", "network", "webcam", "screen"]
 
@@ -103,6 +104,10 @@ def parse_source(text: str) -> SourceSpec:
     return SourceSpec("file", str(Path(text).expanduser()), text)
 
 
+def _max_side_rule(side: int) -> str | None:
+    return None if side == 0 or side >= 16 else f"{side!r} is not 0 (no limit) or at least 16"
+
+
 @dataclass(frozen=True)
 class SourceOptions:
     """How to open and read a source. Picklable, so it travels to the capture process as is.
@@ -112,21 +117,17 @@ class SourceOptions:
     it were live (demos). ``open_timeout``/``read_timeout``: seconds for network sources (PyAV
     notices a hung server after about twice the read timeout; capture's watchdog bounds it too).
     ``fps_hint``: screen grabs per second. ``rtsp_transport``: ``tcp`` (default) or ``udp``.
+    The limits are checked by :func:`~stream.config.check_settings`, the config's validator; the
+    ``[capture]`` section sets most of these (``stream.pipeline.source_options``).
     """
 
-    max_side: int = 1344
+    max_side: int = setting(1344, rule=_max_side_rule)
     realtime: bool = True
     loop: bool = False
-    open_timeout: float = 10.0
-    read_timeout: float = 5.0
-    fps_hint: float = 5.0
-    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout: float = setting(10.0, above=0)
+    read_timeout: float = setting(5.0, above=0)
+    fps_hint: float = setting(5.0, above=0)
+    rtsp_transport: Literal["tcp", "udp"] = setting("tcp", choices=("tcp", "udp"))
 
     def __post_init__(self) -> None:
-        if self.max_side < 0 or 0 < self.max_side < 16:
-            raise ConfigError(f"SourceOptions.max_side: {self.max_side} is not 0 (no limit) or >= 16")
-        for name in ("open_timeout", "read_timeout", "fps_hint"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"SourceOptions.{name}: {getattr(self, name)} must be > 0")
-        if self.rtsp_transport not in ("tcp", "udp"):
-            raise ConfigError(f"SourceOptions.rtsp_transport: {self.rtsp_transport!r} is not 'tcp' or 'udp'")
+        check_settings("source", self)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.cli import build_parser, resolve_config
 from stream.config import (
     Config,
     SourceConfig,
@@ -23,6 +24,7 @@ from stream.config import (
     resolve_prompt,
 )
 from stream.errors import ConfigError, UnsupportedSource
+from stream.gateway_options import GatewayOptions
 from stream.pipeline import (
     NamedSource,
     caption_settings,
@@ -30,6 +32,7 @@ from stream.pipeline import (
     inference_options,
     source_options,
 )
+from stream.sourcespec import SourceOptions
 
 
 def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -> None:
@@ -80,7 +83,8 @@ def test_user_file_changes_only_its_keys(tmp_path: Path) -> None:
         ('[sampler]\nwindow = "long"\n', "sampler.window: expected float"),
         ("[sampler]\nmax_frames = 1.5\n", "sampler.max_frames: expected int"),
         ("[sampler]\nmax_frames = 100\n", "sampler.max_frames: 100 is out of range"),
-        ("[gateway]\nport = 70000\n", "gateway.port: 70000 is out of range"),
+        ("[gateway]\nport = 70000\n", "gateway.port: 70000 is out of range [0, 65535]"),
+        ("[capture]\nread_timeout = nan\n", "capture.read_timeout: nan is out of range [0.1, 3600]"),
         ('[captions]\ndecoding = "fast"\n', "captions.decoding: 'fast' is not one of"),
         ('[model]\ndevice = "gpu"\n', "model.device: 'gpu' is not 'auto'"),
         (
@@ -238,3 +242,45 @@ def test_source_options_come_from_the_capture_section() -> None:
     options = source_options(config, realtime=False)
     assert (options.max_side, options.loop, options.realtime) == (640, True, False)
     assert options.fps_hint == config.capture.screen_fps
+
+
+def test_every_source_option_a_user_may_set_is_fed_from_the_capture_section() -> None:
+    changed = {
+        "capture.max_side": 640,
+        "capture.realtime": False,
+        "capture.loop_files": True,
+        "capture.open_timeout": 3.0,
+        "capture.read_timeout": 2.0,
+        "capture.screen_fps": 12.0,
+    }
+    options = source_options(apply_overrides(Config(), changed))
+    unchanged = {f.name for f in fields(SourceOptions) if getattr(options, f.name) == f.default}
+    assert unchanged == {"rtsp_transport"}, "a SourceOptions field the [capture] section does not reach"
+    assert (options.loop, options.fps_hint, options.open_timeout) == (True, 12.0, 3.0)
+
+
+def test_a_bad_value_gets_one_message_from_a_file_a_flag_set_and_code(tmp_path: Path) -> None:
+    """One validator: the same words, naming the key, whichever way the value came in."""
+    message = "gateway.port: 70000 is out of range [0, 65535]"
+    path = tmp_path / "bad.toml"
+    path.write_text("[gateway]\nport = 70000\n")
+    for make, origin in (
+        (lambda: load_config(path), f"{path}: "),
+        (lambda: resolve_config(build_parser().parse_args(["run", "--port", "70000"])), "command line: "),
+        (lambda: apply_overrides(Config(), ["gateway.port=70000"], "--set"), "--set: "),
+        (lambda: GatewayOptions(port=70000), ""),
+    ):
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert str(info.value) == origin + message
+
+    # A key of the section and a limit only code sets, through the same validator.
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(Config(), ["gateway.max_message_bytes=100"], "--set")
+    assert str(info.value) == "--set: gateway.max_message_bytes: 100 is out of range [256, 67108864]"
+    with pytest.raises(
+        ConfigError, match=r"^gateway\.max_message_bytes: 100 is out of range \[256, 67108864\]$"
+    ):
+        GatewayOptions(max_message_bytes=100)
+    with pytest.raises(ConfigError, match=r"^gateway\.ask_timeout: 0 is out of range \(0, inf\)$"):
+        GatewayOptions(ask_timeout=0)

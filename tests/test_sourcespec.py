@@ -75,14 +75,16 @@ def test_passwords_never_appear_in_labels_or_errors() -> None:
     assert "hunter2" not in message
 
 
-def test_source_options_are_checked() -> None:
+def test_source_options_are_checked_by_the_config_validator() -> None:
     SourceOptions(max_side=0)  # no limit
-    for bad in (
-        {"max_side": -1},
-        {"max_side": 8},
-        {"read_timeout": 0},
-        {"fps_hint": -1.0},
-        {"rtsp_transport": "http"},
+    for bad, message in (
+        ({"max_side": -1}, "source.max_side: -1 is not 0 (no limit) or at least 16"),
+        ({"max_side": 8}, "source.max_side: 8 is not 0 (no limit) or at least 16"),
+        ({"read_timeout": 0}, "source.read_timeout: 0 is out of range (0, inf)"),
+        ({"open_timeout": float("nan")}, "source.open_timeout: nan is out of range (0, inf)"),
+        ({"fps_hint": -1.0}, "source.fps_hint: -1.0 is out of range (0, inf)"),
+        ({"rtsp_transport": "http"}, "source.rtsp_transport: 'http' is not one of tcp, udp"),
     ):
-        with pytest.raises(ConfigError, match=next(iter(bad))):
+        with pytest.raises(ConfigError) as info:
             SourceOptions(**bad)  # type: ignore[arg-type]
+        assert str(info.value) == message
