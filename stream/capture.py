@@ -24,11 +24,11 @@ second with counters)::
   read timeout), abandons that reader (its late frames are discarded) and reconnects. The abandoned
   thread ends when PyAV's own timeout fires.
 
-**Stream time.** The ring's ``pts`` is seconds since the source's first frame, monotonic across
-reconnects: within a connection it follows the source's pts; on a reconnect (a camera restarts its
-pts at 0, or at any value) it continues from the last stream time plus the wall-clock gap. For live
-sources a pts jump of more than ``max_jump`` seconds beyond the wall-clock gap, or any step backwards,
-is re-anchored the same way (see :class:`StreamClock`). ``wall`` is time.time() at decode.
+**Stream time.** The ring's ``pts`` is stream time, stamped here once by a
+:class:`~stream.timeline.Timeline` (see its rules): seconds since the source's first frame, strictly
+increasing across reconnects (a reconnect continues by the wall-clock gap) and across a restart of
+this process (it resumes after the ring's newest frame). For live sources a pts jump of more than 10 s
+beyond the wall-clock gap is a discontinuity too. ``wall`` is time.time() at decode.
 
 **Counters.** ``frames`` written to the ring; ``fps`` over the last status interval; ``decode_errors``
 (corrupt packets skipped, over all connections); ``reconnects`` (attempts after a loss); ``drops``
@@ -64,6 +64,7 @@ from .sources import (
     open_source,
     parse_source,
 )
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,6 @@ EXIT_BAD_SOURCE = ExitCode.CONFIG
 POLL_S = 0.05  # how often the watchdog looks at the reader thread
 LOSSLESS_WAIT_S = 0.1  # a lossless write waits this long for readers before re-checking for a stop
 ABANDON_JOIN_S = 1.0  # how long a stop waits for the reader to leave cleanly
-_EPS = 1e-6
 
 
 # The states are the bus schema's (connecting, live, lost, ended): one definition for both sides.
@@ -103,50 +103,6 @@ class FrameWriter(Protocol):
     def write(self, image: np.ndarray, pts: float, wall: float, *, timeout: float | None = None) -> int: ...
 
     def mark_ended(self) -> None: ...
-
-
-class StreamClock:
-    """Maps source pts to stream time: 0 at the first frame, strictly increasing, continuous across
-    reconnects. Pure logic; call :meth:`new_segment` before the first frame of each new connection.
-
-    ``max_jump`` (seconds, None = trust the source) bounds how far the source's pts may run ahead of
-    the wall clock between two frames before it counts as a discontinuity. Use None for files, whose
-    pts legitimately outrun the wall clock when decoding faster than real time.
-    """
-
-    def __init__(self, max_jump: float | None = 10.0) -> None:
-        self.max_jump = max_jump
-        self._last_t: float | None = None
-        self._last_wall = 0.0
-        self._anchor: tuple[float, float] | None = None  # (source pts, stream time) of the segment
-
-    @property
-    def last(self) -> float | None:
-        return self._last_t
-
-    def new_segment(self) -> None:
-        self._anchor = None
-
-    def __call__(self, pts: float | None, wall: float) -> float:
-        t: float | None = None
-        if self._last_t is None:
-            t = 0.0
-        elif self._anchor is not None and pts is not None:
-            t = self._anchor[1] + (pts - self._anchor[0])
-            gap = wall - self._last_wall
-            if t <= self._last_t or (self.max_jump is not None and (t - self._last_t) - gap > self.max_jump):
-                t = None  # backwards, repeated, or a jump: a discontinuity
-        if t is None:
-            t = self._continue(wall)
-            self._anchor = None
-        if self._anchor is None and pts is not None:
-            self._anchor = (pts, t)
-        self._last_t, self._last_wall = t, wall
-        return t
-
-    def _continue(self, wall: float) -> float:
-        assert self._last_t is not None
-        return self._last_t + max(wall - self._last_wall, _EPS)
 
 
 @dataclass
@@ -209,7 +165,7 @@ class Capture:
         self.error: str | None = None
         self.retryable = False  # ended with an error that a later attempt might not hit (gave up)
         self.stats = CaptureStats()
-        self._clock = StreamClock(max_jump=10.0 if spec.live else None)
+        self._clock = Timeline(max_jump=10.0 if spec.live else None, resume=_newest(ring), name=name)
         self._lock = threading.Lock()
         self._active: int | None = None  # generation whose frames are accepted
         self._generation = 0
@@ -398,7 +354,9 @@ class Capture:
                     return False
                 attempt.decode_errors = decode_errors
                 if t is None:
-                    t = self._clock(frame.pts, frame.wall)
+                    t = self._clock.stamp(frame.pts, frame.wall)
+                    if t is None:
+                        return True  # a repeated or reordered frame: not a new moment of the stream
                 try:
                     if self._write_with is not None:  # converted straight into the slot
                         fill = (frame.fill_padded if self._slots_padded else None) or frame.fill
@@ -450,6 +408,14 @@ class Capture:
         message = self.status()
         if self._on_status is not None:
             self._on_status(message)
+
+
+def _newest(ring: FrameWriter) -> tuple[float, float] | None:
+    """(stream time, wall) of a ring's newest frame, for a restarted capture to continue after."""
+    if not isinstance(ring, FrameRing) or ring.head_seq < 0:
+        return None
+    info = ring.info(ring.head_seq)
+    return None if info is None else (info.pts, info.wall)
 
 
 def _install_signal_handlers(stop_event: Any) -> None:

@@ -1,16 +1,18 @@
 """The inference process: one per GPU, serving every source of the run.
 
-Two threads share the per-stream :class:`~stream.captioning.StreamWorker` state:
+The shell around the scheduling core (:class:`~stream.scheduler.Scheduler`, which decides what to
+do and keeps every per-stream figure): this module owns the threads, the ring reads, the model calls,
+the one lock and the publishing.
 
-* the **frame tap** polls every source's shared-memory ring (headers only: pixels are copied out
-  only for the frames the 1-fps sampler keeps), queues kept frames for encoding, publishes their
-  thumbnails, and notices a source that ended;
-* the **model loop** (main thread) answers asks first (a person is waiting), then encodes every
-  queued frame in one batched vision call, then captions the next window (streams in turn, newest
-  window first, older ones skipped and counted), and publishes ``caption``/``partial``/``answer``
-  and, at ~1 Hz, ``inference_status``.
+* The **frame tap** (a thread) polls every source's shared-memory ring (headers only: pixels are
+  copied out only for the frames the core keeps), gives the core each frame's stream time and, for a
+  kept frame, its pixels, publishes thumbnails, and tells the core when a source ended.
+* The **model loop** (main thread) hands the core the asks that came in, then asks it for the next
+  action and runs it on the model (encode a batch, caption a window, answer an ask), outside the lock,
+  so the tap never waits for the model and sampling stays on time while a caption is generated. It
+  publishes ``caption``/``partial``/``answer`` and, at ~1 Hz, ``inference_status``.
 
-The tap never waits for the model, so sampling stays on time while a caption is being generated.
+Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
 exits with :attr:`~stream.process.ExitCode.CONFIG` and the supervisor stops the run instead of
 restarting it forever.
@@ -25,19 +27,25 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+if TYPE_CHECKING:
+    from model.backends import CaptionBackend
+
 from . import messages
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
-from .captioning import Captioner, CaptionSettings, StreamWorker
+from .captioning import CaptionSettings
+from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
+from .scheduler import Action, Answer, Caption, Encode, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,7 @@ READY_FILE = "inference.ready"  # written in the run directory once the model is
 DRAINED_FILE = "inference.drained"
 
 _TAP_IDLE_S = 0.01
+_IDLE_WAIT_S = 0.05  # the model loop with nothing to do waits this long for the tap (or an ask)
 _STATUS_EVERY_S = 1.0
 _PARTIAL_EVERY_S = 0.1
 _THUMBNAIL_EVERY_S = 1.0
@@ -63,7 +72,7 @@ class InferenceOptions:
     device: str = "auto"
     dtype: str = "auto"
     captions: CaptionSettings = field(default_factory=lambda: CaptionSettings(prompt="Describe the video."))
-    stream_captions: dict[str, CaptionSettings] = field(default_factory=dict)
+    stream_captions: dict[str, CaptionSettings] = field(default_factory=dict)  # per stream; else captions
     stream_tokens: bool = False
     thumbnails: bool = True
     thumbnail_side: int = 320
@@ -79,12 +88,26 @@ def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
     return base64.b64encode(out.getvalue()).decode("ascii")
 
 
+class SharedScheduler:
+    """The scheduling core and the one lock both threads take to use it (see the module doc)."""
+
+    def __init__(self, core: Scheduler) -> None:
+        self._core = core
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def use(self) -> Iterator[Scheduler]:
+        """The core, for as long as the ``with`` block runs (keep it short: no model calls inside)."""
+        with self._lock:
+            yield self._core
+
+
 class FrameTap(threading.Thread):
-    """Feeds ring frames to the stream workers (see the module docstring)."""
+    """Feeds ring frames to the scheduling core (see the module docstring)."""
 
     def __init__(
         self,
-        workers: dict[str, StreamWorker],
+        shared: SharedScheduler,
         ring_names: dict[str, str],
         bus: LockedPublisher,
         options: InferenceOptions,
@@ -92,7 +115,7 @@ class FrameTap(threading.Thread):
         stop: threading.Event,
     ) -> None:
         super().__init__(name="frame-tap", daemon=True)
-        self.workers = workers
+        self.shared = shared
         self.ring_names = ring_names
         self.bus = bus
         self.options = options
@@ -100,6 +123,8 @@ class FrameTap(threading.Thread):
         self.stop = stop
         self.rings: dict[str, FrameRing | None] = dict.fromkeys(ring_names)
         self.cursor: dict[str, int] = dict.fromkeys(ring_names, -1)
+        self.ended: set[str] = set()
+        self.unattached: set[str] = set()  # rings we could not attach to yet (warned once each)
         self.last_thumbnail: dict[str, float] = dict.fromkeys(ring_names, 0.0)
         self.error: BaseException | None = None
 
@@ -122,8 +147,11 @@ class FrameTap(threading.Thread):
         if ring is None:
             try:
                 ring = FrameRing.attach(self.ring_names[name])
-            except FileNotFoundError:
-                return None  # the supervisor creates rings first; tests may attach late
+            except RingError as exc:  # the supervisor creates rings first; retried on every poll
+                if name not in self.unattached:
+                    self.unattached.add(name)
+                    log.warning("stream %s: no frames yet: %s", name, exc)
+                return None
             self.rings[name] = ring
         return ring
 
@@ -132,39 +160,31 @@ class FrameTap(threading.Thread):
         ring = self._ring(name)
         if ring is None:
             return False
-        worker = self.workers[name]
         head = ring.head_seq
         cursor = self.cursor[name]
         if head <= cursor:
-            if ring.ended and not worker.ended and head == cursor:
-                with worker.lock:
-                    worker.finish()
+            if ring.ended and head == cursor and name not in self.ended:
+                self.ended.add(name)
+                with self.shared.use() as core:
+                    core.end_stream(name)
                 self.wake.set()
             return False
-        first = max(cursor + 1, head - ring.slots + 1)
-        for seq in range(first, head + 1):
+        for seq in range(max(cursor + 1, head - ring.slots + 1), head + 1):
             info = ring.info(seq)
             if info is None:
                 continue  # overwritten before we looked: the sampler sees a gap
-            pts, wall = info.pts, info.wall
-            kept: dict[str, np.ndarray] = {}
-
-            def read_pixels(seq: int = seq, kept: dict[str, np.ndarray] = kept) -> np.ndarray | None:
-                frame = ring.read(seq)
-                if frame is None:
-                    return None
-                kept["image"] = frame.image
-                return frame.image
-
-            with worker.lock:
-                sample = worker.offer(seq, pts, wall, read_pixels)
-            if sample is not None and "image" in kept:
-                self.wake.set()
-                self._thumbnail(name, sample.t, wall, kept["image"])
+            frame = None
+            with self.shared.use() as core:
+                if core.offer(name, seq, info.pts, info.wall):
+                    frame = ring.read(seq)
+                    if frame is None:
+                        core.pixels_lost(name, seq)
+                    else:
+                        core.add_pixels(name, seq, frame.image)
+            if frame is not None:
+                self._thumbnail(name, info.pts, info.wall, frame.image)
         self.cursor[name] = head
-        with worker.lock:
-            if worker.due:
-                self.wake.set()
+        self.wake.set()
         return True
 
     def _thumbnail(self, name: str, t: float, wall: float, image: np.ndarray) -> None:
@@ -203,7 +223,7 @@ class PartialPublisher:
             self.bus.send(messages.Partial(stream=self.stream, seq=self.seq, text=self.text))
 
 
-def load_caption_backend(options: InferenceOptions) -> Any:
+def load_caption_backend(options: InferenceOptions) -> CaptionBackend:
     from model.backends import load_backend  # heavy (torch): only the inference process pays for it
 
     device = None if options.device == "auto" else options.device
@@ -224,7 +244,7 @@ def _abort_loading(_signum: int, _frame: Any) -> None:
 def inference_main(
     options: InferenceOptions,
     stop_event: Any,
-    backend_factory: Callable[[InferenceOptions], Any] = load_caption_backend,
+    backend_factory: Callable[[InferenceOptions], CaptionBackend] = load_caption_backend,
 ) -> int:
     """Process entry (see the module docstring). Returns the exit code."""
     from model.errors import CheckpointError
@@ -273,24 +293,26 @@ class ModelLoop:
     def __init__(
         self,
         options: InferenceOptions,
-        backend: Any,
+        backend: CaptionBackend,
         bus: LockedPublisher,
         asks: AskReceiver,
         stop_event: Any,
         status_base: dict[str, str],
     ) -> None:
         self.options = options
+        self.backend = backend
         self.bus = bus
         self.asks = asks
         self.stop_event = stop_event
         self.status_base = status_base
         backend.set_interrupt(stop_event.is_set)  # Ctrl-C ends a caption mid-generation
-        self.captioner = Captioner(backend, options.captions)
+        core = Scheduler(options.captions, stream_settings=options.stream_captions, model=backend.name)
         for name in options.streams:
-            self.captioner.add_stream(name)
+            core.add_stream(name)
+        self.shared = SharedScheduler(core)
         self.wake = threading.Event()
         self.tap_stop = threading.Event()
-        self.tap = FrameTap(self.captioner.workers, options.streams, bus, options, self.wake, self.tap_stop)
+        self.tap = FrameTap(self.shared, options.streams, bus, options, self.wake, self.tap_stop)
         self._last_status = 0.0
 
     def run(self) -> int:
@@ -299,19 +321,21 @@ class ModelLoop:
         try:
             self._publish_status(force=True)
             while not self.stop_event.is_set() and not self.tap_stop.is_set():
-                did = self._answer_asks()
-                did += self.captioner.encode_pending()
-                job = self.captioner.next_job()
-                if job is not None:
-                    self._caption(*job)
-                    did += 1
+                self.wake.clear()
+                asks = self.asks.poll()
+                with self.shared.use() as core:
+                    for ask in asks:
+                        core.submit_ask(ask.id, ask.stream, ask.question)
+                    action = core.next_action()
+                    idle_and_drained = action is None and not drained and core.drained()
+                if action is not None:
+                    self._perform(action)
                 self._publish_status()
-                if not did and not drained and self._drained():
+                if idle_and_drained:  # the last caption is published by now: this thread made it
                     drained = True
                     write_ready_file(Path(self.options.run_dir) / DRAINED_FILE, str(os.getpid()))
-                if not did:
-                    self.wake.wait(0.05)
-                    self.wake.clear()
+                if action is None:
+                    self.wake.wait(_IDLE_WAIT_S)
         finally:
             self.tap_stop.set()
             self.tap.join(timeout=2.0)
@@ -319,98 +343,74 @@ class ModelLoop:
             return ExitCode.FAILED
         return ExitCode.OK
 
-    def _drained(self) -> bool:
-        """Every source ended and nothing of it is left to caption (captions are made in this thread:
-        the last one is published by now)."""
-        for worker in self.captioner.workers.values():
-            with worker.lock:
-                if not worker.ended or worker.due:
-                    return False
-        return True
+    def _perform(self, action: Action) -> None:
+        """Run one action on the model, outside the lock, and report its result to the core."""
+        if isinstance(action, Encode):
+            started = time.monotonic()
+            embeddings = self.backend.encode_frames(action.pixels, max_slice_nums=action.max_slice_nums)
+            with self.shared.use() as core:
+                core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
+        elif isinstance(action, Caption):
+            self._caption(action)
+        elif isinstance(action, Answer):
+            self._answer(action)
+        else:
+            self.bus.send(action.message)
 
-    def _caption(self, worker: StreamWorker, job: Any) -> None:
-        on_text = None
-        if self.options.stream_tokens:
-            on_text = PartialPublisher(self.bus, worker.name, job.index - 1)
+    def _caption(self, action: Caption) -> None:
+        on_text = (
+            PartialPublisher(self.bus, action.stream, action.seq) if self.options.stream_tokens else None
+        )
+        started = time.monotonic()
         try:
-            message = self.captioner.caption(worker, job, on_text=on_text)
+            text = self.backend.describe(
+                list(action.embeddings),
+                action.prompt,
+                context=action.context,
+                max_new_tokens=action.max_new_tokens,
+                decoding=action.decoding,
+                on_text=on_text,
+            )
         except ValueError as exc:
             # The model refused this window (e.g. a prompt over max_inp_length): the next window may
             # well work, and a restart would only reload the model to fail the same way.
-            with worker.lock:
-                worker.counters.caption_errors += 1
-                first = worker.counters.caption_errors == 1
-            (log.error if first else log.debug)(
-                "stream %s: window %.1f-%.1f s not captioned: %s", worker.name, job.t_start, job.t_end, exc
+            with self.shared.use() as core:
+                errors = core.caption_failed(action)
+            job = action.job
+            (log.error if errors == 1 else log.debug)(
+                "stream %s: window %.1f-%.1f s not captioned: %s", action.stream, job.t_start, job.t_end, exc
             )
             return
-        if message is not None and not self.stop_event.is_set():  # else cut short by shutdown
+        model_ms = (time.monotonic() - started) * 1000
+        with self.shared.use() as core:
+            message = core.captioned(action, text, model_ms=model_ms, wall=time.time())
+        if not self.stop_event.is_set():  # else cut short by shutdown
             self.bus.send(message)
 
-    def _answer_asks(self) -> int:
-        handled = 0
-        for ask in self.asks.poll():
-            handled += 1
-            ask_id, stream = ask.id, ask.stream
-            worker = self.captioner.workers.get(stream)
-            if worker is None:
-                self.bus.send(
-                    messages.Answer(
-                        id=ask_id,
-                        stream=stream,
-                        text="",
-                        error=messages.ErrorCode.UNKNOWN_STREAM,
-                        message=f"no stream named {stream!r} in this run",
-                    )
-                )
-                continue
-            self.captioner.encode_pending()  # the newest frames belong in the answer
-            try:
-                text, frames = self.captioner.answer(worker, ask.question)
-            except LookupError as exc:
-                self.bus.send(
-                    messages.Answer(
-                        id=ask_id,
-                        stream=stream,
-                        text="",
-                        error=messages.ErrorCode.NO_FRAMES,
-                        message=str(exc),
-                    )
-                )
-                continue
-            except ValueError as exc:  # the model refused this question: the asker hears why
-                log.warning("stream %s: ask %r not answered: %s", stream, ask_id, exc)
-                self.bus.send(
-                    messages.Answer(
-                        id=ask_id,
-                        stream=stream,
-                        text="",
-                        error=messages.ErrorCode.MODEL_ERROR,
-                        message=str(exc),
-                    )
-                )
-                continue
-            self.bus.send(
-                messages.Answer(
-                    id=ask_id,
-                    stream=stream,
-                    text=text,
-                    t_start=round(frames[0].t, 3),
-                    t_end=round(frames[-1].t, 3),
-                    frame_times=[round(f.t, 3) for f in frames],
-                )
+    def _answer(self, action: Answer) -> None:
+        try:
+            text = self.backend.ask(
+                list(action.embeddings),
+                action.question,
+                max_new_tokens=action.max_new_tokens,
+                decoding=action.decoding,
             )
-        return handled
+        except ValueError as exc:  # the model refused this question: the asker hears why
+            log.warning("stream %s: ask %r not answered: %s", action.stream, action.id, exc)
+            with self.shared.use() as core:
+                message = core.answer_failed(action, str(exc))
+        else:
+            with self.shared.use() as core:
+                message = core.answered(action, text)
+        self.bus.send(message)
 
     def _publish_status(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_status < _STATUS_EVERY_S:
             return
         self._last_status = now
-        streams = {}
-        for name, worker in self.captioner.workers.items():
-            with worker.lock:
-                streams[name] = worker.status()
+        with self.shared.use() as core:
+            streams = core.status()
         self.bus.send(
             messages.InferenceStatus(
                 streams=streams, wall=time.time(), state=messages.ModelState.READY, **self.status_base

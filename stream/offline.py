@@ -1,30 +1,38 @@
 """``vidnarrate caption FILE``: the live pipeline's captioning, run over a file as fast as possible.
 
-Frames are decoded straight from the file (no real-time pacing, no ring, no child processes) and go
-through the same :class:`~stream.captioning.Captioner` as the live inference process, with the
-offline settings (model card: ``max_slice_nums=2``) and **no window skipped**: every stride of the
-file gets its caption, and the file's tail gets a last, shorter window. Captions are written as they
-are made, so nothing produced is lost if the run is interrupted.
+The shell that drives the scheduling core (:class:`~stream.scheduler.Scheduler`, the same as the live
+inference process) from a decoder: frames are decoded straight from the file (no real-time pacing,
+no ring, no child processes), stamped with stream time as capture stamps a file
+(:class:`~stream.timeline.Timeline`), and converted to RGB only when the core keeps them. Offline
+settings (model card: ``max_slice_nums=2``) and **no window skipped**: every stride of the file gets
+its caption, and the last window ends where the file's video ends. Captions are written as they are
+made, so nothing produced is lost if the run is interrupted.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 
-from .captioning import Captioner, CaptionSettings
+if TYPE_CHECKING:
+    from model.backends import CaptionBackend
+
+from .captioning import CaptionSettings
 from .errors import UnsupportedSource
 from .exports import CaptionWriter, open_writer
+from .scheduler import Caption, Encode, Scheduler
 from .sources import SourceOptions, open_source, parse_source
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
-# Frames encoded per vision batch while reading ahead (1 fps sampling: 16 s of video).
+# Frames encoded per vision batch while no window is due (1 fps sampling: 16 s of video).
 ENCODE_BATCH = 16
 
 
@@ -63,7 +71,7 @@ def check_video_file(path: str, max_side: int = 1344) -> None:
 
 def caption_file(
     path: str,
-    backend: Any,
+    backend: CaptionBackend,
     settings: CaptionSettings,
     outputs: Sequence[Path],
     *,
@@ -78,50 +86,70 @@ def caption_file(
             f"caption: {spec.label!r} is not a file (use `vidnarrate run` for live sources)"
         )
     name = stream or Path(spec.target).stem
-    captioner = Captioner(backend, settings)
-    worker = captioner.add_stream(name)
+    core = Scheduler(settings, model=backend.name)
+    core.add_stream(name, hold_last=True)  # the last window ends where the video ends
+    timeline = Timeline(max_jump=None, name=name)  # stamped as capture stamps a file
     # Outputs are opened at the first caption: a file that fails before any caption is made leaves
     # whatever the output paths held (an earlier run's captions) untouched.
     writers: list[CaptionWriter] = []
     captions: list[dict[str, Any]] = []
 
-    def open_outputs() -> None:
+    def run_actions(min_batch: int) -> None:
+        while (action := core.next_action(min_batch=min_batch)) is not None:
+            if isinstance(action, Encode):
+                started = time.monotonic()
+                embeddings = backend.encode_frames(action.pixels, max_slice_nums=action.max_slice_nums)
+                core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
+            elif isinstance(action, Caption):
+                write(caption(action))
+            # No asks offline, so no Answer or Reply.
+
+    def caption(action: Caption) -> dict[str, Any]:
+        """The caption as the JSON clients receive (what the caption files hold)."""
+        started = time.monotonic()
+        text = backend.describe(
+            list(action.embeddings),
+            action.prompt,
+            context=action.context,
+            max_new_tokens=action.max_new_tokens,
+            decoding=action.decoding,
+        )
+        model_ms = (time.monotonic() - started) * 1000
+        return core.captioned(action, text, model_ms=model_ms, wall=time.time()).to_dict()
+
+    def write(message: dict[str, Any]) -> None:
+        captions.append(message)
         if not writers:
             writers.extend(open_writer(Path(p)) for p in outputs)
-
-    def drain() -> None:
-        captioner.encode_pending()
-        while (job := captioner.next_job()) is not None:
-            message = captioner.caption(*job)
-            if message is None:
-                continue
-            caption = message.to_dict()  # the caption files hold the JSON clients receive
-            captions.append(caption)
-            open_outputs()
-            for writer in writers:
-                writer.write(caption)
+        for writer in writers:
+            writer.write(message)
 
     frames = 0
     decode_errors = 0
     try:
         with open_source(spec, SourceOptions(max_side=max_side, realtime=False)) as source:
-            for seq, frame in enumerate(source):
+            for seq, pending in enumerate(source.pending()):
                 frames += 1
-                worker.offer(seq, frame.pts, frame.wall, lambda image=frame.image: image)
-                if worker.due or len(worker.pending) >= ENCODE_BATCH:
-                    drain()
+                t = timeline.stamp(pending.pts, pending.wall)
+                if t is None:
+                    continue
+                if core.offer(name, seq, t, pending.wall):
+                    # Only kept frames are converted to RGB (about 1 in 25 at 1-fps sampling).
+                    core.add_pixels(name, seq, pending.to_video_frame().image)
+                run_actions(ENCODE_BATCH)
                 if progress is not None:
-                    progress(worker.latest_t)
+                    progress(t)
             decode_errors = source.decode_errors
-        worker.finish()
-        drain()
-        open_outputs()  # a file with no caption still gets its (empty) outputs
+        core.end_stream(name, timeline.end)
+        run_actions(1)
+        if not writers:  # a file with no caption still gets its (empty) outputs
+            writers.extend(open_writer(Path(p)) for p in outputs)
     finally:
         for writer in writers:
             writer.close()
     return OfflineResult(
         captions=captions,
-        duration=worker.latest_t,
+        duration=timeline.last or 0.0,
         frames=frames,
         decode_errors=decode_errors,
         outputs=[Path(p) for p in outputs],

@@ -114,7 +114,6 @@ def caption_settings(config: Config, *, offline: bool = False, stream: str | Non
         stride=stride,
         max_frames=config.sampler.max_frames,
         skip_stale=not offline,
-        time_origin=None if offline else 0.0,
     )
 
 

@@ -1,18 +1,15 @@
-"""Which frames the model sees, and when it is asked: timestamps in, samples and captioning jobs out.
+"""Which frames the model sees, and which windows it captions: stream times in, samples and windows out.
 
-Pure logic (no I/O, no pixels): the inference process offers every frame's metadata as it reads the
-ring, encodes the frames this returns as samples, and runs the jobs :meth:`Sampler.due` hands out.
+Pure logic (no I/O, no pixels, no clock): the scheduling core (:mod:`stream.scheduler`) offers every
+frame's stream time as it is read, keeps the frames this returns as samples, and queues the windows
+it cuts as captioning jobs.
 
-Stream time. Every time this module returns is seconds since the source's first frame, the ``t_*``
-of the caption messages: the first frame offered is t = 0 and later ones keep their pts distance
-from it. Timestamps that misbehave are handled so that emitted times stay strictly increasing:
-
-* repeat (pts equal to the previous one): the frame is ignored;
-* small step back (less than one 1/fps bucket: reordering jitter): the frame is ignored;
-* big step back (a camera or stream restart): re-anchored, so the frame continues the timeline
-  after the previous one by the wall-clock time between them (at least one frame interval);
-* jump forward (a gap): time jumps with it; empty windows are skipped, not emitted (below);
-* not finite (NaN, inf): ``ValueError`` naming the frame: capture must not send those.
+Stream time is stamped once, where frames are read (:mod:`stream.timeline`: capture for the live
+pipeline, the offline command for files): seconds since the source's first frame, strictly
+increasing, with repeats, reordering, restarts and gaps already dealt with. It is taken as it comes
+(a reader that attaches late, e.g. a restarted inference process, keeps the capture's timeline); a
+frame that is not after the previous one is ignored and counted (``stale``), and a time that is not
+finite is a ``ValueError`` naming the frame.
 
 Sampling (at most one frame per 1/fps bucket). Bucket k stands for grid time g_k = k/fps; it takes
 the frame nearest g_k, decided the moment a frame arrives (the caller must encode it promptly, so we
@@ -29,32 +26,28 @@ holds the samples in ``(t_end - window, t_end]``, ascending (``t_start = t_end -
 reaching back before the stream's start is ``[0, t_end]``). So at 1 fps a 16-s window holds 16
 frames, the newest being the frame at ``t_end`` itself: no waiting for the next bucket. (With
 ``stride == window`` the windows tile the stream and the very first frame, t = 0, is in none.) More
-than ``max_frames`` samples are subsampled uniformly, as the model card does. A job is due once a
-frame at or after its ``t_end`` has arrived. A job whose window holds no sample is skipped (counted),
-so a gap of an hour costs at most ``window / stride`` jobs carrying the frames from before it, not
-900 empty ones; the job index jumps with it. At the end of a file, :meth:`Sampler.flush` emits a
-last job for the samples after the last ``t_end``.
+than ``max_frames`` samples are subsampled uniformly, as the model card does. A job is cut (returned
+by :meth:`Sampler.offer`) once a frame at or after its ``t_end`` has arrived. A job whose window
+holds no sample is skipped (counted), so a gap of an hour costs at most ``window / stride`` jobs
+carrying the frames from before it, not 900 empty ones; the job index jumps with it. At the end of
+a file, :meth:`Sampler.flush` cuts a last job for the samples after the last ``t_end``, ending where
+the stream ends. With ``hold_last`` (offline) the newest job is held back until a sample after its
+``t_end`` arrives, so that when none does (the file ends less than one sample after it) that job
+itself is stretched to the stream's end: the last window always reaches the end of the file.
 
-Bounded memory: the window keeps only the samples a future job can still use (at most about
-``window * fps`` of them), pending jobs are capped at ``max_pending`` (oldest dropped, counted: the
-caller fell behind), and so is the list of evicted seqs kept for :meth:`Sampler.drain_evicted`.
+Bounded memory: the sampler keeps only the samples a future job can still use (at most
+:attr:`Sampler.window_capacity`); the jobs it cuts are the caller's to queue.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
-
-# A restart with no usable wall-clock or frame interval still moves time forward by this much.
-_MIN_STEP_S = 1e-3
 
 
 @dataclass(frozen=True)
@@ -82,10 +75,6 @@ class Job:
     def frame_times(self) -> list[float]:
         return [f.t for f in self.frames]
 
-    @property
-    def seqs(self) -> list[int]:
-        return [f.seq for f in self.frames]
-
 
 def uniform_subsample(items: Sequence[T], cap: int) -> list[T]:
     """At most ``cap`` items spread evenly, in order: the model card's ``uniform_sample`` (gap = n / cap,
@@ -112,12 +101,9 @@ class SamplerCounters:
 
     offered: int = 0
     sampled: int = 0
-    repeats: int = 0
-    reordered: int = 0
-    restarts: int = 0
+    stale: int = 0  # not after the previous frame (stream time is stamped strictly increasing)
     jobs: int = 0
     empty_windows: int = 0
-    jobs_dropped: int = 0
 
 
 class Sampler:
@@ -131,36 +117,26 @@ class Sampler:
         stride: float = 4.0,
         max_frames: int = 64,
         stream: str | None = None,
-        max_pending: int = 64,
-        origin: float | None = None,
+        hold_last: bool = False,
     ) -> None:
         self.fps = _positive("fps", fps)
         self.window = _positive("window", window)
         self.stride = _positive("stride", stride)
         if not isinstance(max_frames, int) or max_frames < 1:
             raise ValueError(f"Sampler: max_frames must be an integer >= 1 (got {max_frames!r})")
-        if not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"Sampler: max_pending must be an integer >= 1 (got {max_pending!r})")
         self.max_frames = max_frames
         self.stream = stream
-        self.max_pending = max_pending
-        # None: the first frame offered is t = 0. A number: stream time is pts - origin from the start
-        # (the live pipeline passes 0.0: capture already stamps stream time, and a reader that attaches
-        # late, e.g. a restarted inference process, must keep the capture's timeline).
-        self.origin = origin
+        self.hold_last = hold_last
         self.counters = SamplerCounters()
         self._bucket_s = 1.0 / self.fps
-        self._offset = 0.0  # stream time = pts + offset
-        self._last_pts: float | None = None
-        self._last_t = 0.0
-        self._last_wall = 0.0
+        self._last_t: float | None = None
         self._last_gap: float | None = None
         self._next_bucket = 0
         self._next_job = 1
         self._last_end = -math.inf  # t_end of the last job cut
+        self._last_sample = -math.inf  # time of the newest sample
+        self._held: Job | None = None  # hold_last: the newest job, until a sample after it comes
         self._samples: deque[SampledFrame] = deque()
-        self._pending: deque[Job] = deque()
-        self._evicted: deque[int] = deque(maxlen=4 * self.window_capacity)
 
     @property
     def window_capacity(self) -> int:
@@ -170,83 +146,57 @@ class Sampler:
     @property
     def now(self) -> float:
         """Stream time of the newest frame accepted (0 before any)."""
-        return self._last_t
+        return 0.0 if self._last_t is None else self._last_t
 
     @property
     def window_frames(self) -> tuple[SampledFrame, ...]:
         """The samples a future job may still use, ascending."""
         return tuple(self._samples)
 
-    def offer(self, seq: int, t: float, wall: float) -> SampledFrame | None:
-        """Offer a frame (its ring seq, pts in seconds, wall-clock time). Returns the sample if this frame
-        is kept (encode it now), else None. Jobs this frame makes due are queued for :meth:`due`."""
+    def offer(self, seq: int, t: float, wall: float) -> tuple[SampledFrame | None, list[Job]]:
+        """Offer a frame (its ring seq, stream time, wall-clock time). Returns the sample if this frame
+        is kept (its pixels are wanted now) and the jobs this frame makes due, oldest first."""
         if not (math.isfinite(t) and math.isfinite(wall)):
-            raise ValueError(f"Sampler: frame {seq} has a non-finite time (pts {t!r}, wall {wall!r})")
+            raise ValueError(f"Sampler: frame {seq} has a non-finite time (t {t!r}, wall {wall!r})")
         self.counters.offered += 1
-        stream_t = self._stream_time(t, wall)
-        if stream_t is None:
-            return None
+        if self._last_t is not None and t <= self._last_t:
+            self.counters.stale += 1
+            return None, []
+        if self._last_t is not None:
+            self._last_gap = t - self._last_t
+        self._last_t = t
         gap = self._last_gap
         half = self._bucket_s / 2 if gap is None else min(gap / 2, self._bucket_s / 2)
-        bucket = math.floor((stream_t + half) * self.fps)
+        bucket = math.floor((t + half) * self.fps)
         sample = None
         if bucket >= self._next_bucket:
-            sample = SampledFrame(seq, stream_t, wall, bucket)
+            sample = SampledFrame(seq, t, wall, bucket)
             self._next_bucket = bucket + 1
             self._samples.append(sample)
+            self._last_sample = t
             self.counters.sampled += 1
-        self._cut_jobs()
-        return sample
+        return sample, self._release(self._cut_jobs())
 
-    def _stream_time(self, pts: float, wall: float) -> float | None:
-        """Map pts to strictly increasing stream time, or None for a frame to ignore."""
-        if self._last_pts is None:
-            self._offset = -pts if self.origin is None else -self.origin
-            start = pts + self._offset
-            self._last_pts, self._last_t, self._last_wall = pts, start, wall
-            return start
-        step = pts - self._last_pts
-        if step == 0:
-            self.counters.repeats += 1
-            return None
-        if step < 0:
-            if -step < self._bucket_s:
-                self.counters.reordered += 1
-                return None
-            forward = max(wall - self._last_wall, self._last_gap or 0.0, _MIN_STEP_S)
-            self._offset = self._last_t + forward - pts
-            self.counters.restarts += 1
-            log.info(
-                "stream %s: pts went back %.3f s (restart?); timeline continues at t=%.3f",
-                self.stream,
-                -step,
-                self._last_t + forward,
-            )
-        stream_t = pts + self._offset
-        if stream_t <= self._last_t:  # a step too small to survive rounding
-            self.counters.repeats += 1
-            return None
-        self._last_gap = stream_t - self._last_t
-        self._last_pts, self._last_t, self._last_wall = pts, stream_t, wall
-        return stream_t
+    def _release(self, jobs: list[Job]) -> list[Job]:
+        """``hold_last``: the jobs to hand out now, holding back the newest while no sample follows it."""
+        if not self.hold_last:
+            return jobs
+        if self._held is not None:
+            jobs.insert(0, self._held)
+            self._held = None
+        if jobs and self._last_sample <= jobs[-1].t_end:
+            self._held = jobs.pop()
+        return jobs
 
-    def _cut_jobs(self) -> None:
-        now = self._last_t
+    def _cut_jobs(self) -> list[Job]:
+        now = self.now
+        jobs: list[Job] = []
         while self._next_job * self.stride <= now:
             t_end = self._next_job * self.stride
             lo = self._lower(t_end)
             frames = [s for s in self._samples if lo < s.t <= t_end]
             if frames:
-                self._push(
-                    Job(
-                        self.stream,
-                        self._next_job,
-                        max(lo, 0.0),
-                        t_end,
-                        tuple(uniform_subsample(frames, self.max_frames)),
-                    )
-                )
-                self._next_job += 1
+                jobs.append(self._job(max(lo, 0.0), t_end, frames))
                 continue
             # Empty window: skip straight to the first job whose end reaches the next sample.
             later = next((s.t for s in self._samples if s.t > t_end), None)
@@ -259,60 +209,39 @@ class Sampler:
             self.counters.empty_windows += target - self._next_job
             self._next_job = target
         self._evict(self._lower(self._next_job * self.stride))
+        return jobs
 
     def _lower(self, t_end: float) -> float:
         """A window's open lower bound; a window that reaches back before the first frame includes it."""
         lower = t_end - self.window
         return lower if lower >= 0 else -math.inf
 
-    def _push(self, job: Job) -> None:
-        if len(self._pending) >= self.max_pending:
-            self._pending.popleft()
-            self.counters.jobs_dropped += 1
-        self._pending.append(job)
-        self._last_end = job.t_end
+    def _job(self, t_start: float, t_end: float, frames: list[SampledFrame]) -> Job:
+        job = Job(
+            self.stream, self._next_job, t_start, t_end, tuple(uniform_subsample(frames, self.max_frames))
+        )
+        self._next_job += 1
+        self._last_end = t_end
         self.counters.jobs += 1
+        return job
 
     def _evict(self, older_than: float) -> None:
         while self._samples and self._samples[0].t <= older_than:
-            self._evicted.append(self._samples.popleft().seq)
+            self._samples.popleft()
 
-    def due(self) -> list[Job]:
-        """Jobs whose ``t_end`` stream time has been reached, oldest first; each is handed out once."""
-        jobs = list(self._pending)
-        self._pending.clear()
-        return jobs
-
-    def flush(self) -> list[Job]:
-        """End of stream: :meth:`due` plus, if samples came after the last job's end, a last job: the
-        next job's window cut short at the last frame (``t_end`` = its time), so a file's tail is
-        captioned too."""
+    def flush(self, end: float | None = None) -> list[Job]:
+        """End of stream (``end``: where its last frame ends; default, and at least: that frame's
+        time). If samples came after the last job's end, a last job: the next job's window cut short
+        at ``end``, so a file's tail is captioned too. With ``hold_last``, the held job comes first,
+        stretched to ``end``."""
+        t_end = max(self.now, end if end is not None else self.now)
+        jobs = []
+        if self._held is not None:  # no sample came after it (else it was handed out then)
+            jobs.append(replace(self._held, t_end=max(self._held.t_end, t_end)))
+            self._held = None
         if any(s.t > self._last_end for s in self._samples):
-            t_end = self._last_t  # the next job's window, cut short where the stream ended
             lo = self._lower(self._next_job * self.stride)
             frames = [s for s in self._samples if lo < s.t <= t_end]
-            self._push(
-                Job(
-                    self.stream,
-                    self._next_job,
-                    max(lo, 0.0),
-                    t_end,
-                    tuple(uniform_subsample(frames, self.max_frames)),
-                )
-            )
-            self._next_job += 1
+            jobs.append(self._job(max(lo, 0.0), t_end, frames))
             self._evict(self._lower(self._next_job * self.stride))
-        return self.due()
-
-    def drain_evicted(self) -> list[int]:
-        """Seqs of samples that left the window since the last call: drop their cached embeddings.
-
-        Bounded: if the caller never drains, the oldest notices are dropped; :meth:`retains` is the
-        self-healing check."""
-        seqs = list(self._evicted)
-        self._evicted.clear()
-        return seqs
-
-    def retains(self, seq: int) -> bool:
-        """Whether a future job may still use sample ``seq``."""
-        return any(s.seq == seq for s in self._samples)
+        return jobs

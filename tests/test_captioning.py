@@ -1,16 +1,21 @@
-"""Rolling captions with the real tiny model: encode-once cache, newest-window-first, fairness, context."""
+"""One stream's captioning state (stream/captioning.py), and the core's actions run on the real tiny
+model: encode once, cached-embedding captions equal pixel captions, slower-than-real-time encoding."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from model.backends import LocalBackend, load_backend
-from stream.captioning import Captioner, CaptionSettings
+from stream.captioning import MAX_DUE_WINDOWS, CaptionSettings, StreamCaptions
+from stream.sampler import SampledFrame
+from stream.scheduler import Action, Answer, Caption, Encode, Reply, Scheduler
 
 PHOTOS = sorted((Path(__file__).parent / "data" / "photos").glob("*.jpg"))
 
@@ -22,8 +27,11 @@ class CountingBackend:
         self.inner = backend
         self.name = backend.name
         self.encoded = 0
+        self.before_encode: Callable[[], None] | None = None
 
     def encode_frames(self, frames, max_slice_nums):  # type: ignore[no-untyped-def]
+        if self.before_encode is not None:
+            self.before_encode()
         self.encoded += len(frames)
         return self.inner.encode_frames(frames, max_slice_nums)
 
@@ -67,39 +75,112 @@ def settings(**overrides: object) -> CaptionSettings:
     return CaptionSettings(**base)  # type: ignore[arg-type]
 
 
-def feed(captioner: Captioner, stream: str, images: list[np.ndarray], fps: float, start_seq: int = 0) -> None:
-    worker = captioner.workers[stream]
-    for i, image in enumerate(images):
-        with worker.lock:
-            worker.offer(start_seq + i, i / fps, 1000.0 + i / fps, lambda image=image: image)
+def run(core: Scheduler, backend: Any) -> list[tuple[Action, Any]]:
+    """Run the core's actions on the backend until it has nothing to do (what the shells do); the
+    messages as the JSON clients receive."""
+    done: list[tuple[Action, Any]] = []
+    while (action := core.next_action()) is not None:
+        result: Any = None
+        if isinstance(action, Encode):
+            core.encoded(action, backend.encode_frames(action.pixels, action.max_slice_nums), ms=1.0)
+        elif isinstance(action, Caption):
+            text = backend.describe(
+                list(action.embeddings),
+                action.prompt,
+                context=action.context,
+                max_new_tokens=action.max_new_tokens,
+                decoding=action.decoding,
+            )
+            result = core.captioned(action, text, model_ms=1.0, wall=time.time()).to_dict()
+        elif isinstance(action, Answer):
+            text = backend.ask(list(action.embeddings), action.question, max_new_tokens=action.max_new_tokens)
+            result = core.answered(action, text).to_dict()
+        elif isinstance(action, Reply):
+            result = action.message.to_dict()
+        done.append((action, result))
+    return done
 
 
+# -- one stream's state (no model) ------------------------------------------------------------------
+def test_offer_keeps_one_frame_per_bucket_and_queues_its_pixels() -> None:
+    stream = StreamCaptions("cam", settings())
+    kept = []
+    for seq in range(90):  # 30 fps for 3 s
+        if stream.offer(seq, seq / 30, 1000 + seq / 30):
+            stream.add_pixels(seq, f"pixels {seq}")
+            kept.append(seq)
+    assert kept == [0, 30, 60]
+    assert [(s.seq, p) for s, p in stream.pending] == [(0, "pixels 0"), (30, "pixels 30"), (60, "pixels 60")]
+    assert [j.t_end for j in stream.due] == [2.0] and stream.latest_t == pytest.approx(89 / 30)
+
+
+def test_the_cache_keeps_only_what_a_window_or_an_ask_can_use() -> None:
+    stream = StreamCaptions("cam", settings(window=4.0, stride=4.0))
+    for seq in range(20):
+        assert stream.offer(seq, float(seq), 0.0)
+        stream.add_pixels(seq, None)
+        stream.pending.popleft()
+        stream.store(seq, f"embedding {seq}", 1.0)
+        while stream.take_job() is not None:
+            stream.sweep()
+    # At t = 19 the next window is (16, 20]; an ask would look at (15, 19]: nothing older is kept.
+    assert sorted(stream.cache) == [16, 17, 18, 19]
+    stream.held = (SampledFrame(3, 3.0, 0.0),)  # a frame of the window the scheduler has taken
+    stream.store(3, "embedding 3", 1.0)
+    assert 3 in stream.cache
+    stream.held = ()
+    stream.sweep()
+    assert 3 not in stream.cache
+
+
+def test_live_takes_the_newest_window_and_due_windows_are_bounded() -> None:
+    live = StreamCaptions("cam", settings(skip_stale=True, window=1.0, stride=1.0))
+    for seq in range(MAX_DUE_WINDOWS + 11):
+        live.offer(seq, float(seq), 0.0)
+        live.pixels_lost(seq)
+    assert len(live.due) == MAX_DUE_WINDOWS and live.counters.skipped == 10
+    job = live.take_job()
+    assert job is not None and job.t_end == MAX_DUE_WINDOWS + 10 and live.counters.skipped == 10 + 63
+    assert live.take_job() is None
+
+
+def test_context_is_the_last_captions() -> None:
+    stream = StreamCaptions("cam", settings(context_captions=2, context_template="Before: {previous}"))
+    assert stream.context() is None
+    for text in ("one.", "two.", "three."):
+        stream.history.append(text)
+    assert stream.context() == "Before: two. three."
+    assert StreamCaptions("cam", settings(context_captions=0)).context() is None
+
+
+# -- the core's actions on the real tiny model -------------------------------------------------------
 def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_captions(
     backend: CountingBackend, tiny: LocalBackend
 ) -> None:
-    captioner = Captioner(backend, settings())
-    worker = captioner.add_stream("cam")
+    core = Scheduler(settings(), model=backend.name)
+    core.add_stream("cam")
     images = list(frames(60))
-    captions = []
+    done = []
     for i, image in enumerate(images):  # 5 fps for 12 s, captioned as it goes (no skipping)
-        with worker.lock:
-            worker.offer(i, i / 5, 1000 + i / 5, lambda image=image: image)
-        captioner.encode_pending()
-        while (job := captioner.next_job()) is not None:
-            captions.append((captioner.caption(*job), job[1]))
-    assert worker.counters.sampled == 12
+        if core.offer("cam", i, i / 5, 1000 + i / 5):
+            core.add_pixels("cam", i, image)
+        done += run(core, backend)
+    captions = [(a, m) for a, m in done if isinstance(a, Caption)]
+    status = core.status()["cam"]
+    assert status["sampled"] == 12
     assert backend.encoded == 12, "each sampled frame went through the vision tower once"
-    frames_captioned = sum(len(c.frame_times) for c, _ in captions)
+    frames_captioned = sum(len(m["frame_times"]) for _, m in captions)
     assert (
         frames_captioned > 2 * backend.encoded
     )  # overlapping windows reused the cache (no cache: 26 encodes)
-    assert worker.counters.encodes_per_frame() == 1.0
+    assert status["encodes_per_frame"] == 1.0
     # A cached-embedding caption equals the model card's chat on the same frames' pixels.
-    message, job = captions[2]
-    pixels = [Image.fromarray(images[f.seq]) for f in job.frames]
-    context = captioner.workers["cam"].settings.context_template.format(previous=captions[1][0].text)
+    action, message = captions[2]
+    pixels = [Image.fromarray(images[f.seq]) for f in action.job.frames]
+    context = settings().context_template.format(previous=captions[1][1]["text"])
+    assert action.context == context
     direct = tiny.model.chat(
-        [{"role": "user", "content": [context, *pixels, captioner.prompt_for(job)]}],
+        [{"role": "user", "content": [context, *pixels, action.prompt]}],
         max_new_tokens=4,
         use_image_id=False,
         max_slice_nums=1,
@@ -108,122 +189,62 @@ def test_every_sampled_frame_is_encoded_once_and_cached_captions_equal_pixel_cap
         top_k=None,
         temperature=None,
     )
-    assert message.text == direct
-    # Bounded: only what the window (and nothing else) still needs stays cached.
-    assert len(worker.cache) <= worker.sampler.window_capacity
+    assert message["text"] == direct
+    assert status["cached_frames"] <= core.streams["cam"].sampler.window_capacity
 
 
-def test_live_mode_captions_the_newest_window_and_counts_the_skipped(backend: CountingBackend) -> None:
-    captioner = Captioner(backend, settings(skip_stale=True))
-    captioner.add_stream("cam")
-    feed(captioner, "cam", list(frames(40)), fps=4.0)  # 10 s: windows ending at 2, 4, 6, 8, 10 are due
-    captioner.encode_pending()
-    worker, job = captioner.next_job()  # type: ignore[misc]
-    assert job.t_end == 8.0 or job.t_end == 10.0
-    message = captioner.caption(worker, job)
-    assert message is not None
-    assert message.seq == job.index - 1
-    assert message.skipped == message.seq, "every earlier window was skipped, and said so"
-    assert worker.counters.skipped == message.skipped
-    assert captioner.next_job() is None, "no backlog is kept"
-
-
-def test_streams_take_turns(backend: CountingBackend) -> None:
-    captioner = Captioner(backend, settings())
-    for name in ("a", "b"):
-        captioner.add_stream(name)
-    feed(captioner, "a", list(frames(40)), fps=4.0)
-    feed(captioner, "b", list(frames(40)), fps=4.0)
-    captioner.encode_pending()
-    order = []
-    for _ in range(6):
-        worker, job = captioner.next_job()  # type: ignore[misc]
-        captioner.caption(worker, job)
-        order.append(worker.name)
-    assert order[0::2] != order[1::2] and set(order[0::2]) | set(order[1::2]) == {"a", "b"}
-    assert order.count("a") == order.count("b") == 3
-
-
-def test_previous_caption_is_given_as_context(backend: CountingBackend) -> None:
-    captioner = Captioner(backend, settings())
-    worker = captioner.add_stream("cam")
-    assert worker.context() is None
-    feed(captioner, "cam", list(frames(20)), fps=4.0)
-    captioner.encode_pending()
-    first = captioner.caption(*captioner.next_job())  # type: ignore[misc]
-    assert first is not None
-    assert worker.context() == settings().context_template.format(previous=first.text)
-
-
-def test_greedy_captions_are_deterministic_and_the_prompt_says_the_duration(backend: CountingBackend) -> None:
-    captioner = Captioner(backend, settings())
-    worker = captioner.add_stream("cam")
-    feed(captioner, "cam", list(frames(20)), fps=4.0)
-    captioner.encode_pending()
-    _, job = captioner.next_job()  # type: ignore[misc]
-    assert captioner.prompt_for(job) == f"Describe the {job.t_end - job.t_start:.0f} seconds."
-    used, embeddings = worker.embeddings_for(job.frames)
+def test_greedy_captions_are_deterministic(backend: CountingBackend) -> None:
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    for i, image in enumerate(frames(10)):
+        if core.offer("cam", i, i / 4, 0.0):
+            core.add_pixels("cam", i, image)
+    encode = core.next_action()
+    assert isinstance(encode, Encode)
+    embeddings = backend.encode_frames(encode.pixels, 1)
     texts = {backend.describe(embeddings, "Describe.", max_new_tokens=6, decoding="greedy") for _ in range(2)}
     assert len(texts) == 1
 
 
-def test_answer_uses_the_current_window(backend: CountingBackend) -> None:
-    captioner = Captioner(backend, settings())
-    worker = captioner.add_stream("cam")
-    with pytest.raises(LookupError, match="no frames"):
-        captioner.answer(worker, "Anything?")
-    feed(captioner, "cam", list(frames(40)), fps=4.0)
-    captioner.encode_pending()
-    text, used = captioner.answer(worker, "What is there?")
-    assert isinstance(text, str)
-    times = [f.t for f in used]
-    # 1-fps samples of the last 6 s: the stream is at t = 9.75, so (3.75, 9.75]
-    assert times == [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
+def test_windows_and_asks_are_served_when_encoding_is_slower_than_real_time(backend: CountingBackend) -> None:
+    """While each batch is encoded, the next 5 s of the stream come in (what the frame thread does
+    during a slow batch, made deterministic by offering them from inside the call)."""
+    core = Scheduler(settings(window=4.0, stride=4.0, skip_stale=True))
+    core.add_stream("cam")
+    images = list(frames(200))
+    offered = 0
 
-
-class SlowerThanRealTime(CountingBackend):
-    """The real tiny backend on a machine too slow for real time: while each batch is encoded, the
-    next ``arrive`` seconds of the stream come in (what the frame thread does during a slow batch,
-    made deterministic by offering them from inside the call)."""
-
-    def __init__(self, backend: LocalBackend, captioner_stream: tuple[Captioner, str], arrive: int) -> None:
-        super().__init__(backend)
-        self.captioner, self.stream = captioner_stream
-        self.arrive = arrive
-        self.images = list(frames(200))
-        self.next_seq = 0
-
-    def offer_seconds(self, seconds: int) -> None:
-        worker = self.captioner.workers[self.stream]
+    def offer_seconds(seconds: int) -> None:
+        nonlocal offered
         for _ in range(seconds):
-            seq, image = self.next_seq, self.images[self.next_seq]
-            with worker.lock:
-                worker.offer(seq, float(seq), 1000.0 + seq, lambda image=image: image)
-            self.next_seq += 1
+            if core.offer("cam", offered, float(offered), 1000.0 + offered):
+                core.add_pixels("cam", offered, images[offered])
+            offered += 1
 
-    def encode_frames(self, frames, max_slice_nums):  # type: ignore[no-untyped-def]
-        self.offer_seconds(self.arrive)
-        return super().encode_frames(frames, max_slice_nums)
-
-
-def test_windows_and_asks_are_served_when_encoding_is_slower_than_real_time(tiny: LocalBackend) -> None:
-    captioner = Captioner(None, settings(window=4.0, stride=4.0, skip_stale=True))
-    worker = captioner.add_stream("cam")
-    slow = SlowerThanRealTime(tiny, (captioner, "cam"), arrive=5)
-    captioner.backend = slow
-    slow.offer_seconds(5)
+    backend.before_encode = lambda: offer_seconds(5)
+    offer_seconds(5)
     captions = []
-    for _ in range(6):  # the inference loop: encode what is queued, then caption the newest due window
-        captioner.encode_pending()
-        taken = captioner.next_job()
-        if taken is not None:
-            message = captioner.caption(*taken)
-            assert message is not None, f"window {taken[1].t_start}-{taken[1].t_end} s captioned from nothing"
-            assert message.frames == len(taken[1].frames) == 4
-            captions.append(message)
-    assert len(captions) >= 5
-    # An ask while frames keep coming looks at the current window, not at nothing.
-    text, used = captioner.answer(worker, "What is there?")
-    assert isinstance(text, str) and len(used) >= 3
-    assert worker.counters.encodes_per_frame(len(worker.pending)) <= 1.0  # nothing encoded twice
-    assert len(worker.cache) <= 8 and not worker.pinned  # and the cache stays bounded
+    for _ in range(6):  # the inference loop: one action at a time
+        action = core.next_action()
+        assert action is not None
+        if isinstance(action, Encode):
+            core.encoded(action, backend.encode_frames(action.pixels, action.max_slice_nums), ms=1.0)
+            action = core.next_action()  # the window taken before the encode, not a newer one
+            assert isinstance(action, Caption)
+        assert isinstance(action, Caption)
+        assert len(action.frames) == 4, (
+            f"window {action.job.t_start}-{action.job.t_end} s captioned from nothing"
+        )
+        text = backend.describe(list(action.embeddings), action.prompt, max_new_tokens=4)
+        captions.append(core.captioned(action, text, model_ms=1.0, wall=time.time()))
+    assert len(captions) == 6
+    # An ask looks at the current window, not at nothing.
+    backend.before_encode = None
+    core.submit_ask("q", "cam", "What is there?")
+    answered = [m for a, m in run(core, backend) if isinstance(a, Answer)]
+    assert len(answered) == 1 and len(answered[0]["frame_times"]) >= 3 and answered[0]["text"]
+    status = core.status()["cam"]
+    assert (
+        status["encodes_per_frame"] is not None and status["encodes_per_frame"] <= 1.0
+    )  # none encoded twice
+    assert status["cached_frames"] <= 8  # and the cache stays bounded

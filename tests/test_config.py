@@ -220,7 +220,7 @@ def test_offline_settings_ignore_sources(tmp_path: Path) -> None:
     path.write_text(CAMS)
     settings = caption_settings(load_config(path), offline=True)
     assert (settings.window, settings.stride, settings.max_slice_nums) == (16.0, 8.0, 2)
-    assert settings.skip_stale is False and settings.time_origin is None
+    assert settings.skip_stale is False
 
 
 def test_a_source_needs_a_url_from_the_file_or_the_command_line(tmp_path: Path) -> None:

@@ -1,4 +1,7 @@
-"""Sampler: property tests over arbitrary timestamp streams (hypothesis) plus worked examples."""
+"""Sampler: property tests over arbitrary timestamp streams (hypothesis) plus worked examples.
+
+Raw pts go through the one clock (:class:`stream.timeline.Timeline`, as capture and the offline command
+stamp them) and then the sampler: the timestamp rules hold end to end."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from stream.sampler import Job, SampledFrame, Sampler, uniform_subsample
+from stream.timeline import Timeline
 
 EPS = 1e-9
 
@@ -20,23 +24,34 @@ EPS = 1e-9
 @dataclass
 class Run:
     sampler: Sampler
+    timeline: Timeline
     offered: list[tuple[int, float, float]] = field(default_factory=list)
     samples: list[SampledFrame] = field(default_factory=list)
     jobs: list[Job] = field(default_factory=list)
     max_window: int = 0
 
 
-def feed(sampler: Sampler, pts: list[float], walls: list[float] | None = None, *, flush: bool = True) -> Run:
-    """Offer every frame, draining due jobs after each as the inference loop does."""
-    run = Run(sampler)
+def feed(
+    sampler: Sampler,
+    pts: list[float],
+    walls: list[float] | None = None,
+    *,
+    flush: bool = True,
+    timeline: Timeline | None = None,
+) -> Run:
+    """Stamp every frame's pts with a file's timeline and offer the frames it keeps, collecting jobs."""
+    run = Run(sampler, timeline or Timeline(max_jump=None, reorder=1.0 / sampler.fps))
     walls = walls if walls is not None else [1.7e9 + p for p in pts]
-    for seq, (t, wall) in enumerate(zip(pts, walls, strict=True)):
+    for seq, (p, wall) in enumerate(zip(pts, walls, strict=True)):
+        t = run.timeline.stamp(p, wall)
+        if t is None:
+            continue
         run.offered.append((seq, t, wall))
-        sample = sampler.offer(seq, t, wall)
+        sample, jobs = sampler.offer(seq, t, wall)
         if sample is not None:
             assert sample.seq == seq
             run.samples.append(sample)
-        run.jobs.extend(sampler.due())
+        run.jobs.extend(jobs)
         run.max_window = max(run.max_window, len(sampler.window_frames))
     if flush:
         run.jobs.extend(sampler.flush())
@@ -78,8 +93,8 @@ def check_invariants(run: Run) -> None:
         inside = [x for x in run.samples if (x.t > lower or lower < 0) and x.t <= job.t_end]
         assert list(job.frames) == uniform_subsample(inside, s.max_frames)
         assert job.t_start == max(lower, 0.0)
-    # Every stride point the stream reached whose window holds a sample got its job (unless the caller
-    # fell behind and it was dropped); the others were skipped.
+    # Every stride point the stream reached whose window holds a sample got its job; the others were
+    # skipped.
     grid_jobs = {j.index for j in run.jobs if j.t_end == j.index * s.stride}
     expected = set()
     for x in run.samples:
@@ -87,8 +102,7 @@ def check_invariants(run: Run) -> None:
             lower = k * s.stride - s.window
             if k * s.stride <= s.now and (x.t > lower or lower < 0) and x.t <= k * s.stride:
                 expected.add(k)
-    assert grid_jobs <= expected
-    assert len(expected - grid_jobs) == s.counters.jobs_dropped
+    assert grid_jobs == expected
     # Bounded memory, whatever the stream did.
     assert run.max_window <= s.window_capacity
     assert len(s.window_frames) <= s.window_capacity
@@ -171,7 +185,6 @@ def test_every_sample_reaches_a_job_when_nothing_is_capped(
     check_invariants(run)
     in_jobs = {f.seq for job in run.jobs for f in job.frames}
     assert {x.seq for x in run.samples} <= in_jobs
-    assert sampler.counters.jobs_dropped == 0
 
 
 @PROPERTY
@@ -278,12 +291,10 @@ def test_jobs_every_stride_with_the_window_frames() -> None:
 def test_a_job_is_due_only_once_its_end_time_is_reached() -> None:
     sampler = Sampler(fps=1.0, window=8.0, stride=4.0)
     for i in range(4):
-        sampler.offer(i, float(i), 0.0)
-    assert sampler.due() == []
-    sampler.offer(4, 4.0, 0.0)  # the frame at t_end is in the job it completes
-    (job,) = sampler.due()
+        assert sampler.offer(i, float(i), 0.0)[1] == []
+    _, (job,) = sampler.offer(4, 4.0, 0.0)  # the frame at t_end is in the job it completes
     assert job.t_end == 4.0 and job.frame_times == [0.0, 1.0, 2.0, 3.0, 4.0]
-    assert sampler.due() == []
+    assert sampler.offer(5, 5.0, 0.0)[1] == []
 
 
 def test_64s_window_at_1fps_capped_at_32_gives_32_evenly_spread_frames() -> None:
@@ -312,17 +323,15 @@ def test_source_slower_than_fps_leaves_empty_buckets_and_never_repeats() -> None
 
 
 def test_repeated_pts_are_ignored() -> None:
-    sampler = Sampler(fps=1.0)
-    run = feed(sampler, [0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 2.0], flush=False)
+    run = feed(Sampler(fps=1.0), [0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 2.0], flush=False)
     assert [x.seq for x in run.samples] == [0, 3, 6]
-    assert sampler.counters.repeats == 3
+    assert run.timeline.counters.repeats == 3
 
 
 def test_small_step_back_is_reordering_and_ignored() -> None:
-    sampler = Sampler(fps=1.0)
-    run = feed(sampler, [0.0, 0.5, 1.0, 0.9, 1.5, 2.0], flush=False)
+    run = feed(Sampler(fps=1.0), [0.0, 0.5, 1.0, 0.9, 1.5, 2.0], flush=False)
     assert [x.t for x in run.samples] == [0.0, 1.0, 2.0]
-    assert sampler.counters.reordered == 1 and sampler.counters.restarts == 0
+    assert run.timeline.counters.reordered == 1 and run.timeline.counters.restarts == 0
 
 
 def test_camera_restart_reanchors_after_the_outage() -> None:
@@ -332,7 +341,7 @@ def test_camera_restart_reanchors_after_the_outage() -> None:
     sampler = Sampler(fps=1.0, window=8.0, stride=4.0)
     run = feed(sampler, pts, walls, flush=False)
     check_invariants(run)
-    assert sampler.counters.restarts == 1
+    assert run.timeline.counters.restarts == 1
     times = [x.t for x in run.samples]
     assert times[:10] == [float(k) for k in range(10)]
     assert times[10:] == pytest.approx([15.0 + k for k in range(5)], abs=0.04)
@@ -354,37 +363,64 @@ def test_forward_jump_emits_a_bounded_number_of_jobs() -> None:
     assert len(run.jobs) <= 19 / 4 + 16 / 4 + 10 / 4 + 2
 
 
-def test_caller_falling_behind_drops_the_oldest_jobs() -> None:
-    sampler = Sampler(fps=1.0, window=4.0, stride=1.0, max_pending=3)
-    for i in range(10):
-        sampler.offer(i, float(i), 0.0)
-    jobs = sampler.due()
-    assert [j.t_end for j in jobs] == [7.0, 8.0, 9.0]
-    assert sampler.counters.jobs_dropped == 6
-
-
 def test_memory_stays_bounded_over_a_long_run() -> None:
     sampler = Sampler(fps=1.0, window=16.0, stride=4.0)
-    evicted: list[int] = []
+    jobs = 0
     for i in range(30 * 1800):  # 30 minutes at 30 fps
-        sampler.offer(i, i / 30, 0.0)
-        sampler.due()
-        if i % 900 == 0:
-            evicted += sampler.drain_evicted()
+        jobs += len(sampler.offer(i, i / 30, 0.0)[1])
         assert len(sampler.window_frames) <= sampler.window_capacity
-    evicted += sampler.drain_evicted()
-    kept = {x.seq for x in sampler.window_frames}
-    assert len(evicted) + len(kept) == sampler.counters.sampled == 1800
-    assert not kept & set(evicted)
-    assert all(sampler.retains(s) for s in kept) and not sampler.retains(evicted[-1])
+    assert sampler.counters.sampled == 1800 and jobs == 1800 // 4 - 1
 
 
-def test_evicted_notices_are_bounded_when_never_drained() -> None:
-    sampler = Sampler(fps=5.0, window=2.0, stride=1.0)
-    for i in range(10_000):
-        sampler.offer(i, i / 5, 0.0)
-        sampler.due()
-    assert len(sampler.drain_evicted()) <= 4 * sampler.window_capacity
+def test_a_time_not_after_the_previous_is_stale_and_ignored() -> None:
+    """Stream time is stamped strictly increasing; a frame that breaks that is not sampled twice."""
+    sampler = Sampler(fps=1.0)
+    assert sampler.offer(0, 0.0, 0.0)[0] is not None
+    assert sampler.offer(1, 0.0, 0.0) == (None, [])
+    assert sampler.offer(2, -5.0, 0.0) == (None, [])
+    assert sampler.offer(3, 1.0, 0.0)[0] is not None
+    assert sampler.counters.stale == 2
+
+
+def test_flush_ends_the_last_window_where_the_stream_ends() -> None:
+    """A file's last window reaches where its last frame ends, with or without samples after it."""
+    tail = Sampler(fps=1.0, window=16.0, stride=8.0, hold_last=True)  # 9.9 s: a sample at 9 s follows
+    run = feed(tail, [i / 10 for i in range(99)], flush=False)
+    assert [j.t_end for j in run.jobs] == [8.0]
+    (last,) = tail.flush(run.timeline.end)
+    assert (last.t_start, last.t_end) == (0.0, pytest.approx(9.9))
+    assert last.frame_times == [1.0 + k for k in range(9)]
+    # 8.3 s at 25 fps: no sample after 8 s (the next would be at 8.5 s), so the job at 8 s is held
+    # back and stretched to where the last frame (8.28 s, 40 ms long) ends.
+    short = Sampler(fps=1.0, window=16.0, stride=8.0, hold_last=True)
+    run = feed(short, [i / 25 for i in range(208)], flush=False)
+    assert run.jobs == []
+    (last,) = short.flush(run.timeline.end)
+    assert (last.index, last.t_start, last.t_end) == (1, 0.0, pytest.approx(8.32))
+    assert last.frame_times == [float(k) for k in range(9)]
+    assert short.flush(9.0) == []
+
+
+@PROPERTY
+@given(stream=timestamp_streams(), params=sampler_params)
+def test_holding_the_last_job_changes_only_when_jobs_come_and_the_last_ones_end(
+    stream: tuple[list[float], list[float]], params: dict
+) -> None:
+    pts, walls = stream
+    plain = feed(Sampler(**params), pts, walls, flush=False)
+    held = feed(Sampler(**params, hold_last=True), pts, walls, flush=False)
+    assert held.jobs == plain.jobs[: len(held.jobs)] and len(plain.jobs) - len(held.jobs) <= 1
+    end = plain.timeline.end
+    plain_all = plain.jobs + plain.sampler.flush(end)
+    held_all = held.jobs + held.sampler.flush(end)
+    assert [(j.index, j.t_start, j.frames) for j in held_all] == [
+        (j.index, j.t_start, j.frames) for j in plain_all
+    ]
+    assert [j.t_end for j in held_all[:-1]] == [j.t_end for j in plain_all[:-1]]
+    if held_all:  # the last one ends where it did, or (no sample after it) where the stream ends
+        last, plain_last = held_all[-1].t_end, plain_all[-1].t_end
+        sample_after = any(x.t > plain_last for x in plain.samples)
+        assert last == (plain_last if sample_after else pytest.approx(max(end or 0.0, plain_last)))
 
 
 @pytest.mark.parametrize(
@@ -395,7 +431,6 @@ def test_evicted_notices_are_bounded_when_never_drained() -> None:
         ({"window": -1}, "window"),
         ({"stride": 0}, "stride"),
         ({"max_frames": 0}, "max_frames"),
-        ({"max_pending": 0}, "max_pending"),
     ],
 )
 def test_bad_settings_name_the_setting(kwargs: dict, what: str) -> None:
@@ -409,17 +444,12 @@ def test_non_finite_pts_is_an_error_naming_the_frame() -> None:
         sampler.offer(7, float("nan"), 0.0)
 
 
-def test_origin_keeps_the_callers_timeline_for_a_late_reader() -> None:
-    """The live pipeline passes origin=0: capture stamps stream time, and an inference process that
-    attaches 16.5 s into the stream must caption t = 16.5..., not restart the clock at 0."""
-    late = Sampler(fps=1.0, window=16.0, stride=4.0, origin=0.0)
-    fresh = Sampler(fps=1.0, window=16.0, stride=4.0)
-    jobs_late, jobs_fresh = [], []
+def test_a_late_reader_keeps_the_callers_timeline() -> None:
+    """Capture stamps stream time: an inference process that attaches 16.5 s into the stream must
+    caption t = 16.5..., not restart the clock at 0."""
+    late = Sampler(fps=1.0, window=16.0, stride=4.0)
+    jobs: list[Job] = []
     for i in range(495, 700):  # 30 fps from t = 16.5 s
-        late.offer(i, i / 30, 1000 + i / 30)
-        fresh.offer(i, i / 30, 1000 + i / 30)
-        jobs_late += late.due()
-        jobs_fresh += fresh.due()
-    assert jobs_late[0].frame_times[0] == 16.5
-    assert all(16.5 <= t <= 700 / 30 for job in jobs_late for t in job.frame_times)
-    assert jobs_fresh[0].frame_times[0] == 0.0
+        jobs += late.offer(i, i / 30, 1000 + i / 30)[1]
+    assert jobs[0].frame_times[0] == 16.5
+    assert all(16.5 <= t <= 700 / 30 for job in jobs for t in job.frame_times)

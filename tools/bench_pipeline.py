@@ -11,7 +11,7 @@
    the vision encode of that newest frame), i.e. the pipeline's own overhead. p50/p95.
 2. **Vision encodes per sampled frame**, with the embedding cache (what the pipeline does) and without
    it (every caption re-encodes its window's frames), for each window:stride, counted on the real
-   sampler and captioner with the tiny model over a 1-fps stream.
+   scheduling core and sampler with the tiny model over a 1-fps stream.
 
 Prints a table, then one JSON line with the figures.
 """
@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from machine_info import cpu_model  # noqa: E402
 
 from model.backends import load_backend  # noqa: E402
-from stream.captioning import Captioner, CaptionSettings  # noqa: E402
+from stream.captioning import CaptionSettings  # noqa: E402
+from stream.scheduler import Caption, Encode, Scheduler  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -187,21 +188,23 @@ def encode_counts(window: float, stride: float, seconds: float, backend: Any) ->
         skip_stale=False,
         context_captions=0,
     )
-    captioner = Captioner(counting, settings)
-    worker = captioner.add_stream("bench")
+    core = Scheduler(settings, model="tiny")
+    core.add_stream("bench")
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)
     per_caption: list[int] = []
     fps = 5.0
     for i in range(int(seconds * fps)):
-        with worker.lock:
-            worker.offer(i, i / fps, 1000 + i / fps, lambda: frame)
-        captioner.encode_pending()
-        while (job := captioner.next_job()) is not None:
-            message = captioner.caption(*job)
-            if message is not None:
-                per_caption.append(len(message["frame_times"]))
-    sampled = worker.counters.sampled
+        if core.offer("bench", i, i / fps, 1000 + i / fps):
+            core.add_pixels("bench", i, frame)
+        while (action := core.next_action()) is not None:
+            if isinstance(action, Encode):
+                core.encoded(action, counting.encode_frames(action.pixels, action.max_slice_nums), ms=0.0)
+            elif isinstance(action, Caption):
+                text = counting.describe(list(action.embeddings), action.prompt, max_new_tokens=1)
+                message = core.captioned(action, text, model_ms=0.0, wall=time.time())
+                per_caption.append(len(message.frame_times))
+    sampled = core.status()["bench"]["sampled"]
     return {
         "window": window,
         "stride": stride,
