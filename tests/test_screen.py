@@ -100,7 +100,7 @@ def test_screen_capture_into_ring(xvfb: Xvfb) -> None:
         assert frame.image.shape == (480, 640, 3)
         r, g, b = mean_rgb(frame.image)
         assert r > 200 and g > 200 and b < 40
-    assert cap.state == CaptureState.ENDED and [m["state"] for m in statuses][:2] == ["connecting", "live"]
+    assert cap.state == CaptureState.ENDED and [m.state for m in statuses][:2] == ["connecting", "live"]
 
 
 def test_screen_without_an_x_server(xvfb: Xvfb) -> None:
