@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .config import CaptionsConfig, ModelConfig, SamplerConfig, check_settings, setting_like
 from .sampler import Job, SampledFrame, Sampler
 
 # Frames waiting to be encoded, per stream. Sampled at 1 fps, so this only fills when the model
@@ -35,19 +36,24 @@ MAX_DUE_WINDOWS = 64
 
 @dataclass(frozen=True)
 class CaptionSettings:
-    """How one stream is captioned (from the ``[sampler]``, ``[model]`` and ``[captions]`` config)."""
+    """How one stream is captioned (from the ``[sampler]``, ``[model]`` and ``[captions]`` config).
+    Checked when made, with the limits of those config keys (:func:`~stream.config.check_settings`):
+    a bad value raises :class:`~stream.errors.ConfigError` naming ``captions.<field>``."""
 
     prompt: str  # the prompt text (a preset already resolved); ``{duration}`` is filled in
     context_template: str = "Earlier description: {previous}\nContinue from it: describe what is new."
-    context_captions: int = 1
-    max_new_tokens: int = 160
-    decoding: str = "greedy"
-    max_slice_nums: int = 1
-    fps: float = 1.0
-    window: float = 16.0
-    stride: float = 4.0
-    max_frames: int = 64
+    context_captions: int = setting_like(CaptionsConfig, "context_captions")
+    max_new_tokens: int = setting_like(CaptionsConfig, "max_new_tokens")
+    decoding: str = setting_like(CaptionsConfig, "decoding")
+    max_slice_nums: int = setting_like(ModelConfig, "max_slice_nums")
+    fps: float = setting_like(SamplerConfig, "fps")
+    window: float = setting_like(SamplerConfig, "window")
+    stride: float = setting_like(SamplerConfig, "stride")
+    max_frames: int = setting_like(SamplerConfig, "max_frames")
     skip_stale: bool = True  # live: caption only the newest due window; offline: every window
+
+    def __post_init__(self) -> None:
+        check_settings("captions", self)
 
 
 @dataclass

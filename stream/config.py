@@ -24,7 +24,7 @@ import re
 import tomllib
 import types
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -64,6 +64,13 @@ def setting(
         default=default,
         metadata={"low": low, "above": above, "high": high, "choices": choices, "rule": rule},
     )
+
+
+def setting_like(section: type, name: str, default: Any = MISSING) -> Any:
+    """A field of another option object with the checks of ``section.name`` (and its default unless
+    given): a limit is declared once, where the config key is, whatever object carries the value."""
+    spec = {f.name: f for f in fields(section)}[name]
+    return field(default=spec.default if default is MISSING else default, metadata=spec.metadata)
 
 
 def _not_empty(what: str) -> Callable[[Any], str | None]:

@@ -89,12 +89,6 @@ def uniform_subsample(items: Sequence[T], cap: int) -> list[T]:
     return [items[int(i * gap + gap / 2)] for i in range(cap)]
 
 
-def _positive(name: str, value: float) -> float:
-    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-        raise ValueError(f"Sampler: {name} must be a positive number (got {value!r})")
-    return float(value)
-
-
 @dataclass
 class SamplerCounters:
     """What the sampler did with the frames it was offered (for status and tests)."""
@@ -107,7 +101,10 @@ class SamplerCounters:
 
 
 class Sampler:
-    """Samples one stream at ``fps`` and cuts captioning jobs from a rolling window. See the module doc."""
+    """Samples one stream at ``fps`` and cuts captioning jobs from a rolling window. See the module doc.
+
+    Its settings are a stream's checked :class:`~stream.captioning.CaptionSettings` (the one validator,
+    :func:`~stream.config.check_settings`, has seen them): they are not checked again here."""
 
     def __init__(
         self,
@@ -119,11 +116,9 @@ class Sampler:
         stream: str | None = None,
         hold_last: bool = False,
     ) -> None:
-        self.fps = _positive("fps", fps)
-        self.window = _positive("window", window)
-        self.stride = _positive("stride", stride)
-        if not isinstance(max_frames, int) or max_frames < 1:
-            raise ValueError(f"Sampler: max_frames must be an integer >= 1 (got {max_frames!r})")
+        self.fps = float(fps)
+        self.window = float(window)
+        self.stride = float(stride)
         self.max_frames = max_frames
         self.stream = stream
         self.hold_last = hold_last

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from stream.captioning import CaptionSettings
+from stream.errors import ConfigError
 from stream.sampler import Job, SampledFrame, Sampler, uniform_subsample
 from stream.timeline import Timeline
 
@@ -424,18 +426,23 @@ def test_holding_the_last_job_changes_only_when_jobs_come_and_the_last_ones_end(
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "what"),
+    ("kwargs", "message"),
     [
-        ({"fps": 0}, "fps"),
-        ({"fps": float("nan")}, "fps"),
-        ({"window": -1}, "window"),
-        ({"stride": 0}, "stride"),
-        ({"max_frames": 0}, "max_frames"),
+        ({"fps": 0}, "captions.fps: 0 is out of range [0.01, 30]"),
+        ({"fps": float("nan")}, "captions.fps: nan is out of range [0.01, 30]"),
+        ({"window": -1}, "captions.window: -1 is out of range [0.1, 3600]"),
+        ({"stride": 0}, "captions.stride: 0 is out of range [0.1, 3600]"),
+        ({"max_frames": 0}, "captions.max_frames: 0 is out of range [1, 64]"),
+        ({"decoding": "fast"}, "captions.decoding: 'fast' is not one of greedy, sampling, beam"),
     ],
 )
-def test_bad_settings_name_the_setting(kwargs: dict, what: str) -> None:
-    with pytest.raises(ValueError, match=what):
-        Sampler(**kwargs)
+def test_bad_sampling_settings_are_refused_by_the_one_validator_naming_the_setting(
+    kwargs: dict, message: str
+) -> None:
+    """The sampler takes a stream's CaptionSettings, checked when made with the config keys' limits."""
+    with pytest.raises(ConfigError) as info:
+        CaptionSettings(prompt="Describe.", **kwargs)
+    assert str(info.value) == message
 
 
 def test_non_finite_pts_is_an_error_naming_the_frame() -> None:
