@@ -403,6 +403,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         url = pipeline.viewer_url(info)
         shown = f"{url}?token={token if generated else '…'}" if token else url
         print(f"vidnarrate: viewer at {shown}  (websockets: {url.replace('http', 'ws', 1)}ws)", flush=True)
+        if host in (
+            "0.0.0.0",
+            "::",
+            "",
+        ):  # every interface: say how other machines reach it (as Jupyter does)
+            lan = shown.replace("127.0.0.1", socket.gethostname(), 1)
+            print(f"vidnarrate: from other machines: {lan}", flush=True)
         if generated:
             print(
                 f"vidnarrate: {host or 'every interface'} is beyond loopback: the viewer needs the token "

@@ -459,6 +459,8 @@ def test_beyond_loopback_a_token_is_made_unless_no_auth_is_explicit(clips: dict[
             assert _http_status(f"{base}?token=wrong") == 401
             assert _http_status(f"{base}?token={token.group(1)}") == 200
             assert _http_status(f"{base}healthz") == 200, "health stays open"
+            lan = f"from other machines: http://{socket.gethostname()}:{run.port}/?token={token.group(1)}"
+            wait_for(lambda: lan in "".join(run.stdout), 10, "the address for other machines")
             assert run.stop(signal.SIGINT) == 0, run.log()
         finally:
             run.kill()
