@@ -45,10 +45,15 @@ def test_a_model_that_cannot_load_says_why_on_the_bus_and_is_not_restarted(tmp_p
         run.remove()
 
 
+LOADING_MARKER = "loading.marker"
+
+
 def _backend_that_loads_forever(options: InferenceOptions) -> Any:
-    """Plays the real model's minutes-long load (reading 16 GB of weights)."""
+    """Plays the real model's minutes-long load (reading 16 GB of weights); the marker file says the
+    load has begun (the process is inside it, with its SIGTERM handler in place)."""
+    (Path(options.run_dir) / LOADING_MARKER).write_text("loading")
     while True:
-        time.sleep(0.05)
+        time.sleep(0.05)  # the "load": checks no stop event, as a real weight read does not
 
 
 def test_sigterm_while_the_model_loads_stops_at_once(tmp_path: Path) -> None:
@@ -59,8 +64,11 @@ def test_sigterm_while_the_model_loads_stops_at_once(tmp_path: Path) -> None:
     process = mp.get_context("spawn").Process(target=child_entry, args=("inference", inference_main, kwargs))
     try:
         process.start()
-        assert subscriber.recv(30) is not None  # "loading": it is inside the load now
-        time.sleep(0.3)
+        assert subscriber.recv(30) is not None  # "loading" said on the bus
+        deadline = time.monotonic() + 30
+        while not (run.run_dir / LOADING_MARKER).exists():  # inside the load now
+            assert time.monotonic() < deadline, "the load never began"
+            time.sleep(0.01)
         asked = time.monotonic()
         os.kill(process.pid, signal.SIGTERM)  # what the supervisor sends on Ctrl-C
         process.join(10)
