@@ -243,9 +243,15 @@ class Subscriber(_SubscriberBase):
     def recv(self, timeout: float | None = None) -> BusMessage | None:
         """The next message, or None when ``timeout`` seconds pass without one; raises
         :class:`ProtocolError` for a malformed one."""
+        envelope = self.recv_envelope(timeout)
+        return envelope.decode() if envelope is not None else None
+
+    def recv_envelope(self, timeout: float | None = None) -> Envelope | None:
+        """The next message not decoded (for readers that skip most types), or None when ``timeout``
+        seconds pass without one; raises :class:`ProtocolError` for a malformed one."""
         if timeout is not None and not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
-        return unpack(self._sock.recv_multipart()).decode()
+        return unpack(self._sock.recv_multipart())
 
 
 class AsyncSubscriber(_SubscriberBase):
