@@ -121,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--loop", action="store_true", default=None, help="replay file sources forever")
     run.add_argument(
+        "--store",
+        type=Path,
+        metavar="PATH",
+        help="the SQLite file the run's captions, events and answers are recorded in (default "
+        "[store] path, else $XDG_DATA_HOME/vidnarrate/vidnarrate.db)",
+    )
+    run.add_argument("--no-store", action="store_true", help="record nothing (no recorder, no file)")
+    run.add_argument(
         "--keep-serving",
         action="store_true",
         help="once every file source has ended, keep the viewer up with the history until Ctrl-C "
@@ -142,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument(
         "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
     )
+    caption.add_argument(
+        "--store",
+        type=Path,
+        metavar="PATH",
+        help="also keep the captions in this SQLite store (as `vidnarrate run` does; default: "
+        "only when [store] path is set)",
+    )
     _add_common(caption, defaults)
     return parser
 
@@ -159,6 +174,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     }
     offline = args.command == "caption"
     section = "offline" if offline else "sampler"
+    if args.store is not None:
+        flags["store.path"] = str(args.store)
     flags[f"{section}.window"] = args.window
     flags[f"{section}.stride"] = args.stride
     flags["offline.max_slice_nums" if offline else "model.max_slice_nums"] = args.max_slice_nums
@@ -352,6 +369,20 @@ def resolve_sources(config: Config) -> tuple[list[Any], bool]:
     return resolved, has_demo
 
 
+def run_store(config: Config, args: argparse.Namespace) -> Path | None:
+    """The store ``vidnarrate run`` records into (None with ``--no-store``), checked now: a file that
+    cannot be used is refused before anything starts, naming it and the reason."""
+    from .recorder import check_store, store_path
+
+    if args.no_store:
+        if args.store is not None:
+            raise ConfigError("--store and --no-store: give one of them")
+        return None
+    path = store_path(config.store)
+    check_store(path)
+    return path
+
+
 class _Stopped(Exception):
     """Ctrl-C (or SIGTERM) arrived while the run was still starting."""
 
@@ -369,6 +400,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if generated:
         config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
     check_port_free(host, config.gateway.port)
+    store = run_store(config, args)
     check_model_available(config.model.name, config.model.device)
     for window in live_windows(config):
         warn_if_windows_too_long(config, window, config.model.max_slice_nums)
@@ -388,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    pipeline = LivePipeline(config, sources, log_level=args.log_level)
+    pipeline = LivePipeline(config, sources, store=store, log_level=args.log_level)
     watch = RunWatch([s.name for s in sources], keep_serving=args.keep_serving)
     code = ExitCode.OK
     try:
@@ -415,6 +447,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             + "; Ctrl-C stops",
             flush=True,
         )
+        if store is not None:
+            print(f"vidnarrate: recording into {store}", flush=True)
         while stop["signal"] is None:
             pipeline.poll()
             steps = watch.update(
@@ -457,6 +491,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     check_outputs(outputs, source=path)
+    # Offline captions are kept only where a store is named (--store or [store] path).
+    from .recorder import check_store, store_path
+
+    store = store_path(config.store) if config.store.path else None
+    if store is not None:
+        check_store(store)
     warn_about_prompt_typos(config)
     check_model_available(config.model.name, config.model.device)
     warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
@@ -485,6 +525,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 bar.total = round(t, 1)
             bar.update(max(0.0, round(t, 1) - bar.n))
 
+    from .recorder import StoreWriter
+
+    sinks = [StoreWriter(store)] if store is not None else []
     try:
         result = caption_file(
             str(path),
@@ -493,10 +536,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
             outputs,
             max_side=config.capture.max_side,
             progress=progress,
+            sinks=sinks,
         )
     finally:
         if bar is not None:
             bar.close()
+        for sink in sinks:
+            sink.close()
     if duration and result.duration < duration - max(2.0, 0.1 * duration):
         print(
             f"vidnarrate: warning: {path.name} ended at {result.duration:.1f} s of the {duration:.1f} s its "
@@ -507,7 +553,7 @@ def cmd_caption(args: argparse.Namespace) -> int:
     print(
         f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
         f"({result.frames} frames, {result.decode_errors} decode errors) -> "
-        + ", ".join(str(p) for p in result.outputs),
+        + ", ".join(str(p) for p in [*result.outputs, *(s.path for s in sinks)]),
         flush=True,
     )
     return ExitCode.OK
