@@ -167,7 +167,11 @@ class Publisher:
         self._context = zmq.Context() if self._own_context else (context or zmq.Context.instance())
         self._sock = _socket(self._context, zmq.XPUB)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._sock.bind(endpoint)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()  # not left for the garbage collector
+            raise
         self.endpoint = endpoint
         self._subscribed = False
 

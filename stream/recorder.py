@@ -84,6 +84,7 @@ class Recorder:
         self.selection = Selection()
         self._lock = threading.Condition()
         self._reader_done = False
+        self.reader_failed = False
         self.written = 0
         self.last_commit_wall: float | None = None
         self.last_error: str | None = None
@@ -91,8 +92,23 @@ class Recorder:
 
     # -- the reader thread -----------------------------------------------------------------------
     def _read(self, stop: threading.Event) -> None:
+        try:
+            self._read_bus(stop)
+        except Exception:  # the process must then exit non-zero, for the supervisor to restart it
+            log.exception("the recorder's bus reader failed")
+            self.reader_failed = True
+        finally:
+            with self._lock:
+                self._reader_done = True
+                self._lock.notify_all()
+
+    def _read_bus(self, stop: threading.Event) -> None:
         subscriber = Subscriber(list(self.options.events_endpoints))
-        publisher = Publisher(self.options.status_endpoint)
+        try:
+            publisher = Publisher(self.options.status_endpoint)
+        except Exception:
+            subscriber.close()
+            raise
         next_status = 0.0
         quiet_since: float | None = None
         stop_at: float | None = None
@@ -114,9 +130,6 @@ class Recorder:
         finally:
             subscriber.close()
             publisher.close()
-            with self._lock:
-                self._reader_done = True
-                self._lock.notify_all()
 
     def _receive(self, subscriber: Subscriber, timeout: float) -> bool:
         """Read one bus message (waiting up to ``timeout``) and queue it if it is kept; True when one came."""
@@ -157,8 +170,9 @@ class Recorder:
             )
 
     # -- the writer (main thread) ----------------------------------------------------------------
-    def run(self, stop_event: threading.Event) -> None:
-        """Record until ``stop_event`` is set and everything read before it is committed."""
+    def run(self, stop_event: threading.Event) -> bool:
+        """Record until ``stop_event`` is set and everything read before it is committed; False when
+        it ended because the bus reader failed (what it had read is committed all the same)."""
         stop = stop_event
         reader = threading.Thread(target=self._read, args=(stop,), name="recorder-reader", daemon=True)
         reader.start()
@@ -176,6 +190,7 @@ class Recorder:
                     self._write(batch)
         finally:
             reader.join(self.options.drain_max + 1.0)
+        return not self.reader_failed
 
     def _next_batch(self, until: float) -> list[Kept] | None:
         """The next batch to write; [] when it is time to prune; None once the reader has stopped
@@ -236,10 +251,10 @@ def recorder_main(options: RecorderOptions, *, stop_event: Any) -> int:
         log.error("cannot open the store: %s", exc)
         return ExitCode.FAILED
     try:
-        Recorder(options, store).run(stop_event=stop_event)
+        ok = Recorder(options, store).run(stop_event=stop_event)
     finally:
         store.close()
-    return ExitCode.OK
+    return ExitCode.OK if ok else ExitCode.FAILED
 
 
 class StoreWriter:

@@ -240,6 +240,17 @@ def test_a_store_the_recorder_cannot_open_is_exit_1_for_the_supervisor_to_retry(
         assert recorder_main(options, stop_event=threading.Event()) == 1
 
 
+def test_a_recorder_whose_bus_reader_fails_exits_1_after_committing_what_it_read(tmp_path: Path) -> None:
+    options = RecorderOptions(
+        run_id="r",
+        store=str(tmp_path / "v.db"),
+        events_endpoints=(),
+        status_endpoint=f"ipc://{tmp_path}/no-such-folder/recorder.sock",  # cannot be bound
+    )
+    assert recorder_main(options, stop_event=threading.Event()) == 1
+    assert rows(tmp_path / "v.db") == []
+
+
 # -- through the real command line ----------------------------------------------------------------
 
 
