@@ -39,6 +39,7 @@ PRUNE_CHUNK: Final = 2000  # rows deleted per statement
 PRUNE_MAX_ROWS: Final = 20_000  # rows deleted per prune() call: bounded work, however much is due
 HISTORY_PAGE: Final = 1000
 MAX_LIMIT: Final = 10_000
+SEARCH_CANDIDATES: Final = 2000  # matches ranked per search, those stored last (see Store.search)
 
 # One tuple of statements per schema version: _MIGRATIONS[v] takes a file from version v to v + 1.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -375,15 +376,35 @@ class Store:
         """Messages whose text matches ``query`` (see :mod:`stream.storequery`), best bm25 score
         first, the newest first among equal scores; only of ``streams`` and ending within
         ``[wall_from, wall_to]`` when given. :class:`~stream.errors.StoreQueryError` for a query that
-        cannot be searched."""
+        cannot be searched.
+
+        Ranked are the :data:`SEARCH_CANDIDATES` matching messages (that pass the filters) stored
+        last: ranking every caption of a year that says "door" would take seconds; narrowing the
+        streams or the span reaches further back."""
         expression = match_expression(query)
+        limit = _checked_limit(limit)
         where, params = _filters(streams, wall_from, wall_to)
+        if wall_from is not None or wall_to is not None:
+            # The ids of the span's rows bound the text index's scan (ids grow with insertion, so
+            # this skips the rest of the year), read from the covering (stream, wall_end) index.
+            low, high = self._fetch(
+                f"SELECT min(id), max(id) FROM messages m WHERE {' AND '.join(where)}", tuple(params)
+            )[0]
+            if low is None:
+                return []
+            where.append("f.rowid BETWEEN ? AND ?")
+            params.extend((low, high))
+        # CROSS JOIN keeps the text index as the outer loop, read from the last id down until enough
+        # rows matched.
         sql = (
-            f"SELECT {_prefixed('m.')}, -f.rank FROM messages_fts f JOIN messages m ON m.id = f.rowid "
+            f"SELECT {_prefixed('m.')}, -c.rank FROM ("
+            "SELECT f.rowid AS id, f.rank AS rank "
+            "FROM messages_fts f CROSS JOIN messages m ON m.id = f.rowid "
             f"WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)} "
-            "ORDER BY f.rank, m.wall_end DESC LIMIT ?"
+            "ORDER BY f.rowid DESC LIMIT ?"
+            ") c CROSS JOIN messages m ON m.id = c.id ORDER BY c.rank, m.wall_end DESC LIMIT ?"
         )
-        return self._query(sql, (expression, *params, _checked_limit(limit)))
+        return self._query(sql, (expression, *params, SEARCH_CANDIDATES, limit))
 
     def history(
         self,
