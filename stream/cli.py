@@ -607,9 +607,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _search_line(hit: Any) -> str:
     wall = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.wall_end))
-    span = "-" if hit.t_start is None or hit.t_end is None else f"{hit.t_start:.1f}-{hit.t_end:.1f}s"
+    span = "-" if hit.t_start is None or hit.t_end is None else f"{_clock(hit.t_start)}-{_clock(hit.t_end)}"
     text = " ".join(hit.text.split())
     return f"{wall}  {hit.stream}  {span}  {text}" + ("" if hit.kind == "caption" else f"  [{hit.kind}]")
+
+
+def _clock(seconds: float) -> str:
+    """Stream time as ``H:MM:SS`` (hours grow past 24 on long runs)."""
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def cmd_export(args: argparse.Namespace) -> int:

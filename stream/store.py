@@ -210,8 +210,12 @@ class Store:
 
     def _prepare(self) -> None:
         try:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            tables = self._tables()
+            self._db.execute("BEGIN")  # one snapshot: another process may be making the schema now
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                tables = self._tables()
+            finally:
+                self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
         if version > SCHEMA_VERSION:
@@ -223,22 +227,19 @@ class Store:
             raise StoreError(
                 f"store {self.path}: not a vidnarrate store (it holds the tables {', '.join(sorted(tables))})"
             )
-        if self.readonly:
-            if version < SCHEMA_VERSION:
-                what = "empty" if version == 0 else f"of schema version {version}"
-                raise StoreError(
-                    f"store {self.path}: it is {what}; a vidnarrate run recording into it upgrades it"
-                )
-        else:
+        if version == SCHEMA_VERSION:
+            self._check_tables(tables)  # before anything is written, the journal mode included
+        elif self.readonly:
+            what = "empty" if version == 0 else f"of schema version {version}"
+            raise StoreError(
+                f"store {self.path}: it is {what}; a vidnarrate run recording into it upgrades it"
+            )
+        if not self.readonly:
             try:
                 self._upgrade(version)
+                self._check_tables(self._tables())
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
-            tables = self._tables()
-        if tables != _TABLES:
-            odd = sorted(tables - _TABLES) or sorted(_TABLES - tables)
-            kind = "unexpected tables" if tables - _TABLES else "missing tables"
-            raise StoreError(f"store {self.path}: not a vidnarrate store ({kind} {', '.join(odd)})")
         try:
             self._db.execute("PRAGMA foreign_keys = ON")  # thumbnails go with their message
             if not self.readonly:
@@ -246,6 +247,12 @@ class Store:
                 self._db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after bursts
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
+
+    def _check_tables(self, tables: set[str]) -> None:
+        if tables != _TABLES:
+            odd = sorted(tables - _TABLES) or sorted(_TABLES - tables)
+            kind = "unexpected tables" if tables - _TABLES else "missing tables"
+            raise StoreError(f"store {self.path}: not a vidnarrate store ({kind} {', '.join(odd)})")
 
     def _tables(self) -> set[str]:
         rows = self._db.execute(
@@ -260,12 +267,16 @@ class Store:
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"store {self.path}: cannot use WAL journaling here (the journal is {mode})")
-        for step in range(version, SCHEMA_VERSION):
+        while version < SCHEMA_VERSION:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _MIGRATIONS[step]:
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {step + 1}")
+                # Read again under the write lock: another process may have just made or upgraded it.
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        self._db.execute(statement)
+                    version += 1
+                    self._db.execute(f"PRAGMA user_version = {version}")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -476,7 +487,10 @@ def _row(record: Record, stored_at: float) -> tuple[Any, ...]:
     if isinstance(m, messages.Event):
         return ("event", record.run_id, m.stream, None, m.t_start, m.t_end, m.wall_start, m.wall_end,
                 m.text, None, body)  # fmt: skip
-    return ("answer", record.run_id, m.stream, None, m.t_start, m.t_end, None, stored_at, m.text, None, body)
+    if isinstance(m, messages.Answer):
+        return ("answer", record.run_id, m.stream, None, m.t_start, m.t_end, None, stored_at, m.text, None,
+                body)  # fmt: skip
+    raise TypeError(f"the store keeps captions, events and answers, not {type(m).__name__}")
 
 
 def _prefixed(prefix: str) -> str:

@@ -54,8 +54,8 @@ def test_search_prints_ranked_lines_from_the_default_store(home: Path) -> None:
     lines = done.stdout.splitlines()
     assert len(lines) == 2
     wall = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(NOW - 600))
-    assert lines[0] == f"{wall}  door  16.0-32.0s  a woman in a red coat rings the bell"
-    assert lines[1].endswith("door  0.0-16.0s  a man in a red coat opens the door")
+    assert lines[0] == f"{wall}  door  0:00:16-0:00:32  a woman in a red coat rings the bell"
+    assert lines[1].endswith("door  0:00:00-0:00:16  a man in a red coat opens the door")
 
 
 def test_search_filters_by_stream_and_span_and_writes_json_lines(home: Path) -> None:
@@ -67,7 +67,7 @@ def test_search_filters_by_stream_and_span_and_writes_json_lines(home: Path) -> 
     assert messages.Caption.from_dict({k: v for k, v in hit.items() if k != "score"}).stream == "yard"
     iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(NOW - 2 * 3600 - 60))
     later = vidnarrate("search", "door", "--from", iso, home=home).stdout.splitlines()
-    assert [line.split("  ")[1:3] for line in later] == [["door", "8.0-24.0s"]]  # newlines flattened
+    assert [line.split("  ")[1:3] for line in later] == [["door", "0:00:08-0:00:24"]]  # newlines flattened
     nothing = vidnarrate("search", "elephant", home=home)
     assert (nothing.returncode, nothing.stdout) == (ExitCode.OK, "")
     assert "nothing stored matches 'elephant'" in nothing.stderr

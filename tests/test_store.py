@@ -142,15 +142,58 @@ def test_another_programs_database_is_refused(tmp_path: Path) -> None:
     db.execute("CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
     db.commit()
     db.close()
+    before = path.read_bytes()
     with pytest.raises(StoreError, match="not a vidnarrate store .it holds the tables invoices"):
         Store.open(path)
+    assert path.read_bytes() == before
     Store.open(tmp_path / "ok.db").close()
     db = sqlite3.connect(tmp_path / "ok.db")
     db.execute("CREATE TABLE extra(x)")
     db.commit()
     db.close()
+    before = (tmp_path / "ok.db").read_bytes()
     with pytest.raises(StoreError, match="unexpected tables extra"):
         Store.open(tmp_path / "ok.db")
+    assert (tmp_path / "ok.db").read_bytes() == before
+    db = sqlite3.connect(tmp_path / "ok.db")
+    db.execute("DROP TABLE extra")
+    db.execute("DROP TABLE thumbnails")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="missing tables thumbnails"):
+        Store.open(tmp_path / "ok.db", readonly=True)
+
+
+_OPENER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from stream.store import Store
+
+    path, ready, go = (Path(a) for a in sys.argv[1:])
+    ready.touch()
+    while not go.exists():  # every opener starts at once: the race is the point
+        pass
+    Store.open(path).close()
+    """
+)
+
+
+def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    path, go = tmp_path / "s.db", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", _OPENER, str(path), str(r), str(go)], env=env) for r in ready
+    ]
+    deadline = time.monotonic() + 60
+    while not all(r.exists() for r in ready):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children)
+        time.sleep(0.01)
+    go.touch()
+    assert [child.wait(timeout=60) for child in children] == [0, 0, 0, 0]
+    with Store.open(path, readonly=True) as store:
+        assert store.count() == 0
 
 
 def test_readonly_open_creates_nothing(tmp_path: Path) -> None:
