@@ -555,9 +555,9 @@ def store_path(args: argparse.Namespace, config: Config) -> Path:
     from .store import default_store_path
 
     if getattr(args, "store", None) is not None:
-        return Path(args.store)
+        return Path(args.store).expanduser()
     configured = getattr(getattr(config, "store", None), "path", "")
-    return Path(configured) if configured else default_store_path()
+    return Path(configured).expanduser() if configured else default_store_path()
 
 
 def _open_store_for_reading(args: argparse.Namespace) -> Any:
