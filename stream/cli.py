@@ -1,4 +1,5 @@
-"""The ``vidnarrate`` command line: ``run`` (the live pipeline) and ``caption`` (a file, offline).
+"""The ``vidnarrate`` command line: ``run`` (the live pipeline), ``caption`` (a file, offline), and
+``search`` and ``export`` (what the caption store kept).
 
 Settings come from the packaged defaults (``stream/defaults/default.toml``), then ``--config FILE``,
 then the flags, then ``--set section.key=value`` (any key). Everything is checked before a process
@@ -13,6 +14,7 @@ import argparse
 import errno
 import importlib.metadata
 import ipaddress
+import itertools
 import logging
 import os
 import secrets
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, apply_overrides, load_config, preset_typo
-from .errors import ConfigError, SourceError, VidnarrateError
+from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
 from .process import ExitCode
 
 log = logging.getLogger("vidnarrate")
@@ -158,7 +160,42 @@ def build_parser() -> argparse.ArgumentParser:
         "only when [store] path is set)",
     )
     _add_common(caption, defaults)
+    _add_store_commands(commands)
     return parser
+
+
+def _add_store_commands(commands: Any) -> None:
+    search = commands.add_parser("search", help="find stored captions, events and answers by their words")
+    search.add_argument(
+        "query", help='words that must all occur; "quoted phrases" in that order; word* for prefixes'
+    )
+    search.add_argument("--limit", type=int, default=20, metavar="N", help="at most N results (default 20)")
+    search.add_argument("--json", action="store_true", help="JSON lines: each stored message plus its score")
+    export = commands.add_parser("export", help="write a stream's stored captions as JSON Lines or subtitles")
+    export.add_argument(
+        "--out",
+        action="append",
+        type=Path,
+        required=True,
+        metavar="FILE.jsonl|.vtt|.srt",
+        help="where to write the captions (repeatable)",
+    )
+    for command in (search, export):
+        command.add_argument(
+            "--stream",
+            action="append",
+            required=command is export,
+            metavar="NAME",
+            help="only this stream (repeatable)" if command is search else "the stream to export",
+        )
+        command.add_argument("--since", metavar="DURATION", help="the last 45s, 30m, 2h, 1d, 1h30m ...")
+        command.add_argument(
+            "--from", dest="wall_from", metavar="TIME", help="ISO 8601 or HH:MM today (local)"
+        )
+        command.add_argument("--to", dest="wall_to", metavar="TIME", help="ISO 8601 or HH:MM today (local)")
+        command.add_argument("--store", type=Path, metavar="PATH", help="the store (default: store.path)")
+        command.add_argument("--config", type=Path, help="a TOML file with the settings to change")
+        command.set_defaults(log_level="WARNING")
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -559,16 +596,117 @@ def cmd_caption(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def store_path(args: argparse.Namespace, config: Config) -> Path:
+    """``--store``, else the config's ``store.path`` when set, else the default store."""
+    from .store import default_store_path
+
+    if getattr(args, "store", None) is not None:
+        return Path(args.store).expanduser()
+    configured = getattr(getattr(config, "store", None), "path", "")
+    return Path(configured).expanduser() if configured else default_store_path()
+
+
+def _open_store_for_reading(args: argparse.Namespace) -> Any:
+    from .store import Store
+
+    path = store_path(args, load_config(args.config))
+    if not path.exists():
+        raise ConfigError(
+            f"store {path}: no such file (nothing recorded there yet; --store PATH names another)"
+        )
+    return Store.open(path, readonly=True)
+
+
+def _span(args: argparse.Namespace) -> Any:
+    from .storequery import parse_span
+
+    return parse_span(since=args.since, wall_from=args.wall_from, wall_to=args.wall_to, now=time.time())
+
+
+def _check_streams(store: Any, names: Sequence[str]) -> None:
+    unknown = [name for name in names if not store.has_stream(name)]
+    if unknown:
+        known = ", ".join(store.streams()) or "none"
+        raise ConfigError(f"--stream {unknown[0]}: nothing of that stream is stored (streams: {known})")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .storequery import match_expression
+
+    match_expression(args.query)  # a bad query is refused before the store is opened
+    span = _span(args)
+    with _open_store_for_reading(args) as store:
+        if args.stream:
+            _check_streams(store, args.stream)
+        hits = store.search(args.query, args.stream, span.wall_from, span.wall_to, limit=args.limit)
+    for hit in hits:
+        if args.json:
+            print(json.dumps(hit.message(), ensure_ascii=False))
+        else:
+            print(_search_line(hit))
+    if not hits:
+        print(f"vidnarrate: nothing stored matches {args.query!r}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _search_line(hit: Any) -> str:
+    wall = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.wall_end))
+    span = "-" if hit.t_start is None or hit.t_end is None else f"{_clock(hit.t_start)}-{_clock(hit.t_end)}"
+    text = " ".join(hit.text.split())
+    return f"{wall}  {hit.stream}  {span}  {text}" + ("" if hit.kind == "caption" else f"  [{hit.kind}]")
+
+
+def _clock(seconds: float) -> str:
+    """Stream time as ``H:MM:SS`` (hours grow past 24 on long runs)."""
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .exports import check_outputs, open_writer
+
+    check_outputs(args.out)
+    if len(args.stream) != 1:
+        raise ConfigError("export: give one --stream (each stream has its own stream times)")
+    (stream,) = args.stream
+    span = _span(args)
+    with _open_store_for_reading(args) as store:
+        _check_streams(store, [stream])
+        captions = store.iter_history(stream, span.wall_from, span.wall_to)
+        first = next(captions, None)
+        if first is None:
+            print(f"vidnarrate: no captions of {stream} in that span; nothing written", file=sys.stderr)
+            return ExitCode.FAILED
+        writers = [open_writer(path) for path in args.out]
+        count = 0
+        try:
+            for stored in itertools.chain([first], captions):
+                message = json.loads(stored.json)
+                for writer in writers:
+                    writer.write(message)
+                count += 1
+        finally:
+            for writer in writers:
+                writer.close()
+    print(f"vidnarrate: {count} captions of {stream} -> " + ", ".join(str(p) for p in args.out), flush=True)
+    return ExitCode.OK
+
+
+_COMMANDS = {"run": cmd_run, "caption": cmd_caption, "search": cmd_search, "export": cmd_export}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .process import configure_logging
 
     configure_logging("main", args.log_level)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        return cmd_caption(args)
-    except (ConfigError, SourceError) as exc:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, SourceError, StoreQueryError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except VidnarrateError as exc:

@@ -39,6 +39,7 @@ PRUNE_CHUNK: Final = 2000  # rows deleted per statement
 PRUNE_MAX_ROWS: Final = 20_000  # rows deleted per prune() call: bounded work, however much is due
 HISTORY_PAGE: Final = 1000
 MAX_LIMIT: Final = 10_000
+SEARCH_CANDIDATES: Final = 2000  # matches ranked per search, those stored last (see Store.search)
 
 # One tuple of statements per schema version: _MIGRATIONS[v] takes a file from version v to v + 1.
 _MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
@@ -209,8 +210,12 @@ class Store:
 
     def _prepare(self) -> None:
         try:
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            tables = self._tables()
+            self._db.execute("BEGIN")  # one snapshot: another process may be making the schema now
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                tables = self._tables()
+            finally:
+                self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
         if version > SCHEMA_VERSION:
@@ -222,22 +227,19 @@ class Store:
             raise StoreError(
                 f"store {self.path}: not a vidnarrate store (it holds the tables {', '.join(sorted(tables))})"
             )
-        if self.readonly:
-            if version < SCHEMA_VERSION:
-                what = "empty" if version == 0 else f"of schema version {version}"
-                raise StoreError(
-                    f"store {self.path}: it is {what}; a vidnarrate run recording into it upgrades it"
-                )
-        else:
+        if version == SCHEMA_VERSION:
+            self._check_tables(tables)  # before anything is written, the journal mode included
+        elif self.readonly:
+            what = "empty" if version == 0 else f"of schema version {version}"
+            raise StoreError(
+                f"store {self.path}: it is {what}; a vidnarrate run recording into it upgrades it"
+            )
+        if not self.readonly:
             try:
                 self._upgrade(version)
+                self._check_tables(self._tables())
             except sqlite3.Error as exc:
                 raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
-            tables = self._tables()
-        if tables != _TABLES:
-            odd = sorted(tables - _TABLES) or sorted(_TABLES - tables)
-            kind = "unexpected tables" if tables - _TABLES else "missing tables"
-            raise StoreError(f"store {self.path}: not a vidnarrate store ({kind} {', '.join(odd)})")
         try:
             self._db.execute("PRAGMA foreign_keys = ON")  # thumbnails go with their message
             if not self.readonly:
@@ -245,6 +247,12 @@ class Store:
                 self._db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after bursts
         except sqlite3.Error as exc:
             raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
+
+    def _check_tables(self, tables: set[str]) -> None:
+        if tables != _TABLES:
+            odd = sorted(tables - _TABLES) or sorted(_TABLES - tables)
+            kind = "unexpected tables" if tables - _TABLES else "missing tables"
+            raise StoreError(f"store {self.path}: not a vidnarrate store ({kind} {', '.join(odd)})")
 
     def _tables(self) -> set[str]:
         rows = self._db.execute(
@@ -259,12 +267,16 @@ class Store:
         mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"store {self.path}: cannot use WAL journaling here (the journal is {mode})")
-        for step in range(version, SCHEMA_VERSION):
+        while version < SCHEMA_VERSION:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _MIGRATIONS[step]:
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {step + 1}")
+                # Read again under the write lock: another process may have just made or upgraded it.
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        self._db.execute(statement)
+                    version += 1
+                    self._db.execute(f"PRAGMA user_version = {version}")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -375,15 +387,35 @@ class Store:
         """Messages whose text matches ``query`` (see :mod:`stream.storequery`), best bm25 score
         first, the newest first among equal scores; only of ``streams`` and ending within
         ``[wall_from, wall_to]`` when given. :class:`~stream.errors.StoreQueryError` for a query that
-        cannot be searched."""
+        cannot be searched.
+
+        Ranked are the :data:`SEARCH_CANDIDATES` matching messages (that pass the filters) stored
+        last: ranking every caption of a year that says "door" would take seconds; narrowing the
+        streams or the span reaches further back."""
         expression = match_expression(query)
+        limit = _checked_limit(limit)
         where, params = _filters(streams, wall_from, wall_to)
+        if wall_from is not None or wall_to is not None:
+            # The ids of the span's rows bound the text index's scan (ids grow with insertion, so
+            # this skips the rest of the year), read from the covering (stream, wall_end) index.
+            low, high = self._fetch(
+                f"SELECT min(id), max(id) FROM messages m WHERE {' AND '.join(where)}", tuple(params)
+            )[0]
+            if low is None:
+                return []
+            where.append("f.rowid BETWEEN ? AND ?")
+            params.extend((low, high))
+        # CROSS JOIN keeps the text index as the outer loop, read from the last id down until enough
+        # rows matched.
         sql = (
-            f"SELECT {_prefixed('m.')}, -f.rank FROM messages_fts f JOIN messages m ON m.id = f.rowid "
+            f"SELECT {_prefixed('m.')}, -c.rank FROM ("
+            "SELECT f.rowid AS id, f.rank AS rank "
+            "FROM messages_fts f CROSS JOIN messages m ON m.id = f.rowid "
             f"WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)} "
-            "ORDER BY f.rank, m.wall_end DESC LIMIT ?"
+            "ORDER BY f.rowid DESC LIMIT ?"
+            ") c CROSS JOIN messages m ON m.id = c.id ORDER BY c.rank, m.wall_end DESC LIMIT ?"
         )
-        return self._query(sql, (expression, *params, _checked_limit(limit)))
+        return self._query(sql, (expression, *params, SEARCH_CANDIDATES, limit))
 
     def history(
         self,
@@ -455,7 +487,10 @@ def _row(record: Record, stored_at: float) -> tuple[Any, ...]:
     if isinstance(m, messages.Event):
         return ("event", record.run_id, m.stream, None, m.t_start, m.t_end, m.wall_start, m.wall_end,
                 m.text, None, body)  # fmt: skip
-    return ("answer", record.run_id, m.stream, None, m.t_start, m.t_end, None, stored_at, m.text, None, body)
+    if isinstance(m, messages.Answer):
+        return ("answer", record.run_id, m.stream, None, m.t_start, m.t_end, None, stored_at, m.text, None,
+                body)  # fmt: skip
+    raise TypeError(f"the store keeps captions, events and answers, not {type(m).__name__}")
 
 
 def _prefixed(prefix: str) -> str:

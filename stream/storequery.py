@@ -95,17 +95,17 @@ def parse_time(text: str, *, now: float, tz: tzinfo | None = None, flag: str = "
         hour, minute, second = int(clock[1]), int(clock[2]), int(clock[3] or 0)
         if hour > 23 or minute > 59 or second > 59:
             raise ConfigError(f"{flag} {text!r}: not a time of day")
-        today = datetime.fromtimestamp(now, tz=tz).astimezone(tz)
-        moment = datetime.combine(today.date(), time(hour, minute, second), tzinfo=today.tzinfo)
-        return moment.timestamp()
+        # Naive local times are resolved by the C library, which knows the day's DST offset.
+        today = datetime.fromtimestamp(now, tz=tz).date()
+        return datetime.combine(today, time(hour, minute, second), tzinfo=tz).timestamp()
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
         raise ConfigError(
             f"{flag} {text!r}: not a time (ISO 8601 such as 2026-12-06T14:00, or HH:MM today)"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz) if tz is not None else moment.astimezone()
+    if moment.tzinfo is None and tz is not None:
+        moment = moment.replace(tzinfo=tz)
     return moment.timestamp()
 
 

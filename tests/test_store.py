@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -15,6 +16,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from stream import messages
+from stream import store as store_module
 from stream.errors import StoreError, StoreQueryError
 from stream.store import SCHEMA_VERSION, Record, Store, default_store_path
 
@@ -140,15 +142,58 @@ def test_another_programs_database_is_refused(tmp_path: Path) -> None:
     db.execute("CREATE TABLE invoices(id INTEGER PRIMARY KEY, total REAL)")
     db.commit()
     db.close()
+    before = path.read_bytes()
     with pytest.raises(StoreError, match="not a vidnarrate store .it holds the tables invoices"):
         Store.open(path)
+    assert path.read_bytes() == before
     Store.open(tmp_path / "ok.db").close()
     db = sqlite3.connect(tmp_path / "ok.db")
     db.execute("CREATE TABLE extra(x)")
     db.commit()
     db.close()
+    before = (tmp_path / "ok.db").read_bytes()
     with pytest.raises(StoreError, match="unexpected tables extra"):
         Store.open(tmp_path / "ok.db")
+    assert (tmp_path / "ok.db").read_bytes() == before
+    db = sqlite3.connect(tmp_path / "ok.db")
+    db.execute("DROP TABLE extra")
+    db.execute("DROP TABLE thumbnails")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="missing tables thumbnails"):
+        Store.open(tmp_path / "ok.db", readonly=True)
+
+
+_OPENER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from stream.store import Store
+
+    path, ready, go = (Path(a) for a in sys.argv[1:])
+    ready.touch()
+    while not go.exists():  # every opener starts at once: the race is the point
+        pass
+    Store.open(path).close()
+    """
+)
+
+
+def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path: Path) -> None:
+    path, go = tmp_path / "s.db", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", _OPENER, str(path), str(r), str(go)], env=env) for r in ready
+    ]
+    deadline = time.monotonic() + 60
+    while not all(r.exists() for r in ready):
+        assert time.monotonic() < deadline and all(c.poll() is None for c in children)
+        time.sleep(0.01)
+    go.touch()
+    assert [child.wait(timeout=60) for child in children] == [0, 0, 0, 0]
+    with Store.open(path, readonly=True) as store:
+        assert store.count() == 0
 
 
 def test_readonly_open_creates_nothing(tmp_path: Path) -> None:
@@ -302,3 +347,62 @@ def test_prune_deletes_past_the_retention_and_shrinks_to_the_size_bound_in_bound
         left = store.history("door", limit=None)
         assert 0 < len(left) < 6000 and left[-1].seq == 8999  # the oldest went first
         assert store.search("recent")[0].seq >= left[0].seq  # the text index followed
+
+
+def test_search_ranks_the_newest_matches_and_a_span_reaches_back_past_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SEARCH_CANDIDATES", 10)
+    with Store.open(tmp_path / "s.db") as store:
+        # The best match is stored first, then others out of wall-clock order (a recorder catching up):
+        # the span is of wall times, not of ids.
+        store.add([caption(100, text="door door door", wall=WALL0 - 0.5)])
+        store.add([caption(seq, wall=WALL0 + (seq * 37) % 100) for seq in range(100)])
+        assert all(m.seq != 100 for m in store.search("door", limit=20))  # not among the 10 stored last
+        found = store.search("door", wall_to=WALL0 + 5, limit=20)
+        assert found[0].seq == 100
+        assert sorted(m.wall_end - WALL0 for m in found[1:]) == [0, 1, 2, 3, 4, 5]
+        assert store.search("door", wall_from=WALL0 + 1000) == []
+
+
+def test_a_full_disk_is_a_store_error_and_keeps_what_was_committed(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    with Store.open(path) as store:
+        store.add([caption(seq) for seq in range(10)])
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages + 2}")  # the file may grow no further
+        big = [caption(seq, text=f"caption {seq} " * 200) for seq in range(10, 200)]
+        with pytest.raises(StoreError, match=rf"store {path}: cannot write 190 messages: the disk is full"):
+            store.add(big)
+        assert store.count() == 10
+    with Store.open(path) as again:
+        assert again.count() == 10 and len(again.search("door")) == 10
+
+
+def test_bench_store_runs_and_ends_with_its_json_figures(tmp_path: Path) -> None:
+    """The benchmark tool itself, on a small store: it must keep working, not be fast here."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    bench = subprocess.run(
+        [
+            sys.executable,
+            "tools/bench_store.py",
+            "--captions",
+            "3000",
+            "--queries",
+            "5",
+            "--db",
+            str(tmp_path / "b.db"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert bench.returncode == 0, bench.stderr
+    figures = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert figures["captions"] == 3000 and figures["ingest_per_s"] > 0 and figures["mib_per_million"] > 0
+    assert set(figures["search"]) == {"word", "phrase", "stream+day", "commonest word"}
+    assert figures["search"]["commonest word"]["mean_hits"] == 20
+    with Store.open(tmp_path / "b.db", readonly=True) as store:
+        assert store.count() == 3000 and store.streams() == ["cam0", "cam1", "cam2", "cam3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -117,3 +118,16 @@ def test_spans() -> None:
         parse_span(since=None, wall_from="03:00", wall_to="02:00", now=NOW, tz=UTC)
     with pytest.raises(ConfigError, match="--since and --from/--to: give one or the other"):
         parse_span(since="1h", wall_from="02:00", wall_to=None, now=NOW)
+
+
+def test_local_times_take_the_offset_of_their_own_hour_on_a_dst_day(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Europe/Berlin")  # clocks went from 02:00 to 03:00 on 2026-03-29
+    time.tzset()
+    try:
+        noon = datetime(2026, 3, 29, 10, 0, tzinfo=UTC).timestamp()
+        assert parse_time("01:30", now=noon) == datetime(2026, 3, 29, 0, 30, tzinfo=UTC).timestamp()  # +1
+        assert parse_time("04:30", now=noon) == datetime(2026, 3, 29, 2, 30, tzinfo=UTC).timestamp()  # +2
+        assert parse_time("2026-03-29T01:30", now=noon) == parse_time("01:30", now=noon)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
