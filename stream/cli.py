@@ -409,13 +409,13 @@ def resolve_sources(config: Config) -> tuple[list[Any], bool]:
 def run_store(config: Config, args: argparse.Namespace) -> Path | None:
     """The store ``vidnarrate run`` records into (None with ``--no-store``), checked now: a file that
     cannot be used is refused before anything starts, naming it and the reason."""
-    from .recorder import check_store, store_path
+    from .recorder import check_store
 
     if args.no_store:
         if args.store is not None:
             raise ConfigError("--store and --no-store: give one of them")
         return None
-    path = store_path(config.store)
+    path = store_path(args, config)
     check_store(path)
     return path
 
@@ -529,9 +529,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     check_outputs(outputs, source=path)
     # Offline captions are kept only where a store is named (--store or [store] path).
-    from .recorder import check_store, store_path
+    from .recorder import check_store
 
-    store = store_path(config.store) if config.store.path else None
+    store = store_path(args, config) if config.store.path else None
     if store is not None:
         check_store(store)
     warn_about_prompt_typos(config)

@@ -37,14 +37,9 @@ from .errors import ConfigError, ProtocolError
 from .messages import Caption, RecorderStatus
 from .process import ExitCode
 from .recordqueue import Kept, RecordQueue, Selection
-from .store import PRUNE_MAX_ROWS, Record, Store, StoreError, default_store_path
+from .store import PRUNE_MAX_ROWS, Record, Store, StoreError
 
 log = logging.getLogger(__name__)
-
-
-def store_path(config: StoreConfig) -> Path:
-    """The store file of ``[store] path`` ("" is :func:`~stream.store.default_store_path`)."""
-    return Path(config.path).expanduser() if config.path else default_store_path()
 
 
 def check_store(path: Path) -> None:
