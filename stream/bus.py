@@ -167,7 +167,11 @@ class Publisher:
         self._context = zmq.Context() if self._own_context else (context or zmq.Context.instance())
         self._sock = _socket(self._context, zmq.XPUB)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._sock.bind(endpoint)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()  # not left for the garbage collector
+            raise
         self.endpoint = endpoint
         self._subscribed = False
 
@@ -243,9 +247,15 @@ class Subscriber(_SubscriberBase):
     def recv(self, timeout: float | None = None) -> BusMessage | None:
         """The next message, or None when ``timeout`` seconds pass without one; raises
         :class:`ProtocolError` for a malformed one."""
+        envelope = self.recv_envelope(timeout)
+        return envelope.decode() if envelope is not None else None
+
+    def recv_envelope(self, timeout: float | None = None) -> Envelope | None:
+        """The next message not decoded (for readers that skip most types), or None when ``timeout``
+        seconds pass without one; raises :class:`ProtocolError` for a malformed one."""
         if timeout is not None and not self._sock.poll(int(timeout * 1000), zmq.POLLIN):
             return None
-        return unpack(self._sock.recv_multipart()).decode()
+        return unpack(self._sock.recv_multipart())
 
 
 class AsyncSubscriber(_SubscriberBase):

@@ -1,4 +1,5 @@
-"""The ``vidnarrate`` command line: ``run`` (the live pipeline) and ``caption`` (a file, offline).
+"""The ``vidnarrate`` command line: ``run`` (the live pipeline), ``caption`` (a file, offline), and
+``search`` and ``export`` (what the caption store kept).
 
 Settings come from the packaged defaults (``stream/defaults/default.toml``), then ``--config FILE``,
 then the flags, then ``--set section.key=value`` (any key). Everything is checked before a process
@@ -13,6 +14,7 @@ import argparse
 import errno
 import importlib.metadata
 import ipaddress
+import itertools
 import logging
 import os
 import secrets
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, apply_overrides, load_config, preset_typo
-from .errors import ConfigError, SourceError, VidnarrateError
+from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
 from .process import ExitCode
 
 log = logging.getLogger("vidnarrate")
@@ -121,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--loop", action="store_true", default=None, help="replay file sources forever")
     run.add_argument(
+        "--store",
+        type=Path,
+        metavar="PATH",
+        help="the SQLite file the run's captions, events and answers are recorded in (default "
+        "[store] path, else $XDG_DATA_HOME/vidnarrate/vidnarrate.db)",
+    )
+    run.add_argument("--no-store", action="store_true", help="record nothing (no recorder, no file)")
+    run.add_argument(
         "--keep-serving",
         action="store_true",
         help="once every file source has ended, keep the viewer up with the history until Ctrl-C "
@@ -142,8 +152,50 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument(
         "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
     )
+    caption.add_argument(
+        "--store",
+        type=Path,
+        metavar="PATH",
+        help="also keep the captions in this SQLite store (as `vidnarrate run` does; default: "
+        "only when [store] path is set)",
+    )
     _add_common(caption, defaults)
+    _add_store_commands(commands)
     return parser
+
+
+def _add_store_commands(commands: Any) -> None:
+    search = commands.add_parser("search", help="find stored captions, events and answers by their words")
+    search.add_argument(
+        "query", help='words that must all occur; "quoted phrases" in that order; word* for prefixes'
+    )
+    search.add_argument("--limit", type=int, default=20, metavar="N", help="at most N results (default 20)")
+    search.add_argument("--json", action="store_true", help="JSON lines: each stored message plus its score")
+    export = commands.add_parser("export", help="write a stream's stored captions as JSON Lines or subtitles")
+    export.add_argument(
+        "--out",
+        action="append",
+        type=Path,
+        required=True,
+        metavar="FILE.jsonl|.vtt|.srt",
+        help="where to write the captions (repeatable)",
+    )
+    for command in (search, export):
+        command.add_argument(
+            "--stream",
+            action="append",
+            required=command is export,
+            metavar="NAME",
+            help="only this stream (repeatable)" if command is search else "the stream to export",
+        )
+        command.add_argument("--since", metavar="DURATION", help="the last 45s, 30m, 2h, 1d, 1h30m ...")
+        command.add_argument(
+            "--from", dest="wall_from", metavar="TIME", help="ISO 8601 or HH:MM today (local)"
+        )
+        command.add_argument("--to", dest="wall_to", metavar="TIME", help="ISO 8601 or HH:MM today (local)")
+        command.add_argument("--store", type=Path, metavar="PATH", help="the store (default: store.path)")
+        command.add_argument("--config", type=Path, help="a TOML file with the settings to change")
+        command.set_defaults(log_level="WARNING")
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -159,6 +211,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     }
     offline = args.command == "caption"
     section = "offline" if offline else "sampler"
+    if args.store is not None:
+        flags["store.path"] = str(args.store)
     flags[f"{section}.window"] = args.window
     flags[f"{section}.stride"] = args.stride
     flags["offline.max_slice_nums" if offline else "model.max_slice_nums"] = args.max_slice_nums
@@ -352,6 +406,20 @@ def resolve_sources(config: Config) -> tuple[list[Any], bool]:
     return resolved, has_demo
 
 
+def run_store(config: Config, args: argparse.Namespace) -> Path | None:
+    """The store ``vidnarrate run`` records into (None with ``--no-store``), checked now: a file that
+    cannot be used is refused before anything starts, naming it and the reason."""
+    from .recorder import check_store
+
+    if args.no_store:
+        if args.store is not None:
+            raise ConfigError("--store and --no-store: give one of them")
+        return None
+    path = store_path(args, config)
+    check_store(path)
+    return path
+
+
 class _Stopped(Exception):
     """Ctrl-C (or SIGTERM) arrived while the run was still starting."""
 
@@ -369,6 +437,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if generated:
         config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
     check_port_free(host, config.gateway.port)
+    store = run_store(config, args)
     check_model_available(config.model.name, config.model.device)
     for window in live_windows(config):
         warn_if_windows_too_long(config, window, config.model.max_slice_nums)
@@ -388,7 +457,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    pipeline = LivePipeline(config, sources, log_level=args.log_level)
+    pipeline = LivePipeline(config, sources, store=store, log_level=args.log_level)
     watch = RunWatch([s.name for s in sources], keep_serving=args.keep_serving)
     code = ExitCode.OK
     try:
@@ -422,6 +491,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             + "; Ctrl-C stops",
             flush=True,
         )
+        if store is not None:
+            print(f"vidnarrate: recording into {store}", flush=True)
         while stop["signal"] is None:
             pipeline.poll()
             steps = watch.update(
@@ -464,6 +535,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     check_outputs(outputs, source=path)
+    # Offline captions are kept only where a store is named (--store or [store] path).
+    from .recorder import check_store
+
+    store = store_path(args, config) if config.store.path else None
+    if store is not None:
+        check_store(store)
     warn_about_prompt_typos(config)
     check_model_available(config.model.name, config.model.device)
     warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
@@ -492,6 +569,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
                 bar.total = round(t, 1)
             bar.update(max(0.0, round(t, 1) - bar.n))
 
+    from .recorder import StoreWriter
+
+    sinks = [StoreWriter(store)] if store is not None else []
     try:
         result = caption_file(
             str(path),
@@ -500,10 +580,13 @@ def cmd_caption(args: argparse.Namespace) -> int:
             outputs,
             max_side=config.capture.max_side,
             progress=progress,
+            sinks=sinks,
         )
     finally:
         if bar is not None:
             bar.close()
+        for sink in sinks:
+            sink.close()
     if duration and result.duration < duration - max(2.0, 0.1 * duration):
         print(
             f"vidnarrate: warning: {path.name} ended at {result.duration:.1f} s of the {duration:.1f} s its "
@@ -514,10 +597,113 @@ def cmd_caption(args: argparse.Namespace) -> int:
     print(
         f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
         f"({result.frames} frames, {result.decode_errors} decode errors) -> "
-        + ", ".join(str(p) for p in result.outputs),
+        + ", ".join(str(p) for p in [*result.outputs, *(s.path for s in sinks)]),
         flush=True,
     )
     return ExitCode.OK
+
+
+def store_path(args: argparse.Namespace, config: Config) -> Path:
+    """``--store``, else the config's ``store.path`` when set, else the default store."""
+    from .store import default_store_path
+
+    if getattr(args, "store", None) is not None:
+        return Path(args.store).expanduser()
+    configured = getattr(getattr(config, "store", None), "path", "")
+    return Path(configured).expanduser() if configured else default_store_path()
+
+
+def _open_store_for_reading(args: argparse.Namespace) -> Any:
+    from .store import Store
+
+    path = store_path(args, load_config(args.config))
+    if not path.exists():
+        raise ConfigError(
+            f"store {path}: no such file (nothing recorded there yet; --store PATH names another)"
+        )
+    return Store.open(path, readonly=True)
+
+
+def _span(args: argparse.Namespace) -> Any:
+    from .storequery import parse_span
+
+    return parse_span(since=args.since, wall_from=args.wall_from, wall_to=args.wall_to, now=time.time())
+
+
+def _check_streams(store: Any, names: Sequence[str]) -> None:
+    unknown = [name for name in names if not store.has_stream(name)]
+    if unknown:
+        known = ", ".join(store.streams()) or "none"
+        raise ConfigError(f"--stream {unknown[0]}: nothing of that stream is stored (streams: {known})")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import json
+
+    from .storequery import match_expression
+
+    match_expression(args.query)  # a bad query is refused before the store is opened
+    span = _span(args)
+    with _open_store_for_reading(args) as store:
+        if args.stream:
+            _check_streams(store, args.stream)
+        hits = store.search(args.query, args.stream, span.wall_from, span.wall_to, limit=args.limit)
+    for hit in hits:
+        if args.json:
+            print(json.dumps(hit.message(), ensure_ascii=False))
+        else:
+            print(_search_line(hit))
+    if not hits:
+        print(f"vidnarrate: nothing stored matches {args.query!r}", file=sys.stderr)
+    return ExitCode.OK
+
+
+def _search_line(hit: Any) -> str:
+    wall = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(hit.wall_end))
+    span = "-" if hit.t_start is None or hit.t_end is None else f"{_clock(hit.t_start)}-{_clock(hit.t_end)}"
+    text = " ".join(hit.text.split())
+    return f"{wall}  {hit.stream}  {span}  {text}" + ("" if hit.kind == "caption" else f"  [{hit.kind}]")
+
+
+def _clock(seconds: float) -> str:
+    """Stream time as ``H:MM:SS`` (hours grow past 24 on long runs)."""
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .exports import check_outputs, open_writer
+
+    check_outputs(args.out)
+    if len(args.stream) != 1:
+        raise ConfigError("export: give one --stream (each stream has its own stream times)")
+    (stream,) = args.stream
+    span = _span(args)
+    with _open_store_for_reading(args) as store:
+        _check_streams(store, [stream])
+        captions = store.iter_history(stream, span.wall_from, span.wall_to)
+        first = next(captions, None)
+        if first is None:
+            print(f"vidnarrate: no captions of {stream} in that span; nothing written", file=sys.stderr)
+            return ExitCode.FAILED
+        writers = [open_writer(path) for path in args.out]
+        count = 0
+        try:
+            for stored in itertools.chain([first], captions):
+                message = json.loads(stored.json)
+                for writer in writers:
+                    writer.write(message)
+                count += 1
+        finally:
+            for writer in writers:
+                writer.close()
+    print(f"vidnarrate: {count} captions of {stream} -> " + ", ".join(str(p) for p in args.out), flush=True)
+    return ExitCode.OK
+
+
+_COMMANDS = {"run": cmd_run, "caption": cmd_caption, "search": cmd_search, "export": cmd_export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -526,10 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_logging("main", args.log_level)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        return cmd_caption(args)
-    except (ConfigError, SourceError) as exc:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, SourceError, StoreQueryError) as exc:
         print(f"vidnarrate: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     except VidnarrateError as exc:

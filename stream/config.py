@@ -171,6 +171,22 @@ class SupervisorConfig:
     stop_timeout: float = setting(5.0, low=0.1, high=600)
 
 
+def _store_path_rule(path: str) -> str | None:
+    if path and not path.strip():
+        return "must be a file path, or empty for the default ($XDG_DATA_HOME/vidnarrate/vidnarrate.db)"
+    return None
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where captions, events and answers are kept (``vidnarrate run`` records them) and for how long:
+    rows older than ``retention_days`` go, and the oldest go while the file is over ``max_mb``."""
+
+    path: str = setting("", rule=_store_path_rule)
+    retention_days: float = setting(30.0, above=0, high=36500)
+    max_mb: float = setting(2048.0, low=1, high=16 * 1024 * 1024)
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """One ``[sources.NAME]`` table. ``url`` may come from ``--source NAME=URL`` instead; the other
@@ -191,6 +207,7 @@ class Config:
     captions: CaptionsConfig = field(default_factory=CaptionsConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # by name, in the order defined
 
 

@@ -10,7 +10,9 @@ also inherits the matching builtin, as PyAV's do::
     │   └── SourceTimeout (TimeoutError)       no data within the read timeout (stall)
     ├── RingError (RuntimeError)               shared-memory ring misuse or corruption
     ├── ConfigError (ValueError)               unknown key, bad value, bad file
-    └── ProtocolError (ValueError)             a malformed or unknown client/bus message
+    ├── ProtocolError (ValueError)             a malformed or unknown client/bus message
+    ├── StoreError (OSError)                   the caption store cannot be opened, read or written
+    └── StoreQueryError (ValueError)           a search query the store cannot run
 """
 
 from __future__ import annotations
@@ -46,3 +48,13 @@ class ConfigError(VidnarrateError, ValueError):
 
 class ProtocolError(VidnarrateError, ValueError):
     """A message on the websocket or the bus does not follow the documented schema."""
+
+
+class StoreError(VidnarrateError, OSError):
+    """The caption store cannot be used: a newer schema, a corrupt or foreign file, a folder where
+    it cannot be created, a full disk. The message names the file and the reason."""
+
+
+class StoreQueryError(VidnarrateError, ValueError):
+    """A search query that cannot be run (too long, no words, an unbalanced quote). The message names
+    the query and the reason."""

@@ -22,6 +22,7 @@ from .messages import (
     Message,
     MessageError,
     Processes,
+    RecorderStatus,
     Status,
     StreamState,
     Subscribe,
@@ -137,8 +138,8 @@ _INFERENCE_FIELDS = (
 
 
 class StatusBoard:
-    """Merges :class:`CaptureStatus`, :class:`InferenceStatus` and :class:`Processes` reports into the
-    client-facing :class:`Status`.
+    """Merges :class:`CaptureStatus`, :class:`InferenceStatus`, :class:`Processes` and
+    :class:`RecorderStatus` reports into the client-facing :class:`Status`.
 
     Per stream: the capture figures (``state``, ``fps``, ``frames``, ``drops``, ``reconnects``,
     ``decode_errors``, ``width``, ``height``, ``error``), ``age_s`` (seconds since the capture report)
@@ -147,6 +148,9 @@ class StatusBoard:
     process the supervisor reports as not alive is shown ``lost`` (unless it had ``ended``, or its
     process finished with exit code 0, which only a source that ended does): its last report would
     otherwise say ``live`` forever.
+
+    ``recorder``: the recorder's figures (``store``, ``written``, ``dropped``, ``queue``, ``errors``,
+    ``error``, ``last_commit_wall``) and ``age_s``, seconds since its report; absent until it reports.
     """
 
     def __init__(self, *, max_streams: int = 256) -> None:
@@ -156,10 +160,15 @@ class StatusBoard:
         self._inference: dict[str, Message] = {}
         self._model: tuple[str | None, str | None] = (None, None)
         self._processes: dict[str, Message] = {}
+        self._recorder: RecorderStatus | None = None
+        self._recorder_at = 0.0
 
-    def update(self, report: CaptureStatus | InferenceStatus | Processes, now: float) -> bool:
+    def update(
+        self, report: CaptureStatus | InferenceStatus | Processes | RecorderStatus, now: float
+    ) -> bool:
         """Fold in a report; True when something a viewer should see at once changed (a stream
-        appeared or changed state, a process restarted or died, the model changed).
+        appeared or changed state, a process restarted or died, the model changed, the recorder
+        reported for the first time or its last error changed).
 
         Raises :class:`ValueError` for a report that cannot be kept (naming the stream).
         """
@@ -167,6 +176,9 @@ class StatusBoard:
             return self._update_capture(report, now)
         if isinstance(report, InferenceStatus):
             return self._update_inference(report)
+        if isinstance(report, RecorderStatus):
+            old, self._recorder, self._recorder_at = self._recorder, report, now
+            return old is None or old.error != report.error or old.store != report.store
         return self._update_processes(report)
 
     def _update_capture(self, report: CaptureStatus, now: float) -> bool:
@@ -236,6 +248,10 @@ class StatusBoard:
             for field, value in figures.items():
                 entry.setdefault(field, value)
             streams[name] = entry
+        recorder = None
+        if self._recorder is not None:
+            recorder = {k: v for k, v in self._recorder.to_dict().items() if k not in ("type", "wall")}
+            recorder["age_s"] = round(now - self._recorder_at, 3)
         return Status(
             streams=streams,
             processes={r: dict(p) for r, p in self._processes.items()},
@@ -243,6 +259,7 @@ class StatusBoard:
             device=self._model[1],
             wall=wall,
             clients=clients,
+            recorder=recorder,
         )
 
 

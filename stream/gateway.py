@@ -50,6 +50,7 @@ from .messages import (
     Ping,
     Pong,
     Processes,
+    RecorderStatus,
     Status,
     Subscribe,
     Subscribed,
@@ -61,7 +62,7 @@ log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
 
 _FORWARDED = frozenset({"caption", "partial", "event", "thumbnail"})  # their bus bytes go to clients
-_REPORTS = frozenset({"capture_status", "inference_status", "processes"})
+_REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status"})
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
 _TICK = 0.1
 
@@ -325,7 +326,7 @@ class Gateway:
             message = envelope.decode()
             if isinstance(message, Answer):
                 self._on_answer(message)
-            elif isinstance(message, CaptureStatus | InferenceStatus | Processes):
+            elif isinstance(message, CaptureStatus | InferenceStatus | Processes | RecorderStatus):
                 if self._board.update(message, time.monotonic()):
                     self._status_soon()
         else:

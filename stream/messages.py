@@ -13,8 +13,8 @@ bus between processes. ``docs/protocol.md`` documents every field; this module i
   :class:`Pong`, :class:`Subscribed` and :class:`Dropped` (made by the gateway). Later versions may add
   fields: clients must ignore fields they do not know.
 * **Bus only** (never sent to clients as they are): :class:`CaptureStatus`, :class:`InferenceStatus`,
-  :class:`Processes` (merged by the gateway into ``status``) and :class:`AskRequest` (gateway ->
-  inference). :func:`decode` turns a bus body back into its dataclass.
+  :class:`Processes`, :class:`RecorderStatus` (merged by the gateway into ``status``) and
+  :class:`AskRequest` (gateway -> inference). :func:`decode` turns a bus body back into its dataclass.
 
 Times: ``t_*`` are seconds of stream time (from the source's first frame), ``wall*`` are Unix seconds.
 """
@@ -494,6 +494,7 @@ class Status(ServerMessage):
     device: str | None
     wall: float
     clients: int | None = None
+    recorder: Message | None = None  # the recorder's figures; absent when the run records nothing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -538,6 +539,24 @@ class Processes(ServerMessage):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecorderStatus(ServerMessage):
+    """The recorder's report (bus only; ~1 Hz and on a write error). Counts are since the recorder
+    process started: ``written`` messages committed to the store at ``store``, ``dropped`` lost (the
+    queue was full, or a write failed for good), ``queue`` waiting, ``errors`` writes that failed
+    (``error``: the last one's reason), ``last_commit_wall`` when the last batch was committed."""
+
+    TYPE: ClassVar[str] = "recorder_status"
+    store: str
+    written: int
+    dropped: int
+    queue: int
+    errors: int
+    last_commit_wall: float | None
+    wall: float
+    error: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class AskRequest(ServerMessage):
     """An ask as the gateway forwards it to the inference process (bus only).
 
@@ -554,7 +573,16 @@ class AskRequest(ServerMessage):
 
 
 BusMessage: TypeAlias = (
-    Caption | Partial | Event | Thumbnail | Answer | CaptureStatus | InferenceStatus | Processes | AskRequest
+    Caption
+    | Partial
+    | Event
+    | Thumbnail
+    | Answer
+    | CaptureStatus
+    | InferenceStatus
+    | Processes
+    | RecorderStatus
+    | AskRequest
 )
 _BUS_TYPES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
@@ -567,6 +595,7 @@ _BUS_TYPES: dict[str, type[ServerMessage]] = {
         CaptureStatus,
         InferenceStatus,
         Processes,
+        RecorderStatus,
         AskRequest,
     )
 }

@@ -78,8 +78,10 @@ def caption_file(
     max_side: int = 1344,
     stream: str | None = None,
     progress: Callable[[float], None] | None = None,
+    sinks: Sequence[CaptionWriter] = (),
 ) -> OfflineResult:
-    """Caption the whole file; write each caption to every output as it is made."""
+    """Caption the whole file; write each caption to every output, and to each of ``sinks`` (writers
+    the caller opened and closes: the store), as it is made."""
     spec = parse_source(path)
     if spec.kind != "file":
         raise UnsupportedSource(
@@ -121,7 +123,7 @@ def caption_file(
         captions.append(message)
         if not writers:
             writers.extend(open_writer(Path(p)) for p in outputs)
-        for writer in writers:
+        for writer in [*writers, *sinks]:
             writer.write(message)
 
     frames = 0

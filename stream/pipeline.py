@@ -1,11 +1,11 @@
 """The live pipeline of ``vidnarrate run``: its rings, its processes, and how it starts and stops.
 
 Start order: stale rings of dead runs are removed, then one ring per source is created (owned here,
-so capture and inference restarts re-attach to it), then the gateway (its subscription must exist
-before anyone publishes), the inference process, and, once the model is loaded, one capture process
-per source. Stop order is the reverse intent: every child is told at once, given ``stop_timeout``,
-then terminated; then the rings are unlinked and the run directory (zmq socket files) removed.
-Nothing is left behind.
+so capture and inference restarts re-attach to it), then the gateway and the recorder (their
+subscriptions must exist before anyone publishes; the recorder only when the run has a store), the
+inference process, and, once the model is loaded, one capture process per source. Stop order is the
+reverse intent: every child is told at once, given ``stop_timeout``, then terminated; then the rings
+are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from .gateway import gateway_main
 from .gateway_options import GatewayOptions
 from .inference import DRAINED_FILE, READY_FILE, InferenceOptions, inference_main
 from .process import ExitCode
+from .recorder import RecorderOptions, recorder_main
 from .ring import FrameRing, remove_stale_rings, ring_name
 from .runwatch import SourceState
 from .sources import SourceOptions, parse_source
@@ -158,11 +159,15 @@ class LivePipeline:
         config: Config,
         sources: list[NamedSource],
         *,
+        store: Path | None = None,
         run_root: Path | None = None,
         log_level: int | str = logging.INFO,
     ) -> None:
+        """``store``: the SQLite file the recorder keeps the run's captions, events and answers in
+        (checked by the caller: :func:`~stream.recorder.check_store`); None records nothing."""
         self.config = config
         self.sources = sources
+        self.store = store
         self.run = RunPaths.create(root=run_root)
         self.ready_file = self.run.run_dir / "gateway.json"
         self.rings: dict[str, FrameRing] = {}
@@ -191,6 +196,8 @@ class LivePipeline:
             )
         self.supervisor.open_bus()
         self.supervisor.start(self._gateway_spec())
+        if self.store is not None:
+            self.supervisor.start(self._recorder_spec(self.store))
         self.supervisor.start(self._inference_spec())
 
     def _start_captures_when_model_ready(self) -> None:
@@ -203,7 +210,9 @@ class LivePipeline:
             self.supervisor.start(self._capture_spec(source))
 
     def _roles(self) -> list[str]:
-        return ["supervisor", "inference"] + [f"capture:{s.name}" for s in self.sources]
+        """The roles that publish on the bus (the gateway reads them all)."""
+        recorder = ["recorder"] if self.store is not None else []
+        return ["supervisor", "inference", *recorder] + [f"capture:{s.name}" for s in self.sources]
 
     def _gateway_spec(self) -> ChildSpec:
         g = self.config.gateway
@@ -218,6 +227,20 @@ class LivePipeline:
             },
             fatal_codes=(ExitCode.USAGE,),
         )
+
+    def _recorder_spec(self, store: Path) -> ChildSpec:
+        options = RecorderOptions(
+            run_id=self.run.run_id,
+            store=str(store),
+            events_endpoints=tuple(
+                self.run.publisher_endpoint(role) for role in self._roles() if role != "recorder"
+            ),
+            status_endpoint=self.run.publisher_endpoint("recorder"),
+            retention_days=self.config.store.retention_days,
+            max_mb=self.config.store.max_mb,
+        )
+        # Never fatal: a recorder that cannot write is restarted with the backoff while the run goes on.
+        return ChildSpec(role="recorder", target=recorder_main, kwargs={"options": options})
 
     def _inference_spec(self) -> ChildSpec:
         options = inference_options(

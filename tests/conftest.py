@@ -35,6 +35,21 @@ def require_executable(name: str) -> str:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``$XDG_DATA_HOME`` in a temporary folder for the whole session (the processes tests start
+    inherit it): a ``vidnarrate run`` records into ``$XDG_DATA_HOME/vidnarrate/vidnarrate.db`` by
+    default, and no test may write into the user's own store."""
+    folder = tmp_path_factory.mktemp("data-home")
+    before = os.environ.get("XDG_DATA_HOME")
+    os.environ["XDG_DATA_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["XDG_DATA_HOME"]
+    else:
+        os.environ["XDG_DATA_HOME"] = before
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """The tiny model gains nothing from threads, and on a busy 2-core box spinning threads cost 10x.

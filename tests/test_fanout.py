@@ -199,6 +199,39 @@ def test_status_board_shows_a_capture_that_finished_with_code_0_as_ended() -> No
     assert streams["cam1"]["state"] == "lost"
 
 
+def _recorder(written: int, error: str | None = None) -> messages.RecorderStatus:
+    return messages.RecorderStatus(
+        store="/data/vidnarrate.db",
+        written=written,
+        dropped=2,
+        queue=5,
+        errors=1 if error else 0,
+        last_commit_wall=50.0,
+        error=error,
+        wall=1.0,
+    )
+
+
+def test_status_board_shows_the_recorder_figures_once_it_reports() -> None:
+    board = StatusBoard()
+    assert "recorder" not in board.snapshot(now=0.0, wall=0.0).to_dict(), "a run without a store"
+    assert board.update(_recorder(10), now=10.0) is True, "the recorder appeared"
+    assert board.update(_recorder(20), now=11.0) is False, "figures only"
+    assert board.update(_recorder(20, error="store x: the disk is full"), now=11.0) is True
+    snap = json.loads(board.snapshot(now=11.5, wall=99.0).to_json())
+    assert snap["recorder"] == {
+        "store": "/data/vidnarrate.db",
+        "written": 20,
+        "dropped": 2,
+        "queue": 5,
+        "errors": 1,
+        "last_commit_wall": 50.0,
+        "error": "store x: the disk is full",
+        "age_s": 0.5,
+    }
+    assert board.update(_recorder(30), now=12.0) is True, "the error cleared"
+
+
 def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> None:
     board = StatusBoard()
     board.update(
@@ -218,6 +251,8 @@ def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> N
         {"type": "inference_status", "streams": [], "model": "m", "device": "d", "state": "ready", "wall": 1},
         {"type": "processes", "processes": "none", "wall": 1.0},
         {"type": "processes", "processes": {"inference": 12}, "wall": 1.0},
+        {**_recorder(1).to_dict(), "written": "many"},
+        {k: v for k, v in _recorder(1).to_dict().items() if k != "last_commit_wall"},
     ],
 )
 def test_malformed_reports_never_reach_the_status_board(report: dict[str, object]) -> None:

@@ -1,0 +1,521 @@
+"""The caption store: one SQLite file that keeps every caption, event and answer, and finds them again.
+
+Embedded (the standard library's ``sqlite3``, with FTS5), nothing to run beside it. The file is in WAL
+mode, so readers (``vidnarrate search``, the gateway) never block the writer (the recorder) nor it
+them, and ``synchronous=FULL``: each commit is fsynced to the WAL before :meth:`Store.add` returns, so
+a commit survives a power cut as well as a SIGKILL (``NORMAL`` survives only the latter; the recorder
+commits a batch about twice a second, so the fsync costs little).
+
+The schema is versioned by ``PRAGMA user_version`` and upgraded by :data:`_MIGRATIONS`, one list of
+statements per version. A file that is not a SQLite database, is damaged, holds tables of some other
+program or comes from a newer vidnarrate is a :class:`~stream.errors.StoreError` naming it and the
+reason: it is never recreated or changed. Text is indexed by an FTS5 table over ``messages.text``
+(external content, kept in sync by triggers) and ranked by bm25; thumbnails are JPEG BLOBs deleted
+with their message. ``auto_vacuum=INCREMENTAL`` (set when the file is made) lets :meth:`Store.prune`
+give the space of deleted rows back to the file system.
+
+A :class:`Store` is used by one thread at a time (any thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from . import messages
+from .errors import StoreError, StoreQueryError
+from .storequery import match_expression
+
+SCHEMA_VERSION: Final = 1
+MIB: Final = 1024 * 1024
+PRUNE_CHUNK: Final = 2000  # rows deleted per statement
+PRUNE_MAX_ROWS: Final = 20_000  # rows deleted per prune() call: bounded work, however much is due
+HISTORY_PAGE: Final = 1000
+MAX_LIMIT: Final = 10_000
+SEARCH_CANDIDATES: Final = 2000  # matches ranked per search, those stored last (see Store.search)
+
+# One tuple of statements per schema version: _MIGRATIONS[v] takes a file from version v to v + 1.
+_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE messages(
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            seq INTEGER,
+            t_start REAL, t_end REAL,
+            wall_start REAL, wall_end REAL NOT NULL,
+            text TEXT NOT NULL,
+            model TEXT,
+            json TEXT NOT NULL
+        )""",
+        "CREATE INDEX messages_stream_wall ON messages(stream, wall_end)",
+        "CREATE INDEX messages_wall ON messages(wall_end)",
+        # A caption replayed to the recorder (a restarted subscriber, a resent batch) is kept once.
+        "CREATE UNIQUE INDEX messages_once ON messages(run_id, kind, stream, seq) WHERE seq IS NOT NULL",
+        "CREATE VIRTUAL TABLE messages_fts USING fts5(text, content='messages', content_rowid='id', "
+        "tokenize='porter unicode61 remove_diacritics 2')",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
+        END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END""",
+        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+            INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+            INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
+        END""",
+        """CREATE TABLE thumbnails(
+            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
+            jpeg BLOB NOT NULL
+        )""",
+    ),
+)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+# The tables of the current schema (FTS5 keeps its index in shadow tables named after it).
+_TABLES: Final = frozenset(
+    {
+        "messages",
+        "thumbnails",
+        "messages_fts",
+        "messages_fts_data",
+        "messages_fts_idx",
+        "messages_fts_docsize",
+        "messages_fts_config",
+    }
+)
+
+_REASONS: Final = {
+    "SQLITE_NOTADB": "not a SQLite database",
+    "SQLITE_CORRUPT": "the file is damaged (corrupt)",
+    "SQLITE_FULL": "the disk is full",
+    "SQLITE_READONLY": "the file or its folder is read-only",
+    "SQLITE_CANTOPEN": "the file cannot be opened (a folder, or no permission)",
+    "SQLITE_PERM": "permission denied",
+    "SQLITE_BUSY": "another process holds it locked",
+    "SQLITE_IOERR": "an I/O error",
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One message to keep: ``body`` is its JSON exactly as published on the bus."""
+
+    run_id: str
+    message: messages.Caption | messages.Event | messages.Answer
+    body: bytes
+    thumbnail: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A row of the store; ``json`` is the message as published. ``score`` (higher is better, the
+    negated bm25) is set on search hits, None in history."""
+
+    id: int
+    kind: str
+    run_id: str
+    stream: str
+    seq: int | None
+    t_start: float | None
+    t_end: float | None
+    wall_start: float | None
+    wall_end: float
+    text: str
+    model: str | None
+    json: str
+    score: float | None = None
+
+    def message(self) -> dict[str, Any]:
+        """The stored message as a JSON object (with ``score`` added on a search hit)."""
+        data: dict[str, Any] = json.loads(self.json)
+        if self.score is not None:
+            data["score"] = self.score
+        return data
+
+
+def default_store_path() -> Path:
+    """``$XDG_DATA_HOME/vidnarrate/vidnarrate.db``, default ``~/.local/share/vidnarrate/vidnarrate.db``
+    (a relative XDG path is ignored, as the XDG spec asks)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "vidnarrate" / "vidnarrate.db"
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", "")
+    for prefix, reason in _REASONS.items():
+        if name.startswith(prefix):
+            return reason
+    return str(exc)
+
+
+_COLUMNS: Final = "id, kind, run_id, stream, seq, t_start, t_end, wall_start, wall_end, text, model, json"
+
+
+class Store:
+    """An open store. Make one with :meth:`open`; :meth:`close` it when done."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection, *, readonly: bool) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._db = connection
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        """Open (or, unless ``readonly``, create) the store at ``path``, upgrading an older schema.
+
+        Refuses with :class:`StoreError`, changing nothing: a missing file when ``readonly``, a file
+        that is not a SQLite database or is damaged, one with tables of another program, one from a
+        newer vidnarrate."""
+        path = Path(path)
+        if readonly:
+            if not path.is_file():
+                raise StoreError(f"store {path}: no such file (nothing has been recorded there)")
+            uri = "file:" + urllib.parse.quote(str(path.absolute())) + "?mode=ro"
+            connect: tuple[str, bool] = (uri, True)
+        else:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"store {path}: cannot create its folder {path.parent} ({exc.strerror or exc})"
+                ) from None
+            if path.is_dir():
+                raise StoreError(f"store {path}: is a folder, not a file")
+            connect = (str(path), False)
+        try:
+            db = sqlite3.connect(
+                connect[0], uri=connect[1], timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {path}: cannot open it: {_reason(exc)}") from None
+        store = cls(path, db, readonly=readonly)
+        try:
+            store._prepare()
+        except BaseException:
+            db.close()
+            raise
+        return store
+
+    def _prepare(self) -> None:
+        try:
+            self._db.execute("BEGIN")  # one snapshot: another process may be making the schema now
+            try:
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                tables = self._tables()
+            finally:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path}: schema version {version} is newer than this vidnarrate's "
+                f"({SCHEMA_VERSION}); use a newer vidnarrate, or another --store"
+            )
+        if version == 0 and tables:
+            raise StoreError(
+                f"store {self.path}: not a vidnarrate store (it holds the tables {', '.join(sorted(tables))})"
+            )
+        if version == SCHEMA_VERSION:
+            self._check_tables(tables)  # before anything is written, the journal mode included
+        elif self.readonly:
+            what = "empty" if version == 0 else f"of schema version {version}"
+            raise StoreError(
+                f"store {self.path}: it is {what}; a vidnarrate run recording into it upgrades it"
+            )
+        if not self.readonly:
+            try:
+                self._upgrade(version)
+                self._check_tables(self._tables())
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
+        try:
+            self._db.execute("PRAGMA foreign_keys = ON")  # thumbnails go with their message
+            if not self.readonly:
+                self._db.execute("PRAGMA synchronous = FULL")
+                self._db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after bursts
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
+
+    def _check_tables(self, tables: set[str]) -> None:
+        if tables != _TABLES:
+            odd = sorted(tables - _TABLES) or sorted(_TABLES - tables)
+            kind = "unexpected tables" if tables - _TABLES else "missing tables"
+            raise StoreError(f"store {self.path}: not a vidnarrate store ({kind} {', '.join(odd)})")
+
+    def _tables(self) -> set[str]:
+        rows = self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        )
+        return {name for (name,) in rows}
+
+    def _upgrade(self, version: int) -> None:
+        if version == 0:
+            # Only possible before the first table exists; later the file would need a full VACUUM.
+            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"store {self.path}: cannot use WAL journaling here (the journal is {mode})")
+        while version < SCHEMA_VERSION:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # Read again under the write lock: another process may have just made or upgraded it.
+                version = self._db.execute("PRAGMA user_version").fetchone()[0]
+                if version < SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        self._db.execute(statement)
+                    version += 1
+                    self._db.execute(f"PRAGMA user_version = {version}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def add(self, records: Sequence[Record]) -> None:
+        """Keep ``records`` in one transaction, committed (and fsynced) when this returns. A caption
+        already stored (same run, stream and seq) is skipped, with its thumbnail."""
+        if not records:
+            return
+        stored_at = time.time()
+        rows = [(_row(r, stored_at), r.thumbnail) for r in records]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self._db.cursor()
+                for row, thumbnail in rows:
+                    cursor.execute(
+                        "INSERT OR IGNORE INTO messages(kind, run_id, stream, seq, t_start, t_end, "
+                        "wall_start, wall_end, text, model, json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        row,
+                    )
+                    if thumbnail is not None and cursor.rowcount == 1:
+                        cursor.execute(
+                            "INSERT INTO thumbnails(message_id, jpeg) VALUES (?, ?)",
+                            (cursor.lastrowid, thumbnail),
+                        )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"store {self.path}: cannot write {len(records)} messages: {_reason(exc)}"
+            ) from None
+
+    def prune(
+        self, *, now: float, retention_days: float, max_mb: float, max_rows: int = PRUNE_MAX_ROWS
+    ) -> int:
+        """Delete messages older than ``retention_days``, then the oldest while the data is over
+        ``max_mb`` MiB; at most ``max_rows`` per call (call again while it returns that many). The
+        freed pages are given back to the file system (incremental vacuum). Returns the rows deleted."""
+        cutoff = now - retention_days * 86400.0
+        deleted = 0
+        try:
+            while deleted < max_rows:
+                chunk = min(PRUNE_CHUNK, max_rows - deleted)
+                cursor = self._db.execute(
+                    "DELETE FROM messages WHERE id IN "
+                    "(SELECT id FROM messages WHERE wall_end < ? ORDER BY wall_end LIMIT ?)",
+                    (cutoff, chunk),
+                )
+                deleted += cursor.rowcount
+                if cursor.rowcount < chunk:
+                    break
+            while deleted < max_rows and self._used_mb() > max_mb:
+                chunk = min(PRUNE_CHUNK, max_rows - deleted)
+                cursor = self._db.execute(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages ORDER BY wall_end LIMIT ?)",
+                    (chunk,),
+                )
+                deleted += cursor.rowcount
+                if cursor.rowcount == 0:
+                    break
+            if deleted:
+                # execute() would run it one step, freeing one page; executescript() runs it to the end.
+                self._db.executescript("PRAGMA incremental_vacuum")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: cannot delete old messages: {_reason(exc)}") from None
+        return deleted
+
+    def _used_mb(self) -> float:
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return float((pages - free) * size) / MIB
+
+    def size_mb(self) -> float:
+        """The database's size in MiB (the file's, once its WAL is checkpointed)."""
+        try:
+            pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+            size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
+        return float(pages * size) / MIB
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        streams: Sequence[str] | None = None,
+        wall_from: float | None = None,
+        wall_to: float | None = None,
+        limit: int = 20,
+    ) -> list[StoredMessage]:
+        """Messages whose text matches ``query`` (see :mod:`stream.storequery`), best bm25 score
+        first, the newest first among equal scores; only of ``streams`` and ending within
+        ``[wall_from, wall_to]`` when given. :class:`~stream.errors.StoreQueryError` for a query that
+        cannot be searched.
+
+        Ranked are the :data:`SEARCH_CANDIDATES` matching messages (that pass the filters) stored
+        last: ranking every caption of a year that says "door" would take seconds; narrowing the
+        streams or the span reaches further back."""
+        expression = match_expression(query)
+        limit = _checked_limit(limit)
+        where, params = _filters(streams, wall_from, wall_to)
+        if wall_from is not None or wall_to is not None:
+            # The ids of the span's rows bound the text index's scan (ids grow with insertion, so
+            # this skips the rest of the year), read from the covering (stream, wall_end) index.
+            low, high = self._fetch(
+                f"SELECT min(id), max(id) FROM messages m WHERE {' AND '.join(where)}", tuple(params)
+            )[0]
+            if low is None:
+                return []
+            where.append("f.rowid BETWEEN ? AND ?")
+            params.extend((low, high))
+        # CROSS JOIN keeps the text index as the outer loop, read from the last id down until enough
+        # rows matched.
+        sql = (
+            f"SELECT {_prefixed('m.')}, -c.rank FROM ("
+            "SELECT f.rowid AS id, f.rank AS rank "
+            "FROM messages_fts f CROSS JOIN messages m ON m.id = f.rowid "
+            f"WHERE messages_fts MATCH ?{''.join(' AND ' + w for w in where)} "
+            "ORDER BY f.rowid DESC LIMIT ?"
+            ") c CROSS JOIN messages m ON m.id = c.id ORDER BY c.rank, m.wall_end DESC LIMIT ?"
+        )
+        return self._query(sql, (expression, *params, SEARCH_CANDIDATES, limit))
+
+    def history(
+        self,
+        stream: str,
+        wall_from: float | None = None,
+        wall_to: float | None = None,
+        limit: int | None = 1000,
+    ) -> list[StoredMessage]:
+        """The captions of ``stream`` ending within ``[wall_from, wall_to]``, in time order (at most
+        ``limit``, the earliest; None: all)."""
+        found: list[StoredMessage] = []
+        for message in self.iter_history(stream, wall_from, wall_to):
+            if limit is not None and len(found) >= limit:
+                break
+            found.append(message)
+        return found
+
+    def iter_history(
+        self, stream: str, wall_from: float | None = None, wall_to: float | None = None
+    ) -> Iterator[StoredMessage]:
+        """:meth:`history` without a limit, read a page at a time (an export of a year stays small)."""
+        where, params = _filters([stream], wall_from, wall_to)
+        after: tuple[float, int] = (float("-inf"), -1)
+        while True:
+            page = self._query(
+                f"SELECT {_COLUMNS}, NULL FROM messages m WHERE kind = 'caption' AND "
+                + " AND ".join(where)
+                + " AND (wall_end, id) > (?, ?) ORDER BY wall_end, id LIMIT ?",
+                (*params, *after, HISTORY_PAGE),
+            )
+            yield from page
+            if len(page) < HISTORY_PAGE:
+                return
+            after = (page[-1].wall_end, page[-1].id)
+
+    def has_stream(self, stream: str) -> bool:
+        """Whether anything of ``stream`` is stored."""
+        row = self._fetch("SELECT 1 FROM messages WHERE stream = ? LIMIT 1", (stream,))
+        return bool(row)
+
+    def streams(self) -> list[str]:
+        """Every stream with something stored, sorted."""
+        return [name for (name,) in self._fetch("SELECT DISTINCT stream FROM messages ORDER BY stream", ())]
+
+    def thumbnail(self, message_id: int) -> bytes | None:
+        """The JPEG kept with a message, if any."""
+        rows = self._fetch("SELECT jpeg FROM thumbnails WHERE message_id = ?", (message_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def count(self) -> int:
+        return int(self._fetch("SELECT count(*) FROM messages", ())[0][0])
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[StoredMessage]:
+        return [StoredMessage(*row) for row in self._fetch(sql, params)]
+
+
+def _row(record: Record, stored_at: float) -> tuple[Any, ...]:
+    m = record.message
+    body = record.body.decode("utf-8")
+    if isinstance(m, messages.Caption):
+        return ("caption", record.run_id, m.stream, m.seq, m.t_start, m.t_end, m.wall_start, m.wall_end,
+                m.text, m.model, body)  # fmt: skip
+    if isinstance(m, messages.Event):
+        return ("event", record.run_id, m.stream, None, m.t_start, m.t_end, m.wall_start, m.wall_end,
+                m.text, None, body)  # fmt: skip
+    if isinstance(m, messages.Answer):
+        return ("answer", record.run_id, m.stream, None, m.t_start, m.t_end, None, stored_at, m.text, None,
+                body)  # fmt: skip
+    raise TypeError(f"the store keeps captions, events and answers, not {type(m).__name__}")
+
+
+def _prefixed(prefix: str) -> str:
+    return ", ".join(prefix + name.strip() for name in _COLUMNS.split(","))
+
+
+def _filters(
+    streams: Sequence[str] | None, wall_from: float | None, wall_to: float | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if streams is not None:
+        names = list(dict.fromkeys(streams))
+        where.append(f"m.stream IN ({', '.join('?' * len(names))})" if names else "0")
+        params.extend(names)
+    if wall_from is not None:
+        where.append("m.wall_end >= ?")
+        params.append(wall_from)
+    if wall_to is not None:
+        where.append("m.wall_end <= ?")
+        params.append(wall_to)
+    return where, params
+
+
+def _checked_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise StoreQueryError(f"search limit {limit}: must be from 1 to {MAX_LIMIT}")
+    return limit
