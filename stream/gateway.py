@@ -54,6 +54,7 @@ from .messages import (
     Pong,
     Processes,
     RecorderStatus,
+    Results,
     Status,
     StoreRequest,
     Subscribe,
@@ -318,7 +319,7 @@ class Gateway:
         if self._reader is None:
             raise MessageError(
                 ErrorCode.STORE_UNAVAILABLE,
-                "this server keeps no caption store (the run was started with --no-store)",
+                "this server keeps no caption store (a run started with --no-store records nothing)",
                 request.id,
             )
         if not self._queries.start(client.number):
@@ -334,9 +335,17 @@ class Gateway:
     async def _answer_query(self, number: int, reader: StoreReader, request: StoreRequest) -> None:
         if self._store_thread is None:
             self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+        reply: Results | ErrorReply
         try:
             reply = await asyncio.get_running_loop().run_in_executor(
                 self._store_thread, reader.answer, request
+            )
+        except Exception:  # a bug, not a bad store (answer() replies to those): the asker still hears
+            log.exception("unexpected error answering a %s request", type(request).__name__.lower())
+            reply = ErrorReply(
+                error=ErrorCode.STORE_UNAVAILABLE,
+                message="the store could not be read (an error on the server; see its log)",
+                id=request.id,
             )
         finally:
             self._queries.finish(number)
