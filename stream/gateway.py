@@ -2,13 +2,15 @@
 
 * ``/``: the viewer (static files of ``stream/web/``), ``/healthz`` and the token check:
   :mod:`stream.routes` and :mod:`stream.auth`;
-* ``/ws``: the websocket protocol of ``docs/protocol.md`` (subscribe, ask, ping); the connections and
-  the fan-out to them are :mod:`stream.clients`, the state behind them (queues, replay, status,
-  pending asks) the I/O-free :mod:`stream.fanout`.
+* ``/ws``: the websocket protocol of ``docs/protocol.md`` (subscribe, ask, ping, search, history);
+  the connections and the fan-out to them are :mod:`stream.clients`, the state behind them (queues,
+  replay, status, pending asks) the I/O-free :mod:`stream.fanout`, the caption store's reads
+  :mod:`stream.storereader`.
 
 This module wires them: it reads the bus, forwards captions, partials, events and thumbnails as the
 bytes their publisher encoded, merges status reports, routes asks to the inference process and their
-answers back to the asker, and runs the status and ask timers.
+answers back to the asker, runs searches and histories on a worker thread of their own (SQLite never
+blocks the event loop), and runs the status and ask timers.
 
 Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as a child process
 (:func:`gateway_main`, picklable for ``multiprocessing`` "spawn").
@@ -17,6 +19,7 @@ Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -51,12 +54,15 @@ from .messages import (
     Pong,
     Processes,
     RecorderStatus,
+    Results,
     Status,
+    StoreRequest,
     Subscribe,
     Subscribed,
 )
 from .process import ExitCode, write_ready_file
 from .routes import WS_PATH, Routes
+from .storereader import QueryLimits, StoreReader
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
@@ -96,6 +102,11 @@ class Gateway:
             timeout=options.ask_timeout, per_client=options.asks_per_client, total=options.max_pending_asks
         )
         self._thumbnails: dict[str, bytes] = {}  # the latest of each stream, as published
+        self._reader = StoreReader(Path(options.store)) if options.store is not None else None
+        self._queries = QueryLimits(options.queries_per_client)
+        self._query_tasks: set[asyncio.Task[None]] = set()
+        # One thread: a Store is used by one thread at a time, and queries wait their turn there.
+        self._store_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscriber: AsyncSubscriber | None = None
         self._ask_sender: AskSender | None = None
         self._server: Server | None = None
@@ -159,9 +170,14 @@ class Gateway:
             return
         server, self._server = self._server, None
         server.close(close_connections=False)
-        for task in self._loops:
+        for task in [*self._loops, *self._query_tasks]:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*self._loops, *self._query_tasks, return_exceptions=True)
+        if self._store_thread is not None and self._reader is not None:
+            # The reader is closed on its own thread, after a query that may still run there.
+            self._store_thread.submit(self._reader.close)
+            self._store_thread.shutdown(wait=False, cancel_futures=False)
+            self._store_thread = None
         await self._clients.close_all(CloseCode.GOING_AWAY, "server shutting down")
         grace = self.options.close_timeout + 2.0
         try:
@@ -221,6 +237,7 @@ class Gateway:
             if self._last_bus_wall is None
             else round(now - self._last_bus_wall, 3),
             "pending_asks": len(self._asks),
+            "queries_in_flight": len(self._queries),
             "clients_behind": behind,
             "queued_messages": queued,
             **self.stats,
@@ -242,6 +259,8 @@ class Gateway:
                 self._ask(client, request)
             elif isinstance(request, Ping):
                 self._clients.send(client, Pong(id=request.id, t=request.t, wall=time.time()))
+            else:
+                self._query(client, request)
         except MessageError as exc:
             self._counts["error_replies"] += 1
             self._clients.send(client, exc.to_reply())
@@ -295,6 +314,46 @@ class Gateway:
                     id=request.id,
                 ),
             )
+
+    def _query(self, client: Client, request: StoreRequest) -> None:
+        if self._reader is None:
+            raise MessageError(
+                ErrorCode.STORE_UNAVAILABLE,
+                "this server keeps no caption store (a run started with --no-store records nothing)",
+                request.id,
+            )
+        if not self._queries.start(client.number):
+            raise MessageError(
+                ErrorCode.TOO_MANY_QUERIES,
+                f"{self._queries.per_client} of your searches are still running; wait for their results",
+                request.id,
+            )
+        task = self._spawn(self._answer_query(client.number, self._reader, request))
+        self._query_tasks.add(task)
+        task.add_done_callback(self._query_tasks.discard)
+
+    async def _answer_query(self, number: int, reader: StoreReader, request: StoreRequest) -> None:
+        if self._store_thread is None:
+            self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+        reply: Results | ErrorReply
+        try:
+            reply = await asyncio.get_running_loop().run_in_executor(
+                self._store_thread, reader.answer, request
+            )
+        except Exception:  # a bug, not a bad store (answer() replies to those): the asker still hears
+            log.exception("unexpected error answering a %s request", type(request).__name__.lower())
+            reply = ErrorReply(
+                error=ErrorCode.STORE_UNAVAILABLE,
+                message="the store could not be read (an error on the server; see its log)",
+                id=request.id,
+            )
+        finally:
+            self._queries.finish(number)
+        client = self._clients.get(number)
+        if client is not None:  # else the client left while its query ran
+            if isinstance(reply, ErrorReply):
+                self._counts["error_replies"] += 1
+            self._clients.send(client, reply)
 
     # -- the bus ---------------------------------------------------------------------------------
     async def _read_bus(self) -> None:

@@ -46,6 +46,10 @@ class GatewayOptions(GatewayConfig):
     ping_interval: float | None = setting(20.0, above=0)
     ping_timeout: float | None = setting(20.0, above=0)
     max_streams: int = setting(256, low=1)
+    # the caption store the recorder writes (read-only here; None: the run keeps none, and search and
+    # history get store_unavailable); queries_per_client: its searches/histories in flight at once.
+    store: str | None = None
+    queries_per_client: int = setting(2, low=1)
 
     def __post_init__(self) -> None:
         check_settings("gateway", self)

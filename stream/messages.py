@@ -4,14 +4,15 @@ One JSON object per websocket text message, always with ``"type"``; the same JSO
 bus between processes. ``docs/protocol.md`` documents every field; this module is its code.
 
 * **Client to server** (validated strictly, because anyone can send anything): :class:`Subscribe`,
-  :class:`Ask`, :class:`Ping`, parsed by :func:`parse_client_message`, which raises
-  :class:`MessageError` (a :class:`~stream.errors.ProtocolError`) carrying the ``error`` code and the
-  sentence the gateway replies with.
+  :class:`Ask`, :class:`Ping`, :class:`Search`, :class:`History`, parsed by
+  :func:`parse_client_message`, which raises :class:`MessageError` (a
+  :class:`~stream.errors.ProtocolError`) carrying the ``error`` code and the sentence the gateway
+  replies with.
 * **Server to client**, each a frozen :class:`ServerMessage` dataclass: :class:`Caption`,
   :class:`Partial`, :class:`Event`, :class:`Thumbnail`, :class:`Answer` (published by the inference
   process; the gateway forwards their bus bytes as they are), :class:`Status`, :class:`ErrorReply`,
-  :class:`Pong`, :class:`Subscribed` and :class:`Dropped` (made by the gateway). Later versions may add
-  fields: clients must ignore fields they do not know.
+  :class:`Pong`, :class:`Subscribed`, :class:`Dropped` and :class:`Results` (made by the gateway).
+  Later versions may add fields: clients must ignore fields they do not know.
 * **Bus only** (never sent to clients as they are): :class:`CaptureStatus`, :class:`InferenceStatus`,
   :class:`Processes`, :class:`RecorderStatus` (merged by the gateway into ``status``) and
   :class:`AskRequest` (gateway -> inference). :func:`decode` turns a bus body back into its dataclass.
@@ -32,7 +33,8 @@ from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, ClassVar, Final, Self, TypeAlias
 
-from .errors import ProtocolError
+from .errors import ProtocolError, StoreQueryError
+from .storequery import MAX_QUERY_CHARS, match_expression
 
 Message: TypeAlias = dict[str, Any]
 AskId: TypeAlias = str | int
@@ -43,6 +45,8 @@ MAX_STREAM_CHARS: Final = 128
 MAX_STREAMS_PER_SUBSCRIBE: Final = 256
 MAX_QUESTION_CHARS: Final = 4000
 MAX_REPLAY: Final = 100_000
+MAX_RESULTS: Final = 500  # items of one search/history reply
+DEFAULT_RESULTS: Final = 50
 
 
 class ErrorCode(StrEnum):
@@ -60,6 +64,9 @@ class ErrorCode(StrEnum):
     TOO_MANY_ASKS = "too_many_asks"  # too many of this client's asks are still unanswered
     NO_FRAMES = "no_frames"  # an ask's stream has no sampled frame to look at yet
     MODEL_ERROR = "model_error"  # the model refused the question (e.g. the prompt is too long)
+    BAD_QUERY = "bad_query"  # a search query with nothing to search for, or a quote left open
+    STORE_UNAVAILABLE = "store_unavailable"  # the run keeps no store, or it cannot be read (yet)
+    TOO_MANY_QUERIES = "too_many_queries"  # too many of this client's searches/histories are running
 
 
 class CloseCode:
@@ -130,7 +137,35 @@ class Ping:
     t: float | None = None
 
 
-ClientMessage: TypeAlias = Subscribe | Ask | Ping
+@dataclass(frozen=True)
+class Search:
+    """Find stored captions and events whose text matches ``query`` (words ANDed, ``"quoted
+    phrases"``), best first; only of ``streams`` (None: every stream) and ending within
+    ``[wall_from, wall_to]`` (the JSON's ``from``/``to``, Unix seconds). Answered to this client only
+    by a ``results`` with the same ``id``, or an ``error`` with that ``id``."""
+
+    id: AskId
+    query: str
+    streams: frozenset[str] | None = None
+    wall_from: float | None = None
+    wall_to: float | None = None
+    limit: int = DEFAULT_RESULTS
+
+
+@dataclass(frozen=True)
+class History:
+    """The stored captions of ``stream`` ending within ``[wall_from, wall_to]``, in time order (the
+    earliest ``limit``); answered like :class:`Search`."""
+
+    id: AskId
+    stream: str
+    wall_from: float | None = None
+    wall_to: float | None = None
+    limit: int = DEFAULT_RESULTS
+
+
+StoreRequest: TypeAlias = Search | History
+ClientMessage: TypeAlias = Subscribe | Ask | Ping | Search | History
 
 
 def parse_client_message(raw: str | bytes, *, max_bytes: int | None = None) -> ClientMessage:
@@ -242,10 +277,107 @@ def _parse_ping(data: Message, request_id: AskId | None) -> Ping:
     return Ping(id=request_id, t=t)
 
 
+def _parse_search(data: Message, request_id: AskId | None) -> Search:
+    request_id = _required_id(data, "search", request_id)
+    if "query" not in data:
+        raise MessageError(ErrorCode.MISSING_FIELD, "'search' needs the field 'query'", request_id)
+    query = data["query"]
+    if not isinstance(query, str) or not query.strip():
+        raise MessageError(ErrorCode.BAD_FIELD, "'query' must be a non-empty string", request_id)
+    if len(query) > MAX_QUERY_CHARS:
+        raise MessageError(
+            ErrorCode.TOO_LARGE,
+            f"'query' is {len(query)} characters; the limit is {MAX_QUERY_CHARS}",
+            request_id,
+        )
+    try:
+        match_expression(query)
+    except StoreQueryError as exc:
+        raise MessageError(ErrorCode.BAD_QUERY, str(exc), request_id) from None
+    streams: frozenset[str] | None = None
+    if "streams" in data:
+        names = data["streams"]
+        if not isinstance(names, list) or not names:
+            raise MessageError(
+                ErrorCode.BAD_FIELD, "'streams' must be a non-empty list of stream names", request_id
+            )
+        if len(names) > MAX_STREAMS_PER_SUBSCRIBE:
+            raise MessageError(
+                ErrorCode.BAD_FIELD,
+                f"'streams' lists {len(names)} streams; the limit is {MAX_STREAMS_PER_SUBSCRIBE}",
+                request_id,
+            )
+        for name in names:
+            _check_stream_name(name, "'streams' entries", request_id)
+        streams = frozenset(names)
+    wall_from, wall_to = _span(data, request_id)
+    return Search(
+        id=request_id,
+        query=query,
+        streams=streams,
+        wall_from=wall_from,
+        wall_to=wall_to,
+        limit=_limit(data, request_id),
+    )
+
+
+def _parse_history(data: Message, request_id: AskId | None) -> History:
+    request_id = _required_id(data, "history", request_id)
+    if "stream" not in data:
+        raise MessageError(ErrorCode.MISSING_FIELD, "'history' needs the field 'stream'", request_id)
+    stream = data["stream"]
+    _check_stream_name(stream, "'stream'", request_id)
+    wall_from, wall_to = _span(data, request_id)
+    return History(
+        id=request_id, stream=stream, wall_from=wall_from, wall_to=wall_to, limit=_limit(data, request_id)
+    )
+
+
+def _required_id(data: Message, kind: str, request_id: AskId | None) -> AskId:
+    if "id" not in data:
+        raise MessageError(ErrorCode.MISSING_FIELD, f"{kind!r} needs the field 'id'")
+    if request_id is None:
+        raise MessageError(
+            ErrorCode.BAD_FIELD, f"'id' must be a string of at most {MAX_ID_CHARS} characters or an integer"
+        )
+    return request_id
+
+
+def _span(data: Message, request_id: AskId) -> tuple[float | None, float | None]:
+    """The optional ``from``/``to`` of a store request: Unix seconds, ``from`` not after ``to``."""
+    ends: list[float | None] = []
+    for name in ("from", "to"):
+        value = data.get(name)
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+        ):
+            raise MessageError(
+                ErrorCode.BAD_FIELD, f"{name!r} must be a finite number (Unix seconds)", request_id
+            )
+        ends.append(None if value is None else float(value))
+    wall_from, wall_to = ends
+    if wall_from is not None and wall_to is not None and wall_from > wall_to:
+        raise MessageError(
+            ErrorCode.BAD_FIELD, f"'from' ({wall_from:g}) is after 'to' ({wall_to:g})", request_id
+        )
+    return wall_from, wall_to
+
+
+def _limit(data: Message, request_id: AskId) -> int:
+    limit = data.get("limit", DEFAULT_RESULTS)
+    if not _is_int(limit) or not 1 <= limit <= MAX_RESULTS:
+        raise MessageError(
+            ErrorCode.BAD_FIELD, f"'limit' must be an integer from 1 to {MAX_RESULTS}", request_id
+        )
+    return int(limit)
+
+
 _PARSERS: dict[str, Callable[[Message, AskId | None], ClientMessage]] = {
     "subscribe": _parse_subscribe,
     "ask": _parse_ask,
     "ping": _parse_ping,
+    "search": _parse_search,
+    "history": _parse_history,
 }
 
 
@@ -480,6 +612,18 @@ class Dropped(ServerMessage):
     TYPE: ClassVar[str] = "dropped"
     count: int
     total: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Results(ServerMessage):
+    """The reply to a ``search`` or ``history`` with this ``id``: the stored messages as they were
+    published (a search hit also has ``score``, higher is better). ``truncated`` is true when items
+    were left out to keep the reply within the server's size limit."""
+
+    TYPE: ClassVar[str] = "results"
+    id: AskId
+    items: list[Message]
+    truncated: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -222,7 +222,12 @@ class LivePipeline:
             kwargs={
                 "events_endpoints": [self.run.publisher_endpoint(role) for role in self._roles()],
                 "asks_endpoint": self.run.asks_endpoint,
-                "options": options_from(g, GatewayOptions, token=g.resolved_token()),
+                "options": options_from(
+                    g,
+                    GatewayOptions,
+                    token=g.resolved_token(),
+                    store=None if self.store is None else str(self.store),
+                ),
                 "ready_file": str(self.ready_file),
             },
             fatal_codes=(ExitCode.USAGE,),

@@ -17,8 +17,10 @@ from stream.messages import (
     MAX_QUESTION_CHARS,
     Ask,
     ErrorCode,
+    History,
     MessageError,
     Ping,
+    Search,
     StreamState,
     Subscribe,
     parse_client_message,
@@ -53,6 +55,40 @@ def test_ask_and_ping_parse_with_ids_of_either_kind() -> None:
     assert parse_client_message('{"type":"ping","id":"p1","t":12.5}') == Ping(id="p1", t=12.5)
 
 
+def test_search_and_history_parse_with_defaults_and_every_field() -> None:
+    assert parse_client_message('{"type":"search","id":"s1","query":"red car"}') == Search(
+        id="s1", query="red car", streams=None, wall_from=None, wall_to=None, limit=50
+    )
+    full = {
+        "type": "search",
+        "id": 4,
+        "query": '"red car" door',
+        "streams": ["a", "b"],
+        "from": 10,
+        "to": 20.5,
+    }
+    assert parse_client_message(json.dumps({**full, "limit": 500})) == Search(
+        id=4, query='"red car" door', streams=frozenset({"a", "b"}), wall_from=10.0, wall_to=20.5, limit=500
+    )
+    assert parse_client_message('{"type":"history","id":"h","stream":"door"}') == History(
+        id="h", stream="door", wall_from=None, wall_to=None, limit=50
+    )
+    assert parse_client_message('{"type":"history","id":"h","stream":"door","from":5,"to":5,"limit":1}') == (
+        History(id="h", stream="door", wall_from=5.0, wall_to=5.0, limit=1)
+    )
+
+
+def test_results_carry_the_items_as_given_and_truncated_only_when_set() -> None:
+    items = [{"type": "caption", "stream": "door", "text": "a cat", "score": 1.5}]
+    assert _json(messages.Results(id="s1", items=items)) == {"type": "results", "id": "s1", "items": items}
+    assert _json(messages.Results(id=2, items=[], truncated=True)) == {
+        "type": "results",
+        "id": 2,
+        "items": [],
+        "truncated": True,
+    }
+
+
 def test_unknown_extra_fields_are_ignored() -> None:
     assert parse_client_message('{"type":"ping","future":1}') == Ping()
 
@@ -83,6 +119,23 @@ def test_unknown_extra_fields_are_ignored() -> None:
         ('{"type": "ask", "id": true, "stream": "cam0", "question": "q"}', ErrorCode.BAD_FIELD, None),
         ('{"type": "ping", "t": "now"}', ErrorCode.BAD_FIELD, None),
         ('{"type": "ping", "id": [1]}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "search", "query": "door"}', ErrorCode.MISSING_FIELD, None),
+        ('{"type": "search", "id": 1}', ErrorCode.MISSING_FIELD, 1),
+        ('{"type": "search", "id": [1], "query": "door"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "search", "id": 1, "query": ""}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "search", "id": 1, "query": "\\"door"}', ErrorCode.BAD_QUERY, 1),
+        ('{"type": "search", "id": 1, "query": "-- !"}', ErrorCode.BAD_QUERY, 1),
+        ('{"type": "search", "id": 1, "query": "d", "streams": "*"}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "search", "id": 1, "query": "d", "streams": [2]}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "search", "id": 1, "query": "d", "from": 3, "to": 2}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "search", "id": 1, "query": "d", "from": "3"}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "search", "id": 1, "query": "d", "limit": 0}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "search", "id": 1, "query": "d", "limit": true}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "history", "id": 1}', ErrorCode.MISSING_FIELD, 1),
+        ('{"type": "history", "stream": "door"}', ErrorCode.MISSING_FIELD, None),
+        ('{"type": "history", "id": 1, "stream": ""}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "history", "id": 1, "stream": "d", "to": 1e400}', ErrorCode.BAD_FIELD, 1),
+        ('{"type": "history", "id": 1, "stream": "d", "limit": 501}', ErrorCode.BAD_FIELD, 1),
     ],
 )
 def test_invalid_messages_raise_with_code_and_id(
@@ -122,6 +175,13 @@ def test_json_that_python_chokes_on_is_a_bad_json_reply(raw: str | bytes, reason
         parse_client_message(raw, max_bytes=65536)
     assert info.value.code == ErrorCode.BAD_JSON and reason in str(info.value)
     assert parse_client_message('{"type": "ping", "id": "\\ud83d\\ude00"}').id == "\U0001f600"  # a pair
+
+
+def test_a_search_query_over_its_limit_is_too_large() -> None:
+    with pytest.raises(MessageError) as info:
+        parse_client_message(json.dumps({"type": "search", "id": "s", "query": "a" * 1001}))
+    assert info.value.code == ErrorCode.TOO_LARGE and info.value.id == "s" and "1000" in str(info.value)
+    assert parse_client_message(json.dumps({"type": "search", "id": "s", "query": "a" * 1000}))
 
 
 def test_size_limit_and_question_limit() -> None:

@@ -1,0 +1,108 @@
+"""The gateway's read-only access to the caption store: websocket ``search`` and ``history`` answered.
+
+The recorder writes the store; the gateway only reads it (WAL: neither blocks the other). The file may
+not exist when the gateway starts (the recorder makes it moments later), so it is opened on the first
+request that needs it, and again after a failed read; until then requests get ``store_unavailable``
+with the reason. :meth:`StoreReader.answer` does blocking SQLite work: the gateway calls it on one
+worker thread of its own, never on the event loop (a :class:`~stream.store.Store` is used by one
+thread at a time). :class:`QueryLimits` is the I/O-free count of each client's queries in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Final
+
+from .errors import StoreError, StoreQueryError
+from .messages import AskId, ErrorCode, ErrorReply, Message, Results, Search, StoreRequest
+from .store import Store, StoredMessage
+
+log = logging.getLogger(__name__)
+
+MAX_RESULTS_BYTES: Final = 1024 * 1024  # of the items of one reply; the rest is left out (truncated)
+
+
+class StoreReader:
+    """Answers store requests from the store at ``path``, opened read-only when first needed."""
+
+    def __init__(self, path: Path, *, max_bytes: int = MAX_RESULTS_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._store: Store | None = None
+
+    def answer(self, request: StoreRequest) -> Results | ErrorReply:
+        """The reply to ``request``: its ``results``, or an ``error`` (never raises for a store that is
+        missing, unreadable or damaged: the client is told, and the next request tries again)."""
+        try:
+            store = self._open()
+            if isinstance(request, Search):
+                found = store.search(
+                    request.query,
+                    streams=None if request.streams is None else sorted(request.streams),
+                    wall_from=request.wall_from,
+                    wall_to=request.wall_to,
+                    limit=request.limit,
+                )
+            else:
+                found = store.history(request.stream, request.wall_from, request.wall_to, request.limit)
+        except StoreQueryError as exc:
+            return ErrorReply(error=ErrorCode.BAD_QUERY, message=str(exc), id=request.id)
+        except StoreError as exc:
+            self.close()  # a file replaced or repaired meanwhile is read afresh next time
+            return ErrorReply(error=ErrorCode.STORE_UNAVAILABLE, message=str(exc), id=request.id)
+        return self._results(request.id, found)
+
+    def _open(self) -> Store:
+        if self._store is None:
+            if not self.path.is_file():
+                raise StoreError(
+                    f"store {self.path}: nothing has been recorded yet (the file does not exist)"
+                )
+            self._store = Store.open(self.path, readonly=True)
+            log.info("gateway reading the store %s", self.path)
+        return self._store
+
+    def _results(self, request_id: AskId, found: list[StoredMessage]) -> Results:
+        items: list[Message] = []
+        size = 0
+        for stored in found:
+            item = stored.message()
+            size += len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > self.max_bytes:
+                return Results(id=request_id, items=items, truncated=True)
+            items.append(item)
+        return Results(id=request_id, items=items)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+class QueryLimits:
+    """How many store requests each client has in flight, capped at ``per_client``."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._running: dict[int, int] = {}
+
+    def start(self, client: int) -> bool:
+        """Count one more request of ``client``; False (nothing counted) when it is at the cap."""
+        running = self._running.get(client, 0)
+        if running >= self.per_client:
+            return False
+        self._running[client] = running + 1
+        return True
+
+    def finish(self, client: int) -> None:
+        running = self._running.get(client, 0) - 1
+        if running > 0:
+            self._running[client] = running
+        else:
+            self._running.pop(client, None)
+
+    def __len__(self) -> int:
+        """Requests in flight, of every client."""
+        return sum(self._running.values())
