@@ -214,21 +214,26 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _stream_names(names: list[Any], request_id: AskId | None) -> frozenset[str]:
+    """A request's ``streams`` list, checked: at most MAX_STREAMS_PER_SUBSCRIBE valid stream names."""
+    if len(names) > MAX_STREAMS_PER_SUBSCRIBE:
+        raise MessageError(
+            ErrorCode.BAD_FIELD,
+            f"'streams' lists {len(names)} streams; the limit is {MAX_STREAMS_PER_SUBSCRIBE}",
+            request_id,
+        )
+    for name in names:
+        _check_stream_name(name, "'streams' entries", request_id)
+    return frozenset(names)
+
+
 def _parse_subscribe(data: Message, request_id: AskId | None) -> Subscribe:
     streams_field = data.get("streams", "*")
     streams: frozenset[str] | None
     if streams_field == "*":
         streams = None
     elif isinstance(streams_field, list):
-        if len(streams_field) > MAX_STREAMS_PER_SUBSCRIBE:
-            raise MessageError(
-                ErrorCode.BAD_FIELD,
-                f"'streams' lists {len(streams_field)} streams; the limit is {MAX_STREAMS_PER_SUBSCRIBE}",
-                request_id,
-            )
-        for name in streams_field:
-            _check_stream_name(name, "'streams' entries", request_id)
-        streams = frozenset(streams_field)
+        streams = _stream_names(streams_field, request_id)
     else:
         raise MessageError(
             ErrorCode.BAD_FIELD, "'streams' must be \"*\" or a list of stream names", request_id
@@ -301,15 +306,7 @@ def _parse_search(data: Message, request_id: AskId | None) -> Search:
             raise MessageError(
                 ErrorCode.BAD_FIELD, "'streams' must be a non-empty list of stream names", request_id
             )
-        if len(names) > MAX_STREAMS_PER_SUBSCRIBE:
-            raise MessageError(
-                ErrorCode.BAD_FIELD,
-                f"'streams' lists {len(names)} streams; the limit is {MAX_STREAMS_PER_SUBSCRIBE}",
-                request_id,
-            )
-        for name in names:
-            _check_stream_name(name, "'streams' entries", request_id)
-        streams = frozenset(names)
+        streams = _stream_names(names, request_id)
     wall_from, wall_to = _span(data, request_id)
     return Search(
         id=request_id,
