@@ -272,6 +272,39 @@ class PendingAsk:
     deadline: float  # monotonic time after which the asker gets an ask_timeout error
 
 
+class ClientLimit:
+    """How many requests each client has in flight, capped at ``per_client`` (asks, store queries)."""
+
+    def __init__(self, per_client: int) -> None:
+        self.per_client = per_client
+        self._running: dict[int, int] = {}
+
+    def full(self, client: int) -> bool:
+        return self._running.get(client, 0) >= self.per_client
+
+    def start(self, client: int) -> bool:
+        """Count one more request of ``client``; False (nothing counted) when it is at the cap."""
+        if self.full(client):
+            return False
+        self._running[client] = self._running.get(client, 0) + 1
+        return True
+
+    def finish(self, client: int) -> None:
+        running = self._running.get(client, 0) - 1
+        if running > 0:
+            self._running[client] = running
+        else:
+            self._running.pop(client, None)
+
+    def forget(self, client: int) -> None:
+        """The client is gone: whatever it had in flight no longer counts."""
+        self._running.pop(client, None)
+
+    def __len__(self) -> int:
+        """Requests in flight, of every client."""
+        return sum(self._running.values())
+
+
 class PendingAsks:
     """Asks forwarded to the inference process and not answered yet, capped per client and in all.
 
@@ -286,14 +319,14 @@ class PendingAsks:
         self._prefix = uuid.uuid4().hex[:8]
         self._counter = itertools.count(1)
         self._pending: dict[str, PendingAsk] = {}
-        self._per_client: dict[int, int] = {}
+        self._per_client = ClientLimit(per_client)
 
     def __len__(self) -> int:
         return len(self._pending)
 
     def add(self, client: int, ask: Ask, now: float) -> PendingAsk:
         """Register an ask; raises :class:`MessageError` (``too_many_asks``) past a cap."""
-        if self._per_client.get(client, 0) >= self.per_client:
+        if self._per_client.full(client):
             raise MessageError(
                 ErrorCode.TOO_MANY_ASKS,
                 f"{self.per_client} of your asks are still unanswered; wait for one",
@@ -311,7 +344,7 @@ class PendingAsks:
             deadline=now + self.timeout,
         )
         self._pending[pending.key] = pending
-        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._per_client.start(client)
         return pending
 
     def resolve(self, key: Any) -> PendingAsk | None:
@@ -320,24 +353,17 @@ class PendingAsks:
             return None
         pending = self._pending.pop(key, None)
         if pending is not None:
-            self._release(pending.client)
+            self._per_client.finish(pending.client)
         return pending
 
     def expire(self, now: float) -> list[PendingAsk]:
         expired = [p for p in self._pending.values() if p.deadline <= now]
         for pending in expired:
             del self._pending[pending.key]
-            self._release(pending.client)
+            self._per_client.finish(pending.client)
         return expired
 
     def drop_client(self, client: int) -> None:
         for key in [k for k, p in self._pending.items() if p.client == client]:
             del self._pending[key]
-        self._per_client.pop(client, None)
-
-    def _release(self, client: int) -> None:
-        left = self._per_client.get(client, 0) - 1
-        if left > 0:
-            self._per_client[client] = left
-        else:
-            self._per_client.pop(client, None)
+        self._per_client.forget(client)

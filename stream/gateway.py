@@ -37,7 +37,7 @@ from .auth import RedactToken, TokenAuth
 from .bus import AskSender, AsyncSubscriber, Envelope
 from .clients import Client, Clients
 from .errors import ProtocolError
-from .fanout import PendingAsk, PendingAsks, ReplayStore, StatusBoard
+from .fanout import ClientLimit, PendingAsk, PendingAsks, ReplayStore, StatusBoard
 from .gateway_options import GatewayOptions
 from .messages import (
     Answer,
@@ -62,7 +62,7 @@ from .messages import (
 )
 from .process import ExitCode, write_ready_file
 from .routes import WS_PATH, Routes
-from .storereader import QueryLimits, StoreReader
+from .storereader import StoreReader
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
@@ -103,7 +103,7 @@ class Gateway:
         )
         self._thumbnails: dict[str, bytes] = {}  # the latest of each stream, as published
         self._reader = StoreReader(Path(options.store)) if options.store is not None else None
-        self._queries = QueryLimits(options.queries_per_client)
+        self._queries = ClientLimit(options.queries_per_client)
         self._query_tasks: set[asyncio.Task[None]] = set()
         # One thread: a Store is used by one thread at a time, and queries wait their turn there.
         self._store_thread: concurrent.futures.ThreadPoolExecutor | None = None

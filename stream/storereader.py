@@ -5,7 +5,7 @@ not exist when the gateway starts (the recorder makes it moments later), so it i
 request that needs it, and again after a failed read; until then requests get ``store_unavailable``
 with the reason. :meth:`StoreReader.answer` does blocking SQLite work: the gateway calls it on one
 worker thread of its own, never on the event loop (a :class:`~stream.store.Store` is used by one
-thread at a time). :class:`QueryLimits` is the I/O-free count of each client's queries in flight.
+thread at a time).
 """
 
 from __future__ import annotations
@@ -79,30 +79,3 @@ class StoreReader:
         if self._store is not None:
             self._store.close()
             self._store = None
-
-
-class QueryLimits:
-    """How many store requests each client has in flight, capped at ``per_client``."""
-
-    def __init__(self, per_client: int) -> None:
-        self.per_client = per_client
-        self._running: dict[int, int] = {}
-
-    def start(self, client: int) -> bool:
-        """Count one more request of ``client``; False (nothing counted) when it is at the cap."""
-        running = self._running.get(client, 0)
-        if running >= self.per_client:
-            return False
-        self._running[client] = running + 1
-        return True
-
-    def finish(self, client: int) -> None:
-        running = self._running.get(client, 0) - 1
-        if running > 0:
-            self._running[client] = running
-        else:
-            self._running.pop(client, None)
-
-    def __len__(self) -> int:
-        """Requests in flight, of every client."""
-        return sum(self._running.values())

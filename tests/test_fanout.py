@@ -7,7 +7,7 @@ import json
 import pytest
 
 from stream import messages
-from stream.fanout import ClientQueue, PendingAsks, ReplayStore, StatusBoard
+from stream.fanout import ClientLimit, ClientQueue, PendingAsks, ReplayStore, StatusBoard
 from stream.messages import Ask, ErrorCode, MessageError, StreamState, Subscribe
 
 
@@ -293,3 +293,17 @@ def test_pending_asks_route_by_gateway_key_cap_and_expire() -> None:
     asks.drop_client(2)
     assert len(asks) == 0
     asks.add(1, Ask(id=9, stream="cam0", question="q"), now=10.0)  # capacity came back
+
+
+def test_client_limit_counts_per_client() -> None:
+    limits = ClientLimit(per_client=2)
+    assert limits.start(1) and limits.start(1) and not limits.start(1)
+    assert limits.start(2) and len(limits) == 3
+    limits.finish(1)
+    assert limits.start(1) and not limits.start(1)
+    for client in (1, 1, 2):
+        limits.finish(client)
+    assert len(limits) == 0
+    limits.start(3)
+    limits.forget(3)
+    assert len(limits) == 0 and not limits.full(3)

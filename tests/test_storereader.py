@@ -7,7 +7,7 @@ from pathlib import Path
 from stream import messages
 from stream.messages import ErrorCode, ErrorReply, History, Results, Search
 from stream.store import Record, Store
-from stream.storereader import QueryLimits, StoreReader
+from stream.storereader import StoreReader
 
 
 def record(seq: int, text: str) -> Record:
@@ -58,14 +58,3 @@ def test_replies_stop_at_the_byte_bound_and_say_so(tmp_path: Path) -> None:
     whole = StoreReader(path).answer(History(id="h", stream="door", limit=20))
     assert isinstance(whole, Results) and whole.truncated is None and len(whole.items) == 20
     reader.close()
-
-
-def test_query_limits_count_per_client() -> None:
-    limits = QueryLimits(per_client=2)
-    assert limits.start(1) and limits.start(1) and not limits.start(1)
-    assert limits.start(2) and len(limits) == 3
-    limits.finish(1)
-    assert limits.start(1) and not limits.start(1)
-    for client in (1, 1, 2):
-        limits.finish(client)
-    assert len(limits) == 0
