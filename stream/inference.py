@@ -347,7 +347,7 @@ class ModelLoop:
         """Run one action on the model, outside the lock, and report its result to the core."""
         if isinstance(action, Encode):
             started = time.monotonic()
-            embeddings = self.backend.encode_frames(action.pixels, max_slice_nums=action.max_slice_nums)
+            embeddings = action.run_on(self.backend)
             with self.shared.use() as core:
                 core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
         elif isinstance(action, Caption):
@@ -363,14 +363,7 @@ class ModelLoop:
         )
         started = time.monotonic()
         try:
-            text = self.backend.describe(
-                list(action.embeddings),
-                action.prompt,
-                context=action.context,
-                max_new_tokens=action.max_new_tokens,
-                decoding=action.decoding,
-                on_text=on_text,
-            )
+            text = action.run_on(self.backend, on_text)
         except ValueError as exc:
             # The model refused this window (e.g. a prompt over max_inp_length): the next window may
             # well work, and a restart would only reload the model to fail the same way.
@@ -389,12 +382,7 @@ class ModelLoop:
 
     def _answer(self, action: Answer) -> None:
         try:
-            text = self.backend.ask(
-                list(action.embeddings),
-                action.question,
-                max_new_tokens=action.max_new_tokens,
-                decoding=action.decoding,
-            )
+            text = action.run_on(self.backend)
         except ValueError as exc:  # the model refused this question: the asker hears why
             log.warning("stream %s: ask %r not answered: %s", action.stream, action.id, exc)
             with self.shared.use() as core:

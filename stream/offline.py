@@ -100,7 +100,7 @@ def caption_file(
         while (action := core.next_action(min_batch=min_batch)) is not None:
             if isinstance(action, Encode):
                 started = time.monotonic()
-                embeddings = backend.encode_frames(action.pixels, max_slice_nums=action.max_slice_nums)
+                embeddings = action.run_on(backend)
                 core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
             elif isinstance(action, Caption):
                 write(caption(action))
@@ -109,13 +109,7 @@ def caption_file(
     def caption(action: Caption) -> dict[str, Any]:
         """The caption as the JSON clients receive (what the caption files hold)."""
         started = time.monotonic()
-        text = backend.describe(
-            list(action.embeddings),
-            action.prompt,
-            context=action.context,
-            max_new_tokens=action.max_new_tokens,
-            decoding=action.decoding,
-        )
+        text = action.run_on(backend)
         model_ms = (time.monotonic() - started) * 1000
         return core.captioned(action, text, model_ms=model_ms, wall=time.time()).to_dict()
 

@@ -1,6 +1,6 @@
 """The scheduling core of captioning: frames and asks in, what the model should do next out.
 
-No I/O, no threads, no locks, no backend, no clock (times are arguments): the same core is driven by
+No I/O, no threads, no locks, no model calls, no clock (times are arguments): the same core is driven by
 the live inference process (:mod:`stream.inference`: frames from shared-memory rings, results
 published on the bus) and by the offline ``caption`` command (:mod:`stream.offline`: frames from a
 decoder, results written to files), so both caption the same way.
@@ -21,8 +21,10 @@ The protocol, one stream or many:
 4. **Results.** The caller runs the action and reports back before asking for the next one:
    :meth:`Scheduler.encoded`, :meth:`Scheduler.captioned` (returns the ``caption`` message),
    :meth:`Scheduler.caption_failed`, :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed`
-   (return the ``answer`` message). A :class:`Reply` needs no report. Frames and asks may keep coming
-   while an action runs (the inference process does that from another thread, under its lock).
+   (return the ``answer`` message). A :class:`Reply` needs no report. The core never calls a model:
+   the shells run an action with its ``run_on(backend)``, the one way each action meets the model.
+   Frames and asks may keep coming while an action runs (the inference process does that from another
+   thread, under its lock).
 
 Order of work: asks first (a person is waiting), then the next window, streams taking turns (round
 robin from the one served longest ago), each giving its newest due window in live mode (older ones
@@ -37,14 +39,17 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import messages
 from .captioning import CaptionSettings, StreamCaptions
 from .messages import AskId, ErrorCode
 from .sampler import Job, SampledFrame
+
+if TYPE_CHECKING:
+    from model.backends import CaptionBackend
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +66,8 @@ class EncodeFrame:
 
 @dataclass(frozen=True)
 class Encode:
-    """Encode these frames in one vision call (``backend.encode_frames(pixels, max_slice_nums)``),
-    then report the embeddings, in order, with :meth:`Scheduler.encoded`."""
+    """Encode these frames in one vision call (:meth:`run_on`), then report the embeddings, in order,
+    with :meth:`Scheduler.encoded`."""
 
     frames: tuple[EncodeFrame, ...]
     max_slice_nums: int
@@ -71,14 +76,16 @@ class Encode:
     def pixels(self) -> list[Any]:
         return [f.pixels for f in self.frames]
 
+    def run_on(self, backend: CaptionBackend) -> list[Any]:
+        return list(backend.encode_frames(self.pixels, max_slice_nums=self.max_slice_nums))
+
 
 @dataclass(frozen=True)
 class Caption:
-    """Caption one window (``backend.describe(embeddings, prompt, context=..., ...)``), then report
-    the text with :meth:`Scheduler.captioned` (or the model's refusal with
-    :meth:`Scheduler.caption_failed`). ``frames``: the window's frames that have embeddings (frames
-    whose pixels were lost are left out); ``seq``: the caption's number (for ``partial`` messages);
-    ``encode_ms``: the vision call that encoded its newest frame."""
+    """Caption one window (:meth:`run_on`), then report the text with :meth:`Scheduler.captioned` (or
+    the model's refusal with :meth:`Scheduler.caption_failed`). ``frames``: the window's frames that
+    have embeddings (frames whose pixels were lost are left out); ``seq``: the caption's number (for
+    ``partial`` messages); ``encode_ms``: the vision call that encoded its newest frame."""
 
     stream: str
     seq: int
@@ -91,11 +98,22 @@ class Caption:
     decoding: str
     encode_ms: float
 
+    def run_on(self, backend: CaptionBackend, on_text: Callable[[str], None] | None = None) -> str:
+        """The caption's text (``on_text`` gets it piece by piece as it is generated)."""
+        return backend.describe(
+            list(self.embeddings),
+            self.prompt,
+            context=self.context,
+            max_new_tokens=self.max_new_tokens,
+            decoding=self.decoding,
+            on_text=on_text,
+        )
+
 
 @dataclass(frozen=True)
 class Answer:
-    """Answer an ask from these frames (``backend.ask(embeddings, question, ...)``), then report with
-    :meth:`Scheduler.answered` (or :meth:`Scheduler.answer_failed`)."""
+    """Answer an ask from these frames (:meth:`run_on`), then report with :meth:`Scheduler.answered`
+    (or :meth:`Scheduler.answer_failed`)."""
 
     id: AskId
     stream: str
@@ -104,6 +122,11 @@ class Answer:
     embeddings: tuple[Any, ...]
     max_new_tokens: int
     decoding: str
+
+    def run_on(self, backend: CaptionBackend) -> str:
+        return backend.ask(
+            list(self.embeddings), self.question, max_new_tokens=self.max_new_tokens, decoding=self.decoding
+        )
 
 
 @dataclass(frozen=True)

@@ -82,19 +82,11 @@ def run(core: Scheduler, backend: Any) -> list[tuple[Action, Any]]:
     while (action := core.next_action()) is not None:
         result: Any = None
         if isinstance(action, Encode):
-            core.encoded(action, backend.encode_frames(action.pixels, action.max_slice_nums), ms=1.0)
+            core.encoded(action, action.run_on(backend), ms=1.0)
         elif isinstance(action, Caption):
-            text = backend.describe(
-                list(action.embeddings),
-                action.prompt,
-                context=action.context,
-                max_new_tokens=action.max_new_tokens,
-                decoding=action.decoding,
-            )
-            result = core.captioned(action, text, model_ms=1.0, wall=time.time()).to_dict()
+            result = core.captioned(action, action.run_on(backend), model_ms=1.0, wall=time.time()).to_dict()
         elif isinstance(action, Answer):
-            text = backend.ask(list(action.embeddings), action.question, max_new_tokens=action.max_new_tokens)
-            result = core.answered(action, text).to_dict()
+            result = core.answered(action, action.run_on(backend)).to_dict()
         elif isinstance(action, Reply):
             result = action.message.to_dict()
         done.append((action, result))
