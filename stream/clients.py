@@ -34,7 +34,8 @@ from websockets.protocol import State
 
 from .fanout import ClientQueue
 from .gateway_options import GatewayOptions
-from .messages import CloseCode, ServerMessage, Subscribe
+from .messages import CloseCode, ServerMessage
+from .requests import Subscribe
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from . import messages
 from .messages import (
-    Ask,
     AskId,
     CaptureStatus,
     Dropped,
@@ -25,8 +24,8 @@ from .messages import (
     RecorderStatus,
     Status,
     StreamState,
-    Subscribe,
 )
+from .requests import Ask, Subscribe
 
 
 class ClientQueue:

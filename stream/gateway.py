@@ -32,7 +32,6 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
-from . import messages
 from .auth import RedactToken, TokenAuth
 from .bus import AskSender, AsyncSubscriber, Envelope
 from .clients import Client, Clients
@@ -41,7 +40,6 @@ from .fanout import ClientLimit, PendingAsk, PendingAsks, ReplayStore, StatusBoa
 from .gateway_options import GatewayOptions
 from .messages import (
     Answer,
-    Ask,
     AskRequest,
     CaptureStatus,
     CloseCode,
@@ -50,17 +48,15 @@ from .messages import (
     InferenceStatus,
     Message,
     MessageError,
-    Ping,
     Pong,
     Processes,
     RecorderStatus,
     Results,
     Status,
-    StoreRequest,
-    Subscribe,
     Subscribed,
 )
 from .process import ExitCode, write_ready_file
+from .requests import Ask, Ping, StoreRequest, Subscribe, parse_client_message
 from .routes import WS_PATH, Routes
 from .storereader import StoreReader
 
@@ -252,7 +248,7 @@ class Gateway:
 
     def _on_client_message(self, client: Client, raw: str | bytes) -> None:
         try:
-            request = messages.parse_client_message(raw, max_bytes=self.options.max_message_bytes)
+            request = parse_client_message(raw, max_bytes=self.options.max_message_bytes)
             if isinstance(request, Subscribe):
                 self._subscribe(client, request)
             elif isinstance(request, Ask):

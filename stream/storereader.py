@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Final
 
 from .errors import StoreError, StoreQueryError
-from .messages import AskId, ErrorCode, ErrorReply, Message, Results, Search, StoreRequest
+from .messages import AskId, ErrorCode, ErrorReply, Message, Results
+from .requests import Search, StoreRequest
 from .store import Store, StoredMessage
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ import pytest
 
 from stream import messages
 from stream.fanout import ClientLimit, ClientQueue, PendingAsks, ReplayStore, StatusBoard
-from stream.messages import Ask, ErrorCode, MessageError, StreamState, Subscribe
+from stream.messages import ErrorCode, MessageError, StreamState
+from stream.requests import Ask, Subscribe
 
 
 def test_client_queue_drops_oldest_and_reports_the_gap() -> None:

@@ -13,18 +13,8 @@ from hypothesis import strategies as st
 
 from stream import messages
 from stream.errors import ProtocolError
-from stream.messages import (
-    MAX_QUESTION_CHARS,
-    Ask,
-    ErrorCode,
-    History,
-    MessageError,
-    Ping,
-    Search,
-    StreamState,
-    Subscribe,
-    parse_client_message,
-)
+from stream.messages import MAX_QUESTION_CHARS, ErrorCode, MessageError, StreamState
+from stream.requests import Ask, History, Ping, Search, Subscribe, parse_client_message
 
 
 def test_subscribe_defaults_to_every_stream_without_replay() -> None:

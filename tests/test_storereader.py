@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from stream import messages
-from stream.messages import ErrorCode, ErrorReply, History, Results, Search
+from stream.messages import ErrorCode, ErrorReply, Results
+from stream.requests import History, Search
 from stream.store import Record, Store
 from stream.storereader import StoreReader
 
