@@ -15,19 +15,17 @@ from conftest import REPO_ROOT
 from realparts import make_clip
 
 from stream import democlip
-from stream.cli import (
-    build_parser,
-    choose_token,
-    is_loopback,
-    live_windows,
-    resolve_config,
-    resolve_sources,
-    warn_about_prompt_typos,
-    warn_if_windows_too_long,
-)
+from stream.cli import build_parser, resolve_config, resolve_sources
 from stream.config import load_config, load_prompts
 from stream.errors import ConfigError
 from stream.pipeline import NamedSource, inference_options
+from stream.preflight import (
+    choose_token,
+    is_loopback,
+    live_windows,
+    warn_about_prompt_typos,
+    warn_if_windows_too_long,
+)
 from stream.process import ExitCode
 
 VIDNARRATE = Path(sys.executable).with_name("vidnarrate")
