@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real parts the integration tests drive (Debian packages): GStreamer's RTSP server,
-# Xvfb for screen capture and Chromium for the viewer tests. Skips what is already there.
+# Xvfb for screen capture, Chromium for the viewer tests, Mosquitto (MQTT outputs) and Prometheus
+# (scraping /metrics). Skips what is already there.
 # Needs root (CI machines run as root); without root it says what is missing and continues.
 set -euo pipefail
 pkgs=(
@@ -9,6 +10,7 @@ pkgs=(
     gstreamer1.0-plugins-ugly gstreamer1.0-libav
     xvfb x11-xserver-utils xterm
     chromium
+    mosquitto mosquitto-clients prometheus
 )
 missing=()
 for p in "${pkgs[@]}"; do
