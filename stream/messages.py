@@ -206,6 +206,9 @@ class Caption(ServerMessage):
     model_ms: float | None = None
     encode_ms: float | None = None
     replayed: bool | None = None  # True only on captions resent because of subscribe's replay
+    # True on a window whose frames did not change since the stream's last caption: the model was not
+    # called, and this caption extends that one (same text, later t_end).
+    unchanged: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
