@@ -19,6 +19,13 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from model.errors import CheckpointError, WeightsNotFoundError
+from model.quantization import (
+    Bnb4bitConfig,
+    load_4bit_layer,
+    quantized_modules,
+    quantized_tensor_keys,
+    replace_with_4bit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,25 +202,59 @@ def load_weights(
     dtype: torch.dtype,
     *,
     ignore_prefixes: tuple[str, ...] = (),
+    quantization: Bnb4bitConfig | None = None,
 ) -> None:
     """Check, then assign every tensor of ``folder`` into ``module`` (built on the meta device).
 
     ``ignore_prefixes`` name checkpoint tensors the model deliberately does not use (a dropped vision
-    layer): they may be present or absent.
+    layer): they may be present or absent. With ``quantization`` (a bitsandbytes 4-bit checkpoint), the
+    layers the files hold packed become ``Linear4bit`` (see :mod:`model.quantization`); the rest load
+    and are checked as in a dense checkpoint.
     """
     files = weight_files(folder)
     shapes = {k: s for k, s in read_shapes(files).items() if not k.startswith(ignore_prefixes)}
     expected = {k: tuple(p.shape) for k, p in module.state_dict().items()}
+    packed: dict[str, dict[str, str]] = {}
+    if quantization is not None:
+        for name in quantized_modules(shapes, quantization.quant_type):
+            packed[name] = quantized_tensor_keys(name, shapes, quantization)
+            for key in packed[name].values():
+                del shapes[key]
+            expected.pop(f"{name}.weight", None)
+            expected.pop(f"{name}.bias", None)
+        if not packed:
+            raise CheckpointError(
+                f"{folder}: config.json declares 4-bit quantization, but no tensor is quantized"
+            )
     check_tensors(expected, shapes, folder)
+    if packed:
+        replace_with_4bit(module, sorted(packed), quantization or Bnb4bitConfig(), dtype)
+    target = str(device) if device.type != "cuda" or device.index is not None else "cuda:0"
+    state = _read(files, shapes, target, dtype, convert=True)
+    module.load_state_dict(state, strict=not packed, assign=True)
+    for name, keys in packed.items():
+        raw = _read(files, {k: () for k in keys.values()}, target, dtype, convert=False)
+        tensors = {field: raw[key] for field, key in keys.items()}
+        if "bias" in tensors:
+            tensors["bias"] = tensors["bias"].to(dtype)
+        try:
+            load_4bit_layer(module.get_submodule(name), tensors, torch.device(target), dtype)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{folder}: layer {name}: {exc}") from exc
+
+
+def _read(
+    files: Mapping[str, Path], keys: Mapping[str, object], target: str, dtype: torch.dtype, *, convert: bool
+) -> dict[str, torch.Tensor]:
+    """The tensors ``keys`` from their files, on ``target``; floating ones in ``dtype`` when ``convert``."""
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
-    for key in shapes:
+    for key in keys:
         by_file.setdefault(files[key], []).append(key)
-    target = str(device) if device.type != "cuda" or device.index is not None else "cuda:0"
-    for path, keys in by_file.items():
-        log.debug("reading %d tensors from %s", len(keys), path.name)
+    for path, names in by_file.items():
+        log.debug("reading %d tensors from %s", len(names), path.name)
         with safe_open(path, framework="pt", device=target) as handle:
-            for key in keys:
+            for key in names:
                 tensor = handle.get_tensor(key)
-                state[key] = tensor if tensor.dtype == dtype else tensor.to(dtype)
-    module.load_state_dict(state, strict=True, assign=True)
+                state[key] = tensor.to(dtype) if convert and tensor.dtype != dtype else tensor
+    return state

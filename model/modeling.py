@@ -41,6 +41,7 @@ from model.generation import (
 )
 from model.loading import load_weights, resolve_checkpoint, resolve_device, resolve_dtype
 from model.prompting import parse_messages_argument, with_leading_image
+from model.quantization import bitsandbytes, quantization_of
 from model.resampler import Resampler
 from model.tokenizer import load_tokenizer
 from model.vision import VisionTower, pieces_to_strips
@@ -116,9 +117,13 @@ class MiniCPMV(nn.Module):
         dropped: tuple[str, ...] = ()
         if config.drop_vision_last_layer:
             dropped = (f"vpm.encoder.layers.{config.vision.num_hidden_layers - 1}.",)
-        load_weights(model, folder, target, target_dtype, ignore_prefixes=dropped)
+        quantization = quantization_of(folder)
+        if quantization is not None:
+            bitsandbytes()  # before any tensor is read: a missing package is the whole answer
+        load_weights(model, folder, target, target_dtype, ignore_prefixes=dropped, quantization=quantization)
         model.finish_materialising(target)
-        log.info("loaded MiniCPM-V 2.6 from %s on %s (%s)", folder, target, target_dtype)
+        kind = f"{quantization.quant_type} 4-bit layers, " if quantization else ""
+        log.info("loaded MiniCPM-V 2.6 from %s on %s (%s%s)", folder, target, kind, target_dtype)
         return model.eval()
 
     def finish_materialising(self, device: torch.device) -> None:

@@ -136,3 +136,50 @@ def build_tiny_model(seed: int = 0, device: str | torch.device = "cpu") -> MiniC
     with tempfile.TemporaryDirectory(prefix="vidnarrate-tiny-") as tmp:
         write_tiny_checkpoint(tmp, seed)
         return MiniCPMV.from_pretrained(tmp, device=device, dtype=torch.float32)
+
+
+# The model card's int4 release keeps these dense (attention's packed output projections, the
+# resampler's key/value projection, the output head); every other Linear is NF4 with double quantization.
+INT4_SKIP_MODULES = ("out_proj", "kv_proj", "lm_head")
+INT4_QUANTIZATION_CONFIG = {
+    "quant_method": "bitsandbytes",
+    "load_in_4bit": True,
+    "load_in_8bit": False,
+    "bnb_4bit_quant_type": "nf4",
+    "bnb_4bit_use_double_quant": True,
+    "bnb_4bit_compute_dtype": "bfloat16",
+    "llm_int8_skip_modules": list(INT4_SKIP_MODULES),
+}
+
+
+def write_tiny_int4_checkpoint(folder: str | Path, seed: int = 0) -> Path:
+    """The tiny checkpoint quantized like openbmb/MiniCPM-V-2_6-int4: its ``quantization_config`` and,
+    for each quantized Linear, the packed weight and statistics bitsandbytes itself serialises
+    (``weight``, ``weight.absmax``, ``weight.quant_map``, ``weight.nested_*``,
+    ``weight.quant_state.bitsandbytes__nf4``). Needs bitsandbytes."""
+    import bitsandbytes.functional as bnbf
+
+    folder = write_tiny_checkpoint(folder, seed)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["quantization_config"] = INT4_QUANTIZATION_CONFIG
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    with torch.device("meta"):
+        skeleton = MiniCPMV(TINY_CONFIG, tokenizer=None, processor_config=ProcessorConfig())
+    dense = tiny_state_dict(seed)
+    state: dict[str, torch.Tensor] = {}
+    quantized = {
+        name
+        for name, module in skeleton.named_modules()
+        if type(module) is nn.Linear and name.rpartition(".")[2] not in INT4_SKIP_MODULES
+    }
+    for key, tensor in dense.items():
+        module_name = key.removesuffix(".weight")
+        if module_name not in quantized:
+            state[key] = tensor
+            continue
+        packed, quant_state = bnbf.quantize_4bit(tensor, quant_type="nf4", compress_statistics=True)
+        state[key] = packed
+        for stat, value in quant_state.as_dict(packed=True).items():
+            state[f"{key}.{stat}"] = value.contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder

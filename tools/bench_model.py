@@ -13,12 +13,17 @@ Figures (frames are 640x360, the live default of one piece per frame unless said
 * prefill tokens/s of a 16- and a 64-frame window prompt built from cached frame embeddings;
 * decode tokens/s at batch 1 and 8 (greedy, fixed length, after a 16-frame prompt);
 * one 16-frame caption with cached embeddings and from pixels (frames encoded inside ``chat``);
-* peak GPU memory.
+* peak GPU memory, and the weights' memory.
+
+``--int4`` quantizes every Linear the model card's int4 release quantizes (all but ``out_proj``,
+``kv_proj`` and ``lm_head``) to bitsandbytes NF4 with double quantization, as
+``openbmb/MiniCPM-V-2_6-int4`` holds them, and runs the same figures on that model.
 
 Prints a table, then one JSON line with the figures.
 
     .venv/bin/python tools/bench_model.py                      # tiny, CPU
     .venv/bin/python tools/bench_model.py --full-size          # GPU (about 3 minutes on one H200)
+    .venv/bin/python tools/bench_model.py --full-size --int4   # the int4 model on the GPU
 """
 
 from __future__ import annotations
@@ -72,6 +77,49 @@ def build_full_size(device: torch.device, dtype: torch.dtype, layers: int | None
     return model.eval()
 
 
+def quantize_int4(model: MiniCPMV, device: torch.device) -> int:
+    """Swap every Linear the int4 release quantizes for an NF4 ``Linear4bit`` (quantized on
+    ``device``, where the dense weight already is); returns how many were swapped."""
+    import bitsandbytes as bnb
+
+    from model.tiny import INT4_SKIP_MODULES
+
+    names = [
+        name
+        for name, module in model.named_modules()
+        if type(module) is torch.nn.Linear and name.rpartition(".")[2] not in INT4_SKIP_MODULES
+    ]
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        dense = getattr(parent, child)
+        layer = bnb.nn.Linear4bit(
+            dense.in_features,
+            dense.out_features,
+            bias=dense.bias is not None,
+            compute_dtype=dense.weight.dtype,
+            compress_statistics=True,
+            quant_type="nf4",
+            device="meta",
+        )
+        weight = bnb.nn.Params4bit(
+            dense.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True
+        )
+        layer.weight = weight.to(device)
+        layer.bias = dense.bias
+        setattr(parent, child, layer)
+        del dense, weight
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return len(names)
+
+
+def weights_gib(model: MiniCPMV) -> float:
+    """Bytes held by parameters and buffers (packed 4-bit weights count as stored)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**30
+
+
 class Clock:
     """Wall time of a call, synchronising the device so queued kernels are counted."""
 
@@ -123,7 +171,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         model = build_full_size(device, resolve_dtype(device, args.dtype), args.layers, args.seed)
     else:
         model = build_tiny_model(seed=args.seed, device=device)
-    progress(started, f"model built ({sum(p.numel() for p in model.parameters()):,} parameters)")
+    params = sum(p.numel() for p in model.parameters())
+    progress(started, f"model built ({params:,} parameters)")
+    dense_gib = weights_gib(model)
+    if args.int4:
+        swapped = quantize_int4(model, device)
+        progress(started, f"{swapped} Linear layers quantized to NF4")
     clock = Clock(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -137,7 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         "dtype": str(model.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
-        "params": sum(p.numel() for p in model.parameters()),
+        "params": params,
+        "weights_gib": weights_gib(model),
+        "dense_weights_gib": dense_gib,
         "build_s": round(time.perf_counter() - started, 2),
     }
 
@@ -189,8 +244,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def model_name(args: argparse.Namespace) -> str:
     if not args.full_size:
-        return "tiny"
-    return "full-size" + (f" ({args.layers} layers)" if args.layers else "")
+        return "tiny" + (" int4" if args.int4 else "")
+    layers = f" ({args.layers} layers)" if args.layers else ""
+    return "full-size" + (" int4" if args.int4 else "") + layers
 
 
 def main() -> None:
@@ -204,6 +260,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--int4", action="store_true", help="NF4 4-bit Linear layers, as the int4 release")
     parser.add_argument("--quick", action="store_true", help="tiny workloads: proves the code path runs")
     args = parser.parse_args()
     if args.device is None:
