@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 200  # of a refusing receiver's answer, in the log and status
 USER_AGENT = "vidnarrate-webhook"
+REFUSAL_LOG_EVERY_S = 60.0
 
 
 def public_target(url: str) -> str:
@@ -58,6 +59,7 @@ class WebhookOutput(OutputWorker):
         self._port = parts.port
         self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._ssl = ssl.create_default_context() if self._https else None
+        self._refusal: tuple[str | None, float] = (None, 0.0)  # the last one logged, and when
 
     def deliveries(self, envelope: Envelope, now: float) -> list[Delivery]:
         return [Delivery(envelope.body, now)]
@@ -82,7 +84,7 @@ class WebhookOutput(OutputWorker):
                 after = self.queue.state
                 retry_in = self.queue.wait(time.monotonic())
             if outcome is Outcome.REJECTED:
-                log.warning("%s: %s refused a message, not retried: %s", self.name, self.target, reason)
+                self._log_refusal(reason)
             elif outcome is Outcome.RETRY and dropped:
                 log.warning(
                     "%s: gave a message up after %d tries: %s", self.name, self.config.max_attempts, reason
@@ -93,6 +95,20 @@ class WebhookOutput(OutputWorker):
                 )
             elif outcome is Outcome.SENT and before is not after:
                 log.info("%s: %s takes messages again", self.name, self.target)
+
+    def _log_refusal(self, reason: str | None) -> None:
+        """One line per refusal, but for a receiver refusing everything the same way one a minute."""
+        now = time.monotonic()
+        if reason == self._refusal[0] and now - self._refusal[1] < REFUSAL_LOG_EVERY_S:
+            return
+        self._refusal = (reason, now)
+        log.warning(
+            "%s: %s refused a message, not retried: %s (%d refused so far)",
+            self.name,
+            self.target,
+            reason,
+            self.queue.rejected,
+        )
 
     def post(self, body: bytes) -> tuple[Outcome, str | None]:
         """One POST of ``body``: its outcome, and the reason when it failed."""
