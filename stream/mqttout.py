@@ -179,7 +179,13 @@ class MqttOutput(OutputWorker):
                 else:
                     self._connected = False
                     self.queue.state = OutputState.CONNECTING
-                    reason = "broker unreachable" if value is None else str(value)
+                    reason = (
+                        "broker unreachable"
+                        if value is None
+                        else f"connection lost ({value})"
+                        if kind == "disconnect"
+                        else f"connection refused ({value})"
+                    )
                     if reason != self.error:
                         log.warning("%s: not connected to %s: %s", self.name, self.target, reason)
                     self.error = reason

@@ -15,6 +15,7 @@ receiver.
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import http.server
@@ -55,13 +56,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 class Mosquitto:
     """A mosquitto broker on 127.0.0.1:``port`` (a free one unless given)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistence: bool = False) -> None:
+        """``persistence``: sessions and retained messages survive a :meth:`terminate` and restart
+        (a broker that is SIGKILLed saves nothing either way)."""
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="vn-mosquitto-"))
         self.config = self.folder / "mosquitto.conf"
+        kept = f"persistence true\npersistence_location {self.folder}/\nmax_queued_messages 100000\n"
+        # Started as root, mosquitto would switch to the user "mosquitto", who may not write here.
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.folder / 'mosquitto.log'}\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+            + (kept if persistence else "persistence false\n")
+            + f"log_dest file {self.folder / 'mosquitto.log'}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -90,10 +96,14 @@ class Mosquitto:
                 raise RuntimeError(f"mosquitto did not listen on port {self.port} within {timeout} s")
             time.sleep(0.1)
 
-    def kill(self) -> None:
+    def terminate(self) -> None:
+        """SIGTERM: the broker stops as for maintenance (saving its state when it keeps one)."""
+        self.kill(signal.SIGTERM)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
         """SIGKILL: the broker vanishes as in a crash (no clean disconnects)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+            self.proc.send_signal(sig)
         if self.proc is not None:
             self.proc.wait(10)
             if self.proc.stderr is not None:
@@ -114,13 +124,19 @@ class Received:
 
 
 class Watcher:
-    """A paho subscriber to ``topic`` (a filter), recording what arrives."""
+    """A paho subscriber to ``topic`` (a filter), recording what arrives. ``session``: a persistent
+    session by that client id (the broker queues for it while it is away, across a restart of a
+    broker with persistence)."""
 
-    def __init__(self, port: int, topic: str = "#", *, qos: int = 1) -> None:
+    def __init__(self, port: int, topic: str = "#", *, qos: int = 1, session: str | None = None) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{os.getpid()}-{id(self)}")
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=session or f"watcher-{os.getpid()}-{id(self)}",
+            clean_session=session is None,
+        )
         self.client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(topic, qos=qos)
         self.client.on_subscribe = lambda _c, _u, _m, _r, _p: self.subscribed.set()
         self.client.on_message = self._on_message
@@ -184,6 +200,7 @@ class WebhookReceiver:
     secret: str = ""
     answers: list[int | str] = field(default_factory=list)  # consumed one per request; then 200
     hang_s: float = 10.0
+    unavailable_until: float = 0.0  # wall seconds: every request answers 503 until then
     requests: list[dict[str, Any]] = field(default_factory=list)  # every request, as received
     delivered: list[bytes] = field(default_factory=list)  # bodies answered 2xx
     bad_signatures: int = 0
@@ -216,6 +233,8 @@ class WebhookReceiver:
             ok = hmac.compare_digest(header, expected)
         with self._lock:
             answer = self.answers.pop(0) if self.answers else 200
+            if time.time() < self.unavailable_until:
+                answer = 503
             self.requests.append(
                 {
                     "body": body,
