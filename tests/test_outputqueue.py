@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +194,17 @@ def test_the_signature_is_the_hmac_sha256_of_the_body_that_a_receiver_recomputes
     assert hmac.compare_digest(header.removeprefix("sha256="), expected)
     assert signature(body + b" ", "s3cret") != header
     assert signature(body, "other") != header
+
+
+def test_the_receiver_check_in_docs_outputs_md_accepts_our_signature_and_nothing_else() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "outputs.md").read_text()
+    match = re.search(r"```python\n(.*?)```", text, re.S)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    exec(match.group(1), namespace)  # the documented receiver code, as a reader would paste it
+    verified = namespace["verified"]
+    body = b'{"type":"event","stream":"door"}'
+    assert verified(body, signature(body, "k"), "k")
+    assert not verified(body + b"\n", signature(body, "k"), "k")
+    assert not verified(body, signature(body, "other"), "k")
+    assert not verified(body, "", "k")

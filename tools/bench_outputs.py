@@ -19,6 +19,7 @@ JSON line.
 
     .venv/bin/python tools/bench_outputs.py                     # 1000 events at 100/s, a 2-s outage
     .venv/bin/python tools/bench_outputs.py --events 200 --rate 50 --outage 1   # a quick look
+    .venv/bin/python tools/bench_outputs.py --queue 100         # a queue too small for the outage
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0, help="events published per second")
+    parser.add_argument("--queue", type=int, default=None, help="each output's queue (default: the config's)")
     parser.add_argument(
         "--outage", type=float, default=2.0, help="seconds the broker is down (and the webhook 503s)"
     )
@@ -119,9 +121,10 @@ def main() -> None:
     watcher = Watcher(broker.port, f"{PREFIX}/+/event", session="bench-watcher").wait_subscribed()
     root = Path(tempfile.mkdtemp(prefix="vn-"))
     run = RunPaths.create(root=root)
+    queue = {} if args.queue is None else {"queue": args.queue}
     outputs = OutputsConfig(
-        webhook=(WebhookConfig(url=receiver.url, secret=SECRET),),
-        mqtt=MqttConfig(host="127.0.0.1", port=broker.port, topic_prefix=PREFIX, types=("event",)),
+        webhook=(WebhookConfig(url=receiver.url, secret=SECRET, **queue),),
+        mqtt=MqttConfig(host="127.0.0.1", port=broker.port, topic_prefix=PREFIX, types=("event",), **queue),
     )
     options = OutputsOptions(
         run_id=run.run_id,
@@ -211,7 +214,7 @@ def main() -> None:
 
     print(
         f"outputs: {args.events} events at {args.rate:g}/s; broker restarted after {args.events // 2} "
-        f"(down {args.outage:g} s; the webhook answered 503 meanwhile)"
+        f"(down {args.outage:g} s, the webhook 503 meanwhile); queues {args.queue or 'as configured'}"
     )
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs")
     columns = ["output", "deliv.", "dup", "lost", "sent", "failed", "retried", "dropped", "max q"]
@@ -230,6 +233,7 @@ def main() -> None:
         "events": args.events,
         "rate": args.rate,
         "outage_s": args.outage,
+        "queue": args.queue,
         "outputs": report,
     }
     print(json.dumps(figures))
