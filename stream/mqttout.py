@@ -101,7 +101,9 @@ class MqttOutput(OutputWorker):
             client.tls_set(ca_certs=config.ca_file or None, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         client.reconnect_delay_set(max(1, round(backoff.initial)), max(1, round(backoff.maximum)))
         client.connect_timeout = config.timeout
-        client.max_inflight_messages_set(WINDOW)
+        # No limit of paho's own: the window bounds what is in flight, and a message paho held back
+        # past its limit could wait behind the extra publications of a reconnection (online, states).
+        client.max_inflight_messages_set(0)
         client.on_connect = lambda _c, _u, _f, reason, _p: self._tell("connect", reason)
         client.on_disconnect = lambda _c, _u, _f, reason, _p: self._tell("disconnect", reason)
         client.on_publish = lambda _c, _u, mid, _reason, _p: self._tell("published", mid)

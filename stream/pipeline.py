@@ -262,6 +262,8 @@ class LivePipeline:
                 if role not in ("outputs", "recorder")
             ),
             status_endpoint=self.run.publisher_endpoint("outputs"),
+            # Delivering what is queued at a stop must end before the supervisor's kill.
+            stop_by=min(OutputsOptions.stop_by, 0.6 * self.config.supervisor.stop_timeout),
         )
         # Never fatal: a receiver that is down is retried inside; a crash is restarted with the backoff.
         return ChildSpec(role="outputs", target=outputs_main, kwargs={"options": options})
