@@ -178,16 +178,19 @@ class MqttOutput(OutputWorker):
                     self.queue.state = OutputState.OK if self._connected else OutputState.CONNECTING
                 elif kind == "connect" and not value.is_failure:
                     self._on_connected()
+                elif kind == "disconnect" and not self._connected and self.error:
+                    pass  # paho closing after a refused or failed attempt: its reason stays
                 else:
-                    self._connected = False
+                    was_connected, self._connected = self._connected, False
                     self.queue.state = OutputState.CONNECTING
-                    reason = (
-                        "broker unreachable"
-                        if value is None
-                        else f"connection lost ({value})"
-                        if kind == "disconnect"
-                        else f"connection refused ({value})"
-                    )
+                    if kind == "connect_fail":
+                        reason = (
+                            "cannot connect (nothing listening, unreachable, or the TLS handshake failed)"
+                        )
+                    elif kind == "connect":
+                        reason = f"connection refused ({value})"
+                    else:
+                        reason = f"connection lost ({value})" if was_connected else f"disconnected ({value})"
                     if reason != self.error:
                         log.warning("%s: not connected to %s: %s", self.name, self.target, reason)
                     self.error = reason

@@ -56,16 +56,18 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 class Mosquitto:
     """A mosquitto broker on 127.0.0.1:``port`` (a free one unless given)."""
 
-    def __init__(self, port: int | None = None, *, persistence: bool = False) -> None:
+    def __init__(self, port: int | None = None, *, persistence: bool = False, listeners: str = "") -> None:
         """``persistence``: sessions and retained messages survive a :meth:`terminate` and restart
-        (a broker that is SIGKILLed saves nothing either way)."""
+        (a broker that is SIGKILLed saves nothing either way). ``listeners``: configuration lines in
+        place of the one anonymous plain listener on ``port`` (TLS, passwords)."""
         self.port = port or free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="vn-mosquitto-"))
         self.config = self.folder / "mosquitto.conf"
         kept = f"persistence true\npersistence_location {self.folder}/\nmax_queued_messages 100000\n"
         # Started as root, mosquitto would switch to the user "mosquitto", who may not write here.
+        listeners = listeners or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+            f"{listeners}\nuser {getpass.getuser()}\n"
             + (kept if persistence else "persistence false\n")
             + f"log_dest file {self.folder / 'mosquitto.log'}\n"
         )
