@@ -227,3 +227,55 @@ def test_a_live_run_sends_its_captions_to_a_webhook_and_mqtt(
             run.kill()
             watcher.close()
     assert peers.retained(broker.port, f"{PREFIX}/status") == {f"{PREFIX}/status": b"offline"}
+
+
+def test_a_hanging_webhook_and_a_missing_broker_never_hold_up_the_captions(
+    receiver: Any, tmp_path: Path
+) -> None:
+    receiver.answers.extend(["hang"] * 1000)
+    receiver.hang_s = 60.0
+    config = tmp_path / "outputs.toml"
+    config.write_text(
+        f'[[outputs.webhook]]\nurl = "{receiver.url}"\ntypes = ["caption"]\nsecret = "k"\ntimeout = 1.0\n\n'
+        f'[outputs.mqtt]\nhost = "127.0.0.1"\nport = {peers.free_port()}\n'  # nothing listens there
+    )
+    with short_run_root() as root:
+        run = LiveRun(
+            ["door=demo"],
+            root,
+            extra=[
+                "--config",
+                str(config),
+                "--no-store",
+                "--set",
+                "sampler.window=2",
+                "--set",
+                "sampler.stride=2",
+            ],
+        )
+        try:
+            run.start(timeout=180)
+
+            def enough(messages: list[dict[str, Any]]) -> bool:
+                statuses = [s for s in of_type(messages, "status") if s.get("outputs")]
+                return (
+                    len(of_type(messages, "caption", "door")) >= 4
+                    and bool(statuses)
+                    and (statuses[-1]["outputs"]["webhook:0"]["failed"] >= 2)
+                )
+
+            messages = collect(run.ws_url, enough, timeout=120)
+            assert enough(messages), run.log()
+            captions = of_type(messages, "caption", "door")
+            seqs = [c["seq"] for c in captions]
+            assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+            outputs = [s for s in of_type(messages, "status") if s.get("outputs")][-1]["outputs"]
+            assert outputs["webhook:0"]["state"] == "retrying" and outputs["webhook:0"]["sent"] == 0
+            assert "no answer within 1 s" in outputs["webhook:0"]["error"]
+            assert outputs["mqtt"]["state"] == "connecting" and outputs["mqtt"]["sent"] == 0
+            assert outputs["mqtt"]["queued"] >= 1
+            started = time.monotonic()
+            assert run.stop() == 0
+            assert time.monotonic() - started < 12.0
+        finally:
+            run.kill()
