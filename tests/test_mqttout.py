@@ -206,31 +206,12 @@ def test_stream_and_rule_names_stay_one_topic_level() -> None:
     assert [(d.topic, d.qos) for d in mqtt_deliveries("p", caption(1), 0.0)] == [("p/door/caption", 0)]
 
 
-def make_tls_files(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA of our own and a server certificate it signed for 127.0.0.1 (OpenSSL's command line)."""
-    openssl = require_executable("openssl")
-    ca_key, ca, key, csr, cert = (
-        folder / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
-    )
-    san = folder / "san.cnf"
-    san.write_text("subjectAltName=IP:127.0.0.1\n")
-    for args in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1"]
-        + ["-subj", "/CN=vidnarrate test CA"],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert]
-        + ["-days", "1", "-extfile", san],
-    ):
-        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
-    return ca, cert, key
-
-
 # paho 2.2 leaves the socket of a failed TLS handshake for the garbage collector to close (a
 # ResourceWarning, which pytest turns into an error); the failed handshake is what this test wants.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_tls_with_our_own_ca_and_a_password_and_a_wrong_password_is_reported(tmp_path: Path) -> None:
     require_real_part(peers.Mosquitto.executable() is not None, "mosquitto")
-    ca, cert, key = make_tls_files(tmp_path)
+    ca, cert, key = peers.make_tls_files(tmp_path, require_executable("openssl"))
     passwords = tmp_path / "passwords"
     subprocess.run(
         [require_executable("mosquitto_passwd"), "-b", "-c", str(passwords), "cam", "pw"],

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import require_executable
 from realparts import load_tool
 
 from stream.bus import Envelope
@@ -187,3 +189,26 @@ def test_public_target_hides_path_query_and_user() -> None:
         == "https://hooks.example.com:443"
     )
     assert public_target("http://[::1]:8080/x") == "http://[::1]:8080"
+
+
+def test_https_is_checked_against_the_trusted_cas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca, cert, key = peers.make_tls_files(tmp_path, require_executable("openssl"))
+    server = peers.WebhookReceiver(secret="s3cret", tls=(cert, key))
+    try:
+        untrusted = output(server.url)  # the system's CAs do not know the test's own
+        untrusted.offer(event(1))
+        peers.wait_until(lambda: untrusted.status()["failed"] >= 1, 10, "the refused certificate")
+        assert "CERTIFICATE_VERIFY_FAILED" in str(untrusted.status()["error"])
+        assert untrusted.status()["state"] == OutputState.RETRYING
+        untrusted.stop(time.monotonic())
+        # OpenSSL's default verify paths follow SSL_CERT_FILE: the way to trust a private CA.
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+        trusted = output(server.url)
+        trusted.offer(event(2))
+        status = settle(trusted)
+        trusted.stop(time.monotonic() + 2.0)
+    finally:
+        server.close()
+    assert status["sent"] == 1 and status["target"] == f"https://127.0.0.1:{server.port}"
+    assert server.delivered == [event(2).body]
+    assert all(r["signature_ok"] for r in server.requests)

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,25 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def make_tls_files(folder: Path, openssl: str = "openssl") -> tuple[Path, Path, Path]:
+    """A CA of our own and a server certificate it signed for 127.0.0.1 (OpenSSL's command line):
+    the paths of the CA's certificate, the server's certificate and the server's key."""
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    san = folder / "san.cnf"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1"]
+        + ["-subj", "/CN=vidnarrate test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert]
+        + ["-days", "1", "-extfile", san],
+    ):
+        subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=60)
+    return ca, cert, key
 
 
 class Mosquitto:
@@ -203,6 +223,7 @@ class WebhookReceiver:
     answers: list[int | str] = field(default_factory=list)  # consumed one per request; then 200
     hang_s: float = 10.0
     unavailable_until: float = 0.0  # wall seconds: every request answers 503 until then
+    tls: tuple[Path, Path] | None = None  # (certificate, key): serve HTTPS
     requests: list[dict[str, Any]] = field(default_factory=list)  # every request, as received
     delivered: list[bytes] = field(default_factory=list)  # bodies answered 2xx
     bad_signatures: int = 0
@@ -222,8 +243,13 @@ class WebhookReceiver:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, self.tls))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hook?token=abc"
+        scheme = "https" if self.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/hook?token=abc"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
