@@ -406,7 +406,7 @@ class OutputsStatus(ServerMessage):
     """The outputs process's report (bus only; ~1 Hz and on a change of state): per output
     (``webhook:0``, ``webhook:1``, ..., ``mqtt``) ``target`` (scheme, host and port only: a webhook
     URL's path and query may hold a secret), ``state``, ``sent``, ``failed``, ``dropped``, ``queued``,
-    ``retried``, ``rejected`` and ``error`` (the last failure's reason, or null)."""
+    ``oldest_s``, ``retried``, ``rejected`` and ``error`` (the last failure's reason, or null)."""
 
     TYPE: ClassVar[str] = "outputs_status"
     outputs: dict[str, Message]

@@ -207,6 +207,14 @@ class OutputQueue:
         self._bytes += entry.delivery.size
         return False
 
+    def oldest(self, now: float) -> float | None:
+        """Seconds the oldest delivery still queued (waiting or in flight) has been queued: how far
+        behind the output is. None when nothing is queued."""
+        arrived = [e.delivery.arrived for e in self._in_flight.values()]
+        if self._waiting:
+            arrived.append(self._waiting[0].delivery.arrived)
+        return max(0.0, now - min(arrived)) if arrived else None
+
     def drop_waiting(self) -> int:
         """Drop everything waiting (not what is in flight); returns how many (stopping with a
         receiver still down: these are lost, and counted)."""

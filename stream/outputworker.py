@@ -71,6 +71,7 @@ class OutputWorker:
                 "failed": q.failed,
                 "dropped": q.dropped,
                 "queued": len(q),
+                "oldest_s": None if (age := q.oldest(time.monotonic())) is None else round(age, 3),
                 "retried": q.retried,
                 "rejected": q.rejected,
                 "error": self.error,

@@ -208,3 +208,15 @@ def test_the_receiver_check_in_docs_outputs_md_accepts_our_signature_and_nothing
     assert not verified(body + b"\n", signature(body, "k"), "k")
     assert not verified(body, signature(body, "other"), "k")
     assert not verified(body, "", "k")
+
+
+def test_oldest_is_how_long_the_oldest_queued_delivery_has_waited_in_flight_or_not() -> None:
+    queue = OutputQueue(window=1)
+    assert queue.oldest(5.0) is None
+    queue.push(Delivery(b"a", arrived=1.0))
+    queue.push(Delivery(b"b", arrived=2.0))
+    assert queue.oldest(5.0) == 4.0
+    first = queue.take(5.0)
+    assert first is not None and queue.oldest(6.0) == 5.0, "in flight still counts"
+    queue.done(first.ticket, Outcome.SENT, 6.0)
+    assert queue.oldest(6.0) == 4.0
