@@ -23,6 +23,7 @@ import os
 import re
 import tomllib
 import types
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from importlib import resources
@@ -198,6 +199,80 @@ class SourceConfig:
     stride: float | None = setting(None, low=0.1, high=3600)
 
 
+# -- [outputs]: what leaves the machine (stream.outputs) -------------------------------------------
+OUTPUT_TYPES = ("caption", "event", "summary")  # the bus messages an output may carry
+
+
+def _types_rule(types: tuple[str, ...]) -> str | None:
+    unknown = [t for t in types if t not in OUTPUT_TYPES]
+    if unknown or not types:
+        what = f"unknown message type(s) {', '.join(map(repr, unknown))}" if unknown else "empty"
+        return f"{what} (known: {', '.join(OUTPUT_TYPES)})"
+    return None
+
+
+def _webhook_url_rule(url: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"{url!r} is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return f"{url!r}: the scheme must be http or https"
+    if not parts.hostname:
+        return f"{url!r} names no host"
+    return None
+
+
+def _topic_prefix_rule(prefix: str) -> str | None:
+    if not prefix.strip("/") or any(ch in prefix for ch in "+#\0"):
+        return f"{prefix!r} must be a non-empty MQTT topic without + or #"
+    return None
+
+
+def _ca_file_rule(path: str) -> str | None:
+    return None if not path or Path(path).is_file() else f"{path!r} is not a file"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One ``[[outputs.webhook]]``: POST each message of ``types`` as JSON to ``url``."""
+
+    url: str = setting("", rule=_webhook_url_rule)
+    types: tuple[str, ...] = setting(("event",), rule=_types_rule)
+    secret: str = ""  # HMAC-SHA256 key of the X-Vidnarrate-Signature header ("" = no header)
+    timeout: float = setting(5.0, above=0, high=600)
+    queue: int = setting(1000, low=1, high=1_000_000)  # deliveries waiting at most...
+    queue_mb: float = setting(16.0, above=0, high=4096)  # ... and bytes
+    max_attempts: int = setting(10, low=0, high=1_000_000)  # tries before one is given up (0: never)
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """``[outputs.mqtt]``: publish to an MQTT broker (topics: README's Outputs, docs/protocol.md)."""
+
+    host: str = setting("", rule=_not_empty("the broker's host name or address"))
+    port: int = setting(1883, low=1, high=65535)
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca_file: str = setting("", rule=_ca_file_rule)  # with tls: trust this CA instead of the system's
+    topic_prefix: str = setting("vidnarrate", rule=_topic_prefix_rule)
+    types: tuple[str, ...] = setting(("caption", "event"), rule=_types_rule)
+    timeout: float = setting(5.0, above=0, high=600)  # connecting, and waiting for a PUBACK
+    queue: int = setting(10_000, low=1, high=1_000_000)
+    queue_mb: float = setting(16.0, above=0, high=4096)
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    webhook: tuple[WebhookConfig, ...] = ()
+    mqtt: MqttConfig | None = None  # None: no [outputs.mqtt] table
+
+    def __bool__(self) -> bool:
+        return bool(self.webhook) or self.mqtt is not None
+
+
 @dataclass(frozen=True)
 class Config:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -209,6 +284,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # by name, in the order defined
+    outputs: OutputsConfig = field(default_factory=OutputsConfig)
 
 
 def check(config: Config) -> Config:
@@ -217,6 +293,11 @@ def check(config: Config) -> Config:
         if section.name == "sources":
             for name, source in config.sources.items():
                 check_settings(f"sources.{name}", source)
+        elif section.name == "outputs":
+            for index, webhook in enumerate(config.outputs.webhook):
+                check_settings(f"outputs.webhook[{index}]", webhook)
+            if config.outputs.mqtt is not None:
+                check_settings("outputs.mqtt", config.outputs.mqtt)
         else:
             check_settings(section.name, getattr(config, section.name))
     return config
@@ -272,6 +353,10 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
     A ``T | None`` field takes a T (TOML has no null: None only means "not set")."""
     if get_origin(kind) in (Union, types.UnionType):
         kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    if get_origin(kind) is tuple:  # tuple[str, ...]: a TOML array of strings
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected an array of strings, got {value!r}")
+        return tuple(value)
     if kind is bool:
         ok = isinstance(value, bool)
     elif kind is int:
@@ -315,6 +400,37 @@ def _merge_sources(sources: dict[str, SourceConfig], tables: Any, origin: str) -
     return merged
 
 
+def _merge_outputs(outputs: OutputsConfig, values: Any, origin: str) -> OutputsConfig:
+    """``[[outputs.webhook]]`` (a layer's array replaces the one before it) and ``[outputs.mqtt]``
+    (merged key by key; ``--set outputs.mqtt.KEY=...`` arrives as the key ``mqtt.KEY``)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{origin}: [outputs] must hold [[outputs.webhook]] and [outputs.mqtt]")
+    if not isinstance(values.get("mqtt", {}), dict):
+        raise ConfigError(f"{origin}: outputs.mqtt must be a table ([outputs.mqtt])")
+    mqtt = dict(values.get("mqtt", {}))
+    webhooks = outputs.webhook
+    for key, value in values.items():
+        if key.startswith("mqtt."):
+            mqtt[key.removeprefix("mqtt.")] = value
+        elif key == "webhook":
+            if not isinstance(value, list):
+                raise ConfigError(
+                    f"{origin}: outputs.webhook must be an array of tables ([[outputs.webhook]])"
+                )
+            webhooks = tuple(
+                _merge_section(WebhookConfig(), f"outputs.webhook[{i}]", table, origin)
+                for i, table in enumerate(value)
+            )
+        elif key != "mqtt":
+            raise ConfigError(
+                f"{origin}: unknown key outputs.{key} (known: [[outputs.webhook]], [outputs.mqtt])"
+            )
+    if mqtt or "mqtt" in values:
+        merged = _merge_section(outputs.mqtt or MqttConfig(), "outputs.mqtt", mqtt, origin)
+        return OutputsConfig(webhook=webhooks, mqtt=merged)
+    return replace(outputs, webhook=webhooks)
+
+
 def merge(config: Config, data: dict[str, Any], origin: str) -> Config:
     """Return ``config`` with the sections/keys of ``data`` applied (strictly) and checked."""
     sections = {f.name for f in fields(config)}
@@ -324,6 +440,8 @@ def merge(config: Config, data: dict[str, Any], origin: str) -> Config:
             raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(sorted(sections))})")
         if name == "sources":
             changes[name] = _merge_sources(config.sources, values, origin)
+        elif name == "outputs":
+            changes[name] = _merge_outputs(config.outputs, values, origin)
         else:
             changes[name] = _merge_section(getattr(config, name), name, values, origin)
     merged = replace(config, **changes)

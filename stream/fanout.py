@@ -20,6 +20,7 @@ from .messages import (
     InferenceStatus,
     Message,
     MessageError,
+    OutputsStatus,
     Processes,
     RecorderStatus,
     Status,
@@ -150,6 +151,7 @@ class StatusBoard:
 
     ``recorder``: the recorder's figures (``store``, ``written``, ``dropped``, ``queue``, ``errors``,
     ``error``, ``last_commit_wall``) and ``age_s``, seconds since its report; absent until it reports.
+    ``outputs``: the outputs process's figures per output (:class:`OutputsStatus`), likewise.
     """
 
     def __init__(self, *, max_streams: int = 256) -> None:
@@ -161,9 +163,10 @@ class StatusBoard:
         self._processes: dict[str, Message] = {}
         self._recorder: RecorderStatus | None = None
         self._recorder_at = 0.0
+        self._outputs: OutputsStatus | None = None
 
     def update(
-        self, report: CaptureStatus | InferenceStatus | Processes | RecorderStatus, now: float
+        self, report: CaptureStatus | InferenceStatus | Processes | RecorderStatus | OutputsStatus, now: float
     ) -> bool:
         """Fold in a report; True when something a viewer should see at once changed (a stream
         appeared or changed state, a process restarted or died, the model changed, the recorder
@@ -175,6 +178,12 @@ class StatusBoard:
             return self._update_capture(report, now)
         if isinstance(report, InferenceStatus):
             return self._update_inference(report)
+        if isinstance(report, OutputsStatus):
+            old_states = {
+                k: v.get("state") for k, v in (self._outputs.outputs if self._outputs else {}).items()
+            }
+            self._outputs = report
+            return old_states != {k: v.get("state") for k, v in report.outputs.items()}
         if isinstance(report, RecorderStatus):
             old, self._recorder, self._recorder_at = self._recorder, report, now
             return old is None or old.error != report.error or old.store != report.store
@@ -259,6 +268,7 @@ class StatusBoard:
             wall=wall,
             clients=clients,
             recorder=recorder,
+            outputs=None if self._outputs is None else {k: dict(v) for k, v in self._outputs.outputs.items()},
         )
 
 

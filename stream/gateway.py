@@ -48,6 +48,7 @@ from .messages import (
     InferenceStatus,
     Message,
     MessageError,
+    OutputsStatus,
     Pong,
     Processes,
     RecorderStatus,
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
 
 _FORWARDED = frozenset({"caption", "partial", "event", "thumbnail"})  # their bus bytes go to clients
-_REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status"})
+_REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status", "outputs_status"})
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
 _TICK = 0.1
 
@@ -381,7 +382,9 @@ class Gateway:
             message = envelope.decode()
             if isinstance(message, Answer):
                 self._on_answer(message)
-            elif isinstance(message, CaptureStatus | InferenceStatus | Processes | RecorderStatus):
+            elif isinstance(
+                message, CaptureStatus | InferenceStatus | Processes | RecorderStatus | OutputsStatus
+            ):
                 if self._board.update(message, time.monotonic()):
                     self._status_soon()
         else:

@@ -12,8 +12,9 @@ bus between processes. ``docs/protocol.md`` documents every field; this module i
   :class:`Pong`, :class:`Subscribed`, :class:`Dropped` and :class:`Results` (made by the gateway).
   Later versions may add fields: clients must ignore fields they do not know.
 * **Bus only** (never sent to clients as they are): :class:`CaptureStatus`, :class:`InferenceStatus`,
-  :class:`Processes`, :class:`RecorderStatus` (merged by the gateway into ``status``) and
-  :class:`AskRequest` (gateway -> inference). :func:`decode` turns a bus body back into its dataclass.
+  :class:`Processes`, :class:`RecorderStatus`, :class:`OutputsStatus` (merged by the gateway into
+  ``status``) and :class:`AskRequest` (gateway -> inference). :func:`decode` turns a bus body back into
+  its dataclass.
 
 Times: ``t_*`` are seconds of stream time (from the source's first frame), ``wall*`` are Unix seconds.
 """
@@ -338,6 +339,7 @@ class Status(ServerMessage):
     wall: float
     clients: int | None = None
     recorder: Message | None = None  # the recorder's figures; absent when the run records nothing
+    outputs: dict[str, Message] | None = None  # per output; absent when the run has none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -400,6 +402,18 @@ class RecorderStatus(ServerMessage):
 
 
 @dataclass(frozen=True, kw_only=True)
+class OutputsStatus(ServerMessage):
+    """The outputs process's report (bus only; ~1 Hz and on a change of state): per output
+    (``webhook:0``, ``webhook:1``, ..., ``mqtt``) ``target`` (scheme, host and port only: a webhook
+    URL's path and query may hold a secret), ``state``, ``sent``, ``failed``, ``dropped``, ``queued``,
+    ``oldest_s``, ``retried``, ``rejected`` and ``error`` (the last failure's reason, or null)."""
+
+    TYPE: ClassVar[str] = "outputs_status"
+    outputs: dict[str, Message]
+    wall: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class AskRequest(ServerMessage):
     """An ask as the gateway forwards it to the inference process (bus only).
 
@@ -426,6 +440,7 @@ BusMessage: TypeAlias = (
     | Processes
     | RecorderStatus
     | AskRequest
+    | OutputsStatus
 )
 _BUS_TYPES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
@@ -440,6 +455,7 @@ _BUS_TYPES: dict[str, type[ServerMessage]] = {
         Processes,
         RecorderStatus,
         AskRequest,
+        OutputsStatus,
     )
 }
 

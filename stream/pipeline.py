@@ -2,7 +2,8 @@
 
 Start order: stale rings of dead runs are removed, then one ring per source is created (owned here,
 so capture and inference restarts re-attach to it), then the gateway and the recorder (their
-subscriptions must exist before anyone publishes; the recorder only when the run has a store), the
+subscriptions must exist before anyone publishes; the recorder only when the run has a store, the
+outputs process only when ``[outputs]`` configures one), the
 inference process, and, once the model is loaded, one capture process per source. Stop order is the
 reverse intent: every child is told at once, given ``stop_timeout``, then terminated; then the rings
 are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
@@ -26,6 +27,7 @@ from .errors import ConfigError
 from .gateway import gateway_main
 from .gateway_options import GatewayOptions
 from .inference import DRAINED_FILE, READY_FILE, InferenceOptions, inference_main
+from .outputs import OutputsOptions, outputs_main
 from .process import ExitCode
 from .recorder import RecorderOptions, recorder_main
 from .ring import FrameRing, remove_stale_rings, ring_name
@@ -198,6 +200,8 @@ class LivePipeline:
         self.supervisor.start(self._gateway_spec())
         if self.store is not None:
             self.supervisor.start(self._recorder_spec(self.store))
+        if self.config.outputs:
+            self.supervisor.start(self._outputs_spec())
         self.supervisor.start(self._inference_spec())
 
     def _start_captures_when_model_ready(self) -> None:
@@ -212,7 +216,8 @@ class LivePipeline:
     def _roles(self) -> list[str]:
         """The roles that publish on the bus (the gateway reads them all)."""
         recorder = ["recorder"] if self.store is not None else []
-        return ["supervisor", "inference", *recorder] + [f"capture:{s.name}" for s in self.sources]
+        outputs = ["outputs"] if self.config.outputs else []
+        return ["supervisor", "inference", *recorder, *outputs] + [f"capture:{s.name}" for s in self.sources]
 
     def _gateway_spec(self) -> ChildSpec:
         g = self.config.gateway
@@ -246,6 +251,22 @@ class LivePipeline:
         )
         # Never fatal: a recorder that cannot write is restarted with the backoff while the run goes on.
         return ChildSpec(role="recorder", target=recorder_main, kwargs={"options": options})
+
+    def _outputs_spec(self) -> ChildSpec:
+        options = OutputsOptions(
+            run_id=self.run.run_id,
+            outputs=self.config.outputs,
+            events_endpoints=tuple(
+                self.run.publisher_endpoint(role)
+                for role in self._roles()
+                if role not in ("outputs", "recorder")
+            ),
+            status_endpoint=self.run.publisher_endpoint("outputs"),
+            # Delivering what is queued at a stop must end before the supervisor's kill.
+            stop_by=min(OutputsOptions.stop_by, 0.6 * self.config.supervisor.stop_timeout),
+        )
+        # Never fatal: a receiver that is down is retried inside; a crash is restarted with the backoff.
+        return ChildSpec(role="outputs", target=outputs_main, kwargs={"options": options})
 
     def _inference_spec(self) -> ChildSpec:
         options = inference_options(

@@ -4,6 +4,8 @@ the file and the key, per-source settings, and the runtime option objects built 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -13,7 +15,9 @@ import pytest
 from stream.cli import build_parser, resolve_config
 from stream.config import (
     Config,
+    MqttConfig,
     SourceConfig,
+    WebhookConfig,
     apply_overrides,
     check,
     load_config,
@@ -40,8 +44,8 @@ def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -
     data = tomllib.loads(text)
     defaults = Config()
     for section in fields(defaults):
-        if section.name == "sources":
-            continue  # none by default: documented by the commented example below
+        if section.name in ("sources", "outputs"):
+            continue  # none by default: documented by the commented examples below
         documented = data.get(section.name, {})
         values = getattr(defaults, section.name)
         for key in fields(values):
@@ -284,3 +288,90 @@ def test_a_bad_value_gets_one_message_from_a_file_a_flag_set_and_code(tmp_path: 
         GatewayOptions(max_message_bytes=100)
     with pytest.raises(ConfigError, match=r"^gateway\.ask_timeout: 0 is out of range \(0, inf\)$"):
         GatewayOptions(ask_timeout=0)
+
+
+def test_the_documented_outputs_example_loads_with_the_defaults_it_shows(tmp_path: Path) -> None:
+    text = packaged_text("default.toml")
+    example = text[text.index("# [[outputs.webhook]]") : text.index("# Sources by name")]
+    path = tmp_path / "outputs.toml"
+    path.write_text(re.sub(r"(?m)^# ?", "", example).replace('ca_file = ""', ""))
+    outputs = load_config(path).outputs
+    assert outputs.webhook == (WebhookConfig(url="https://example.com/hook"),)
+    assert outputs.mqtt == MqttConfig(host="localhost")
+    assert not Config().outputs and outputs
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            '[[outputs.webhook]]\nurl = "ftp://x/y"',
+            "outputs.webhook[0].url: 'ftp://x/y': the scheme must be http",
+        ),
+        ('[[outputs.webhook]]\nurl = "http:///p"', "outputs.webhook[0].url: 'http:///p' names no host"),
+        (
+            '[[outputs.webhook]]\nurl = "http://h:99999/"',
+            "outputs.webhook[0].url: 'http://h:99999/' is not a URL",
+        ),
+        (
+            '[[outputs.webhook]]\nurl = "http://a"\n[[outputs.webhook]]\nurl = "http://b"\ntimeout = -1',
+            "outputs.webhook[1].timeout: -1.0 is out of range",
+        ),
+        (
+            '[[outputs.webhook]]\nurl = "http://a"\ntypes = ["event", "alarm"]',
+            "outputs.webhook[0].types: unknown message type(s) 'alarm' (known: caption, event, summary)",
+        ),
+        ('[[outputs.webhook]]\nurl = "http://a"\ntypes = []', "outputs.webhook[0].types: empty"),
+        ('[[outputs.webhook]]\nurl = "http://a"\nsecrte = "x"', "unknown key outputs.webhook[0].secrte"),
+        ('[outputs.mqtt]\nhost = ""', "outputs.mqtt.host: must not be empty"),
+        ("[outputs.mqtt]\nport = 1883", "outputs.mqtt.host: must not be empty"),
+        ('[outputs.mqtt]\nhost = "h"\nport = 0', "outputs.mqtt.port: 0 is out of range [1, 65535]"),
+        ('[outputs.mqtt]\nhost = "h"\nport = "1883"', "outputs.mqtt.port: expected int"),
+        ('[outputs.mqtt]\nhost = "h"\ntimeout = -2', "outputs.mqtt.timeout: -2.0 is out of range"),
+        ('[outputs.mqtt]\nhost = "h"\ntopic_prefix = "a/#"', "outputs.mqtt.topic_prefix: 'a/#' must be"),
+        (
+            '[outputs.mqtt]\nhost = "h"\nca_file = "/no/such.pem"',
+            "outputs.mqtt.ca_file: '/no/such.pem' is not a file",
+        ),
+        ('[outputs.mqtt]\nhost = "h"\ntypes = "event"', "outputs.mqtt.types: expected an array of strings"),
+        ('[outputs]\nwebhook = {url = "http://a"}', "outputs.webhook must be an array of tables"),
+        ("[outputs]\nsmtp = 1", "unknown key outputs.smtp"),
+    ],
+)
+def test_bad_outputs_name_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and needle in str(info.value), str(info.value)
+
+
+def test_mqtt_keys_can_be_set_from_the_command_line() -> None:
+    config = apply_overrides(load_config(None), ["outputs.mqtt.host=broker", "outputs.mqtt.port=8883"])
+    assert config.outputs.mqtt == MqttConfig(host="broker", port=8883)
+    with pytest.raises(ConfigError, match="outputs.mqtt.port: 0 is out of range"):
+        apply_overrides(config, ["outputs.mqtt.port=0"])
+
+
+def test_a_bad_output_stops_vidnarrate_run_with_exit_2_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[outputs.webhook]]\nurl = "mailto:guard@example.com"\n')
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "run",
+            "--config",
+            str(path),
+            "--source",
+            "demo",
+            "--model",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "outputs.webhook[0].url" in done.stderr and "http or https" in done.stderr

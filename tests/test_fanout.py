@@ -233,6 +233,32 @@ def test_status_board_shows_the_recorder_figures_once_it_reports() -> None:
     assert board.update(_recorder(30), now=12.0) is True, "the error cleared"
 
 
+def _outputs(state: str, sent: int) -> messages.OutputsStatus:
+    figures = {"target": "mqtt://broker:1883", "state": state, "sent": sent, "failed": 0, "dropped": 1}
+    return messages.OutputsStatus(outputs={"mqtt": {**figures, "queued": 3, "error": None}}, wall=1.0)
+
+
+def test_status_board_shows_the_outputs_once_they_report_and_at_once_when_a_state_changes() -> None:
+    board = StatusBoard()
+    assert "outputs" not in board.snapshot(now=0.0, wall=0.0).to_dict(), "a run without outputs"
+    assert board.update(_outputs("connecting", 0), now=1.0) is True, "the outputs appeared"
+    assert board.update(_outputs("connecting", 0), now=2.0) is False
+    assert board.update(_outputs("ok", 5), now=3.0) is True, "connected"
+    assert board.update(_outputs("ok", 9), now=4.0) is False, "figures only"
+    snap = json.loads(board.snapshot(now=4.5, wall=99.0).to_json())
+    assert snap["outputs"] == {
+        "mqtt": {
+            "target": "mqtt://broker:1883",
+            "state": "ok",
+            "sent": 9,
+            "failed": 0,
+            "dropped": 1,
+            "queued": 3,
+            "error": None,
+        }
+    }
+
+
 def test_status_board_lists_streams_known_only_to_inference_as_connecting() -> None:
     board = StatusBoard()
     board.update(
