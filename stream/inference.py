@@ -6,7 +6,8 @@ the one lock and the publishing.
 
 * The **frame tap** (a thread) polls every source's shared-memory ring (headers only: pixels are
   copied out only for the frames the core keeps), gives the core each frame's stream time and, for a
-  kept frame, its pixels, publishes thumbnails, and tells the core when a source ended.
+  kept frame, its pixels and change signature (:mod:`stream.change`), publishes thumbnails, and
+  tells the core when a source ended.
 * The **model loop** (main thread) hands the core the asks that came in, then asks it for the next
   action and runs it on the model (encode a batch, caption a window, answer an ask), outside the lock,
   so the tap never waits for the model and sampling stays on time while a caption is generated. It
@@ -39,13 +40,13 @@ from PIL import Image
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
-from . import messages
+from . import change, messages
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Action, Answer, Caption, Encode, Scheduler
+from .scheduler import Action, Answer, Caption, Encode, Extend, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class FrameTap(threading.Thread):
                     if frame is None:
                         core.pixels_lost(name, seq)
                     else:
-                        core.add_pixels(name, seq, frame.image)
+                        core.add_pixels(name, seq, frame.image, change.signature(frame.image))
             if frame is not None:
                 self._thumbnail(name, info.pts, info.wall, frame.image)
         self.cursor[name] = head
@@ -352,6 +353,10 @@ class ModelLoop:
                 core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
         elif isinstance(action, Caption):
             self._caption(action)
+        elif isinstance(action, Extend):  # the scene did not change: no model call
+            with self.shared.use() as core:
+                message = core.extended(action, wall=time.time())
+            self.bus.send(message)
         elif isinstance(action, Answer):
             self._answer(action)
         else:
