@@ -405,8 +405,13 @@ class Scheduler:
         stream.last_seq = action.seq
         stream.last_t_end = action.job.t_end
         stream.history.append(text)
-        if stream.candidate is not None:
-            stream.reference = Reference(stream.candidate, action.job.t_start, frames[0].wall, text)
+        # A window captioned without every signature (gating off, a frame without one) is no reference,
+        # and neither is any older one: an unchanged caption must never repeat a superseded text.
+        stream.reference = (
+            None
+            if stream.candidate is None
+            else Reference(stream.candidate, action.job.t_start, frames[0].wall, text)
+        )
         stream.candidate = None
         latency_ms = round((wall - frames[-1].wall) * 1000, 1)
         c = stream.counters

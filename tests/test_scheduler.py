@@ -465,6 +465,26 @@ def test_gating_is_off_at_threshold_0_or_without_signatures() -> None:
         assert core.streams["cam"].signatures == {}, "no signature is kept where gating is off"
 
 
+def test_a_window_captioned_without_signatures_supersedes_the_reference() -> None:
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    drive, camera = Driver(core), Camera()
+    for i in range(5):
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    assert [c.get("unchanged", False) for c in drive.captions] == [False, True]
+    for i in range(5, 7):  # frames given without a signature: the window ending at 6 s is captioned
+        drive.frame("cam", i, float(i))
+        drive.drain()
+    for i in range(7, 19):  # signatures again; the windows up to 12 s still hold unsigned frames
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    # 6 to 10 s: captioned (unsigned frames), no reference after them; 12 s (frames 7-12): captioned,
+    # the new reference; 14 to 18 s extend it
+    assert [c.get("unchanged", False) for c in drive.captions] == [False, True] + [False] * 4 + [True] * 3
+    assert all(c["text"] == "cam 6-12" for c in drive.captions[-3:]), "never the text of 0-2 s again"
+
+
 def test_a_refused_window_is_no_reference_and_asks_are_answered_while_gated() -> None:
     core = Scheduler(settings())
     core.add_stream("cam")
