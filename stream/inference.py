@@ -127,6 +127,10 @@ class FrameTap(threading.Thread):
         self.ended: set[str] = set()
         self.unattached: set[str] = set()  # rings we could not attach to yet (warned once each)
         self.last_thumbnail: dict[str, float] = dict.fromkeys(ring_names, 0.0)
+        self.gated = {  # streams whose unchanged windows are gated: their frames need a signature
+            name: options.stream_captions.get(name, options.captions).unchanged_threshold > 0
+            for name in ring_names
+        }
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -181,7 +185,8 @@ class FrameTap(threading.Thread):
                     if frame is None:
                         core.pixels_lost(name, seq)
                     else:
-                        core.add_pixels(name, seq, frame.image, change.signature(frame.image))
+                        signature = change.signature(frame.image) if self.gated[name] else None
+                        core.add_pixels(name, seq, frame.image, signature)
             if frame is not None:
                 self._thumbnail(name, info.pts, info.wall, frame.image)
         self.cursor[name] = head

@@ -136,7 +136,8 @@ def caption_file(
                 if core.offer(name, seq, t, pending.wall):
                     # Only kept frames are converted to RGB (about 1 in 25 at 1-fps sampling).
                     image = pending.to_video_frame().image
-                    core.add_pixels(name, seq, image, change.signature(image))
+                    signature = change.signature(image) if settings.unchanged_threshold > 0 else None
+                    core.add_pixels(name, seq, image, signature)
                 run_actions(ENCODE_BATCH)
                 if progress is not None:
                     progress(t)

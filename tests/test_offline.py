@@ -222,3 +222,37 @@ def test_a_still_camera_is_captioned_once_and_again_only_for_its_event(tmp_path:
     vtt = out.with_suffix(".vtt").read_text()
     assert vtt.count(" --> ") == 5
     assert "\n00:00:00.000 --> 00:00:32.000\n" in vtt and "\n00:00:56.000 --> 00:01:20.000\n" in vtt
+
+
+def test_threshold_0_captions_every_window_of_a_still_camera(tmp_path: Path) -> None:
+    clip = tmp_path / "still.mp4"
+    load_tool("make_still_clip").make_still_clip(clip, seconds=12, fps=5, event=None)
+    out = tmp_path / "still.jsonl"
+    done = subprocess.run(
+        [
+            str(VIDNARRATE),
+            "caption",
+            str(clip),
+            "--model",
+            "tiny",
+            "--window",
+            "4",
+            "--stride",
+            "4",
+            "--set",
+            "captions.max_new_tokens=4",
+            "--set",
+            "captions.unchanged_threshold=0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    captions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["t_end"] for c in captions] == [4.0, 8.0, 12.0]
+    assert not any(c.get("unchanged") for c in captions), "gating off: every window went to the model"
+    assert "(0 of them unchanged: no model call;" in done.stdout
