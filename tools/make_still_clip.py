@@ -49,18 +49,21 @@ def make_still_clip(
     noise: float = 4.0,
     crf: int = 28,
     scene: int = 0,
+    walker: float = 1.0,
     seed: int = 0,
 ) -> int:
     """Encode the clip to ``out``; returns its frame count. ``event``: (start, duration) in seconds of
     the walker, or None for a scene where nothing happens; ``noise``: the sensor noise's standard
-    deviation in 8-bit levels; ``scene``: which bundled photo (sorted by name) is the scene."""
+    deviation in 8-bit levels; ``scene``: which bundled photo (sorted by name) is the scene;
+    ``walker``: the walker's size, 1 for a person near the camera (4.5 % of the picture), 0.5 for one
+    farther away (a quarter of that area)."""
     if width % 2 or height % 2:
         raise ValueError(f"size {width}x{height}: width and height must be even (yuv420p)")
     photos = load_photos()
     background = _fit(photos[scene % len(photos)], width, height).astype(np.int16)
-    walker_w, walker_h = max(2, width // 10), max(2, height * 9 // 20)
+    walker_w, walker_h = max(2, round(width / 10 * walker)), max(2, round(height * 0.45 * walker))
     donor = photos[(scene + 1) % len(photos)]
-    walker = cv2.resize(donor[: donor.shape[0] // 2, : donor.shape[1] // 4], (walker_w, walker_h))
+    cutout = cv2.resize(donor[: donor.shape[0] // 2, : donor.shape[1] // 4], (walker_w, walker_h))
     rng = np.random.default_rng(seed)
     bank = rng.normal(0.0, noise, size=(_NOISE_BANK, height, width, 3)).round().astype(np.int16)
     count = max(1, round(seconds * fps))
@@ -76,7 +79,7 @@ def make_still_clip(
             if event is not None and event[0] <= t < event[0] + event[1]:
                 x = round((t - event[0]) / event[1] * (width - walker_w))
                 y = height - walker_h - height // 20
-                image[y : y + walker_h, x : x + walker_w] = walker
+                image[y : y + walker_h, x : x + walker_w] = cutout
             frame = av.VideoFrame.from_ndarray(np.clip(image, 0, 255).astype(np.uint8), format="rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--noise", type=float, default=4.0, help="sensor noise, 8-bit levels (sd)")
     parser.add_argument("--crf", type=int, default=28, help="libx264 quality (higher: more artefacts)")
     parser.add_argument("--scene", type=int, default=0, help="which bundled photo is the scene")
+    parser.add_argument("--walker", type=float, default=1.0, help="walker size (1: near, 0.5: farther)")
     args = parser.parse_args(argv)
     try:
         count = make_still_clip(
@@ -112,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             noise=args.noise,
             crf=args.crf,
             scene=args.scene,
+            walker=args.walker,
         )
     except (OSError, ValueError) as exc:
         print(f"make_still_clip: {exc}", file=sys.stderr)
