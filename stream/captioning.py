@@ -15,6 +15,12 @@ live here:
   the newest due window; older ones are dropped and counted as skipped. Offline mode keeps every window.
 * **Continuity.** The last ``context_captions`` captions go into the next prompt
   (:meth:`StreamCaptions.context`), so successive captions continue rather than repeat.
+* **No caption for a scene that did not change.** Each sampled frame's thumbnail signature
+  (:mod:`stream.change`, computed by the shell where the pixels arrive) is kept beside its embedding.
+  A window whose frames all stayed within ``unchanged_threshold`` of the frames of the last window the
+  model captioned (:attr:`StreamCaptions.reference`) is not captioned again
+  (:meth:`StreamCaptions.unchanged_change`): the scheduler extends that caption instead. The
+  reference moves only when the model captions, so a slow drift adds up until it is captioned.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .change import window_change
 from .config import CaptionsConfig, ModelConfig, SamplerConfig, check_settings, setting_like
 from .sampler import Job, SampledFrame, Sampler
 
@@ -51,6 +58,7 @@ class CaptionSettings:
     stride: float = setting_like(SamplerConfig, "stride")
     max_frames: int = setting_like(SamplerConfig, "max_frames")
     skip_stale: bool = True  # live: caption only the newest due window; offline: every window
+    unchanged_threshold: float = setting_like(CaptionsConfig, "unchanged_threshold")  # 0: caption all
 
     def __post_init__(self) -> None:
         check_settings("captions", self)
@@ -64,6 +72,7 @@ class StreamCounters:
     captions: int = 0
     skipped: int = 0
     caption_errors: int = 0
+    unchanged: int = 0  # windows not captioned: the scene had not changed (stream.change)
     missing_frames: int = 0
     last_latency_ms: float | None = None
     last_model_ms: float | None = None
@@ -73,6 +82,16 @@ class StreamCounters:
         dropped ones never will be): 1.00 when every frame is encoded exactly once."""
         done = self.sampled - pending - self.pending_dropped
         return round(self.encodes / done, 3) if done > 0 else None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The last window the model captioned, what an unchanged window is compared with and extends."""
+
+    signatures: tuple[Any, ...]  # of its frames (stream.change.signature)
+    t_start: float
+    wall_start: float
+    text: str
 
 
 class StreamCaptions:
@@ -95,6 +114,9 @@ class StreamCaptions:
         self.pending: deque[tuple[SampledFrame, Any]] = deque()  # kept frames waiting as pixels
         self.cache: dict[int, Any] = {}  # seq -> frame embedding
         self.encode_ms: dict[int, float] = {}  # seq -> time of the vision call that encoded it
+        self.signatures: dict[int, Any] = {}  # seq -> thumbnail signature (stream.change)
+        self.reference: Reference | None = None  # the last window the model captioned
+        self.candidate: tuple[Any, ...] | None = None  # signatures of the window being captioned
         self.due: deque[Job] = deque()
         self.history: deque[str] = deque(maxlen=max(1, settings.context_captions))
         self.recent: deque[SampledFrame] = deque(maxlen=self.sampler.window_capacity)  # for asks
@@ -118,9 +140,12 @@ class StreamCaptions:
         self._queue(jobs)
         return sample is not None
 
-    def add_pixels(self, seq: int, pixels: Any) -> None:
-        """The pixels of the frame :meth:`offer` just kept: queued to be encoded."""
+    def add_pixels(self, seq: int, pixels: Any, signature: Any = None) -> None:
+        """The pixels of the frame :meth:`offer` just kept: queued to be encoded. ``signature``: its
+        :func:`stream.change.signature` (a window with a frame without one is always captioned)."""
         sample = self._take_awaiting(seq)
+        if signature is not None and self.settings.unchanged_threshold > 0:
+            self.signatures[seq] = signature
         if len(self.pending) >= MAX_PENDING_FRAMES:
             self.pending.popleft()
             self.counters.pending_dropped += 1
@@ -165,13 +190,15 @@ class StreamCaptions:
         return seqs
 
     def sweep(self) -> None:
-        """Drop cached embeddings nothing can use any more (what keeps the cache bounded)."""
-        if not self.cache:
+        """Drop cached embeddings and signatures nothing can use any more (what keeps them bounded)."""
+        if not self.cache and not self.signatures:
             return
         keep = self.in_use()
         for seq in [s for s in self.cache if s not in keep]:
             del self.cache[seq]
             self.encode_ms.pop(seq, None)
+        for seq in [s for s in self.signatures if s not in keep]:
+            del self.signatures[seq]
 
     def store(self, seq: int, embedding: Any, ms: float) -> None:
         """An embedding came back from the vision model: counted, and cached if still of use."""
@@ -194,6 +221,24 @@ class StreamCaptions:
                 used.append(frame)
                 embeddings.append(embedding)
         return used, embeddings
+
+    # -- unchanged scenes ---------------------------------------------------------------------------
+    def signatures_for(self, frames: Sequence[SampledFrame]) -> tuple[Any, ...] | None:
+        """The signatures of these frames; None unless every one has a signature."""
+        found = tuple(self.signatures.get(f.seq) for f in frames)
+        return found if found and all(s is not None for s in found) else None
+
+    def unchanged_change(self, job: Job) -> float | None:
+        """How much of the picture changed (stream.change.window_change) between ``job``'s frames and
+        the reference, when that is below ``unchanged_threshold``: the window need not be captioned.
+        None when it must be: it changed, gating is off, nothing was captioned yet, or a frame of
+        either has no signature."""
+        threshold = self.settings.unchanged_threshold
+        signatures = self.signatures_for(job.frames)
+        if threshold <= 0 or self.reference is None or signatures is None:
+            return None
+        change = window_change(signatures, self.reference.signatures)
+        return change if change < threshold else None
 
     # -- windows out ------------------------------------------------------------------------------
     def take_job(self) -> Job | None:
@@ -231,6 +276,7 @@ class StreamCaptions:
             "captions": c.captions,
             "skipped": c.skipped,
             "caption_errors": c.caption_errors,
+            "unchanged": c.unchanged,
             "sampled": c.sampled,
             "vision_encodes": c.encodes,
             "encodes_per_frame": c.encodes_per_frame(len(self.pending)),

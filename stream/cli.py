@@ -451,9 +451,11 @@ def cmd_caption(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    unchanged = sum(1 for c in result.captions if c.get("unchanged"))
     print(
         f"vidnarrate: {len(result.captions)} captions over {result.duration:.1f} s "
-        f"({result.frames} frames, {result.decode_errors} decode errors) -> "
+        f"({unchanged} of them unchanged: no model call; "
+        f"{result.frames} frames, {result.decode_errors} decode errors) -> "
         + ", ".join(str(p) for p in [*result.outputs, *(s.path for s in sinks)]),
         flush=True,
     )

@@ -156,6 +156,8 @@ class CaptionsConfig:
     stream_tokens: bool = False
     thumbnails: bool = True
     thumbnail_side: int = setting(320, low=32, high=2048)
+    # Share of the picture (0-1) that must change for a window to be captioned (stream.change); 0: off.
+    unchanged_threshold: float = setting(0.004, low=0, high=1)
 
 
 @dataclass(frozen=True)
@@ -191,12 +193,14 @@ class StoreConfig:
 @dataclass(frozen=True)
 class SourceConfig:
     """One ``[sources.NAME]`` table. ``url`` may come from ``--source NAME=URL`` instead; the other
-    keys, when left out (None), are the global ``captions.prompt``, ``sampler.window``/``stride``."""
+    keys, when left out (None), are the global ``captions.prompt``/``unchanged_threshold``,
+    ``sampler.window``/``stride``."""
 
     url: str = ""
     prompt: str | None = setting(None, rule=_prompt_rule)
     window: float | None = setting(None, low=0.1, high=3600)
     stride: float | None = setting(None, low=0.1, high=3600)
+    unchanged_threshold: float | None = setting(None, low=0, high=1)
 
 
 # -- [outputs]: what leaves the machine (stream.outputs) -------------------------------------------

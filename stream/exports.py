@@ -4,6 +4,10 @@ Each writer appends and flushes one caption at a time, so an interrupted or fail
 caption produced before it. Dense captions overlap in time (a 16-s window every 8 s); as subtitles a
 caption is shown from the end of the previous caption's window to the end of its own, so cues follow
 each other without overlapping and the text on screen always describes the moments just shown.
+
+A caption marked ``unchanged`` (the scene did not change, so the model was not called: same text,
+later ``t_end``) does not make a cue of its own in subtitles: the previous cue is extended to its end
+(rewritten in place, so the file is complete after every caption). JSON Lines keeps every message.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class _SubtitleWriter:
         self._shown_until = 0.0
         self._count = 0
         self._header()
+        self._last_at = 0  # file position of the last cue (what an unchanged caption rewrites)
+        self._last_start = ""
 
     def _header(self) -> None:
         pass
@@ -69,16 +75,24 @@ class _SubtitleWriter:
         raise NotImplementedError
 
     def write(self, caption: dict[str, Any]) -> None:
+        text = " ".join(str(caption["text"]).split()) or "…"
         end = float(caption["t_end"])
+        if caption.get("unchanged") and self._count:
+            if end > self._shown_until:  # (a window ending no later is already covered)
+                self._file.seek(self._last_at)
+                self._file.truncate()
+                self._file.write(self._cue(self._last_start, timestamp(end, comma=self.comma), text))
+                self._file.flush()
+                self._shown_until = end
+            return
         start = min(max(self._shown_until, float(caption["t_start"])), end)
         if end <= start:  # a window ending no later than the previous one: show it briefly
             end = start + 0.5
         self._shown_until = end
         self._count += 1
-        text = " ".join(str(caption["text"]).split()) or "…"
-        self._file.write(
-            self._cue(timestamp(start, comma=self.comma), timestamp(end, comma=self.comma), text)
-        )
+        self._last_at = self._file.tell()
+        self._last_start = timestamp(start, comma=self.comma)
+        self._file.write(self._cue(self._last_start, timestamp(end, comma=self.comma), text))
         self._file.flush()
 
     def close(self) -> None:

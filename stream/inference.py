@@ -6,7 +6,8 @@ the one lock and the publishing.
 
 * The **frame tap** (a thread) polls every source's shared-memory ring (headers only: pixels are
   copied out only for the frames the core keeps), gives the core each frame's stream time and, for a
-  kept frame, its pixels, publishes thumbnails, and tells the core when a source ended.
+  kept frame, its pixels and change signature (:mod:`stream.change`), publishes thumbnails, and
+  tells the core when a source ended.
 * The **model loop** (main thread) hands the core the asks that came in, then asks it for the next
   action and runs it on the model (encode a batch, caption a window, answer an ask), outside the lock,
   so the tap never waits for the model and sampling stays on time while a caption is generated. It
@@ -39,13 +40,13 @@ from PIL import Image
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
-from . import messages
+from . import change, messages
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Action, Answer, Caption, Encode, Scheduler
+from .scheduler import Action, Answer, Caption, Encode, Extend, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class FrameTap(threading.Thread):
         self.ended: set[str] = set()
         self.unattached: set[str] = set()  # rings we could not attach to yet (warned once each)
         self.last_thumbnail: dict[str, float] = dict.fromkeys(ring_names, 0.0)
+        self.gated = {  # streams whose unchanged windows are gated: their frames need a signature
+            name: options.stream_captions.get(name, options.captions).unchanged_threshold > 0
+            for name in ring_names
+        }
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -180,7 +185,8 @@ class FrameTap(threading.Thread):
                     if frame is None:
                         core.pixels_lost(name, seq)
                     else:
-                        core.add_pixels(name, seq, frame.image)
+                        signature = change.signature(frame.image) if self.gated[name] else None
+                        core.add_pixels(name, seq, frame.image, signature)
             if frame is not None:
                 self._thumbnail(name, info.pts, info.wall, frame.image)
         self.cursor[name] = head
@@ -352,6 +358,10 @@ class ModelLoop:
                 core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
         elif isinstance(action, Caption):
             self._caption(action)
+        elif isinstance(action, Extend):  # the scene did not change: no model call
+            with self.shared.use() as core:
+                message = core.extended(action, wall=time.time())
+            self.bus.send(message)
         elif isinstance(action, Answer):
             self._answer(action)
         else:

@@ -5,7 +5,8 @@ inference process) from a decoder: frames are decoded straight from the file (no
 no ring, no child processes), stamped with stream time as capture stamps a file
 (:class:`~stream.timeline.Timeline`), and converted to RGB only when the core keeps them. Offline
 settings (model card: ``max_slice_nums=2``) and **no window skipped**: every stride of the file gets
-its caption, and the last window ends where the file's video ends. Captions are written as they are
+its caption (or, where the scene did not change, an ``unchanged`` caption extending the last one),
+and the last window ends where the file's video ends. Captions are written as they are
 made, so nothing produced is lost if the run is interrupted.
 """
 
@@ -23,10 +24,11 @@ import av
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
+from . import change
 from .captioning import CaptionSettings
 from .errors import UnsupportedSource
 from .exports import CaptionWriter, open_writer
-from .scheduler import Caption, Encode, Scheduler
+from .scheduler import Caption, Encode, Extend, Scheduler
 from .sources import SourceOptions, open_source, parse_source
 from .timeline import Timeline
 
@@ -104,6 +106,8 @@ def caption_file(
                 core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
             elif isinstance(action, Caption):
                 write(caption(action))
+            elif isinstance(action, Extend):  # the scene did not change: no model call
+                write(core.extended(action, wall=time.time()).to_dict())
             # No asks offline, so no Answer or Reply.
 
     def caption(action: Caption) -> dict[str, Any]:
@@ -131,7 +135,9 @@ def caption_file(
                     continue
                 if core.offer(name, seq, t, pending.wall):
                     # Only kept frames are converted to RGB (about 1 in 25 at 1-fps sampling).
-                    core.add_pixels(name, seq, pending.to_video_frame().image)
+                    image = pending.to_video_frame().image
+                    signature = change.signature(image) if settings.unchanged_threshold > 0 else None
+                    core.add_pixels(name, seq, image, signature)
                 run_actions(ENCODE_BATCH)
                 if progress is not None:
                     progress(t)

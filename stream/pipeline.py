@@ -95,14 +95,17 @@ def configured_sources(config: Config) -> list[NamedSource]:
 
 def caption_settings(config: Config, *, offline: bool = False, stream: str | None = None) -> CaptionSettings:
     """How captions are made: the global settings (live, or ``[offline]``'s), with the
-    ``[sources.NAME]`` prompt, window and stride of ``stream`` over them where it sets them."""
+    ``[sources.NAME]`` prompt, window, stride and unchanged_threshold of ``stream`` over them where it
+    sets them."""
     presets = load_prompts()
     own = config.sources.get(stream) if stream is not None else None
     window = config.offline.window if offline else config.sampler.window
     stride = config.offline.stride if offline else config.sampler.stride
     prompt = config.captions.prompt
+    unchanged = config.captions.unchanged_threshold
     if own is not None:
         prompt = own.prompt if own.prompt is not None else prompt
+        unchanged = own.unchanged_threshold if own.unchanged_threshold is not None else unchanged
         window = own.window if own.window is not None else window
         stride = own.stride if own.stride is not None else stride
     return CaptionSettings(
@@ -117,6 +120,7 @@ def caption_settings(config: Config, *, offline: bool = False, stream: str | Non
         stride=stride,
         max_frames=config.sampler.max_frames,
         skip_stale=not offline,
+        unchanged_threshold=unchanged,
     )
 
 

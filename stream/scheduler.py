@@ -9,19 +9,22 @@ The protocol, one stream or many:
 
 1. **Frames.** :meth:`Scheduler.offer` takes every frame's stream time (stamped once where it was
    read, see :mod:`stream.timeline`) and says whether it is kept (about one in 25 at 1-fps sampling).
-   For a kept frame the caller then gives its pixels (:meth:`Scheduler.add_pixels`) or says they were
-   lost (:meth:`Scheduler.pixels_lost`), before offering the next frame of that stream. A stream
-   that ends is told with :meth:`Scheduler.end_stream` (its tail gets a last, shorter window).
+   For a kept frame the caller then gives its pixels and their change signature
+   (:meth:`Scheduler.add_pixels`, :mod:`stream.change`) or says they were lost
+   (:meth:`Scheduler.pixels_lost`), before offering the next frame of that stream. A stream that
+   ends is told with :meth:`Scheduler.end_stream` (its tail gets a last, shorter window).
 2. **Asks.** :meth:`Scheduler.submit_ask` queues a question about a stream's last ``window`` seconds.
 3. **Actions.** :meth:`Scheduler.next_action` answers what to do next, as a frozen value:
    :class:`Encode` these pixels (one batched vision call), :class:`Caption` this window with these
-   cached embeddings, prompt and context, :class:`Answer` this ask, :class:`Reply` with this message
+   cached embeddings, prompt and context, :class:`Extend` the last caption over this window (its
+   scene did not change: no model call), :class:`Answer` this ask, :class:`Reply` with this message
    (an ask that cannot be answered), or None (nothing to do until more frames or asks come).
    :class:`EvaluateRules` is the slot for alert rules: defined, not produced yet.
 4. **Results.** The caller runs the action and reports back before asking for the next one:
    :meth:`Scheduler.encoded`, :meth:`Scheduler.captioned` (returns the ``caption`` message),
-   :meth:`Scheduler.caption_failed`, :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed`
-   (return the ``answer`` message). A :class:`Reply` needs no report. The core never calls a model:
+   :meth:`Scheduler.caption_failed`, :meth:`Scheduler.extended` (returns the ``unchanged`` caption),
+   :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed` (return the ``answer`` message).
+   A :class:`Reply` needs no report. The core never calls a model:
    the shells run an action with its ``run_on(backend)``, the one way each action meets the model.
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import messages
-from .captioning import CaptionSettings, StreamCaptions
+from .captioning import CaptionSettings, Reference, StreamCaptions
 from .messages import AskId, ErrorCode
 from .sampler import Job, SampledFrame
 
@@ -111,6 +114,21 @@ class Caption:
 
 
 @dataclass(frozen=True)
+class Extend:
+    """A window whose frames did not change since the stream's last caption (see
+    :mod:`stream.change`): the model is not called. Report it with :meth:`Scheduler.extended`, which
+    returns the ``caption`` message with ``unchanged`` set, the last caption's ``text`` and
+    ``t_start`` and this window's ``t_end`` (the scene stayed as captioned from then to now).
+    ``change``: the share of the picture that changed (below the stream's threshold)."""
+
+    stream: str
+    seq: int
+    job: Job
+    frames: tuple[SampledFrame, ...]
+    change: float
+
+
+@dataclass(frozen=True)
 class Answer:
     """Answer an ask from these frames (:meth:`run_on`), then report with :meth:`Scheduler.answered`
     (or :meth:`Scheduler.answer_failed`)."""
@@ -151,7 +169,7 @@ class EvaluateRules:
     rules: tuple[str, ...]
 
 
-Action: TypeAlias = Encode | Caption | Answer | Reply
+Action: TypeAlias = Encode | Caption | Extend | Answer | Reply
 
 
 @dataclass(frozen=True)
@@ -210,8 +228,10 @@ class Scheduler:
         its pixels next (:meth:`add_pixels` or :meth:`pixels_lost`)."""
         return self._stream(stream).offer(seq, t, wall)
 
-    def add_pixels(self, stream: str, seq: int, pixels: Any) -> None:
-        self._stream(stream).add_pixels(seq, pixels)
+    def add_pixels(self, stream: str, seq: int, pixels: Any, signature: Any = None) -> None:
+        """The pixels of the frame just kept, and its :func:`stream.change.signature` (without one, no
+        window holding the frame is ever taken for unchanged)."""
+        self._stream(stream).add_pixels(seq, pixels, signature)
 
     def pixels_lost(self, stream: str, seq: int) -> None:
         self._stream(stream).pixels_lost(seq)
@@ -248,6 +268,8 @@ class Scheduler:
         while True:
             if self._held is None:
                 reply = self._take()
+                if isinstance(reply, Extend):
+                    return self._start(reply)
                 if reply is not None:
                     return reply
             held = self._held
@@ -265,8 +287,9 @@ class Scheduler:
         self._current = action
         return action
 
-    def _take(self) -> Reply | None:
-        """Hold the next ask, else the next window (streams in turn); a Reply for an unanswerable ask."""
+    def _take(self) -> Reply | Extend | None:
+        """Hold the next ask, else the next window (streams in turn); a Reply for an unanswerable ask,
+        an Extend for a window whose scene did not change (it needs no encode: it is not held)."""
         while self._asks:
             ask = self._asks.popleft()
             stream = self.streams.get(ask.stream)
@@ -284,6 +307,9 @@ class Scheduler:
             if job is not None:
                 self._turn += 1
                 stream.served = self._turn
+                change = stream.unchanged_change(job)
+                if change is not None:
+                    return Extend(stream.name, job.index - 1, job, job.frames, change)
                 stream.held = job.frames
                 self._held = _Held(stream, job=job)
                 stream.sweep()  # skipped windows let go of their frames
@@ -320,6 +346,7 @@ class Scheduler:
             stream.counters.skipped += 1
             stream.sweep()
             return None
+        stream.candidate = stream.signatures_for(frames)  # the reference, once captioned
         return Caption(
             stream.name,
             job.index - 1,
@@ -378,6 +405,14 @@ class Scheduler:
         stream.last_seq = action.seq
         stream.last_t_end = action.job.t_end
         stream.history.append(text)
+        # A window captioned without every signature (gating off, a frame without one) is no reference,
+        # and neither is any older one: an unchanged caption must never repeat a superseded text.
+        stream.reference = (
+            None
+            if stream.candidate is None
+            else Reference(stream.candidate, action.job.t_start, frames[0].wall, text)
+        )
+        stream.candidate = None
         latency_ms = round((wall - frames[-1].wall) * 1000, 1)
         c = stream.counters
         c.captions += 1
@@ -401,11 +436,41 @@ class Scheduler:
             frames=len(frames),
         )
 
+    def extended(self, action: Extend, *, wall: float) -> messages.Caption:
+        """The ``caption`` message of an unchanged window, published at ``wall``: the last caption's
+        text and start, this window's end and frames, ``unchanged`` set; counted in ``unchanged``."""
+        self._finish(action)
+        stream = self.streams[action.stream]
+        reference = stream.reference
+        assert reference is not None  # an Extend is only made against a reference
+        frames = action.frames
+        skipped = max(0, action.seq - stream.last_seq - 1)
+        stream.last_seq = action.seq
+        stream.last_t_end = action.job.t_end
+        stream.counters.unchanged += 1
+        stream.sweep()
+        return messages.Caption(
+            stream=stream.name,
+            seq=action.seq,
+            t_start=round(reference.t_start, 3),
+            t_end=round(action.job.t_end, 3),
+            frame_times=[round(f.t, 3) for f in frames],
+            wall_start=reference.wall_start,
+            wall_end=frames[-1].wall,
+            text=reference.text,
+            model=self.model,
+            latency_ms=round((wall - frames[-1].wall) * 1000, 1),
+            skipped=skipped,
+            frames=len(frames),
+            unchanged=True,
+        )
+
     def caption_failed(self, action: Caption) -> int:
         """The model refused this window (e.g. a prompt over its input limit): counted in
         ``caption_errors``, whose new value is returned (the caller logs the first loudly)."""
         self._finish(action)
         stream = self.streams[action.stream]
+        stream.candidate = None
         stream.counters.caption_errors += 1
         stream.sweep()
         return stream.counters.caption_errors

@@ -62,8 +62,16 @@ def test_the_documented_source_example_loads_and_names_every_source_key(tmp_path
     path = tmp_path / "example.toml"
     path.write_text(re.sub(r"(?m)^# ?", "", example))
     door = load_config(path).sources["door"]
-    assert {f.name for f in fields(SourceConfig)} == {"url", "prompt", "window", "stride"}
-    assert door == SourceConfig(url="rtsp://cam-door/stream", prompt="cctv", window=30.0, stride=10.0)
+    assert {f.name for f in fields(SourceConfig)} == {
+        "url",
+        "prompt",
+        "window",
+        "stride",
+        "unchanged_threshold",
+    }
+    assert door == SourceConfig(
+        url="rtsp://cam-door/stream", prompt="cctv", window=30.0, stride=10.0, unchanged_threshold=0.01
+    )
 
 
 def test_every_default_passes_the_one_validator() -> None:
@@ -100,6 +108,14 @@ def test_user_file_changes_only_its_keys(tmp_path: Path) -> None:
         ('[sources.door]\nurl = "x.mp4"\ncolour = 1\n', "unknown key sources.door.colour"),
         ("[sources.door]\nwindow = 0.0\n", "sources.door.window: 0.0 is out of range"),
         ("[sources.door]\nstride = 7200\n", "sources.door.stride: 7200.0 is out of range"),
+        (
+            "[captions]\nunchanged_threshold = -0.1\n",
+            "captions.unchanged_threshold: -0.1 is out of range [0, 1]",
+        ),
+        (
+            "[sources.door]\nunchanged_threshold = 2\n",
+            "sources.door.unchanged_threshold: 2.0 is out of range",
+        ),
         ('[sources.door]\nwindow = "long"\n', "sources.door.window: expected float"),
         ('[sources."front door"]\nurl = "x.mp4"\n', "sources.front door: 'front door' is not a source name"),
         ('[sources.2nd]\nurl = "x.mp4"\n', "'2nd' is not a source name (a letter, then"),
@@ -190,7 +206,13 @@ def test_per_source_settings_layer_over_the_global_ones(tmp_path: Path) -> None:
     path.write_text(CAMS)
     config = apply_overrides(
         load_config(path),
-        ["sources.yard.stride=2", "sources.door.url=rtsp://cam-door/other?channel=1", "sampler.window=20"],
+        [
+            "sources.yard.stride=2",
+            "sources.door.url=rtsp://cam-door/other?channel=1",
+            "sampler.window=20",
+            "sources.door.unchanged_threshold=0",
+            "captions.unchanged_threshold=0.02",
+        ],
         "--set",
     )
     assert configured_sources(config) == [
@@ -203,6 +225,7 @@ def test_per_source_settings_layer_over_the_global_ones(tmp_path: Path) -> None:
     assert (door.prompt, door.window, door.stride) == (presets["cctv"], 30.0, 10.0)
     yard = caption_settings(config, stream="yard")
     assert (yard.prompt, yard.window, yard.stride) == (presets["narration"], 20.0, 2.0)
+    assert (door.unchanged_threshold, yard.unchanged_threshold) == (0.0, 0.02)  # 0: the door is never gated
     assert caption_settings(config) == caption_settings(config, stream="nobody")
 
     options = inference_options(

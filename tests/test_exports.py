@@ -51,6 +51,45 @@ def test_overlapping_windows_become_consecutive_cues(tmp_path: Path) -> None:
     assert lines == captions
 
 
+def test_unchanged_captions_extend_the_previous_cue_and_every_message_stays_in_jsonl(tmp_path: Path) -> None:
+    vtt, srt, jsonl = (open_writer(tmp_path / f"c.{ext}") for ext in ("vtt", "srt", "jsonl"))
+    still = "An empty platform."
+    captions = [
+        caption(0, 0, 8, still),
+        caption(1, 0, 16, still) | {"unchanged": True},
+        caption(2, 0, 24, still) | {"unchanged": True},
+        caption(3, 16, 32, "A train arrives."),
+        caption(4, 16, 40, "A train arrives.") | {"unchanged": True},
+    ]
+    for writer in (vtt, srt, jsonl):
+        writer.write(captions[0])
+        writer.write(captions[1])
+    # the extended cue is on disk before the writer is closed (rewritten in place, not held back)
+    assert (tmp_path / "c.vtt").read_text() == f"WEBVTT\n\n1\n00:00:00.000 --> 00:00:16.000\n{still}\n\n"
+    for writer in (vtt, srt, jsonl):
+        for c in captions[2:]:
+            writer.write(c)
+        writer.close()
+    assert (tmp_path / "c.vtt").read_text() == (
+        "WEBVTT\n\n"
+        f"1\n00:00:00.000 --> 00:00:24.000\n{still}\n\n"
+        "2\n00:00:24.000 --> 00:00:40.000\nA train arrives.\n\n"
+    )
+    assert (tmp_path / "c.srt").read_text() == (
+        f"1\n00:00:00,000 --> 00:00:24,000\n{still}\n\n2\n00:00:24,000 --> 00:00:40,000\nA train arrives.\n\n"
+    )
+    lines = [json.loads(line) for line in (tmp_path / "c.jsonl").read_text().splitlines()]
+    assert lines == captions
+
+
+def test_an_unchanged_caption_first_or_ending_no_later_makes_no_stray_cue(tmp_path: Path) -> None:
+    vtt = open_writer(tmp_path / "c.vtt")
+    vtt.write(caption(4, 0, 16, "Still.") | {"unchanged": True})  # e.g. a file started mid-run
+    vtt.write(caption(5, 0, 12, "Still.") | {"unchanged": True})  # ends before what is shown
+    vtt.close()
+    assert (tmp_path / "c.vtt").read_text() == "WEBVTT\n\n1\n00:00:00.000 --> 00:00:16.000\nStill.\n\n"
+
+
 def test_unknown_format_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown caption format '.txt'"):
         open_writer(tmp_path / "c.txt")

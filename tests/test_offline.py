@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 from liverun import VIDNARRATE
-from realparts import make_clip
+from realparts import load_tool, make_clip
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -176,3 +176,83 @@ def test_progress_total_is_stream_time_and_a_truncated_file_is_flagged(tmp_path:
         timeout=240,
     )
     assert complete.returncode == 0 and "truncated" not in complete.stderr, complete.stderr
+
+
+def test_a_still_camera_is_captioned_once_and_again_only_for_its_event(tmp_path: Path) -> None:
+    """A real H.264 clip of a photo held still with sensor noise; a person-sized walker crosses it
+    from 40 s to 45 s. Offline windows: 16 s every 8 s."""
+    clip = tmp_path / "still.mp4"
+    load_tool("make_still_clip").make_still_clip(clip, seconds=80, fps=5, event=(40.0, 5.0), noise=6.0)
+    out = tmp_path / "still"
+    done = subprocess.run(
+        [
+            str(VIDNARRATE),
+            "caption",
+            str(clip),
+            "--model",
+            "tiny",
+            "--set",
+            "captions.max_new_tokens=4",
+            "--out",
+            str(out.with_suffix(".jsonl")),
+            "--out",
+            str(out.with_suffix(".vtt")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    captions = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert [c["t_end"] for c in captions] == [8.0 * k for k in range(1, 11)]
+    captioned = [c["t_end"] for c in captions if not c.get("unchanged")]
+    event = [c["t_end"] for c in captions if any(40.0 <= t < 45.0 for t in c["frame_times"])]
+    assert event == [40.0, 48.0, 56.0]
+    assert set(event) <= set(captioned), "every window showing the walker went to the model"
+    # the first window; the event's two; the first still one after it (compared with a window that
+    # showed the walker); every other window extends the caption before it
+    assert captioned == [8.0, 40.0, 48.0, 56.0, 64.0]
+    for c in captions:
+        if c.get("unchanged"):
+            previous = next(p for p in reversed(captions[: captions.index(c)]) if not p.get("unchanged"))
+            assert (c["text"], c["t_start"]) == (previous["text"], previous["t_start"])
+    assert "10 captions over 79.8 s (5 of them unchanged: no model call;" in done.stdout
+    # subtitles: one cue per captioned window, each extended over the unchanged ones after it
+    vtt = out.with_suffix(".vtt").read_text()
+    assert vtt.count(" --> ") == 5
+    assert "\n00:00:00.000 --> 00:00:32.000\n" in vtt and "\n00:00:56.000 --> 00:01:20.000\n" in vtt
+
+
+def test_threshold_0_captions_every_window_of_a_still_camera(tmp_path: Path) -> None:
+    clip = tmp_path / "still.mp4"
+    load_tool("make_still_clip").make_still_clip(clip, seconds=12, fps=5, event=None)
+    out = tmp_path / "still.jsonl"
+    done = subprocess.run(
+        [
+            str(VIDNARRATE),
+            "caption",
+            str(clip),
+            "--model",
+            "tiny",
+            "--window",
+            "4",
+            "--stride",
+            "4",
+            "--set",
+            "captions.max_new_tokens=4",
+            "--set",
+            "captions.unchanged_threshold=0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    captions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [c["t_end"] for c in captions] == [4.0, 8.0, 12.0]
+    assert not any(c.get("unchanged") for c in captions), "gating off: every window went to the model"
+    assert "(0 of them unchanged: no model call;" in done.stdout

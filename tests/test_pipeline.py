@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 from liverun import LiveRun, collect, descendants, of_type, shm_rings, short_run_root, wait_for
-from realparts import make_clip
+from realparts import load_tool, make_clip
 
 from stream.bus import RunPaths, Subscriber
 from stream.inference import READY_FILE
@@ -474,3 +474,31 @@ def test_beyond_loopback_a_token_is_made_unless_no_auth_is_explicit(clips: dict[
             assert open_run.stop(signal.SIGINT) == 0, open_run.log()
         finally:
             open_run.kill()
+
+
+def test_a_live_still_camera_gets_unchanged_captions_and_counts_them(tmp_path: Path) -> None:
+    """A still camera (a real photo with sensor noise, H.264) played live: after its first caption the
+    windows are extended without model calls, seen by a websocket client and in the status board."""
+    clip = tmp_path / "still.mp4"
+    load_tool("make_still_clip").make_still_clip(clip, seconds=20, fps=5, event=None, noise=6.0)
+
+    def seen(messages: list[dict[str, Any]]) -> bool:
+        statuses = [m["streams"].get("still", {}) for m in of_type(messages, "status")]
+        return any(c.get("unchanged") for c in of_type(messages, "caption")) and any(
+            (s.get("unchanged") or 0) >= 2 for s in statuses
+        )
+
+    with short_run_root() as root:
+        run = LiveRun([f"still={clip}"], root, extra=["--window", "4", "--stride", "2", "--loop"]).start()
+        try:
+            messages = collect(run.ws_url, seen, timeout=120)
+        finally:
+            run.kill()
+    assert seen(messages), run.log()
+    captions = of_type(messages, "caption", "still")
+    first = next(c for c in captions if not c.get("unchanged"))
+    for c in captions[captions.index(first) + 1 :]:
+        assert c.get("unchanged") and c["text"] == first["text"] and c["t_start"] == first["t_start"], c
+        assert c["t_end"] > first["t_end"] and "model_ms" not in c
+    status = of_type(messages, "status")[-1]["streams"]["still"]
+    assert status["captions"] >= 1 and status["unchanged"] >= 2

@@ -6,15 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from stream.captioning import MAX_PENDING_FRAMES, CaptionSettings
-from stream.scheduler import Action, Answer, Caption, Encode, Reply, Scheduler
+from stream.change import signature
+from stream.democlip import load_photos
+from stream.scheduler import Action, Answer, Caption, Encode, Extend, Reply, Scheduler
 
 STATUS_KEYS = {
     "captions",
     "skipped",
     "caption_errors",
+    "unchanged",
     "sampled",
     "vision_encodes",
     "encodes_per_frame",
@@ -81,6 +86,8 @@ class Driver:
                 self.replies.append(self.core.answer_failed(action, "prompt too long").to_dict())
             else:
                 self.replies.append(self.core.answered(action, f"answer to {action.question}").to_dict())
+        elif isinstance(action, Extend):
+            self.captions.append(self.core.extended(action, wall=2000.0).to_dict())
         elif isinstance(action, Reply):
             self.replies.append(action.message.to_dict())
 
@@ -350,3 +357,163 @@ def test_a_file_s_last_window_ends_where_its_last_frame_ends() -> None:
     drive.drain()
     (caption,) = drive.captions
     assert (caption["t_start"], caption["t_end"]) == (0.0, 8.32) and core.ended("clip")
+
+
+# -- no caption for a scene that did not change (stream.change) -------------------------------------
+@dataclass
+class Camera:
+    """A fixed camera on a real photo: fresh sensor noise every frame, and whatever is drawn on top."""
+
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
+    scene: np.ndarray = field(
+        default_factory=lambda: cv2.resize(load_photos()[0], (320, 180), interpolation=cv2.INTER_AREA)
+    )
+
+    def shot(self, *, person: bool = False, brighter: float = 0.0) -> np.ndarray:
+        image = self.scene.astype(np.float64) + brighter + self.rng.normal(0, 6, self.scene.shape)
+        if person:  # a person-sized block: a tenth of the width, half the height
+            image[80:170, 150:182] = (200, 60, 40)
+        return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def feed(drive: Driver, stream: str, seq: int, t: float, image: np.ndarray) -> None:
+    """One frame as the shells give it: stream time, then pixels with their change signature."""
+    if drive.core.offer(stream, seq, t, 1000.0 + t):
+        drive.core.add_pixels(stream, seq, f"{stream}:{seq}", signature(image))
+
+
+def model_calls(drive: Driver) -> list[Caption]:
+    return [a for a in drive.calls if isinstance(a, Caption)]
+
+
+def test_a_still_scene_is_captioned_once_then_extended_without_model_calls() -> None:
+    core = Scheduler(settings(), model="tiny")
+    core.add_stream("cam")
+    drive, camera = Driver(core), Camera()
+    for i in range(31):  # 1 fps, 30 s: windows end at 2, 4, ... 30
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    assert len(model_calls(drive)) == 1, "only the first window went to the model"
+    assert len(drive.captions) == 15
+    first, *rest = drive.captions
+    assert "unchanged" not in first and first["t_start"] == 0.0 and first["text"] == "cam 0-2"
+    for n, caption in enumerate(rest, start=2):
+        assert caption["unchanged"] is True
+        assert caption["text"] == first["text"], "the same text: it extends the caption"
+        assert caption["t_start"] == first["t_start"] and caption["wall_start"] == first["wall_start"]
+        assert caption["t_end"] == 2.0 * n and caption["seq"] == n - 1 and caption["skipped"] == 0
+        assert caption["frame_times"] == [float(t) for t in range(2 * n - 5, 2 * n + 1) if t >= 0]
+        assert caption["frames"] == len(caption["frame_times"]) and caption["wall_end"] == 1000.0 + 2 * n
+        assert "model_ms" not in caption and caption["latency_ms"] == (2000.0 - caption["wall_end"]) * 1000
+    status = core.status()["cam"]
+    assert (status["captions"], status["unchanged"], status["lag_s"]) == (1, 14, 0.0)
+    assert status["encodes_per_frame"] == 1.0, "frames are still encoded once each (asks need them)"
+
+
+def test_a_window_with_a_change_is_captioned_and_gating_resumes_once_the_scene_is_still() -> None:
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    drive, camera = Driver(core), Camera()
+    for i in range(41):  # a person stands in view from 20 s to 24 s
+        feed(drive, "cam", i, float(i), camera.shot(person=20 <= i <= 24))
+        drive.drain()
+    by_end = {c["t_end"]: c for c in drive.captions}
+    assert len(by_end) == 20
+    with_person = [end for end in by_end if any(20 <= t <= 24 for t in by_end[end]["frame_times"])]
+    assert with_person == [20.0, 22.0, 24.0, 26.0, 28.0]
+    for end in with_person:
+        assert "unchanged" not in by_end[end], f"the window ending at {end} s shows the person"
+    # After the person left, windows are compared with the last captioned one (which showed the
+    # person), so the first still window is captioned afresh and the ones after it extend that one.
+    assert "unchanged" not in by_end[30.0] and by_end[30.0]["text"] == "cam 24-30"
+    after = [by_end[end] for end in (32.0, 34.0, 36.0, 38.0, 40.0)]
+    assert all(c["unchanged"] and c["text"] == "cam 24-30" and c["t_start"] == 24.0 for c in after)
+    assert all(by_end[end].get("unchanged") for end in range(4, 20, 2))
+    assert core.status()["cam"]["unchanged"] == 8 + 5
+    # the caption after the event continues from the text before it (context is kept as captioned)
+    assert model_calls(drive)[1].context == settings().context_template.format(previous="cam 0-2")
+
+
+def test_a_slow_drift_is_captioned_once_it_adds_up() -> None:
+    """Brightness rises 1 level a second: no two neighbouring windows differ, but a window drifts
+    away from the last captioned one, which is what it is compared with."""
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    drive, camera = Driver(core), Camera()
+    for i in range(121):
+        feed(drive, "cam", i, float(i), camera.shot(brighter=float(i)))
+        drive.drain()
+    captioned = [c["t_end"] for c in drive.captions if "unchanged" not in c]
+    assert len(captioned) >= 4 and sum(1 for c in drive.captions if c.get("unchanged")) >= 30
+    gaps = [b - a for a, b in zip(captioned, captioned[1:], strict=False)]
+    assert max(gaps) <= 24.0, f"the drift was captioned every {gaps} s"
+    assert captioned[-1] >= 100.0
+
+
+def test_gating_is_off_at_threshold_0_or_without_signatures() -> None:
+    for threshold, signed in ((0.0, True), (0.004, False)):
+        core = Scheduler(settings(unchanged_threshold=threshold))
+        core.add_stream("cam")
+        drive, camera = Driver(core), Camera()
+        for i in range(13):
+            if signed:
+                feed(drive, "cam", i, float(i), camera.shot())
+            else:
+                drive.frame("cam", i, float(i))
+            drive.drain()
+        assert len(model_calls(drive)) == 6 and not any(c.get("unchanged") for c in drive.captions)
+        assert core.streams["cam"].signatures == {}, "no signature is kept where gating is off"
+
+
+def test_a_window_captioned_without_signatures_supersedes_the_reference() -> None:
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    drive, camera = Driver(core), Camera()
+    for i in range(5):
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    assert [c.get("unchanged", False) for c in drive.captions] == [False, True]
+    for i in range(5, 7):  # frames given without a signature: the window ending at 6 s is captioned
+        drive.frame("cam", i, float(i))
+        drive.drain()
+    for i in range(7, 19):  # signatures again; the windows up to 12 s still hold unsigned frames
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    # 6 to 10 s: captioned (unsigned frames), no reference after them; 12 s (frames 7-12): captioned,
+    # the new reference; 14 to 18 s extend it
+    assert [c.get("unchanged", False) for c in drive.captions] == [False, True] + [False] * 4 + [True] * 3
+    assert all(c["text"] == "cam 6-12" for c in drive.captions[-3:]), "never the text of 0-2 s again"
+
+
+def test_a_refused_window_is_no_reference_and_asks_are_answered_while_gated() -> None:
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    drive, camera = Driver(core, refuse=True), Camera()
+    for i in range(5):
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    assert len(model_calls(drive)) == 2 and drive.captions == []  # refused: nothing to extend
+    drive.refuse = False
+    for i in range(5, 11):
+        feed(drive, "cam", i, float(i), camera.shot())
+        drive.drain()
+    assert [c.get("unchanged", False) for c in drive.captions] == [False, True, True]
+    core.submit_ask("q", "cam", "Anyone there?")
+    drive.drain()
+    assert drive.replies[-1]["id"] == "q" and drive.replies[-1]["text"] == "answer to Anyone there?"
+    # bounded: only the signatures a window or an ask can still use, and the reference's own
+    assert len(core.streams["cam"].signatures) <= core.streams["cam"].sampler.window_capacity
+
+
+def test_live_mode_gates_the_newest_window_of_each_stream_and_counts_per_stream() -> None:
+    core = Scheduler(settings(skip_stale=True))
+    for name in ("door", "yard"):
+        core.add_stream(name)
+    drive, camera = Driver(core), Camera()
+    for i in range(21):
+        feed(drive, "door", i, float(i), camera.shot())
+        feed(drive, "yard", i, float(i), camera.shot(person=i % 2 == 1))  # someone pacing
+        drive.drain()
+    status = core.status()
+    assert status["door"]["unchanged"] == 9 and status["door"]["captions"] == 1
+    assert status["yard"]["unchanged"] == 0 and status["yard"]["captions"] == 10
