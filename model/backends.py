@@ -32,6 +32,12 @@ TextCallback = Callable[[str], None]
 
 
 DECODINGS = ("greedy", "sampling", "beam")
+# How a yes/no question is put (the answer is read from the first token the model would write) and
+# the spellings of the two answers whose first tokens are summed. In Qwen2's vocabulary (MiniCPM-V
+# 2.6) each of these is one token ("Yes" 9454, "No" 2753, ...); the ids are read from the tokenizer.
+YES_NO_SUFFIX = " Answer yes or no."
+YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
+NO_WORDS = ("No", "no", " No", " no", "NO")
 # Greedy keeps the official sampling preset's light repetition penalty: deterministic captions that
 # do not loop, at the cost of one forward pass per token (beam search costs three).
 GREEDY_SETTINGS: dict[str, object] = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.05}
@@ -73,6 +79,12 @@ class CaptionBackend(Protocol):
         """An answer to a user's question about the frames."""
         ...
 
+    def yes_probabilities(
+        self, frames: Sequence[FrameEmbedding], questions: Sequence[str], *, context: str | None = None
+    ) -> list[float]:
+        """P(yes) in [0, 1] for each yes/no question about the frames, in order (alert rules)."""
+        ...
+
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:
         """From now on, ``describe``/``ask`` end early (with what they have) once ``check()`` is
         true: a shutdown need not wait for a long caption on a slow machine."""
@@ -92,6 +104,7 @@ class LocalBackend:
         self.name = name
         self.max_inp_length = max_inp_length
         self._interrupt: Callable[[], bool] | None = None
+        self._yes_no: tuple[list[int], list[int]] | None = None
 
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:
         self._interrupt = check
@@ -122,6 +135,55 @@ class LocalBackend:
         on_text: TextCallback | None = None,
     ) -> str:
         return self._video_chat(frames, question, context, max_new_tokens, decoding, on_text)
+
+    def yes_probabilities(
+        self, frames: Sequence[FrameEmbedding], questions: Sequence[str], *, context: str | None = None
+    ) -> list[float]:
+        """P(yes) for each question, from one batched prefill over the cached ``frames`` (no decoding).
+
+        Each question is asked as the captions are (optional context, the frames, the question and
+        :data:`YES_NO_SUFFIX`); the next-token logits after the assistant prompt are compared over the
+        first tokens of :data:`YES_WORDS` and :data:`NO_WORDS` only: P(yes) = softmax restricted to
+        those tokens, the yes spellings summed against the no spellings. The frames' embeddings are
+        written into every row once (no vision call); the rows are left-padded and masked."""
+        if not questions:
+            return []
+        yes_ids, no_ids = self._answer_ids()
+        head: list[object] = [neutralize_image_tags(context)] if context else []
+        preps = [
+            self.model.prepare(
+                [{"role": "user", "content": [*head, *frames, neutralize_image_tags(q) + YES_NO_SUFFIX]}],
+                use_image_id=False,
+                max_inp_length=self.max_inp_length,
+            )
+            for q in questions
+        ]
+        with torch.inference_mode():
+            visual = self.model.visual_embeddings(preps[0])
+            embeds, mask = self.model.embed(preps, [visual] * len(preps))
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            out = self.model.llm(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1
+            )
+            logits = out.logits[:, -1, :].float()
+            yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
+            no = torch.logsumexp(logits[:, no_ids], dim=-1)
+            return [float(p) for p in torch.sigmoid(yes - no).cpu()]
+
+    def _answer_ids(self) -> tuple[list[int], list[int]]:
+        """The first token of each yes and no spelling (a token both begin with counts for neither)."""
+        if self._yes_no is None:
+            tokenizer = self.model.tokenizer
+
+            def first_tokens(words: Sequence[str]) -> set[int]:
+                return {ids[0] for ids in (tokenizer.encode(w) for w in words) if ids}
+
+            yes, no = first_tokens(YES_WORDS), first_tokens(NO_WORDS)
+            yes, no = yes - no, no - yes
+            if not yes or not no:
+                raise ValueError(f"the tokenizer of {self.name} has no distinct yes and no answer tokens")
+            self._yes_no = (sorted(yes), sorted(no))
+        return self._yes_no
 
     def _video_chat(
         self,

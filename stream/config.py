@@ -209,6 +209,7 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # by name, in the order defined
+    alerts: tuple[Any, ...] = ()  # stream.alertrules.AlertRule, from [[alerts]] and --alert
 
 
 def check(config: Config) -> Config:
@@ -217,6 +218,10 @@ def check(config: Config) -> Config:
         if section.name == "sources":
             for name, source in config.sources.items():
                 check_settings(f"sources.{name}", source)
+        elif section.name == "alerts":
+            from .alertrules import check_rules
+
+            check_rules(config.alerts)
         else:
             check_settings(section.name, getattr(config, section.name))
     return config
@@ -324,6 +329,10 @@ def merge(config: Config, data: dict[str, Any], origin: str) -> Config:
             raise ConfigError(f"{origin}: unknown section [{name}] (known: {', '.join(sorted(sections))})")
         if name == "sources":
             changes[name] = _merge_sources(config.sources, values, origin)
+        elif name == "alerts":
+            from .alertrules import merge_rules
+
+            changes[name] = merge_rules(config.alerts, values, origin)
         else:
             changes[name] = _merge_section(getattr(config, name), name, values, origin)
     merged = replace(config, **changes)

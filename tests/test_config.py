@@ -40,8 +40,8 @@ def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -
     data = tomllib.loads(text)
     defaults = Config()
     for section in fields(defaults):
-        if section.name == "sources":
-            continue  # none by default: documented by the commented example below
+        if section.name in ("sources", "alerts"):
+            continue  # none by default: documented by the commented examples below
         documented = data.get(section.name, {})
         values = getattr(defaults, section.name)
         for key in fields(values):
@@ -284,3 +284,18 @@ def test_a_bad_value_gets_one_message_from_a_file_a_flag_set_and_code(tmp_path: 
         GatewayOptions(max_message_bytes=100)
     with pytest.raises(ConfigError, match=r"^gateway\.ask_timeout: 0 is out of range \(0, inf\)$"):
         GatewayOptions(ask_timeout=0)
+
+
+def test_the_documented_alert_examples_load(tmp_path: Path) -> None:
+    text = packaged_text("default.toml")
+    example = text[text.index("# [[alerts]]") : text.index("# Sources by name")]
+    path = tmp_path / "alerts.toml"
+    path.write_text(re.sub(r"(?m)^# ?", "", example))
+    door, fire = load_config(path).alerts
+    assert (door.name, door.streams, door.question, door.cooldown) == (
+        "person_at_door",
+        ("door",),
+        "Is a person standing at the door?",
+        30.0,
+    )
+    assert fire.streams == "*" and fire.pattern == r"(?i)\b(fire|smoke)\b" and fire.question is None
