@@ -246,11 +246,12 @@ class Scheduler:
 
     def drained(self) -> bool:
         """Every stream has ended and nothing of it is left to caption (no window due or taken) or
-        to score (no alert rules waiting)."""
+        to score (no alert rules waiting), and its open events were ended (by :meth:`next_action`)."""
         return (
             self._held is None
             and not self._rules_due
             and all(s.ended and not s.due for s in self.streams.values())
+            and (self.alerts is None or len(self._closed) == len(self.streams))
         )
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
