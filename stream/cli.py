@@ -26,6 +26,7 @@ from typing import Any
 from .alertrules import add_alert_flag, check_rule_streams, with_alert_flags
 from .config import Config, apply_overrides, load_config
 from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
+from .eventlist import add_events_command, cmd_events
 from .preflight import (
     check_device_source,
     check_file,
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(caption, defaults)
     _add_store_commands(commands)
+    add_events_command(commands)
     return parser
 
 
@@ -565,6 +567,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": cmd_run, "caption": cmd_caption, "search": cmd_search, "export": cmd_export}
+_COMMANDS["events"] = cmd_events
 
 
 def main(argv: Sequence[str] | None = None) -> int:
