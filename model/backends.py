@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from PIL import Image
+from transformers import DynamicCache
 
 from model.generation import generate_ids, stream_text
 from model.modeling import FrameEmbedding, MiniCPMV
@@ -139,13 +140,18 @@ class LocalBackend:
     def yes_probabilities(
         self, frames: Sequence[FrameEmbedding], questions: Sequence[str], *, context: str | None = None
     ) -> list[float]:
-        """P(yes) for each question, from one batched prefill over the cached ``frames`` (no decoding).
+        """P(yes) for each question, from the cached ``frames`` (no vision call, no decoding).
 
         Each question is asked as the captions are (optional context, the frames, the question and
         :data:`YES_NO_SUFFIX`); the next-token logits after the assistant prompt are compared over the
         first tokens of :data:`YES_WORDS` and :data:`NO_WORDS` only: P(yes) = softmax restricted to
-        those tokens, the yes spellings summed against the no spellings. The frames' embeddings are
-        written into every row once (no vision call); the rows are left-padded and masked."""
+        those tokens, the yes spellings summed against the no spellings.
+
+        Every question's prompt begins with the same tokens (the chat header, the context, the
+        frames' hundreds of embedding rows), so that shared prefix is prefilled once and its KV cache
+        repeated for every question; the questions' own tails then go through in one batched pass
+        (left-padded between the prefix and each tail, the padding masked out, positions counted
+        over the real tokens only). Sixteen rules cost about one window prefill, not sixteen."""
         if not questions:
             return []
         yes_ids, no_ids = self._answer_ids()
@@ -158,12 +164,42 @@ class LocalBackend:
             )
             for q in questions
         ]
+        ids = [p.input_ids for p in preps]
+        shared = min(_common_prefix(ids[0], other) for other in ids) if len(ids) > 1 else len(ids[0])
+        shared = min(shared, min(len(i) for i in ids) - 1)  # each row keeps a token of its own
         with torch.inference_mode():
             visual = self.model.visual_embeddings(preps[0])
             embeds, mask = self.model.embed(preps, [visual] * len(preps))
-            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-            out = self.model.llm(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, logits_to_keep=1
+            width = embeds.shape[1]
+            rows = [embeds[b, width - len(i) :] for b, i in enumerate(ids)]  # unpadded, per question
+            cache = DynamicCache()
+            llm = self.model.llm
+            prefix_mask = mask[0, width - len(ids[0]) :][:shared].unsqueeze(0)
+            llm(
+                inputs_embeds=rows[0][:shared].unsqueeze(0),
+                attention_mask=prefix_mask,
+                position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_repeat_interleave(len(questions))
+            tails = [r[shared:] for r in rows]
+            longest = max(len(t) for t in tails)
+            tail_embeds = embeds.new_zeros((len(tails), longest, embeds.shape[-1]))
+            tail_mask = mask.new_zeros((len(tails), longest))
+            for b, (tail, i) in enumerate(zip(tails, ids, strict=True)):
+                tail_embeds[b, longest - len(tail) :] = tail
+                tail_mask[b, longest - len(tail) :] = mask[b, width - len(i) + shared :]
+            full_mask = torch.cat([prefix_mask.expand(len(tails), -1), tail_mask], dim=1)
+            positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            out = llm(
+                inputs_embeds=tail_embeds,
+                attention_mask=full_mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
             logits = out.logits[:, -1, :].float()
             yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
@@ -218,6 +254,13 @@ class LocalBackend:
                 pieces.append(piece)
                 on_text(piece)
         return "".join(pieces)
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading ids two prompts share."""
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0, 0]) if len(differ) else n
 
 
 def load_backend(

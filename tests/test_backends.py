@@ -71,7 +71,7 @@ def test_one_batched_pass_equals_each_question_alone(
     assert backend.yes_probabilities(frames, []) == []
 
 
-def test_only_cached_embeddings_are_used_no_vision_call_and_one_llm_call(
+def test_only_cached_embeddings_are_used_no_vision_call_and_the_frames_are_prefilled_once(
     backend: LocalBackend, frames: list[FrameEmbedding], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def no_vision(*_args: object, **_kwargs: object) -> None:
@@ -79,12 +79,19 @@ def test_only_cached_embeddings_are_used_no_vision_call_and_one_llm_call(
 
     monkeypatch.setattr(backend.model, "encode_pieces", no_vision)
     monkeypatch.setattr(backend.model.vpm, "forward", no_vision)
-    calls = []
-    handle = backend.model.llm.register_forward_hook(lambda _m, _a, out: calls.append(out.logits.shape))
+    inputs: list[torch.Size] = []
+
+    def record(_module: object, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
+        inputs.append(kwargs["inputs_embeds"].shape)
+
+    handle = backend.model.llm.register_forward_pre_hook(record, with_kwargs=True)
     try:
         scores = backend.yes_probabilities(frames, QUESTIONS)
     finally:
         handle.remove()
     assert len(scores) == len(QUESTIONS)
-    assert len(calls) == 1 and calls[0][0] == len(QUESTIONS), "one forward pass, one row per question"
-    assert calls[0][1] == 1, "only the last position's logits are computed"
+    # the shared prefix (chat header and the frames' 3 x 64 rows) once, then every question's own
+    # tail in one batched pass
+    (prefix, tails) = inputs
+    assert prefix[0] == 1 and prefix[1] > 3 * 64
+    assert tails[0] == len(QUESTIONS) and tails[1] < 60
