@@ -35,7 +35,7 @@ TextCallback = Callable[[str], None]
 DECODINGS = ("greedy", "sampling", "beam")
 # How a yes/no question is put (the answer is read from the first token the model would write) and
 # the spellings of the two answers whose first tokens are summed. In Qwen2's vocabulary (MiniCPM-V
-# 2.6) each of these is one token ("Yes" 9454, "No" 2753, ...); the ids are read from the tokenizer.
+# 2.6) "Yes", "yes", " Yes", " yes" (and the no's) are single tokens; the ids are read from the tokenizer.
 YES_NO_SUFFIX = " Answer yes or no."
 YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
 NO_WORDS = ("No", "no", " No", " no", "NO")
