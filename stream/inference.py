@@ -353,11 +353,12 @@ class ModelLoop:
                     self.wake.wait(_IDLE_WAIT_S)
         finally:
             self.tap_stop.set()
-            self.tap.join(timeout=2.0)
+            # No start is left without its end; published first thing, while the recorder still reads.
             with self.shared.use() as core:
                 events = core.stop_alerts()
-            for event in events:  # no start is left without its end
+            for event in events:
                 self.bus.send(event)
+            self.tap.join(timeout=2.0)
         if self.tap.error is not None:
             return ExitCode.FAILED
         return ExitCode.OK

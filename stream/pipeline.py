@@ -4,7 +4,8 @@ Start order: stale rings of dead runs are removed, then one ring per source is c
 so capture and inference restarts re-attach to it), then the gateway and the recorder (their
 subscriptions must exist before anyone publishes; the recorder only when the run has a store), the
 inference process, and, once the model is loaded, one capture process per source. Stop order is the
-reverse intent: every child is told at once, given ``stop_timeout``, then terminated; then the rings
+reverse intent: the inference is told first (it publishes the end of every open alert event as it
+stops), then every other child, all within ``stop_timeout``, then terminated; then the rings
 are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
 """
 
@@ -350,7 +351,9 @@ class LivePipeline:
         if self._stopped:
             return
         self._stopped = True
-        self.supervisor.stop()
+        # The inference first: the end of every alert event still open is published as it stops,
+        # and the recorder and the gateway must still be reading then.
+        self.supervisor.stop(first=("inference",))
         for ring in self.rings.values():
             ring.close()
             ring.unlink()

@@ -432,7 +432,7 @@ class Scheduler:
             frames=len(frames),
         )
         if self.alerts is not None:
-            self._score_window(action, caption)
+            self._score_window(caption, action.job, action.frames, action.embeddings)
         return caption
 
     def caption_failed(self, action: Caption) -> int:
@@ -478,15 +478,23 @@ class Scheduler:
         one of its window's newest frame (the last few per stream are kept)."""
         self._thumbnails.add(stream, t, jpeg.encode("ascii"))
 
-    def _score_window(self, action: Caption, caption: messages.Caption, unchanged: bool = False) -> None:
-        """Pattern rules on the caption's text now; question rules queued as one EvaluateRules."""
+    def _score_window(
+        self,
+        caption: messages.Caption,
+        job: Job,
+        frames: tuple[SampledFrame, ...],
+        embeddings: tuple[Any, ...],
+    ) -> None:
+        """A window whose ``caption`` is out (made by the model, or ``unchanged``): its pattern rules
+        on the caption's text now, its question rules queued as one EvaluateRules over ``embeddings``
+        (none: the window has no frame to ask about). Unchanged windows only for rules that want them."""
         assert self.alerts is not None
-        rules = self.alerts.rules_for_window(action.stream, unchanged)
+        rules = self.alerts.rules_for_window(caption.stream, bool(caption.unchanged))
         if not rules:
             return
-        thumbnail = self._thumbnails.at_or_before(action.stream, action.job.t_end)
+        thumbnail = self._thumbnails.at_or_before(caption.stream, job.t_end)
         window = Window(
-            stream=action.stream,
+            stream=caption.stream,
             t_start=caption.t_start,
             t_end=caption.t_end,
             wall_start=caption.wall_start,
@@ -499,13 +507,13 @@ class Scheduler:
             scores = [(r.name, 1.0 if re.search(r.pattern or "", caption.text) else 0.0) for r in patterns]
             self._events.extend(self.alerts.observe(window, scores))
         questions = [r for r in rules if r.question is not None]
-        if questions:
+        if questions and embeddings:
             self._rules_due.append(
                 EvaluateRules(
-                    stream=action.stream,
-                    job=action.job,
-                    frames=action.frames,
-                    embeddings=action.embeddings,
+                    stream=caption.stream,
+                    job=job,
+                    frames=frames,
+                    embeddings=embeddings,
                     rules=tuple(r.name for r in questions),
                     questions=tuple(r.question or "" for r in questions),
                     window=window,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -98,3 +99,46 @@ def test_a_rule_that_always_fires_starts_an_event_and_ends_it_when_the_file_ends
         len(always),
     )
     assert (listed["t_start"], listed["t_end"]) == (start["t_start"], end["t_end"])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_an_event_open_when_the_run_is_stopped_gets_its_end_in_the_store(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "door.mp4", seconds=6.0, fps=10.0)
+    config = tmp_path / "alerts.toml"
+    config.write_text(
+        '[[alerts]]\nname = "always"\nquestion = "Anything?"\nthreshold = 0.0\noff_after = 1000\n'
+    )
+    store = tmp_path / "store.db"
+    with short_run_root() as root:
+        live = LiveRun(
+            [f"door={clip}"],
+            root,
+            extra=[
+                "--config",
+                str(config),
+                "--window",
+                "4",
+                "--stride",
+                "2",
+                "--loop",
+                "--store",
+                str(store),
+            ],
+        )
+        try:
+            live.start()
+            got = collect(
+                live.ws_url,
+                lambda m: any(e.get("state") == "start" for e in m),
+                timeout=180,
+                subscribe={"type": "subscribe", "types": ["event"]},
+            )
+            (start,) = [e for e in got if e.get("state") == "start"]
+            assert live.stop(signal.SIGINT) == 0, live.log()
+        finally:
+            live.kill()
+    kept = [(e["event_id"], e["state"]) for e in stored_events(store)]
+    assert kept[0] == (start["event_id"], "start") and kept[-1] == (start["event_id"], "end"), kept
+    assert {state for _, state in kept[1:-1]} <= {"update"}
