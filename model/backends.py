@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 from PIL import Image
+from transformers import DynamicCache
 
 from model.generation import generate_ids, stream_text
 from model.modeling import FrameEmbedding, MiniCPMV
@@ -32,6 +33,12 @@ TextCallback = Callable[[str], None]
 
 
 DECODINGS = ("greedy", "sampling", "beam")
+# How a yes/no question is put (the answer is read from the first token the model would write) and
+# the spellings of the two answers whose first tokens are summed. In Qwen2's vocabulary (MiniCPM-V
+# 2.6) "Yes", "yes", " Yes", " yes" (and the no's) are single tokens; the ids are read from the tokenizer.
+YES_NO_SUFFIX = " Answer yes or no."
+YES_WORDS = ("Yes", "yes", " Yes", " yes", "YES")
+NO_WORDS = ("No", "no", " No", " no", "NO")
 # Greedy keeps the official sampling preset's light repetition penalty: deterministic captions that
 # do not loop, at the cost of one forward pass per token (beam search costs three).
 GREEDY_SETTINGS: dict[str, object] = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.05}
@@ -73,6 +80,12 @@ class CaptionBackend(Protocol):
         """An answer to a user's question about the frames."""
         ...
 
+    def yes_probabilities(
+        self, frames: Sequence[FrameEmbedding], questions: Sequence[str], *, context: str | None = None
+    ) -> list[float]:
+        """P(yes) in [0, 1] for each yes/no question about the frames, in order (alert rules)."""
+        ...
+
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:
         """From now on, ``describe``/``ask`` end early (with what they have) once ``check()`` is
         true: a shutdown need not wait for a long caption on a slow machine."""
@@ -92,6 +105,7 @@ class LocalBackend:
         self.name = name
         self.max_inp_length = max_inp_length
         self._interrupt: Callable[[], bool] | None = None
+        self._yes_no: tuple[list[int], list[int]] | None = None
 
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:
         self._interrupt = check
@@ -122,6 +136,90 @@ class LocalBackend:
         on_text: TextCallback | None = None,
     ) -> str:
         return self._video_chat(frames, question, context, max_new_tokens, decoding, on_text)
+
+    def yes_probabilities(
+        self, frames: Sequence[FrameEmbedding], questions: Sequence[str], *, context: str | None = None
+    ) -> list[float]:
+        """P(yes) for each question, from the cached ``frames`` (no vision call, no decoding).
+
+        Each question is asked as the captions are (optional context, the frames, the question and
+        :data:`YES_NO_SUFFIX`); the next-token logits after the assistant prompt are compared over the
+        first tokens of :data:`YES_WORDS` and :data:`NO_WORDS` only: P(yes) = softmax restricted to
+        those tokens, the yes spellings summed against the no spellings.
+
+        Every question's prompt begins with the same tokens (the chat header, the context, the
+        frames' hundreds of embedding rows), so that shared prefix is prefilled once and its KV cache
+        repeated for every question; the questions' own tails then go through in one batched pass
+        (left-padded between the prefix and each tail, the padding masked out, positions counted
+        over the real tokens only). Sixteen rules cost about one window prefill, not sixteen."""
+        if not questions:
+            return []
+        yes_ids, no_ids = self._answer_ids()
+        head: list[object] = [neutralize_image_tags(context)] if context else []
+        preps = [
+            self.model.prepare(
+                [{"role": "user", "content": [*head, *frames, neutralize_image_tags(q) + YES_NO_SUFFIX]}],
+                use_image_id=False,
+                max_inp_length=self.max_inp_length,
+            )
+            for q in questions
+        ]
+        ids = [p.input_ids for p in preps]
+        shared = min(_common_prefix(ids[0], other) for other in ids) if len(ids) > 1 else len(ids[0])
+        shared = min(shared, min(len(i) for i in ids) - 1)  # each row keeps a token of its own
+        with torch.inference_mode():
+            visual = self.model.visual_embeddings(preps[0])
+            embeds, mask = self.model.embed(preps, [visual] * len(preps))
+            width = embeds.shape[1]
+            rows = [embeds[b, width - len(i) :] for b, i in enumerate(ids)]  # unpadded, per question
+            cache = DynamicCache()
+            llm = self.model.llm
+            prefix_mask = mask[0, width - len(ids[0]) :][:shared].unsqueeze(0)
+            llm(
+                inputs_embeds=rows[0][:shared].unsqueeze(0),
+                attention_mask=prefix_mask,
+                position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache.batch_repeat_interleave(len(questions))
+            tails = [r[shared:] for r in rows]
+            longest = max(len(t) for t in tails)
+            tail_embeds = embeds.new_zeros((len(tails), longest, embeds.shape[-1]))
+            tail_mask = mask.new_zeros((len(tails), longest))
+            for b, (tail, i) in enumerate(zip(tails, ids, strict=True)):
+                tail_embeds[b, longest - len(tail) :] = tail
+                tail_mask[b, longest - len(tail) :] = mask[b, width - len(i) + shared :]
+            full_mask = torch.cat([prefix_mask.expand(len(tails), -1), tail_mask], dim=1)
+            positions = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+            out = llm(
+                inputs_embeds=tail_embeds,
+                attention_mask=full_mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1, :].float()
+            yes = torch.logsumexp(logits[:, yes_ids], dim=-1)
+            no = torch.logsumexp(logits[:, no_ids], dim=-1)
+            return [float(p) for p in torch.sigmoid(yes - no).cpu()]
+
+    def _answer_ids(self) -> tuple[list[int], list[int]]:
+        """The first token of each yes and no spelling (a token both begin with counts for neither)."""
+        if self._yes_no is None:
+            tokenizer = self.model.tokenizer
+
+            def first_tokens(words: Sequence[str]) -> set[int]:
+                return {ids[0] for ids in (tokenizer.encode(w) for w in words) if ids}
+
+            yes, no = first_tokens(YES_WORDS), first_tokens(NO_WORDS)
+            yes, no = yes - no, no - yes
+            if not yes or not no:
+                raise ValueError(f"the tokenizer of {self.name} has no distinct yes and no answer tokens")
+            self._yes_no = (sorted(yes), sorted(no))
+        return self._yes_no
 
     def _video_chat(
         self,
@@ -156,6 +254,13 @@ class LocalBackend:
                 pieces.append(piece)
                 on_text(piece)
         return "".join(pieces)
+
+
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """How many leading ids two prompts share."""
+    n = min(len(a), len(b))
+    differ = (a[:n] != b[:n]).nonzero()
+    return int(differ[0, 0]) if len(differ) else n
 
 
 def load_backend(

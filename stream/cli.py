@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .alertrules import add_alert_flag, check_rule_streams, with_alert_flags
 from .config import Config, apply_overrides, load_config
 from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
+from .eventlist import add_events_command, cmd_events
 from .preflight import (
     check_device_source,
     check_file,
@@ -145,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the run stops after their last captions)",
     )
     _add_common(run, defaults)
+    add_alert_flag(run)
 
     caption = commands.add_parser("caption", help="caption a video file offline, as fast as possible")
     caption.add_argument("file", help="the video file")
@@ -169,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(caption, defaults)
     _add_store_commands(commands)
+    add_events_command(commands)
     return parser
 
 
@@ -237,7 +241,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
         for source in parse_named_sources(args.source or []):
             flags[f"sources.{source.name}.url"] = source.source
     config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, "command line")
-    return apply_overrides(config, args.overrides, "--set")
+    config = apply_overrides(config, args.overrides, "--set")
+    return config if offline else with_alert_flags(config, args.alert)
 
 
 def resolve_sources(config: Config) -> tuple[list[Any], bool]:
@@ -287,6 +292,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     sources, has_demo = resolve_sources(config)
+    check_rule_streams(config.alerts, [s.name for s in sources])
     if has_demo and args.loop is None:
         config = apply_overrides(config, {"capture.loop_files": True}, "demo")
     host = config.gateway.host
@@ -563,6 +569,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": cmd_run, "caption": cmd_caption, "search": cmd_search, "export": cmd_export}
+_COMMANDS["events"] = cmd_events
 
 
 def main(argv: Sequence[str] | None = None) -> int:

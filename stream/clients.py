@@ -141,8 +141,11 @@ class Clients:
         else:
             self._enqueue(client, data, time.monotonic())
 
-    def fanout(self, data: bytes, stream: str | None, *, thumbnail: bool = False) -> None:
-        """Give ``data`` to every subscribed client that wants ``stream`` (None: all of them)."""
+    def fanout(
+        self, data: bytes, stream: str | None, *, thumbnail: bool = False, kind: str | None = None
+    ) -> None:
+        """Give ``data`` to every subscribed client that wants ``stream`` (None: all of them) and
+        messages of type ``kind`` (None: every client)."""
         now = time.monotonic()
         frame: bytes | None = None
         for client in self._clients.values():
@@ -152,6 +155,8 @@ class Clients:
             if stream is not None and not sub.wants(stream):
                 continue
             if thumbnail and not sub.thumbnails:
+                continue
+            if kind is not None and not sub.wants_type(kind):
                 continue
             if self._writable_now(client):
                 if frame is None:

@@ -289,6 +289,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # by name, in the order defined
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
+    alerts: tuple[Any, ...] = ()  # stream.alertrules.AlertRule, from [[alerts]] and --alert
 
 
 def check(config: Config) -> Config:
@@ -302,6 +303,10 @@ def check(config: Config) -> Config:
                 check_settings(f"outputs.webhook[{index}]", webhook)
             if config.outputs.mqtt is not None:
                 check_settings("outputs.mqtt", config.outputs.mqtt)
+        elif section.name == "alerts":
+            from .alertrules import check_rules
+
+            check_rules(config.alerts)
         else:
             check_settings(section.name, getattr(config, section.name))
     return config
@@ -446,6 +451,10 @@ def merge(config: Config, data: dict[str, Any], origin: str) -> Config:
             changes[name] = _merge_sources(config.sources, values, origin)
         elif name == "outputs":
             changes[name] = _merge_outputs(config.outputs, values, origin)
+        elif name == "alerts":
+            from .alertrules import merge_rules
+
+            changes[name] = merge_rules(config.alerts, values, origin)
         else:
             changes[name] = _merge_section(getattr(config, name), name, values, origin)
     merged = replace(config, **changes)

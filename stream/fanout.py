@@ -113,7 +113,7 @@ class ReplayStore:
     def recent(self, request: Subscribe, count: int) -> list[bytes]:
         """Up to ``count`` most recent captions of each requested stream, oldest first, marked
         ``"replayed": true`` and ready to send."""
-        if count <= 0:
+        if count <= 0 or not request.wants_type("caption"):
             return []
         picked: list[tuple[int, bytes]] = []
         for stream, store in self._streams.items():

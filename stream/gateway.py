@@ -273,15 +273,17 @@ class Gateway:
                 replay=request.replay,
                 replayed=len(replay),
                 thumbnails=request.thumbnails,
+                types=None if request.types is None else sorted(request.types),
             ),
         )
         for caption in replay:
             self._clients.deliver(client, caption)
-        if request.thumbnails:
+        if request.thumbnails and request.wants_type("thumbnail"):
             for stream, thumb in self._thumbnails.items():
                 if request.wants(stream):
                     self._clients.deliver(client, thumb)
-        self._clients.send(client, self._status_message())
+        if request.wants_type("status"):
+            self._clients.send(client, self._status_message())
 
     def _ask(self, client: Client, request: Ask) -> None:
         if self._ask_sender is None:
@@ -377,7 +379,7 @@ class Gateway:
             elif kind == "thumbnail":
                 if stream in self._thumbnails or len(self._thumbnails) < self.options.max_streams:
                     self._thumbnails[stream] = envelope.body
-            self._clients.fanout(envelope.body, stream, thumbnail=kind == "thumbnail")
+            self._clients.fanout(envelope.body, stream, thumbnail=kind == "thumbnail", kind=kind)
         elif kind == "answer" or kind in _REPORTS:
             message = envelope.decode()
             if isinstance(message, Answer):
@@ -418,7 +420,7 @@ class Gateway:
     def _broadcast_status(self) -> None:
         self._status_handle = None
         self._last_status = time.monotonic()
-        self._clients.fanout(self._status_message().to_json(), None)
+        self._clients.fanout(self._status_message().to_json(), None, kind="status")
 
     def _status_soon(self) -> None:
         """Send status now, or as soon as the minimum gap allows (once for a burst of changes)."""

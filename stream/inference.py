@@ -41,12 +41,14 @@ if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
 from . import change, messages
+from .alertrules import AlertRule
+from .alerts import AlertCore
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Action, Answer, Caption, Encode, Extend, Scheduler
+from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ class InferenceOptions:
     thumbnails: bool = True
     thumbnail_side: int = 320
     max_inp_length: int = 8192
+    alerts: tuple[AlertRule, ...] = ()  # alert rules, scored on every captioned window
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -194,13 +197,19 @@ class FrameTap(threading.Thread):
         return True
 
     def _thumbnail(self, name: str, t: float, wall: float, image: np.ndarray) -> None:
-        if not self.options.thumbnails:
+        alerts = bool(self.options.alerts)  # an event's start carries its window's newest thumbnail
+        if not self.options.thumbnails and not alerts:
             return
         now = time.monotonic()
         if now - self.last_thumbnail[name] < _THUMBNAIL_EVERY_S:
             return
         self.last_thumbnail[name] = now
         jpeg = thumbnail_jpeg(image, self.options.thumbnail_side)
+        if alerts:
+            with self.shared.use() as core:
+                core.add_thumbnail(name, t, jpeg)
+        if not self.options.thumbnails:
+            return
         self.bus.send(
             messages.Thumbnail(
                 stream=name,
@@ -312,7 +321,10 @@ class ModelLoop:
         self.stop_event = stop_event
         self.status_base = status_base
         backend.set_interrupt(stop_event.is_set)  # Ctrl-C ends a caption mid-generation
-        core = Scheduler(options.captions, stream_settings=options.stream_captions, model=backend.name)
+        alerts = AlertCore(options.alerts, run_id=options.run_id) if options.alerts else None
+        core = Scheduler(
+            options.captions, stream_settings=options.stream_captions, model=backend.name, alerts=alerts
+        )
         for name in options.streams:
             core.add_stream(name)
         self.shared = SharedScheduler(core)
@@ -333,7 +345,10 @@ class ModelLoop:
                     for ask in asks:
                         core.submit_ask(ask.id, ask.stream, ask.question)
                     action = core.next_action()
+                    events = core.take_events()
                     idle_and_drained = action is None and not drained and core.drained()
+                for event in events:
+                    self.bus.send(event)
                 if action is not None:
                     self._perform(action)
                 self._publish_status()
@@ -344,6 +359,11 @@ class ModelLoop:
                     self.wake.wait(_IDLE_WAIT_S)
         finally:
             self.tap_stop.set()
+            # No start is left without its end; published first thing, while the recorder still reads.
+            with self.shared.use() as core:
+                events = core.stop_alerts()
+            for event in events:
+                self.bus.send(event)
             self.tap.join(timeout=2.0)
         if self.tap.error is not None:
             return ExitCode.FAILED
@@ -364,6 +384,8 @@ class ModelLoop:
             self.bus.send(message)
         elif isinstance(action, Answer):
             self._answer(action)
+        elif isinstance(action, EvaluateRules):
+            self._evaluate(action)
         else:
             self.bus.send(action.message)
 
@@ -389,6 +411,24 @@ class ModelLoop:
             message = core.captioned(action, text, model_ms=model_ms, wall=time.time())
         if not self.stop_event.is_set():  # else cut short by shutdown
             self.bus.send(message)
+
+    def _evaluate(self, action: EvaluateRules) -> None:
+        started = time.monotonic()
+        try:
+            scores = action.run_on(self.backend)
+        except ValueError as exc:  # refused (e.g. over max_inp_length): the next window may work
+            with self.shared.use() as core:
+                errors = core.rules_failed(action)
+            (log.error if errors == 1 else log.debug)(
+                "stream %s: alert rules not scored on window %.1f-%.1f s: %s",
+                action.stream,
+                action.job.t_start,
+                action.job.t_end,
+                exc,
+            )
+            return
+        with self.shared.use() as core:
+            core.rules_evaluated(action, scores, model_ms=(time.monotonic() - started) * 1000)
 
     def _answer(self, action: Answer) -> None:
         try:

@@ -238,6 +238,7 @@ class Event(ServerMessage):
     wall_end: float
     score: float
     text: str
+    thumbnail: str | None = None  # base64 JPEG of the window's newest frame, on ``start`` only
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,6 +303,7 @@ class Subscribed(ServerMessage):
     replay: int
     replayed: int
     thumbnails: bool
+    types: list[str] | None = None  # the message types subscribed to, when the subscribe named them
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,7 +5,8 @@ so capture and inference restarts re-attach to it), then the gateway and the rec
 subscriptions must exist before anyone publishes; the recorder only when the run has a store, the
 outputs process only when ``[outputs]`` configures one), the
 inference process, and, once the model is loaded, one capture process per source. Stop order is the
-reverse intent: every child is told at once, given ``stop_timeout``, then terminated; then the rings
+reverse intent: the inference is told first (it publishes the end of every open alert event as it
+stops), then every other child, all within ``stop_timeout``, then terminated; then the rings
 are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
 """
 
@@ -154,6 +155,7 @@ def inference_options(
         thumbnails=config.captions.thumbnails,
         thumbnail_side=config.captions.thumbnail_side,
         max_inp_length=config.model.max_inp_length,
+        alerts=config.alerts,
     )
 
 
@@ -374,7 +376,9 @@ class LivePipeline:
         if self._stopped:
             return
         self._stopped = True
-        self.supervisor.stop()
+        # The inference first: the end of every alert event still open is published as it stops,
+        # and the recorder and the gateway must still be reading then.
+        self.supervisor.stop(first=("inference",))
         for ring in self.rings.values():
             ring.close()
             ring.unlink()

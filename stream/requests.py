@@ -40,14 +40,20 @@ class Subscribe:
 
     ``replay``: how many of each stream's most recent captions to resend first (capped by the
     server's store). ``thumbnails``: also receive ``thumbnail`` messages (JPEG, base64) of these streams.
+    ``types``: receive only messages of these types (e.g. ``{"event"}``; None = every type); replies
+    to the client's own requests always come.
     """
 
     streams: frozenset[str] | None = None
     replay: int = 0
     thumbnails: bool = False
+    types: frozenset[str] | None = None
 
     def wants(self, stream: str) -> bool:
         return self.streams is None or stream in self.streams
+
+    def wants_type(self, kind: str) -> bool:
+        return self.types is None or kind in self.types
 
 
 @dataclass(frozen=True)
@@ -177,7 +183,30 @@ def _parse_subscribe(data: Message, request_id: AskId | None) -> Subscribe:
     thumbnails = data.get("thumbnails", False)
     if not isinstance(thumbnails, bool):
         raise MessageError(ErrorCode.BAD_FIELD, "'thumbnails' must be true or false", request_id)
-    return Subscribe(streams=streams, replay=replay, thumbnails=thumbnails)
+    return Subscribe(streams=streams, replay=replay, thumbnails=thumbnails, types=_types(data, request_id))
+
+
+_TYPE_NAME = re.compile(r"^[a-z_]{1,32}$")
+MAX_TYPES = 16
+
+
+def _types(data: Message, request_id: AskId | None) -> frozenset[str] | None:
+    """A subscribe's optional ``types``: message type names (any name of the form, so a client written
+    for a later server, naming a type this one never sends, is still served)."""
+    if "types" not in data:
+        return None
+    kinds = data["types"]
+    if (
+        not isinstance(kinds, list)
+        or not 0 < len(kinds) <= MAX_TYPES
+        or not all(isinstance(k, str) and _TYPE_NAME.match(k) for k in kinds)
+    ):
+        raise MessageError(
+            ErrorCode.BAD_FIELD,
+            f"'types' must be a list of 1 to {MAX_TYPES} message types (e.g. [\"event\"])",
+            request_id,
+        )
+    return frozenset(kinds)
 
 
 def _parse_ask(data: Message, request_id: AskId | None) -> Ask:

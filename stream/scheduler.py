@@ -19,13 +19,19 @@ The protocol, one stream or many:
    cached embeddings, prompt and context, :class:`Extend` the last caption over this window (its
    scene did not change: no model call), :class:`Answer` this ask, :class:`Reply` with this message
    (an ask that cannot be answered), or None (nothing to do until more frames or asks come).
-   :class:`EvaluateRules` is the slot for alert rules: defined, not produced yet.
+   With alert rules (an :class:`~stream.alerts.AlertCore`), each captioned window is then scored:
+   :class:`EvaluateRules` (its question rules, one batched prefill over the same cached
+   embeddings, handed out before anything else) and its pattern rules at once on the caption's text.
 4. **Results.** The caller runs the action and reports back before asking for the next one:
    :meth:`Scheduler.encoded`, :meth:`Scheduler.captioned` (returns the ``caption`` message),
    :meth:`Scheduler.caption_failed`, :meth:`Scheduler.extended` (returns the ``unchanged`` caption),
-   :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed` (return the ``answer`` message).
-   A :class:`Reply` needs no report. The core never calls a model:
-   the shells run an action with its ``run_on(backend)``, the one way each action meets the model.
+   :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed` (return the ``answer`` message),
+   :meth:`Scheduler.rules_evaluated` / :meth:`Scheduler.rules_failed`.
+   The ``event`` messages alert rules make wait in an outbox: :meth:`Scheduler.take_events` after
+   every step (a stream that ended and has nothing left to caption ends its open events there too;
+   :meth:`Scheduler.stop_alerts` ends the rest when the run stops). A :class:`Reply` needs no report.
+   The core never calls a model: the shells run an action with its ``run_on(backend)``, the one way
+   each action meets the model.
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
 
@@ -41,14 +47,17 @@ once, the bounded cache, context captions, status figures) are in :mod:`stream.c
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from . import messages
+from .alerts import AlertCore, Window
 from .captioning import CaptionSettings, Reference, StreamCaptions
 from .messages import AskId, ErrorCode
+from .recordqueue import Thumbnails
 from .sampler import Job, SampledFrame
 
 if TYPE_CHECKING:
@@ -157,19 +166,23 @@ class Reply:
 
 @dataclass(frozen=True)
 class EvaluateRules:
-    """Evaluate these alert rules (their names) on this window's frames, one ``event`` per match.
-
-    The slot for alert rules: not produced yet. It joins :data:`Action` (and the shells learn to run
-    it) when the rules land; until then no caller has to handle it."""
+    """Score these question rules (their names, their questions) on a captioned window's cached
+    embeddings (:meth:`run_on`: P(yes) per question, one batched prefill), then report the scores
+    with :meth:`Scheduler.rules_evaluated` (or :meth:`Scheduler.rules_failed`)."""
 
     stream: str
     job: Job
     frames: tuple[SampledFrame, ...]
     embeddings: tuple[Any, ...]
     rules: tuple[str, ...]
+    questions: tuple[str, ...]
+    window: Window
+
+    def run_on(self, backend: CaptionBackend) -> list[float]:
+        return list(backend.yes_probabilities(list(self.embeddings), list(self.questions)))
 
 
-Action: TypeAlias = Encode | Caption | Extend | Answer | Reply
+Action: TypeAlias = Encode | Caption | Extend | Answer | Reply | EvaluateRules
 
 
 @dataclass(frozen=True)
@@ -204,8 +217,16 @@ class Scheduler:
         *,
         stream_settings: Mapping[str, CaptionSettings] | None = None,
         model: str = "model",
+        alerts: AlertCore | None = None,
     ) -> None:
+        """``alerts``: the alert rules' core, when the run has rules (see :class:`EvaluateRules`)."""
         self.settings = settings
+        self.alerts = alerts
+        self._rules_due: deque[EvaluateRules] = deque()  # at most one per captioned window
+        self._events: list[messages.Event] = []  # the outbox of take_events
+        self._closed: set[str] = set()  # ended streams whose events were ended
+        self._thumbnails = Thumbnails(per_stream=16)  # for an event's start (base64 JPEG as bytes)
+        self._rule_figures: dict[str, dict[str, Any]] = {}
         self.stream_settings = dict(stream_settings or {})
         self.model = model
         self.streams: dict[str, StreamCaptions] = {}
@@ -244,8 +265,14 @@ class Scheduler:
         return self._stream(stream).ended
 
     def drained(self) -> bool:
-        """Every stream has ended and nothing of it is left to caption (no window due or taken)."""
-        return self._held is None and all(s.ended and not s.due for s in self.streams.values())
+        """Every stream has ended and nothing of it is left to caption (no window due or taken) or
+        to score (no alert rules waiting), and its open events were ended (by :meth:`next_action`)."""
+        return (
+            self._held is None
+            and not self._rules_due
+            and all(s.ended and not s.due for s in self.streams.values())
+            and (self.alerts is None or len(self._closed) == len(self.streams))
+        )
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
@@ -265,6 +292,10 @@ class Scheduler:
             raise RuntimeError(
                 f"next_action: the result of {type(self._current).__name__} is not reported yet"
             )
+        if self.alerts is not None:
+            self._close_ended_streams()
+        if self._rules_due:  # the window just captioned: its alerts before anything else
+            return self._start(self._rules_due.popleft())
         while True:
             if self._held is None:
                 reply = self._take()
@@ -419,7 +450,7 @@ class Scheduler:
         c.last_latency_ms = latency_ms
         c.last_model_ms = round(model_ms, 1)
         stream.sweep()
-        return messages.Caption(
+        caption = messages.Caption(
             stream=stream.name,
             seq=action.seq,
             t_start=round(action.job.t_start, 3),
@@ -435,6 +466,9 @@ class Scheduler:
             encode_ms=action.encode_ms,
             frames=len(frames),
         )
+        if self.alerts is not None:
+            self._score_window(caption, action.job, action.frames, action.embeddings)
+        return caption
 
     def extended(self, action: Extend, *, wall: float) -> messages.Caption:
         """The ``caption`` message of an unchanged window, published at ``wall``: the last caption's
@@ -448,8 +482,7 @@ class Scheduler:
         stream.last_seq = action.seq
         stream.last_t_end = action.job.t_end
         stream.counters.unchanged += 1
-        stream.sweep()
-        return messages.Caption(
+        caption = messages.Caption(
             stream=stream.name,
             seq=action.seq,
             t_start=round(reference.t_start, 3),
@@ -464,6 +497,13 @@ class Scheduler:
             frames=len(frames),
             unchanged=True,
         )
+        if self.alerts is not None:
+            # Rules with on_unchanged: the scene is the one already captioned, so the window's frames
+            # that are encoded by now stand for it (an Extend never waits for an encode).
+            used, embeddings = stream.embeddings_for(frames)
+            self._score_window(caption, action.job, tuple(used), tuple(embeddings))
+        stream.sweep()
+        return caption
 
     def caption_failed(self, action: Caption) -> int:
         """The model refused this window (e.g. a prompt over its input limit): counted in
@@ -503,7 +543,103 @@ class Scheduler:
             ask, ErrorCode.NO_FRAMES, f"stream {ask.stream} has no frames to look at yet"
         )
 
+    # -- alert rules ------------------------------------------------------------------------------
+    def add_thumbnail(self, stream: str, t: float, jpeg: str) -> None:
+        """A base64 JPEG of ``stream``'s frame at stream time ``t``: an event's ``start`` carries the
+        one of its window's newest frame (the last few per stream are kept)."""
+        self._thumbnails.add(stream, t, jpeg.encode("ascii"))
+
+    def _score_window(
+        self,
+        caption: messages.Caption,
+        job: Job,
+        frames: tuple[SampledFrame, ...],
+        embeddings: tuple[Any, ...],
+    ) -> None:
+        """A window whose ``caption`` is out (made by the model, or ``unchanged``): its pattern rules
+        on the caption's text now, its question rules queued as one EvaluateRules over ``embeddings``
+        (none: the window has no frame to ask about). Unchanged windows only for rules that want them."""
+        assert self.alerts is not None
+        rules = self.alerts.rules_for_window(caption.stream, bool(caption.unchanged))
+        if not rules:
+            return
+        thumbnail = self._thumbnails.at_or_before(caption.stream, job.t_end)
+        window = Window(
+            stream=caption.stream,
+            t_start=caption.t_start,
+            t_end=caption.t_end,
+            wall_start=caption.wall_start,
+            wall_end=caption.wall_end,
+            text=caption.text,
+            thumbnail=None if thumbnail is None else thumbnail.decode("ascii"),
+        )
+        patterns = [r for r in rules if r.pattern is not None]
+        if patterns:
+            scores = [(r.name, 1.0 if re.search(r.pattern or "", caption.text) else 0.0) for r in patterns]
+            self._events.extend(self.alerts.observe(window, scores))
+        questions = [r for r in rules if r.question is not None]
+        if questions and embeddings:
+            self._rules_due.append(
+                EvaluateRules(
+                    stream=caption.stream,
+                    job=job,
+                    frames=frames,
+                    embeddings=embeddings,
+                    rules=tuple(r.name for r in questions),
+                    questions=tuple(r.question or "" for r in questions),
+                    window=window,
+                )
+            )
+
+    def rules_evaluated(self, action: EvaluateRules, scores: Sequence[float], *, model_ms: float) -> None:
+        """P(yes) of each of ``action.rules``, in order, from one model call of ``model_ms``."""
+        if len(scores) != len(action.rules):
+            raise ValueError(f"rules_evaluated: {len(scores)} scores for {len(action.rules)} rules")
+        self._finish(action)
+        assert self.alerts is not None
+        figures = self._rule_figures.setdefault(action.stream, {"rule_windows": 0, "rule_errors": 0})
+        figures["rule_windows"] += 1
+        figures["rules_model_ms"] = round(model_ms, 1)
+        figures["rules_ms"] = round(model_ms / len(action.rules), 1)  # per rule, of the batched pass
+        self._events.extend(self.alerts.observe(action.window, zip(action.rules, scores, strict=True)))
+
+    def rules_failed(self, action: EvaluateRules) -> int:
+        """The model refused to score the window (e.g. over its input limit): the rules' state stays
+        as it was. Returns the stream's ``rule_errors`` (the caller logs the first loudly)."""
+        self._finish(action)
+        figures = self._rule_figures.setdefault(action.stream, {"rule_windows": 0, "rule_errors": 0})
+        figures["rule_errors"] += 1
+        return int(figures["rule_errors"])
+
+    def _close_ended_streams(self) -> None:
+        assert self.alerts is not None
+        held = None if self._held is None else self._held.stream.name
+        pending = {action.stream for action in self._rules_due}
+        for name, stream in self.streams.items():
+            if stream.ended and not stream.due and name != held and name not in pending:
+                if name not in self._closed:
+                    self._closed.add(name)
+                    self._events.extend(self.alerts.end_stream(name))
+
+    def take_events(self) -> list[messages.Event]:
+        """The ``event`` messages made since the last call, in order (to publish)."""
+        events, self._events = self._events, []
+        return events
+
+    def stop_alerts(self) -> list[messages.Event]:
+        """The run stops: the ``end`` of every event still open (with what the outbox still held)."""
+        if self.alerts is not None:
+            self._events.extend(self.alerts.stop())
+        return self.take_events()
+
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, dict[str, Any]]:
-        """Per stream: the figures of the ``inference_status`` message."""
-        return {name: stream.status() for name, stream in self.streams.items()}
+        """Per stream: the figures of the ``inference_status`` message (with alert rules: the
+        ``rules_ms`` per rule and ``rules_model_ms`` of the last batched pass, ``rule_windows``
+        scored, ``rule_errors``, and ``open_events``)."""
+        figures = {name: stream.status() for name, stream in self.streams.items()}
+        if self.alerts is not None:
+            for name, entry in figures.items():
+                entry.update(self._rule_figures.get(name, {}))
+                entry["open_events"] = self.alerts.open_events(name)
+        return figures

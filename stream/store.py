@@ -451,6 +451,28 @@ class Store:
                 return
             after = (page[-1].wall_end, page[-1].id)
 
+    def iter_events(
+        self,
+        streams: Sequence[str] | None = None,
+        wall_from: float | None = None,
+        wall_to: float | None = None,
+    ) -> Iterator[StoredMessage]:
+        """The ``event`` messages of ``streams`` ending within ``[wall_from, wall_to]``, newest first,
+        read a page at a time."""
+        where, params = _filters(streams, wall_from, wall_to)
+        before: tuple[float, int] = (float("inf"), 2**63 - 1)
+        while True:
+            page = self._query(
+                f"SELECT {_COLUMNS}, NULL FROM messages m WHERE kind = 'event'"
+                + "".join(" AND " + w for w in where)
+                + " AND (wall_end, id) < (?, ?) ORDER BY wall_end DESC, id DESC LIMIT ?",
+                (*params, *before, HISTORY_PAGE),
+            )
+            yield from page
+            if len(page) < HISTORY_PAGE:
+                return
+            before = (page[-1].wall_end, page[-1].id)
+
     def has_stream(self, stream: str) -> bool:
         """Whether anything of ``stream`` is stored."""
         row = self._fetch("SELECT 1 FROM messages WHERE stream = ? LIMIT 1", (stream,))

@@ -16,7 +16,7 @@ import logging
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,13 +133,20 @@ class Supervisor:
                 self._spawn(child)
         self.report()
 
-    def stop(self) -> None:
-        """SIGTERM every child (its stop event), wait up to ``stop_timeout``, then SIGKILL."""
+    def stop(self, first: Sequence[str] = ()) -> None:
+        """SIGTERM every child (its stop event), wait up to ``stop_timeout``, then SIGKILL. The roles
+        in ``first`` are stopped (and waited for, within the same ``stop_timeout``) before the others
+        are told: what they publish while stopping still reaches the readers of the bus."""
         live = [c for c in self._children.values() if c.process is not None]
-        for child in live:
-            child.process.terminate()
-            child.restart_at = None
         deadline = time.monotonic() + self.stop_timeout
+        early = [c for c in live if c.spec.role in first]
+        for group in (early, [c for c in live if c not in early]):
+            for child in group:
+                child.process.terminate()
+                child.restart_at = None
+            if group is early:
+                for child in early:
+                    child.process.join(max(0.0, deadline - time.monotonic()))
         for child in live:
             child.process.join(max(0.0, deadline - time.monotonic()))
         for child in live:

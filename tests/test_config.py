@@ -44,7 +44,7 @@ def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -
     data = tomllib.loads(text)
     defaults = Config()
     for section in fields(defaults):
-        if section.name in ("sources", "outputs"):
+        if section.name in ("sources", "outputs", "alerts"):
             continue  # none by default: documented by the commented examples below
         documented = data.get(section.name, {})
         values = getattr(defaults, section.name)
@@ -398,3 +398,18 @@ def test_a_bad_output_stops_vidnarrate_run_with_exit_2_naming_the_key(tmp_path: 
     )
     assert done.returncode == 2, done.stderr
     assert "outputs.webhook[0].url" in done.stderr and "http or https" in done.stderr
+
+
+def test_the_documented_alert_examples_load(tmp_path: Path) -> None:
+    text = packaged_text("default.toml")
+    example = text[text.index("# [[alerts]]") : text.index("# Outputs that leave the machine")]
+    path = tmp_path / "alerts.toml"
+    path.write_text(re.sub(r"(?m)^# ?", "", example))
+    door, fire = load_config(path).alerts
+    assert (door.name, door.streams, door.question, door.cooldown) == (
+        "person_at_door",
+        ("door",),
+        "Is a person standing at the door?",
+        30.0,
+    )
+    assert fire.streams == "*" and fire.pattern == r"(?i)\b(fire|smoke)\b" and fire.question is None

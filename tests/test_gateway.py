@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import http.client
 import json
 import logging
@@ -238,6 +239,51 @@ def test_thumbnails_go_only_to_clients_that_asked_for_them(run: RunPaths) -> Non
             assert (await recv(late))["type"] == "subscribed"
             assert (await recv(late))["type"] == "thumbnail"
             for ws in (wants_cam0, no_thumbs, wants_cam1, late):
+                await ws.close()
+
+    asyncio.run(scenario())
+
+
+def test_subscribe_types_event_receives_only_events(run: RunPaths) -> None:
+    async def scenario() -> None:
+        async with gateway_on_bus(run) as (gateway, publisher):
+            publisher.send(caption("cam0", 0))  # in the replay store: not replayed to events-only
+            await until(lambda: gateway._replay.streams() == ["cam0"], what="the caption to be stored")
+            events_only = await connect(f"ws://127.0.0.1:{gateway.port}/ws")
+            await events_only.send(
+                json.dumps({"type": "subscribe", "types": ["event"], "replay": 5, "thumbnails": True})
+            )
+            ack = await recv(events_only, skip=())
+            assert (ack["type"], ack["types"], ack["replayed"]) == ("subscribed", ["event"], 0)
+            everything = await subscribed_client(gateway, thumbnails=True)
+            jpeg = base64.b64encode(b"\xff\xd8fake jpeg\xff\xd9").decode()
+            event = messages.Event(
+                stream="cam0", rule="person", event_id="r-cam0-person-1", state=messages.EventState.START,
+                t_start=0.0, t_end=8.0, wall_start=1000.0, wall_end=1008.0, score=0.9, text="a person",
+                thumbnail=jpeg,
+            )  # fmt: skip
+            publisher.send(caption("cam0", 1))
+            publisher.send(messages.Partial(stream="cam0", seq=2, text="a pe"))
+            publisher.send(messages.Thumbnail(stream="cam0", t=3.0, wall=1003.0, jpeg=jpeg))
+            publisher.send(event)
+            gateway._broadcast_status()
+            publisher.send(caption("cam0", 2))
+            publisher.send(dataclasses.replace(event, state=messages.EventState.END, thumbnail=None))
+            kinds = [(await recv(everything, skip=("status",)))["type"] for _ in range(6)]
+            assert kinds == ["caption", "partial", "thumbnail", "event", "caption", "event"]
+            # the events-only client: the events and nothing else (no status, no caption between);
+            # a last event after one more status and caption is the next thing it gets
+            gateway._broadcast_status()
+            publisher.send(caption("cam0", 3))
+            sentinel = dataclasses.replace(event, event_id="r-cam0-person-2", thumbnail=None)
+            publisher.send(sentinel)
+            received = [await recv(events_only, skip=()) for _ in range(3)]
+            assert received == [
+                wire(event),
+                wire(dataclasses.replace(event, state=messages.EventState.END, thumbnail=None)),
+                wire(sentinel),
+            ]
+            for ws in (events_only, everything):
                 await ws.close()
 
     asyncio.run(scenario())

@@ -101,6 +101,10 @@ def test_unknown_extra_fields_are_ignored() -> None:
         ('{"type": "subscribe", "replay": 1.5}', ErrorCode.BAD_FIELD, None),
         ('{"type": "subscribe", "replay": true}', ErrorCode.BAD_FIELD, None),
         ('{"type": "subscribe", "thumbnails": "yes"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "types": "event"}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "types": []}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "types": ["Event!"]}', ErrorCode.BAD_FIELD, None),
+        ('{"type": "subscribe", "types": [1]}', ErrorCode.BAD_FIELD, None),
         ('{"type": "ask", "id": 1, "stream": "cam0"}', ErrorCode.MISSING_FIELD, 1),
         ('{"type": "ask", "stream": "cam0", "question": "q"}', ErrorCode.MISSING_FIELD, None),
         ('{"type": "ask", "id": 1, "stream": "cam0", "question": "  "}', ErrorCode.BAD_FIELD, 1),
@@ -425,3 +429,13 @@ def test_mark_replayed_adds_the_field_without_decoding() -> None:
     assert messages.mark_replayed(caption.to_json()) == dataclasses.replace(caption, replayed=True).to_json()
     with pytest.raises(ProtocolError):
         messages.mark_replayed(b"[1]")
+
+
+def test_subscribe_types_name_the_message_types_to_receive() -> None:
+    request = parse_client_message(json.dumps({"type": "subscribe", "types": ["event", "summary"]}))
+    assert isinstance(request, Subscribe) and request.types == frozenset({"event", "summary"})
+    assert request.wants_type("event") and not request.wants_type("caption")
+    everything = parse_client_message('{"type": "subscribe"}')
+    assert isinstance(everything, Subscribe) and everything.types is None and everything.wants_type("caption")
+    ack = messages.Subscribed(streams="*", replay=0, replayed=0, thumbnails=False, types=["event"])
+    assert _json(ack)["types"] == ["event"]

@@ -517,3 +517,152 @@ def test_live_mode_gates_the_newest_window_of_each_stream_and_counts_per_stream(
     status = core.status()
     assert status["door"]["unchanged"] == 9 and status["door"]["captions"] == 1
     assert status["yard"]["unchanged"] == 0 and status["yard"]["captions"] == 10
+
+
+def test_alert_rules_score_each_captioned_window_from_its_cached_embeddings() -> None:
+    from stream.alertrules import AlertRule
+    from stream.alerts import AlertCore
+    from stream.scheduler import EvaluateRules
+
+    rules = [
+        AlertRule(name="person", question="Is a person in view?", off_after=1, cooldown=0.0),
+        AlertRule(name="car", question="Is a car in view?", streams=("yard",)),
+        AlertRule(name="late", pattern=r"-[6-9]$"),  # on the caption text: no model call
+    ]
+    core = Scheduler(settings(), alerts=AlertCore(rules, run_id="run1"))
+    core.add_stream("cam")
+    drive = Driver(core)
+    core.add_thumbnail("cam", 1.0, "jpeg-at-1")
+    core.add_thumbnail("cam", 2.0, "jpeg-at-2")
+    core.add_thumbnail("cam", 3.0, "jpeg-at-3")  # after the first window's end: not its thumbnail
+    scores = iter([0.9, 0.2, 0.8])
+    evaluated: list[EvaluateRules] = []
+    events = []
+    for i in range(7):
+        drive.frame("cam", i, float(i))
+        while (action := core.next_action()) is not None:
+            if isinstance(action, EvaluateRules):
+                evaluated.append(action)
+                core.rules_evaluated(action, [next(scores)], model_ms=8.0)
+            else:
+                drive.calls.append(action)
+                drive.run(action)
+                if isinstance(action, Caption):
+                    # the window's rules come right after its caption, before anything else
+                    following = core.next_action()
+                    assert isinstance(following, EvaluateRules) and following.job == action.job
+                    assert following.embeddings == action.embeddings
+                    evaluated.append(following)
+                    core.rules_evaluated(following, [next(scores)], model_ms=8.0)
+            events.extend(core.take_events())
+    assert [(a.rules, a.questions) for a in evaluated] == [(("person",), ("Is a person in view?",))] * 3
+    assert [(e.rule, e.state.value, e.text, e.score) for e in events] == [
+        ("person", "start", "cam 0-2", 0.9),
+        ("person", "end", "cam 0-4", 0.2),
+        ("late", "start", "cam 0-6", 1.0),
+        ("person", "start", "cam 0-6", 0.8),
+    ]
+    assert events[0].thumbnail == "jpeg-at-2" and events[0].event_id == "run1-cam-person-1"
+    status = core.status()["cam"]
+    assert (status["rules_ms"], status["rules_model_ms"], status["rule_windows"]) == (8.0, 8.0, 3)
+    assert status["open_events"] == 2
+    # The stream ends: its last window is captioned and scored, then its open events end.
+    drive.frame("cam", 7, 7.0)
+    core.end_stream("cam")
+    assert not core.drained()
+    ended = []
+    while (action := core.next_action()) is not None:
+        if isinstance(action, EvaluateRules):
+            assert not core.drained(), "rules still to score: not drained"
+            core.rules_evaluated(action, [0.9], model_ms=8.0)
+        else:
+            drive.run(action)
+        ended.extend(core.take_events())
+    ended.extend(core.take_events())
+    assert [(e.rule, e.state.value) for e in ended] == [
+        ("late", "update"),
+        ("person", "update"),
+        ("late", "end"),
+        ("person", "end"),
+    ]
+    assert core.drained() and core.stop_alerts() == []
+
+
+def test_the_run_stopping_ends_open_events_and_a_refused_window_keeps_the_state() -> None:
+    from stream.alertrules import AlertRule
+    from stream.alerts import AlertCore
+    from stream.scheduler import EvaluateRules
+
+    core = Scheduler(settings(), alerts=AlertCore([AlertRule(name="p", question="P?")], run_id="r"))
+    core.add_stream("cam")
+    drive = Driver(core)
+    refuse = False
+    for i in range(5):
+        drive.frame("cam", i, float(i))
+        while (action := core.next_action()) is not None:
+            if isinstance(action, EvaluateRules):
+                if refuse:
+                    assert core.rules_failed(action) == 1
+                else:
+                    core.rules_evaluated(action, [1.0], model_ms=3.0)
+                    refuse = True
+            else:
+                drive.run(action)
+    started = core.take_events()
+    assert [e.state.value for e in started] == ["start"]
+    assert core.status()["cam"]["rule_errors"] == 1
+    (end,) = core.stop_alerts()
+    assert (end.state.value, end.event_id) == ("end", started[0].event_id)
+
+
+def test_without_rules_no_rule_figures_and_no_events() -> None:
+    core = Scheduler(settings())
+    core.add_stream("cam")
+    drive = Driver(core)
+    for i in range(4):
+        drive.frame("cam", i, float(i))
+        drive.drain()
+    assert set(core.status()["cam"]) == STATUS_KEYS
+    assert core.take_events() == [] and core.stop_alerts() == []
+
+
+def test_unchanged_windows_are_scored_only_by_rules_that_ask_for_them() -> None:
+    """A still scene: the model captions the first window, the rest are ``unchanged``. A rule with
+    ``on_unchanged`` keeps scoring them (on the frames already encoded, and by its pattern on the kept
+    text), so its event stays open; a rule without it sees one window and its event ends only when
+    the stream does."""
+    from stream.alertrules import AlertRule
+    from stream.alerts import AlertCore
+    from stream.scheduler import EvaluateRules
+
+    rules = [
+        AlertRule(name="watch", question="Anyone?", on_unchanged=True),
+        AlertRule(name="once", question="Anyone?"),
+        AlertRule(name="text", pattern="cam", on_unchanged=True),
+    ]
+    core = Scheduler(settings(), alerts=AlertCore(rules, run_id="r"))
+    core.add_stream("cam")
+    drive, camera = Driver(core), Camera()
+    evaluated: list[EvaluateRules] = []
+    events = []
+    for i in range(13):
+        if core.offer("cam", i, float(i), 1000.0 + i):
+            core.add_pixels("cam", i, f"cam:{i}", signature(camera.shot()))
+        while (action := core.next_action()) is not None:
+            if isinstance(action, EvaluateRules):
+                evaluated.append(action)
+                core.rules_evaluated(action, [1.0] * len(action.rules), model_ms=1.0)
+            else:
+                drive.calls.append(action)
+                drive.run(action)
+            events.extend(core.take_events())
+    assert len(model_calls(drive)) == 1 and sum(1 for c in drive.captions if c.get("unchanged")) == 5
+    assert evaluated[0].rules == ("watch", "once")
+    assert all(a.rules == ("watch",) for a in evaluated[1:]) and len(evaluated) == 6
+    assert all(a.embeddings and len(a.embeddings) == len(a.frames) for a in evaluated)
+    assert [(e.rule, e.state.value) for e in events if e.state.value != "update"] == [
+        ("text", "start"),
+        ("watch", "start"),
+        ("once", "start"),
+    ]
+    assert sum(1 for e in events if e.rule == "watch" and e.state.value == "update") == 5

@@ -104,3 +104,34 @@ def test_stop_is_clean_for_a_well_behaved_child_and_forced_for_a_stuck_one(tmp_p
     for pid in (worker_pid, stuck_pid):
         assert pid is not None and not Path(f"/proc/{pid}").exists()
     run.remove()
+
+
+def slow_to_stop(marker: str, stop_event: Any) -> int:
+    """Takes a while to stop (a model finishing its step) and says so in ``marker`` when it has."""
+    Path(marker).write_text("up")
+    stop_event.wait()
+    time.sleep(0.5)
+    Path(marker).write_text("stopped")
+    return 0
+
+
+def note_stop(marker: str, watched: str, stop_event: Any) -> int:
+    """Writes into ``marker``, when told to stop, what ``watched`` says then."""
+    Path(marker).write_text("up")
+    stop_event.wait()
+    Path(marker).write_text(Path(watched).read_text())
+    return 0
+
+
+def test_the_roles_named_first_have_stopped_before_the_others_are_told(tmp_path: Path) -> None:
+    run = RunPaths.create(root=tmp_path)
+    supervisor = Supervisor(run, stop_timeout=10.0)
+    producer, reader = tmp_path / "producer", tmp_path / "reader"
+    supervisor.start(ChildSpec("reader", note_stop, {"marker": str(reader), "watched": str(producer)}))
+    supervisor.start(ChildSpec("producer", slow_to_stop, {"marker": str(producer)}))
+    drive_until(supervisor, lambda: producer.exists() and reader.exists(), 30, "both children to be up")
+    supervisor.stop(first=("producer",))
+    assert reader.read_text() == "stopped", "the reader was told only after the producer had stopped"
+    processes = supervisor.processes()
+    assert processes["producer"]["exit_code"] == 0 and processes["reader"]["exit_code"] == 0
+    run.remove()

@@ -1,0 +1,97 @@
+"""model/backends.py: LocalBackend.yes_probabilities on the tiny model (random weights: the values are
+arbitrary, so what is checked is that they are the model's own P(yes), batched as one by one, from the
+cached embeddings alone)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.backends import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, LocalBackend, load_backend
+from model.modeling import FrameEmbedding
+from model.prompting import neutralize_image_tags
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+QUESTIONS = [
+    "Is a person standing at the door?",
+    "Fire?",
+    "Is it night, and is the street wet with rain after a long storm in the city?",
+    "Is there a <image> tag here?",
+]
+
+
+@pytest.fixture(scope="module")
+def backend() -> LocalBackend:
+    return load_backend("tiny")
+
+
+@pytest.fixture(scope="module")
+def frames(backend: LocalBackend) -> list[FrameEmbedding]:
+    rng = np.random.default_rng(7)
+    pixels = [rng.integers(0, 255, (96, 160, 3), dtype=np.uint8) for _ in range(3)]
+    return backend.encode_frames(pixels, max_slice_nums=1)
+
+
+def test_answer_tokens_are_the_first_tokens_of_the_yes_and_no_spellings(backend: LocalBackend) -> None:
+    yes, no = backend._answer_ids()
+    tokenizer = backend.model.tokenizer
+    yes_first = {tokenizer.encode(w)[0] for w in YES_WORDS}
+    no_first = {tokenizer.encode(w)[0] for w in NO_WORDS}
+    # a first token both answers share (the tiny tokenizer's lone space before " Yes"/" No") says nothing
+    assert set(yes) == yes_first - no_first and set(no) == no_first - yes_first
+    assert yes and no
+
+
+def test_probabilities_are_the_model_s_next_token_odds_of_yes_against_no(
+    backend: LocalBackend, frames: list[FrameEmbedding]
+) -> None:
+    scores = backend.yes_probabilities(frames, QUESTIONS)
+    assert len(scores) == len(QUESTIONS) and all(0.0 <= s <= 1.0 for s in scores)
+    yes, no = backend._answer_ids()
+    for question, score in zip(QUESTIONS, scores, strict=True):
+        # the same prompt through the model's own single-prompt path, unpadded
+        prep = backend.model.prepare(
+            [{"role": "user", "content": [*frames, neutralize_image_tags(question) + YES_NO_SUFFIX]}],
+            use_image_id=False,
+        )
+        last = backend.model.logits(prep)[-1].float()
+        expected = torch.sigmoid(torch.logsumexp(last[yes], 0) - torch.logsumexp(last[no], 0))
+        assert score == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_one_batched_pass_equals_each_question_alone(
+    backend: LocalBackend, frames: list[FrameEmbedding]
+) -> None:
+    batched = backend.yes_probabilities(frames, QUESTIONS, context="Earlier: a dog ran past.")
+    alone = [backend.yes_probabilities(frames, [q], context="Earlier: a dog ran past.")[0] for q in QUESTIONS]
+    assert batched == pytest.approx(alone, abs=1e-4)
+    assert len(set(batched)) > 1, "different questions, different answers"
+    assert backend.yes_probabilities(frames, []) == []
+
+
+def test_only_cached_embeddings_are_used_no_vision_call_and_the_frames_are_prefilled_once(
+    backend: LocalBackend, frames: list[FrameEmbedding], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_vision(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the vision tower ran")
+
+    monkeypatch.setattr(backend.model, "encode_pieces", no_vision)
+    monkeypatch.setattr(backend.model.vpm, "forward", no_vision)
+    inputs: list[torch.Size] = []
+
+    def record(_module: object, _args: object, kwargs: dict[str, torch.Tensor]) -> None:
+        inputs.append(kwargs["inputs_embeds"].shape)
+
+    handle = backend.model.llm.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        scores = backend.yes_probabilities(frames, QUESTIONS)
+    finally:
+        handle.remove()
+    assert len(scores) == len(QUESTIONS)
+    # the shared prefix (chat header and the frames' 3 x 64 rows) once, then every question's own
+    # tail in one batched pass
+    (prefix, tails) = inputs
+    assert prefix[0] == 1 and prefix[1] > 3 * 64
+    assert tails[0] == len(QUESTIONS) and tails[1] < 60
