@@ -26,9 +26,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -59,6 +59,7 @@ from .process import ExitCode, write_ready_file
 from .requests import Ask, Ping, StoreRequest, Subscribe, parse_client_message
 from .routes import WS_PATH, Routes
 from .storereader import StoreReader
+from .storereplay import merge_replay
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
@@ -67,6 +68,7 @@ _FORWARDED = frozenset({"caption", "partial", "event", "thumbnail"})  # their bu
 _REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status"})
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
 _TICK = 0.1
+T = TypeVar("T")
 
 
 class Gateway:
@@ -90,6 +92,7 @@ class Gateway:
             auth=self._auth,
             health=self.health,
             admit=lambda: len(self._clients) < options.max_clients,
+            thumbnail=self._stored_thumbnail if options.store is not None else None,
         )
         self._clients = Clients(options)
         self._replay = ReplayStore(options.replay, max_streams=options.max_streams)
@@ -101,6 +104,9 @@ class Gateway:
         self._reader = StoreReader(Path(options.store)) if options.store is not None else None
         self._queries = ClientLimit(options.queries_per_client)
         self._query_tasks: set[asyncio.Task[None]] = set()
+        # Replay from the store needs the run id, to tell this run's captions from earlier runs'.
+        self._store_replay = self._reader is not None and options.run_id is not None
+        self._replaying: dict[int, Subscribe] = {}  # client -> its subscribe waiting for the store
         # One thread: a Store is used by one thread at a time, and queries wait their turn there.
         self._store_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscriber: AsyncSubscriber | None = None
@@ -245,6 +251,7 @@ class Gateway:
 
     def _client_gone(self, client: Client) -> None:
         self._asks.drop_client(client.number)
+        self._replaying.pop(client.number, None)
 
     def _on_client_message(self, client: Client, raw: str | bytes) -> None:
         try:
@@ -263,8 +270,40 @@ class Gateway:
             self._clients.count_error(client, time.monotonic())
 
     def _subscribe(self, client: Client, request: Subscribe) -> None:
+        count = min(request.replay, self.options.replay)
+        if self._store_replay and count > 0 and self._queries.start(client.number):
+            # The subscription starts once the store has answered: replay first, then live, as always.
+            self._replaying[client.number] = request
+            task = self._spawn(self._replay_from_store(client.number, request, count))
+            self._query_tasks.add(task)
+            task.add_done_callback(self._query_tasks.discard)
+            return
+        # No store, or this client already has store reads running: this gateway's buffer only.
+        self._replaying.pop(client.number, None)
+        self._start_subscription(client, request, self._replay.recent(request, request.replay))
+
+    async def _replay_from_store(self, number: int, request: Subscribe, count: int) -> None:
+        assert self._reader is not None and self.options.run_id is not None
+        try:
+            stored = await self._on_store_thread(
+                self._reader.recent, request.streams, count, self.options.max_streams
+            )
+        except Exception:  # a bug: the client still gets its subscription, from the buffer
+            log.exception("unexpected error reading the replay from the store")
+            stored = []
+        finally:
+            self._queries.finish(number)
+        client = self._clients.get(number)
+        if client is None or self._replaying.get(number) is not request:
+            return  # gone, or subscribed again meanwhile (the newer subscribe answers)
+        del self._replaying[number]
+        # In the same step as the subscription starts: what the gateway heard until now is in its
+        # buffer (merged here), what it hears after goes live.
+        replay = merge_replay(stored, self._replay.entries(request), run_id=self.options.run_id, count=count)
+        self._start_subscription(client, request, replay)
+
+    def _start_subscription(self, client: Client, request: Subscribe, replay: list[bytes]) -> None:
         client.subscription = request
-        replay = self._replay.recent(request, request.replay)
         self._clients.send(
             client,
             Subscribed(
@@ -281,6 +320,16 @@ class Gateway:
                 if request.wants(stream):
                     self._clients.deliver(client, thumb)
         self._clients.send(client, self._status_message())
+
+    async def _stored_thumbnail(self, store_id: int) -> bytes | None:
+        if self._reader is None:
+            return None
+        return await self._on_store_thread(self._reader.thumbnail, store_id)
+
+    async def _on_store_thread(self, func: Callable[..., T], *args: Any) -> T:
+        if self._store_thread is None:
+            self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, func, *args)
 
     def _ask(self, client: Client, request: Ask) -> None:
         if self._ask_sender is None:
@@ -329,13 +378,9 @@ class Gateway:
         task.add_done_callback(self._query_tasks.discard)
 
     async def _answer_query(self, number: int, reader: StoreReader, request: StoreRequest) -> None:
-        if self._store_thread is None:
-            self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
         reply: Results | ErrorReply
         try:
-            reply = await asyncio.get_running_loop().run_in_executor(
-                self._store_thread, reader.answer, request
-            )
+            reply = await self._on_store_thread(reader.answer, request)
         except Exception:  # a bug, not a bad store (answer() replies to those): the asker still hears
             log.exception("unexpected error answering a %s request", type(request).__name__.lower())
             reply = ErrorReply(
@@ -372,7 +417,8 @@ class Gateway:
             if stream is None:
                 raise ValueError(f"bus {kind!r} message without a 'stream' name")
             if kind == "caption":
-                self._replay.add(stream, envelope.body)
+                seq, wall_end = _replay_key(envelope.body) if self._store_replay else (None, 0.0)
+                self._replay.add(stream, envelope.body, seq=seq, wall_end=wall_end)
             elif kind == "thumbnail":
                 if stream in self._thumbnails or len(self._thumbnails) < self.options.max_streams:
                     self._thumbnails[stream] = envelope.body
@@ -452,6 +498,16 @@ class Gateway:
                     id=pending.request_id,
                 ),
             )
+
+
+def _replay_key(body: bytes) -> tuple[int | None, float]:
+    """A caption's ``seq`` and ``wall_end``, what merging its replay with the store's needs."""
+    data = json.loads(body)
+    seq, wall_end = data.get("seq"), data.get("wall_end")
+    return (
+        seq if isinstance(seq, int) else None,
+        float(wall_end) if isinstance(wall_end, int | float) else 0.0,
+    )
 
 
 # -- process entry -------------------------------------------------------------------------------

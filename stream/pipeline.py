@@ -227,6 +227,7 @@ class LivePipeline:
                     GatewayOptions,
                     token=g.resolved_token(),
                     store=None if self.store is None else str(self.store),
+                    run_id=self.run.run_id,
                 ),
                 "ready_file": str(self.ready_file),
             },
