@@ -6,7 +6,8 @@
 // - message data only ever reaches the page through textContent / attributes set from
 //   whitelists, never innerHTML;
 // - memory is bounded: per stream at most TIMELINE_MAX captions (HISTORY_MAX once the user loads
-//   earlier ones), ANSWERS_MAX asks, SUMMARIES_MAX summaries, one thumbnail; at most STREAMS_MAX
+//   earlier ones), ANSWERS_MAX asks, SUMMARIES_MAX summaries, EVENTS_MAX events (each with at most
+//   its start's thumbnail), one live thumbnail; at most STREAMS_MAX
 //   streams; one page of search results;
 // - a caption with "unchanged": true extends the time range of the caption before it (the scene did
 //   not change, the model was not asked), and one replayed from an earlier run is marked as such;
@@ -39,6 +40,7 @@
   const HISTORY_SPAN_MAX_S = 30 * 86400;   // an empty window this wide: nothing earlier is stored
   const ANSWERS_MAX = 20;
   const SUMMARIES_MAX = 50;
+  const EVENTS_MAX = 100;      // per stream; the oldest ended ones go first
   const STREAMS_MAX = 64;
   const STATES = new Set(["connecting", "live", "lost", "ended"]);
   const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
@@ -69,6 +71,7 @@
   let pingCounter = 0;
   let askCounter = 0;
   const askTimers = new Map(); // ask id -> timeout handle
+  let eventsOnly = false;      // the "events only" view: subscribed to events (and status) alone
   let requestCounter = 0;
   const requests = new Map();  // search/history id -> {kind, ...}: what its results are for
 
@@ -97,6 +100,7 @@
       history: { loading: false, cursor: null, span: CONFIG.historySpanS, done: false, note: "" },
       summaries: [],         // newest last, at most SUMMARIES_MAX
       summaryKeys: new Set(),
+      events: new Map(),     // event_id -> the event's latest state (also its marker in captions)
       tab: null,             // picker button and its fields
       seenAt: performance.now(),  // when a status last named it
       stale: false,          // the connection dropped since its last status
@@ -207,7 +211,7 @@
     sock.onopen = () => {
       clearTimeout(connectTimer);
       lastHeard = connectedAt = performance.now();
-      send({ type: "subscribe", streams: "*", replay: CONFIG.replay, thumbnails: true });
+      send(subscription());
       startHeartbeat();
     };
     sock.onmessage = (event) => {
@@ -332,7 +336,10 @@
 
   function captionKey(c) { return `${c.seq}|${c.t_start}|${c.t_end}|${c.wall_end}`; }
 
-  function sortTime(c) { return num(c.wall_end) ?? num(c._received) ?? 0; }
+  // An event's marker sits where it started; everything else where it ended.
+  function sortTime(c) {
+    return (c._event ? num(c.wall_start) : null) ?? num(c.wall_end) ?? num(c._received) ?? 0;
+  }
 
   function insertEntry(s, entry) {
     const key = captionKey(entry);
@@ -379,11 +386,53 @@
     }
   }
 
+  // One event (one event_id) goes start -> update... -> end: it is one marker on the timeline and one
+  // line in the events list, updated in place; its thumbnail comes with its start.
   function onEvent(msg) {
     const s = named(msg);
-    if (!s || typeof msg.text !== "string") return;
-    if (!insertEntry(s, Object.assign({}, msg, { _received: Date.now() / 1000, _event: true }))) return;
-    if (s.name === selected) { renderCurrent(s); renderTimeline(s); }
+    if (!s || typeof msg.text !== "string" || typeof msg.event_id !== "string" || !msg.event_id) return;
+    let e = s.events.get(msg.event_id);
+    if (!e) {
+      e = {
+        _event: true, _key: `event|${msg.event_id}`, _received: Date.now() / 1000, event_id: msg.event_id,
+        stream: s.name, rule: typeof msg.rule === "string" ? msg.rule : "event", state: "start",
+        t_start: msg.t_start, t_end: msg.t_end, wall_start: msg.wall_start, wall_end: msg.wall_end,
+        score: null, text: "", thumb: null,
+      };
+      s.events.set(e.event_id, e);
+      s.keys.add(e._key);
+      let i = s.captions.length;
+      while (i > 0 && sortTime(s.captions[i - 1]) > sortTime(e)) i -= 1;
+      s.captions.splice(i, 0, e);
+      while (s.captions.length > s.limit) forget(s, s.captions.shift());
+      trimEvents(s);
+    }
+    if (e.state !== "end") e.state = msg.state === "end" ? "end" : msg.state === "update" ? "update" : e.state;
+    if (num(msg.t_end) !== null && !(num(e.t_end) >= msg.t_end)) e.t_end = msg.t_end;
+    if (num(msg.wall_end) !== null && !(num(e.wall_end) >= msg.wall_end)) e.wall_end = msg.wall_end;
+    if (num(msg.score) !== null) e.score = msg.score;
+    if (msg.text) e.text = msg.text;
+    if (!e.thumb && typeof msg.thumbnail === "string" && BASE64.test(msg.thumbnail)) {
+      e.thumb = `data:image/jpeg;base64,${msg.thumbnail}`;
+    }
+    renderTab(s);
+    if (eventsOnly) renderEvents();
+    else if (s.name === selected) { renderTimeline(s); renderEvents(); }
+  }
+
+  function trimEvents(s) {
+    while (s.events.size > EVENTS_MAX) {
+      let victim = null;
+      for (const e of s.events.values()) { if (e.state === "end") { victim = e; break; } }
+      if (!victim) victim = s.events.values().next().value;
+      s.events.delete(victim.event_id);
+    }
+  }
+
+  function openEvents(s) {
+    let n = 0;
+    for (const e of s.events.values()) if (e.state !== "end") n += 1;
+    return n;
   }
 
   function onPartial(msg) {
@@ -683,6 +732,60 @@
     el.summariesBox.hidden = s.summaries.length === 0;
   }
 
+  // ---- events list and the events-only view ----
+  function subscription() {
+    return eventsOnly
+      ? { type: "subscribe", streams: "*", replay: 0, thumbnails: false, types: ["event", "status"] }
+      : { type: "subscribe", streams: "*", replay: CONFIG.replay, thumbnails: true };
+  }
+
+  function setEventsOnly(on) {
+    eventsOnly = on;
+    document.body.dataset.view = on ? "events" : "all";
+    send(subscription());
+    renderEvents();
+    const s = streams.get(selected);
+    if (!on && s) select(s.name);
+  }
+
+  // The selected stream's events, or every stream's in the events-only view: open ones first, then
+  // ended ones, newest first within each.
+  function renderEvents() {
+    const pool = [];
+    for (const s of streams.values()) {
+      if (eventsOnly || s.name === selected) pool.push(...s.events.values());
+    }
+    pool.sort((a, b) => ((a.state === "end") - (b.state === "end"))
+      || ((num(b.wall_start) ?? 0) - (num(a.wall_start) ?? 0)));
+    const frag = document.createDocumentFragment();
+    for (const e of pool) {
+      const li = node("li", "event-item");
+      li.dataset.eventId = e.event_id;
+      li.dataset.stream = e.stream;
+      li.dataset.state = e.state === "end" ? "ended" : "open";
+      if (e.thumb) {
+        const img = node("img", "event-thumb");
+        img.alt = `Frame at the start of ${e.rule}`;
+        img.src = e.thumb;
+        li.append(img);
+      }
+      const body = node("div", "event-body");
+      const meta = node("div", "meta");
+      meta.append(node("span", "rule", e.rule));
+      if (eventsOnly) meta.append(node("span", "r-stream", e.stream));
+      meta.append(node("span", "event-state", e.state === "end" ? "ended" : "open"),
+                  node("span", "wall", e.state === "end" ? fmtRange(e.wall_start, e.wall_end, fmtWall)
+                    : `since ${fmtWall(e.wall_start)}`));
+      if (num(e.score) !== null) meta.append(node("span", "score", `score ${e.score.toFixed(2)}`));
+      body.append(meta, node("p", "text", e.text));
+      li.append(body);
+      frag.append(li);
+    }
+    el.events.replaceChildren(frag);
+    el.eventsBox.hidden = pool.length === 0 && !eventsOnly;
+    el.eventsCount.textContent = pool.length ? `(${pool.filter((e) => e.state !== "end").length} open)` : "";
+  }
+
   // ---- rendering ----
   function addTab(s) {
     const b = node("button", "tab");
@@ -709,9 +812,12 @@
     }
     const error = node("span", "tab-error");
     error.hidden = true;
+    const events = node("span", "tab-events");
+    events.hidden = true;
+    head.append(events);
     b.append(head, strip, error);
     b.addEventListener("click", () => { userPicked = true; select(s.name); });
-    s.tab = { button: b, state, fields, error };
+    s.tab = { button: b, state, fields, error, events };
     el.picker.append(b);
     el.empty.hidden = true;
     renderTab(s);
@@ -736,6 +842,9 @@
     const error = typeof st.error === "string" && st.state !== "live" && !s.gone ? st.error : "";
     s.tab.error.textContent = error;
     s.tab.error.hidden = !error;
+    const open = openEvents(s);
+    s.tab.events.textContent = open ? `● ${open} open` : "";
+    s.tab.events.hidden = !open;
     const why = s.gone ? "the gateway no longer reports this stream; its history is kept"
       : s.stale ? "not connected to the gateway; the figures are the last ones received" : error;
     s.tab.button.title = why ? `${s.name}: ${why}` : s.name;
@@ -761,6 +870,7 @@
     renderAnswers(s);
     renderSummaries(s);
     renderHistoryState(s);
+    renderEvents();
   }
 
   function renderThumb(s) {
@@ -821,7 +931,13 @@
       meta.append(node("span", "range", fmtRange(c.t_start, c.t_end, fmtStreamTime)),
                   node("span", "wall", num(c.wall_start) === null
                     ? fmtWall(c.wall_end ?? c._received) : fmtRange(c.wall_start, c.wall_end, fmtWall)));
-      if (c._event) meta.prepend(node("span", "rule", typeof c.rule === "string" ? c.rule : "event"));
+      if (c._event) {
+        li.classList.add("marker");
+        li.dataset.eventId = c.event_id;
+        li.dataset.state = c.state === "end" ? "ended" : "open";
+        meta.prepend(node("span", "rule", c.rule),
+                     node("span", "event-state", c.state === "end" ? "ended" : "open"));
+      }
       if (num(c.skipped)) meta.append(node("span", "skipped", `${fmtInt(c.skipped)} skipped`));
       if (c._unchanged) meta.append(node("span", "unchanged", `unchanged ×${c._unchanged + 1}`));
       if (c.earlier_run) meta.prepend(node("span", "earlier-tag", "earlier run"));
@@ -866,8 +982,10 @@
       momentThumb: $("moment-thumb"), momentNone: $("moment-none"), momentStream: $("moment-stream"),
       momentRange: $("moment-range"), momentWall: $("moment-wall"), momentText: $("moment-text"),
       summariesBox: $("summaries-box"), summaries: $("summaries"), historyMore: $("history-more"),
-      historyState: $("history-state"),
+      historyState: $("history-state"), eventsBox: $("events-box"), events: $("events"),
+      eventsCount: $("events-count"), eventsOnly: $("events-only"),
     };
+    el.eventsOnly.addEventListener("change", () => setEventsOnly(el.eventsOnly.checked));
     el.ask.addEventListener("submit", submitAsk);
     el.askMinutes.addEventListener("input", () => el.askMinutes.setCustomValidity(""));
     el.search.addEventListener("submit", submitSearch);
