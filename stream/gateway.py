@@ -101,7 +101,9 @@ class Gateway:
             timeout=options.ask_timeout, per_client=options.asks_per_client, total=options.max_pending_asks
         )
         self._thumbnails: dict[str, bytes] = {}  # the latest of each stream, as published
-        self._reader = StoreReader(Path(options.store)) if options.store is not None else None
+        self._reader = (
+            StoreReader(Path(options.store), run_id=options.run_id) if options.store is not None else None
+        )
         self._queries = ClientLimit(options.queries_per_client)
         self._query_tasks: set[asyncio.Task[None]] = set()
         # Replay from the store needs the run id, to tell this run's captions from earlier runs'.
@@ -284,15 +286,21 @@ class Gateway:
 
     async def _replay_from_store(self, number: int, request: Subscribe, count: int) -> None:
         assert self._reader is not None and self.options.run_id is not None
+        read = self._on_store_thread(self._reader.recent, request.streams, count, self.options.max_streams)
+        # Counted until the thread is done with it, even if the client stops waiting: a client cannot
+        # pile reads onto a stuck disk.
+        read.add_done_callback(lambda _: self._queries.finish(number))
         try:
-            stored = await self._on_store_thread(
-                self._reader.recent, request.streams, count, self.options.max_streams
+            stored = await asyncio.wait_for(asyncio.shield(read), self.options.replay_timeout)
+        except TimeoutError:  # a slow or hung disk: live captions must not wait for it
+            log.warning(
+                "the store gave no replay within %g s; replaying this gateway's buffer alone",
+                self.options.replay_timeout,
             )
+            stored = []
         except Exception:  # a bug: the client still gets its subscription, from the buffer
             log.exception("unexpected error reading the replay from the store")
             stored = []
-        finally:
-            self._queries.finish(number)
         client = self._clients.get(number)
         if client is None or self._replaying.get(number) is not request:
             return  # gone, or subscribed again meanwhile (the newer subscribe answers)
@@ -326,10 +334,10 @@ class Gateway:
             return None
         return await self._on_store_thread(self._reader.thumbnail, store_id)
 
-    async def _on_store_thread(self, func: Callable[..., T], *args: Any) -> T:
+    def _on_store_thread(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         if self._store_thread is None:
             self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
-        return await asyncio.get_running_loop().run_in_executor(self._store_thread, func, *args)
+        return asyncio.get_running_loop().run_in_executor(self._store_thread, func, *args)
 
     def _ask(self, client: Client, request: Ask) -> None:
         if self._ask_sender is None:

@@ -52,6 +52,7 @@ class GatewayOptions(GatewayConfig):
     # the run's id as the recorder stores it: replay then also comes from the store, and stored captions
     # of other runs are marked earlier_run (None: replay from the gateway's buffer only).
     run_id: str | None = None
+    replay_timeout: float = setting(2.0, above=0)  # seconds a replay waits for the store, then goes without
     queries_per_client: int = setting(2, low=1)
 
     def __post_init__(self) -> None:

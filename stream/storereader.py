@@ -29,9 +29,10 @@ MAX_RESULTS_BYTES: Final = 1024 * 1024  # of the items of one reply; the rest is
 class StoreReader:
     """Answers store requests from the store at ``path``, opened read-only when first needed."""
 
-    def __init__(self, path: Path, *, max_bytes: int = MAX_RESULTS_BYTES) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = MAX_RESULTS_BYTES, run_id: str | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.run_id = run_id  # this run's: items stored by another are marked earlier_run
         self._store: Store | None = None
 
     def answer(self, request: StoreRequest) -> Results | ErrorReply:
@@ -98,6 +99,8 @@ class StoreReader:
         for stored in found:
             item = stored.message()
             item["store_id"] = stored.id  # names the row, e.g. for its thumbnail (/thumbnail/<store_id>)
+            if self.run_id is not None and stored.run_id != self.run_id:
+                item["earlier_run"] = True
             size += len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
             if size > self.max_bytes:
                 return Results(id=request_id, items=items, truncated=True)

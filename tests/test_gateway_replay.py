@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -170,6 +172,7 @@ def test_stored_thumbnails_are_served_by_store_id_behind_the_token(run: RunPaths
                 while (reply := json.loads(await ws.recv()))["type"] != "results":
                     pass
             ids = {item["text"]: item["store_id"] for item in reply["items"]}
+            assert all(item["earlier_run"] is True for item in reply["items"])  # stored by run-old
             base = f"http://127.0.0.1:{gw.port}/thumbnail/"
             found = str(ids["a red van at the door"])
             status, headers, content = await asyncio.to_thread(http, "GET", base + found, auth)
@@ -182,3 +185,46 @@ def test_stored_thumbnails_are_served_by_store_id_behind_the_token(run: RunPaths
             await ws.close()
 
     asyncio.run(scenario())
+
+
+def test_a_store_that_hangs_delays_no_subscription_past_the_replay_timeout(
+    run: RunPaths, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "vidnarrate.db"
+    with Store.open(store_path) as store:
+        store.add([record(caption("door", seq, 100.0 + seq), "run-old") for seq in range(3)])
+    release = threading.Event()
+
+    async def scenario() -> None:
+        async with gateway_on_bus(run, store_path, run_id=RUN, replay_timeout=0.5) as (gw, publisher):
+            assert gw._reader is not None
+            reader_recent = gw._reader.recent
+
+            def hung(*args: Any) -> Any:  # a disk that does not answer until released
+                release.wait(20)
+                return reader_recent(*args)
+
+            gw._reader.recent = hung  # type: ignore[method-assign]
+            publisher.send(caption("door", 0, 500.0))
+            await buffered(gw, 1)
+            started = time.monotonic()
+            ws, replay = await subscribe(gw, 10)
+            assert time.monotonic() - started < 5.0
+            assert [(m["seq"], m.get("earlier_run")) for m in replay] == [(0, None)]  # the buffer alone
+            publisher.send(caption("door", 1, 501.0))
+            async with asyncio.timeout(10):
+                while (live := json.loads(await ws.recv()))["type"] != "caption":
+                    pass
+            assert live["seq"] == 1 and "replayed" not in live
+            # The hung read still counts against the client until the thread is done with it.
+            assert gw.health()["queries_in_flight"] == 1
+            release.set()
+            async with asyncio.timeout(10):
+                while gw.health()["queries_in_flight"]:
+                    await asyncio.sleep(0.01)
+            await ws.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()

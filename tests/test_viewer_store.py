@@ -146,6 +146,7 @@ def test_replay_shows_an_earlier_runs_captions_marked_and_history_scrolls_back_p
     texts = timeline_texts(page)
     assert texts[0] == stored_text(STORED - 2) and texts[-1] == stored_text(STORED - REPLAY - 90)
     assert texts == [stored_text(seq) for seq in range(STORED - 2, STORED - REPLAY - 91, -1)]
+    expect(page.locator("#timeline li.earlier")).to_have_count(REPLAY - 1 + 90)  # history marks them too
 
     # Scrolling to the timeline's end (its oldest caption) loads the 15 minutes before that.
     page.eval_on_selector("#timeline", "t => { t.scrollTop = t.scrollHeight; }")
@@ -172,6 +173,7 @@ def test_search_finds_a_stored_caption_and_clicking_it_shows_its_thumbnail(
     expect(result).to_have_count(1, timeout=WAIT_MS)
     expect(result.locator(".text")).to_have_text(stored_text(UMBRELLA))
     expect(result.locator(".r-stream")).to_have_text("cam0")
+    expect(result.locator(".earlier-tag")).to_have_text("earlier run")
     expect(page.locator("#moment")).to_be_hidden()
     result.click()
     expect(page.locator("#moment-text")).to_have_text(stored_text(UMBRELLA))

@@ -595,6 +595,7 @@
       meta.append(node("span", "wall", fmtDateTime(item.wall_end ?? item.wall_start)),
                   node("span", "r-stream", typeof item.stream === "string" ? item.stream : ""));
       if (item.type && item.type !== "caption") meta.append(node("span", "rule", String(item.type)));
+      if (item.earlier_run === true) meta.append(node("span", "earlier-tag", "earlier run"));
       b.append(meta, node("span", "text", item.text));
       b.addEventListener("click", () => showMoment(item, b));
       li.append(b);
