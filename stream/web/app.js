@@ -532,6 +532,8 @@
     const id = `${msg.type[0]}${requestCounter}-${Math.random().toString(36).slice(2, 8)}`;
     if (!send(Object.assign({ id }, msg))) return null;
     requests.set(id, what);
+    // The gateway answers every request; this only bounds memory if one never came back.
+    while (requests.size > 64) requests.delete(requests.keys().next().value);
     return id;
   }
 
@@ -672,8 +674,8 @@
     req.added += added;
     const last = items.length ? num(items[items.length - 1].wall_end) : null;
     h.loading = false;
-    if ((items.length >= CONFIG.historyPage || truncated) && last !== null && last < req.to
-        && s.captions.length < HISTORY_MAX) {
+    if ((items.length >= CONFIG.historyPage || truncated) && last !== null && last > req.from
+        && last < req.to && s.captions.length < HISTORY_MAX) {
       // The window held more than a page: these are its earliest; fetch the rest of it first.
       askHistory(s, last, req.to);
       h.pendingAdded = (h.pendingAdded || 0) + added;
@@ -941,6 +943,7 @@
       }
       if (num(c.skipped)) meta.append(node("span", "skipped", `${fmtInt(c.skipped)} skipped`));
       if (c._unchanged) meta.append(node("span", "unchanged", `unchanged ×${c._unchanged + 1}`));
+      else if (c.unchanged === true) meta.append(node("span", "unchanged", "unchanged"));
       if (c.earlier_run) meta.prepend(node("span", "earlier-tag", "earlier run"));
       li.append(meta, node("p", "text", c.text));
       frag.append(li);
