@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from browser import GatewayProcess, StreamPlay, ViewerFeed, launch_chromium, open_page, photo_thumbnails
+from browser import (
+    GatewayProcess,
+    StreamPlay,
+    ViewerFeed,
+    launch_chromium,
+    open_page,
+    photo_thumbnails,
+    save_screenshot,
+)
 
 from stream import messages
 from stream.bus import RunPaths
@@ -57,6 +67,12 @@ def gateway(feed: ViewerFeed, tmp_path_factory: pytest.TempPathFactory) -> Itera
     ).start()
     yield process
     process.stop()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("VIDNARRATE_SCREENSHOTS")
+    return Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +154,7 @@ def test_an_event_is_one_marker_and_one_list_line_from_start_to_end_with_its_thu
 
 
 def test_the_events_only_view_subscribes_to_events_and_lists_every_streams(
-    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed, screenshots: Path
 ) -> None:
     page, record = open_page(browser)
     sent: list[dict[str, Any]] = []
@@ -147,7 +163,8 @@ def test_the_events_only_view_subscribes_to_events_and_lists_every_streams(
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
     expect(page.locator('.tab[data-stream="door"]')).to_be_visible(timeout=WAIT_MS)
     tag = time.time_ns()
-    event(feed, "door", f"d-{tag}", "start", "someone at the door")
+    jpeg = base64.b64encode(photo_thumbnails()[2]).decode()
+    event(feed, "door", f"d-{tag}", "start", "someone at the door", thumbnail=jpeg)
     event(feed, "cam0", f"c-{tag}", "start", "someone on the street")
     event(feed, "cam0", f"c-{tag}", "end", "someone on the street")
     expect(page.locator(f'#timeline li[data-event-id="c-{tag}"]')).to_have_count(1, timeout=WAIT_MS)
@@ -163,6 +180,7 @@ def test_the_events_only_view_subscribes_to_events_and_lists_every_streams(
     expect(page.locator(f'#events li[data-event-id="c-{tag}"]')).to_have_attribute("data-state", "ended")
     assert listed.first.get_attribute("data-state") == "open"
     expect(page.locator(f'#events li[data-event-id="d-{tag}"] .r-stream')).to_have_text("door")
+    save_screenshot(page, screenshots, "viewer-events")
 
     page.uncheck("#events-only")
     subscribe = last_subscribe(page, sent, lambda m: "types" not in m)

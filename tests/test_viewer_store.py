@@ -11,6 +11,7 @@ exactly the JSON docs/protocol.md gives for them, and the ask's request shape is
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from browser import (
     launch_chromium,
     open_page,
     photo_thumbnails,
+    save_screenshot,
 )
 
 from stream import messages
@@ -77,6 +79,12 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Store.open(path) as store:
         store.add(records)
     return path
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("VIDNARRATE_SCREENSHOTS")
+    return Path(configured) if configured else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +172,7 @@ def test_replay_shows_an_earlier_runs_captions_marked_and_history_scrolls_back_p
 
 
 def test_search_finds_a_stored_caption_and_clicking_it_shows_its_thumbnail(
-    browser: Any, gateway: GatewayProcess
+    browser: Any, gateway: GatewayProcess, screenshots: Path
 ) -> None:
     page, record = open_live(browser, gateway.url)
     page.fill("#search-query", "umbrella")
@@ -182,6 +190,7 @@ def test_search_finds_a_stored_caption_and_clicking_it_shows_its_thumbnail(
     assert page.eval_on_selector("#moment-thumb", "i => i.naturalWidth") == 320
     store_id = result.get_attribute("data-store-id")
     assert thumb.get_attribute("src") == f"/thumbnail/{store_id}"
+    save_screenshot(page, screenshots, "viewer-search")
 
     # A caption kept without a frame says so; a search nothing matches says that.
     page.fill("#search-query", '"stored caption 7 of"')

@@ -643,7 +643,7 @@
     }
     let to = h.cursor;
     if (to === null) {
-      const oldest = s.captions.find((c) => num(c.wall_end) !== null);
+      const oldest = s.captions.find((c) => !c._event && num(c.wall_end) !== null);
       to = oldest ? oldest.wall_end : Date.now() / 1000;
     }
     askHistory(s, Math.max(0, to - h.span), to);
