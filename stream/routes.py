@@ -30,6 +30,7 @@ DEFAULT_WEB_DIR = Path(__file__).resolve().parent / "web"
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 THUMBNAIL_PREFIX = "/thumbnail/"
+MAX_THUMBNAIL_READS = 8  # stored thumbnails being read at once; past it: 503 (they queue on one thread)
 MAX_STATIC_BYTES = 16 * 1024 * 1024
 
 
@@ -51,6 +52,7 @@ class Routes:
         self._health = health
         self._admit = admit
         self._thumbnail = thumbnail
+        self._thumbnail_reads = 0
 
     def process_request(
         self, conn: ServerConnection, request: Request
@@ -118,7 +120,18 @@ class Routes:
         """The JPEG the store keeps with message ``name`` (a search or history item's ``store_id``)."""
         jpeg = None
         if self._thumbnail is not None and name.isascii() and name.isdigit() and len(name) <= 19:
-            jpeg = await self._thumbnail(int(name))
+            if self._thumbnail_reads >= MAX_THUMBNAIL_READS:
+                return response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE,
+                    b"Too many thumbnails being read; retry.\n",
+                    "text/plain; charset=utf-8",
+                    extra=[("Retry-After", "1")],
+                )
+            self._thumbnail_reads += 1
+            try:
+                jpeg = await self._thumbnail(int(name))
+            finally:
+                self._thumbnail_reads -= 1
         if jpeg is None:
             return response(http.HTTPStatus.NOT_FOUND, b"No such thumbnail.\n", "text/plain; charset=utf-8")
         # A stored row never changes (retention deletes it): the browser may keep it.
