@@ -7,10 +7,10 @@
   replay, status, pending asks) the I/O-free :mod:`stream.fanout`, the caption store's reads
   :mod:`stream.storereader`.
 
-This module wires them: it reads the bus, forwards captions, partials, events and thumbnails as the
-bytes their publisher encoded, merges status reports, routes asks to the inference process and their
-answers back to the asker, runs searches and histories on a worker thread of their own (SQLite never
-blocks the event loop), and runs the status and ask timers.
+This module wires them: it reads the bus, forwards captions, partials, events, thumbnails and summaries
+as the bytes their publisher encoded, merges status reports, routes asks to the inference process and
+their answers back to the asker, runs searches, histories, replays and stored thumbnails on a worker
+thread of its own (SQLite never blocks the event loop), and runs the status and ask timers.
 
 Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as a child process
 (:func:`gateway_main`, picklable for ``multiprocessing`` "spawn").
@@ -64,7 +64,7 @@ from .storereplay import merge_replay
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
 
-_FORWARDED = frozenset({"caption", "partial", "event", "thumbnail"})  # their bus bytes go to clients
+_FORWARDED = frozenset({"caption", "partial", "event", "thumbnail", "summary"})  # bus bytes go to clients
 _REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status"})
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
 _TICK = 0.1

@@ -14,8 +14,9 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from browser import (
@@ -231,6 +232,47 @@ def test_an_unchanged_scene_extends_the_previous_caption_instead_of_adding_a_lin
 def _stream_time(t: float) -> str:
     tenths = round(t * 10)
     return f"{tenths // 600:02d}:{(tenths % 600) / 10:04.1f}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary(messages.ServerMessage):
+    """A live span summary as the inference process publishes it (``[summaries] every``), the fields
+    docs/protocol.md gives: built elsewhere in the run, played here by the feed."""
+
+    TYPE: ClassVar[str] = "summary"
+    stream: str
+    t_start: float
+    t_end: float
+    wall_start: float
+    wall_end: float
+    text: str
+    captions: int
+
+
+def test_a_summary_published_on_the_bus_is_shown_above_the_timeline(
+    browser: Any, gateway: GatewayProcess, feed: ViewerFeed
+) -> None:
+    page, record = open_live(browser, gateway.url)
+    expect(page.locator("#summaries-box")).to_be_hidden()
+    now = time.time()
+    text = f"A quiet courtyard; a person with a yellow umbrella crossed it once. {time.time_ns()}"
+    feed.publish(
+        "inference",
+        Summary(
+            stream="cam0",
+            t_start=0.0,
+            t_end=300.0,
+            wall_start=now - 300,
+            wall_end=now,
+            text=text,
+            captions=75,
+        ),
+    )
+    summary = page.locator("#summaries li")
+    expect(summary.locator(".text")).to_have_text(text, timeout=WAIT_MS)
+    expect(summary.locator(".n")).to_have_text("75 captions")
+    expect(summary.locator(".range")).to_have_text("00:00.0–05:00.0")
+    assert_clean(page, record)
 
 
 # -- summaries and asks about a span, against a stand-in server ------------------------------------
