@@ -286,7 +286,10 @@ class Gateway:
 
     async def _replay_from_store(self, number: int, request: Subscribe, count: int) -> None:
         assert self._reader is not None and self.options.run_id is not None
-        read = self._on_store_thread(self._reader.recent, request.streams, count, self.options.max_streams)
+        wanted = request.streams
+        if wanted is None and self.options.streams:
+            wanted = frozenset(self.options.streams)
+        read = self._on_store_thread(self._reader.recent, wanted, count, self.options.max_streams)
         # Counted until the thread is done with it, even if the client stops waiting: a client cannot
         # pile reads onto a stuck disk.
         read.add_done_callback(lambda _: self._queries.finish(number))

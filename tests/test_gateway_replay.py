@@ -228,3 +228,28 @@ def test_a_store_that_hangs_delays_no_subscription_past_the_replay_timeout(
         asyncio.run(scenario())
     finally:
         release.set()
+
+
+def test_a_replay_of_every_stream_covers_the_runs_sources_not_every_stream_ever_stored(
+    run: RunPaths, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "vidnarrate.db"
+    with Store.open(store_path) as store:
+        store.add(
+            [record(caption("door", 0, 100.0), "run-old"), record(caption("attic", 0, 101.0), "run-old")]
+        )
+
+    async def scenario() -> None:
+        async with gateway_on_bus(run, store_path, run_id=RUN, streams=("door", "yard")) as (gw, _):
+            _, replay = await subscribe(gw, 10)
+            assert [(m["stream"], m["earlier_run"]) for m in replay] == [("door", True)]
+            # A client that names a stream gets it, source of this run or not.
+            ws = await connect(f"ws://127.0.0.1:{gw.port}/ws")
+            await ws.send(json.dumps({"type": "subscribe", "streams": ["attic"], "replay": 10}))
+            async with asyncio.timeout(10):
+                while (message := json.loads(await ws.recv()))["type"] != "caption":
+                    pass
+            assert message["stream"] == "attic" and message["earlier_run"] is True
+            await ws.close()
+
+    asyncio.run(scenario())
