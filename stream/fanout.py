@@ -27,6 +27,7 @@ from .messages import (
     StreamState,
 )
 from .requests import Ask, Subscribe
+from .storereplay import ReplayEntry
 
 
 class ClientQueue:
@@ -94,11 +95,12 @@ class ReplayStore:
     def __init__(self, per_stream: int, *, max_streams: int = 256) -> None:
         self.per_stream = per_stream
         self.max_streams = max_streams
-        self._streams: OrderedDict[str, deque[tuple[int, bytes]]] = OrderedDict()
+        self._streams: OrderedDict[str, deque[tuple[int, ReplayEntry]]] = OrderedDict()
         self._arrivals = itertools.count()
 
-    def add(self, stream: str, caption: bytes) -> None:
-        """Keep ``caption`` (a caption's JSON, as ``Caption.to_json()`` made it) of ``stream``."""
+    def add(self, stream: str, caption: bytes, *, seq: int | None = None, wall_end: float = 0.0) -> None:
+        """Keep ``caption`` (a caption's JSON, as ``Caption.to_json()`` made it) of ``stream``; its
+        ``seq`` and ``wall_end``, when given, let a replay from the store be merged with it."""
         if self.per_stream <= 0:
             return
         store = self._streams.get(stream)
@@ -108,19 +110,28 @@ class ReplayStore:
                 self._streams.popitem(last=False)
         else:
             self._streams.move_to_end(stream)
-        store.append((next(self._arrivals), messages.mark_replayed(caption)))
+        entry = ReplayEntry(stream, seq, wall_end, messages.mark_replayed(caption))
+        store.append((next(self._arrivals), entry))
 
     def recent(self, request: Subscribe, count: int) -> list[bytes]:
         """Up to ``count`` most recent captions of each requested stream, oldest first, marked
         ``"replayed": true`` and ready to send."""
         if count <= 0 or not request.wants_type("caption"):
             return []
-        picked: list[tuple[int, bytes]] = []
+        picked: list[tuple[int, ReplayEntry]] = []
         for stream, store in self._streams.items():
             if request.wants(stream):
                 picked.extend(itertools.islice(store, max(0, len(store) - count), None))
-        picked.sort()
-        return [body for _, body in picked]
+        picked.sort(key=lambda item: item[0])
+        return [entry.body for _, entry in picked]
+
+    def entries(self, request: Subscribe) -> dict[str, list[ReplayEntry]]:
+        """Every kept caption of each requested stream, in arrival order (to merge with the store's)."""
+        return {
+            stream: [entry for _, entry in store]
+            for stream, store in self._streams.items()
+            if request.wants(stream)
+        }
 
     def streams(self) -> list[str]:
         return list(self._streams)

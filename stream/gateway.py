@@ -7,10 +7,10 @@
   replay, status, pending asks) the I/O-free :mod:`stream.fanout`, the caption store's reads
   :mod:`stream.storereader`.
 
-This module wires them: it reads the bus, forwards captions, partials, events and thumbnails as the
-bytes their publisher encoded, merges status reports, routes asks to the inference process and their
-answers back to the asker, runs searches and histories on a worker thread of their own (SQLite never
-blocks the event loop), and runs the status and ask timers.
+This module wires them: it reads the bus, forwards captions, partials, events, thumbnails and summaries
+as the bytes their publisher encoded, merges status reports, routes asks to the inference process and
+their answers back to the asker, runs searches, histories, replays and stored thumbnails on a worker
+thread of its own (SQLite never blocks the event loop), and runs the status and ask timers.
 
 Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as a child process
 (:func:`gateway_main`, picklable for ``multiprocessing`` "spawn").
@@ -26,9 +26,9 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -60,14 +60,16 @@ from .process import ExitCode, write_ready_file
 from .requests import Ask, Ping, StoreRequest, Subscribe, parse_client_message
 from .routes import WS_PATH, Routes
 from .storereader import StoreReader
+from .storereplay import merge_replay
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
 
-_FORWARDED = frozenset({"caption", "partial", "event", "thumbnail"})  # their bus bytes go to clients
+_FORWARDED = frozenset({"caption", "partial", "event", "thumbnail", "summary"})  # bus bytes go to clients
 _REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status", "outputs_status"})
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
 _TICK = 0.1
+T = TypeVar("T")
 
 
 class Gateway:
@@ -91,6 +93,7 @@ class Gateway:
             auth=self._auth,
             health=self.health,
             admit=lambda: len(self._clients) < options.max_clients,
+            thumbnail=self._stored_thumbnail if options.store is not None else None,
         )
         self._clients = Clients(options)
         self._replay = ReplayStore(options.replay, max_streams=options.max_streams)
@@ -99,9 +102,14 @@ class Gateway:
             timeout=options.ask_timeout, per_client=options.asks_per_client, total=options.max_pending_asks
         )
         self._thumbnails: dict[str, bytes] = {}  # the latest of each stream, as published
-        self._reader = StoreReader(Path(options.store)) if options.store is not None else None
+        self._reader = (
+            StoreReader(Path(options.store), run_id=options.run_id) if options.store is not None else None
+        )
         self._queries = ClientLimit(options.queries_per_client)
         self._query_tasks: set[asyncio.Task[None]] = set()
+        # Replay from the store needs the run id, to tell this run's captions from earlier runs'.
+        self._store_replay = self._reader is not None and options.run_id is not None
+        self._replaying: dict[int, Subscribe] = {}  # client -> its subscribe waiting for the store
         # One thread: a Store is used by one thread at a time, and queries wait their turn there.
         self._store_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscriber: AsyncSubscriber | None = None
@@ -246,6 +254,7 @@ class Gateway:
 
     def _client_gone(self, client: Client) -> None:
         self._asks.drop_client(client.number)
+        self._replaying.pop(client.number, None)
 
     def _on_client_message(self, client: Client, raw: str | bytes) -> None:
         try:
@@ -264,8 +273,49 @@ class Gateway:
             self._clients.count_error(client, time.monotonic())
 
     def _subscribe(self, client: Client, request: Subscribe) -> None:
+        count = min(request.replay, self.options.replay) if request.wants_type("caption") else 0
+        if self._store_replay and count > 0 and self._queries.start(client.number):
+            # The subscription starts once the store has answered: replay first, then live, as always.
+            self._replaying[client.number] = request
+            task = self._spawn(self._replay_from_store(client.number, request, count))
+            self._query_tasks.add(task)
+            task.add_done_callback(self._query_tasks.discard)
+            return
+        # No store, or this client already has store reads running: this gateway's buffer only.
+        self._replaying.pop(client.number, None)
+        self._start_subscription(client, request, self._replay.recent(request, request.replay))
+
+    async def _replay_from_store(self, number: int, request: Subscribe, count: int) -> None:
+        assert self._reader is not None and self.options.run_id is not None
+        wanted = request.streams
+        if wanted is None and self.options.streams:
+            wanted = frozenset(self.options.streams)
+        read = self._on_store_thread(self._reader.recent, wanted, count, self.options.max_streams)
+        # Counted until the thread is done with it, even if the client stops waiting: a client cannot
+        # pile reads onto a stuck disk.
+        read.add_done_callback(lambda _: self._queries.finish(number))
+        try:
+            stored = await asyncio.wait_for(asyncio.shield(read), self.options.replay_timeout)
+        except TimeoutError:  # a slow or hung disk: live captions must not wait for it
+            log.warning(
+                "the store gave no replay within %g s; replaying this gateway's buffer alone",
+                self.options.replay_timeout,
+            )
+            stored = []
+        except Exception:  # a bug: the client still gets its subscription, from the buffer
+            log.exception("unexpected error reading the replay from the store")
+            stored = []
+        client = self._clients.get(number)
+        if client is None or self._replaying.get(number) is not request:
+            return  # gone, or subscribed again meanwhile (the newer subscribe answers)
+        del self._replaying[number]
+        # In the same step as the subscription starts: what the gateway heard until now is in its
+        # buffer (merged here), what it hears after goes live.
+        replay = merge_replay(stored, self._replay.entries(request), run_id=self.options.run_id, count=count)
+        self._start_subscription(client, request, replay)
+
+    def _start_subscription(self, client: Client, request: Subscribe, replay: list[bytes]) -> None:
         client.subscription = request
-        replay = self._replay.recent(request, request.replay)
         self._clients.send(
             client,
             Subscribed(
@@ -284,6 +334,16 @@ class Gateway:
                     self._clients.deliver(client, thumb)
         if request.wants_type("status"):
             self._clients.send(client, self._status_message())
+
+    async def _stored_thumbnail(self, store_id: int) -> bytes | None:
+        if self._reader is None:
+            return None
+        return await self._on_store_thread(self._reader.thumbnail, store_id)
+
+    def _on_store_thread(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        if self._store_thread is None:
+            self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
+        return asyncio.get_running_loop().run_in_executor(self._store_thread, func, *args)
 
     def _ask(self, client: Client, request: Ask) -> None:
         if self._ask_sender is None:
@@ -332,13 +392,9 @@ class Gateway:
         task.add_done_callback(self._query_tasks.discard)
 
     async def _answer_query(self, number: int, reader: StoreReader, request: StoreRequest) -> None:
-        if self._store_thread is None:
-            self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
         reply: Results | ErrorReply
         try:
-            reply = await asyncio.get_running_loop().run_in_executor(
-                self._store_thread, reader.answer, request
-            )
+            reply = await self._on_store_thread(reader.answer, request)
         except Exception:  # a bug, not a bad store (answer() replies to those): the asker still hears
             log.exception("unexpected error answering a %s request", type(request).__name__.lower())
             reply = ErrorReply(
@@ -375,7 +431,8 @@ class Gateway:
             if stream is None:
                 raise ValueError(f"bus {kind!r} message without a 'stream' name")
             if kind == "caption":
-                self._replay.add(stream, envelope.body)
+                seq, wall_end = _replay_key(envelope.body) if self._store_replay else (None, 0.0)
+                self._replay.add(stream, envelope.body, seq=seq, wall_end=wall_end)
             elif kind == "thumbnail":
                 if stream in self._thumbnails or len(self._thumbnails) < self.options.max_streams:
                     self._thumbnails[stream] = envelope.body
@@ -457,6 +514,16 @@ class Gateway:
                     id=pending.request_id,
                 ),
             )
+
+
+def _replay_key(body: bytes) -> tuple[int | None, float]:
+    """A caption's ``seq`` and ``wall_end``, what merging its replay with the store's needs."""
+    data = json.loads(body)
+    seq, wall_end = data.get("seq"), data.get("wall_end")
+    return (
+        seq if isinstance(seq, int) else None,
+        float(wall_end) if isinstance(wall_end, int | float) else 0.0,
+    )
 
 
 # -- process entry -------------------------------------------------------------------------------

@@ -49,6 +49,13 @@ class GatewayOptions(GatewayConfig):
     # the caption store the recorder writes (read-only here; None: the run keeps none, and search and
     # history get store_unavailable); queries_per_client: its searches/histories in flight at once.
     store: str | None = None
+    # the run's id as the recorder stores it: replay then also comes from the store, and stored captions
+    # of other runs are marked earlier_run (None: replay from the gateway's buffer only).
+    run_id: str | None = None
+    # the run's sources: a "*" replay from the store covers these, not every stream ever stored (()
+    # when unknown: every stored stream).
+    streams: tuple[str, ...] = ()
+    replay_timeout: float = setting(2.0, above=0)  # seconds a replay waits for the store, then goes without
     queries_per_client: int = setting(2, low=1)
 
     def __post_init__(self) -> None:

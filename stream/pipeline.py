@@ -238,6 +238,8 @@ class LivePipeline:
                     GatewayOptions,
                     token=g.resolved_token(),
                     store=None if self.store is None else str(self.store),
+                    run_id=self.run.run_id,
+                    streams=tuple(s.name for s in self.sources),
                 ),
                 "ready_file": str(self.ready_file),
             },

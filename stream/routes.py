@@ -13,7 +13,7 @@ import http
 import json
 import logging
 import mimetypes
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 DEFAULT_WEB_DIR = Path(__file__).resolve().parent / "web"
 WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
+THUMBNAIL_PREFIX = "/thumbnail/"
+MAX_THUMBNAIL_READS = 8  # stored thumbnails being read at once; past it: 503 (they queue on one thread)
 MAX_STATIC_BYTES = 16 * 1024 * 1024
 
 
@@ -43,14 +45,20 @@ class Routes:
         auth: TokenAuth | None,
         health: Callable[[], dict[str, Any]],
         admit: Callable[[], bool],
+        thumbnail: Callable[[int], Awaitable[bytes | None]] | None = None,
     ) -> None:
         self.web_dir = web_dir.resolve() if web_dir is not None else None
         self.auth = auth
         self._health = health
         self._admit = admit
+        self._thumbnail = thumbnail
+        self._thumbnail_reads = 0
 
-    def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        """websockets' hook: a response, or None to go on with the websocket handshake."""
+    def process_request(
+        self, conn: ServerConnection, request: Request
+    ) -> Response | None | Awaitable[Response | None]:
+        """websockets' hook: a response (awaitable for a stored thumbnail, read off the event loop),
+        or None to go on with the websocket handshake."""
         if request.method not in ("GET", "HEAD"):
             return response(
                 http.HTTPStatus.METHOD_NOT_ALLOWED,
@@ -59,11 +67,17 @@ class Routes:
                 extra=[("Allow", "GET, HEAD")],
             )
         answer = self._route(request)
+        if isinstance(answer, Awaitable):
+            return self._head(request, answer)
         if request.method == "HEAD" and answer is not None:
             return dataclasses.replace(answer, body=b"")  # Content-Length still tells the size
         return answer
 
-    def _route(self, request: Request) -> Response | None:
+    async def _head(self, request: Request, answer: Awaitable[Response]) -> Response:
+        page = await answer
+        return dataclasses.replace(page, body=b"") if request.method == "HEAD" else page
+
+    def _route(self, request: Request) -> Response | None | Awaitable[Response]:
         url = urlsplit(request.path)
         if url.path == HEALTH_PATH:  # never needs the token: load balancers and supervisors poll it
             return response(
@@ -88,6 +102,8 @@ class Routes:
                     http.HTTPStatus.SERVICE_UNAVAILABLE, b"Too many clients.\n", "text/plain; charset=utf-8"
                 )
             return None  # the websocket handshake proceeds (426 if it is not an upgrade)
+        if url.path.startswith(THUMBNAIL_PREFIX):
+            return self._stored_thumbnail(url.path.removeprefix(THUMBNAIL_PREFIX))
         if "upgrade" in request.headers.get("Connection", "").lower():
             return response(
                 http.HTTPStatus.NOT_FOUND,
@@ -99,6 +115,29 @@ class Routes:
             # The page's own requests (scripts, styles, the websocket) then carry the token.
             page.headers["Set-Cookie"] = self.auth.cookie()
         return page
+
+    async def _stored_thumbnail(self, name: str) -> Response:
+        """The JPEG the store keeps with message ``name`` (a search or history item's ``store_id``)."""
+        jpeg = None
+        if self._thumbnail is not None and name.isascii() and name.isdigit() and len(name) <= 19:
+            if self._thumbnail_reads >= MAX_THUMBNAIL_READS:
+                return response(
+                    http.HTTPStatus.SERVICE_UNAVAILABLE,
+                    b"Too many thumbnails being read; retry.\n",
+                    "text/plain; charset=utf-8",
+                    extra=[("Retry-After", "1")],
+                )
+            self._thumbnail_reads += 1
+            try:
+                jpeg = await self._thumbnail(int(name))
+            finally:
+                self._thumbnail_reads -= 1
+        if jpeg is None:
+            return response(http.HTTPStatus.NOT_FOUND, b"No such thumbnail.\n", "text/plain; charset=utf-8")
+        # A stored row never changes (retention deletes it): the browser may keep it.
+        return response(
+            http.HTTPStatus.OK, jpeg, "image/jpeg", extra=[("Cache-Control", "private, max-age=86400")]
+        )
 
     def _static(self, path: str) -> Response:
         not_found = response(http.HTTPStatus.NOT_FOUND, b"Not found.\n", "text/plain; charset=utf-8")

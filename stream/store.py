@@ -482,6 +482,36 @@ class Store:
         """Every stream with something stored, sorted."""
         return [name for (name,) in self._fetch("SELECT DISTINCT stream FROM messages ORDER BY stream", ())]
 
+    def recent(
+        self, streams: Sequence[str] | None, limit: int, *, max_streams: int = 256
+    ) -> list[StoredMessage]:
+        """The last ``limit`` captions of each of ``streams`` (None: of the ``max_streams`` streams
+        that captioned last), oldest first per stream: what a replay resends after a restart."""
+        if streams is None:
+            # A skip scan of the (stream, wall_end) index: one seek per stream, not a scan of every row.
+            names = [
+                name
+                for (name,) in self._fetch(
+                    "WITH RECURSIVE s(name) AS (SELECT min(stream) FROM messages UNION ALL "
+                    "SELECT (SELECT min(stream) FROM messages WHERE stream > s.name) FROM s "
+                    "WHERE s.name IS NOT NULL) SELECT name FROM s WHERE name IS NOT NULL",
+                    (),
+                )
+            ]
+        else:
+            names = list(dict.fromkeys(streams))
+        per_stream = [
+            self._query(
+                f"SELECT {_COLUMNS}, NULL FROM messages m WHERE stream = ? AND kind = 'caption' "
+                "ORDER BY wall_end DESC, id DESC LIMIT ?",
+                (name, limit),
+            )[::-1]
+            for name in names
+        ]
+        per_stream = [rows for rows in per_stream if rows]
+        per_stream.sort(key=lambda rows: rows[-1].wall_end, reverse=True)
+        return [row for rows in per_stream[:max_streams] for row in rows]
+
     def thumbnail(self, message_id: int) -> bytes | None:
         """The JPEG kept with a message, if any."""
         rows = self._fetch("SELECT jpeg FROM thumbnails WHERE message_id = ?", (message_id,))

@@ -19,6 +19,7 @@ from .errors import StoreError, StoreQueryError
 from .messages import AskId, ErrorCode, ErrorReply, Message, Results
 from .requests import Search, StoreRequest
 from .store import Store, StoredMessage
+from .storereplay import ReplayEntry
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ MAX_RESULTS_BYTES: Final = 1024 * 1024  # of the items of one reply; the rest is
 class StoreReader:
     """Answers store requests from the store at ``path``, opened read-only when first needed."""
 
-    def __init__(self, path: Path, *, max_bytes: int = MAX_RESULTS_BYTES) -> None:
+    def __init__(self, path: Path, *, max_bytes: int = MAX_RESULTS_BYTES, run_id: str | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self.run_id = run_id  # this run's: items stored by another are marked earlier_run
         self._store: Store | None = None
 
     def answer(self, request: StoreRequest) -> Results | ErrorReply:
@@ -55,6 +57,32 @@ class StoreReader:
             return ErrorReply(error=ErrorCode.STORE_UNAVAILABLE, message=str(exc), id=request.id)
         return self._results(request.id, found)
 
+    def recent(self, streams: frozenset[str] | None, count: int, max_streams: int) -> list[ReplayEntry]:
+        """The last ``count`` stored captions of each of ``streams`` (None: every stream), for a replay;
+        none while the store cannot be read (the replay then comes from the gateway's buffer alone)."""
+        try:
+            found = self._open().recent(
+                None if streams is None else sorted(streams), count, max_streams=max_streams
+            )
+        except StoreError as exc:
+            self.close()
+            log.info("replaying without the store: %s", exc)
+            return []
+        return [
+            ReplayEntry(row.stream, row.seq, row.wall_end, row.json.encode(), run_id=row.run_id)
+            for row in found
+        ]
+
+    def thumbnail(self, store_id: int) -> bytes | None:
+        """The JPEG kept with the stored message ``store_id``; None when there is none or the store
+        cannot be read."""
+        try:
+            return self._open().thumbnail(store_id)
+        except StoreError as exc:
+            self.close()
+            log.info("no thumbnail %d: %s", store_id, exc)
+            return None
+
     def _open(self) -> Store:
         if self._store is None:
             if not self.path.is_file():
@@ -70,6 +98,9 @@ class StoreReader:
         size = 0
         for stored in found:
             item = stored.message()
+            item["store_id"] = stored.id  # names the row, e.g. for its thumbnail (/thumbnail/<store_id>)
+            if self.run_id is not None and stored.run_id != self.run_id:
+                item["earlier_run"] = True
             size += len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
             if size > self.max_bytes:
                 return Results(id=request_id, items=items, truncated=True)

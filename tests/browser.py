@@ -395,6 +395,7 @@ class ViewerFeed:
         *,
         partials: Sequence[str] = (),
         partial_delay: float = 0.0,
+        unchanged: bool | None = None,
     ) -> messages.Caption:
         """Publish the next caption of ``stream`` (after its ``partials``); returns the caption."""
         play = self.streams[stream]
@@ -419,6 +420,7 @@ class ViewerFeed:
             text=text if text is not None else play.caption_text(seq),
             model=self.model,
             latency_ms=850.0,
+            unchanged=unchanged,
         )
         self.publish("inference", message)
         return message

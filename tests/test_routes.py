@@ -76,3 +76,35 @@ def test_the_websocket_path_admits_up_to_the_client_limit(tmp_path: Path) -> Non
     assert get(routes(tmp_path), "/ws") is None
     assert status(get(routes(tmp_path, admit=False), "/ws")) == 503
     assert status(get(routes(tmp_path), "/", Connection="Upgrade")) == 404  # websockets are at /ws
+
+
+def test_stored_thumbnails_are_read_a_bounded_number_at_a_time() -> None:
+    import asyncio
+
+    from stream.routes import MAX_THUMBNAIL_READS
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        asked: list[int] = []
+
+        async def thumbnail(store_id: int) -> bytes | None:
+            asked.append(store_id)
+            await release.wait()  # a slow disk
+            return b"\xff\xd8jpeg" if store_id == 7 else None
+
+        r = Routes(web_dir=None, auth=None, health=dict, admit=lambda: True, thumbnail=thumbnail)
+        waiting = [
+            asyncio.ensure_future(get(r, "/thumbnail/7"))  # type: ignore[arg-type]
+            for _ in range(MAX_THUMBNAIL_READS)
+        ]
+        while len(asked) < MAX_THUMBNAIL_READS:
+            await asyncio.sleep(0)
+        busy = await get(r, "/thumbnail/7")  # type: ignore[misc]
+        assert status(busy) == 503 and busy.headers["Retry-After"] == "1"
+        release.set()
+        answers = await asyncio.gather(*waiting)
+        assert all(status(a) == 200 and a.body == b"\xff\xd8jpeg" for a in answers)
+        assert status(await get(r, "/thumbnail/8")) == 404  # type: ignore[misc]  # reads free again
+        assert len(asked) == MAX_THUMBNAIL_READS + 1
+
+    asyncio.run(scenario())

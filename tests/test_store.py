@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 from stream import messages
 from stream import store as store_module
 from stream.errors import StoreError, StoreQueryError
-from stream.store import SCHEMA_VERSION, Record, Store, default_store_path
+from stream.store import SCHEMA_VERSION, Record, Store, StoredMessage, default_store_path
 
 WALL0 = 1_780_000_000.0
 
@@ -406,3 +406,20 @@ def test_bench_store_runs_and_ends_with_its_json_figures(tmp_path: Path) -> None
     assert figures["search"]["commonest word"]["mean_hits"] == 20
     with Store.open(tmp_path / "b.db", readonly=True) as store:
         assert store.count() == 3000 and store.streams() == ["cam0", "cam1", "cam2", "cam3"]
+
+
+def test_recent_gives_each_streams_last_captions_oldest_first_for_a_replay(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "v.db") as store:
+        store.add([caption(seq, stream) for stream in ("a", "b", "c") for seq in range(5)])
+        store.add([caption(9, "c", wall=WALL0 + 1000)])  # c captioned last, b first
+        store.add([caption(9, "b", wall=WALL0 - 1000)])
+
+        def seqs(rows: list[StoredMessage]) -> list[tuple[str, int | None]]:
+            return [(row.stream, row.seq) for row in rows]
+
+        every = store.recent(None, 2)
+        assert seqs(every) == [("c", 4), ("c", 9), ("a", 3), ("a", 4), ("b", 3), ("b", 4)]
+        # Past max_streams, the streams that captioned last are kept.
+        assert seqs(store.recent(None, 1, max_streams=2)) == [("c", 9), ("a", 4)]
+        assert seqs(store.recent(["b", "nobody"], 3)) == [("b", 2), ("b", 3), ("b", 4)]
+        assert store.recent([], 3) == []
