@@ -1,5 +1,5 @@
 """The ``vidnarrate`` command line: ``run`` (the live pipeline), ``caption`` (a file, offline), and
-``search`` and ``export`` (what the caption store kept).
+``search``, ``export`` and ``summarize`` (what the caption store kept).
 
 Settings come from the packaged defaults (``stream/defaults/default.toml``), then ``--config FILE``,
 then the flags, then ``--set section.key=value`` (any key). Everything is checked before a process
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, apply_overrides, load_config
-from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
+from .errors import ConfigError, SourceError, StoreError, StoreQueryError, VidnarrateError
 from .preflight import (
     check_device_source,
     check_file,
@@ -161,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
     )
     caption.add_argument(
+        "--summary",
+        nargs="?",
+        const="",
+        type=str,
+        metavar="FILE.md",
+        help="after the captions, write the recording's summary (Markdown, with times; default: "
+        "beside the first --out, named FILE.md); [summaries] prompt picks the preset",
+    )
+    caption.add_argument(
         "--store",
         type=Path,
         metavar="PATH",
@@ -188,13 +197,26 @@ def _add_store_commands(commands: Any) -> None:
         metavar="FILE.jsonl|.vtt|.srt",
         help="where to write the captions (repeatable)",
     )
-    for command in (search, export):
+    summarize = commands.add_parser(
+        "summarize", help="summarise a span of stored captions with the model (Markdown, with times)"
+    )
+    summarize.add_argument("--out", type=Path, metavar="FILE.md", help="write here (default: print it)")
+    summarize.add_argument("--model", help="hub id, checkpoint folder, or 'tiny'")
+    summarize.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    summarize.add_argument("--prompt", help="summary preset: narration, cctv, screen (a step list)")
+    summarize.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    summarize.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
+    )
+    for command in (search, export, summarize):
         command.add_argument(
             "--stream",
             action="append",
             required=command is export,
             metavar="NAME",
-            help="only this stream (repeatable)" if command is search else "the stream to export",
+            help="the stream to export" if command is export else "only this stream (repeatable)",
         )
         command.add_argument("--since", metavar="DURATION", help="the last 45s, 30m, 2h, 1d, 1h30m ...")
         command.add_argument(
@@ -392,6 +414,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     check_outputs(outputs, source=path)
+    summary_path = None
+    if args.summary is not None:
+        from .summarydoc import check_summary_path
+
+        summary_path = Path(args.summary) if args.summary else outputs[0].with_suffix(".md")
+        check_summary_path(summary_path, outputs)
     # Offline captions are kept only where a store is named (--store or [store] path).
     from .recorder import check_store
 
@@ -457,6 +485,16 @@ def cmd_caption(args: argparse.Namespace) -> int:
         + ", ".join(str(p) for p in [*result.outputs, *(s.path for s in sinks)]),
         flush=True,
     )
+    if summary_path is not None:
+        from .summaries import TimeLabels
+        from .summarydoc import SummaryMaker, captions_of, render, write_text
+
+        maker = SummaryMaker(backend, config, progress=args.progress)
+        section = maker.run(
+            path.name, captions_of(result.captions), total=len(result.captions), labels=TimeLabels.STREAM
+        )
+        write_text(summary_path, render([section], model=config.model.name))
+        print(f"vidnarrate: summary of {path.name} -> {summary_path}", flush=True)
     return ExitCode.OK
 
 
@@ -478,7 +516,10 @@ def _open_store_for_reading(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"store {path}: no such file (nothing recorded there yet; --store PATH names another)"
         )
-    return Store.open(path, readonly=True)
+    try:
+        return Store.open(path, readonly=True)
+    except StoreError as exc:  # a store that cannot be read is a bad --store, as for `run`: exit 2
+        raise ConfigError(str(exc)) from None
 
 
 def _span(args: argparse.Namespace) -> Any:
@@ -560,7 +601,78 @@ def cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-_COMMANDS = {"run": cmd_run, "caption": cmd_caption, "search": cmd_search, "export": cmd_export}
+def cmd_summarize(args: argparse.Namespace) -> int:
+    import json
+
+    from .summaries import TimeLabels
+    from .summarydoc import SummaryMaker, captions_of, check_summary_path, render, spans_days, write_text
+
+    flags = {"model.name": args.model, "model.device": args.device, "summaries.prompt": args.prompt}
+    config = apply_overrides(load_config(args.config), {k: v for k, v in flags.items() if v}, "command line")
+    config = apply_overrides(config, args.overrides, "--set")
+    span = _span(args)
+    if args.out is not None:
+        check_summary_path(args.out)
+    with _open_store_for_reading(args) as store:
+        streams = args.stream or store.streams()
+        _check_streams(store, streams)
+        counts = {name: store.count_captions(name, span.wall_from, span.wall_to) for name in streams}
+        if not any(counts.values()):
+            print(
+                f"vidnarrate: no captions of {', '.join(streams) or 'any stream'} in {_span_words(span)}: "
+                "nothing to summarise",
+                file=sys.stderr,
+            )
+            return ExitCode.FAILED
+        check_model_available(config.model.name, config.model.device)
+        maker = SummaryMaker(_load_backend(config), config, progress=args.progress)
+        sections = []
+        for name, count in counts.items():
+            first = store.history(name, span.wall_from, span.wall_to, limit=1)
+            last = store.newest_captions(name, span.wall_from, span.wall_to, limit=1)
+            day = bool(first and last) and spans_days(first[0].wall_end, last[0].wall_end)
+            stored = (json.loads(m.json) for m in store.iter_history(name, span.wall_from, span.wall_to))
+            sections.append(
+                maker.run(
+                    name, captions_of(stored), total=count, labels=TimeLabels.WALL, stream=name, day=day
+                )
+            )
+    document = render(sections, model=config.model.name)
+    if args.out is None:
+        print(document, end="")
+    else:
+        write_text(args.out, document)
+        print(f"vidnarrate: summary of {', '.join(counts)} -> {args.out}", flush=True)
+    return ExitCode.OK
+
+
+def _span_words(span: Any) -> str:
+    ends = [
+        "the beginning"
+        if span.wall_from is None
+        else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(span.wall_from)),
+        "now" if span.wall_to is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(span.wall_to)),
+    ]
+    return f"the span from {ends[0]} to {ends[1]}"
+
+
+def _load_backend(config: Config) -> Any:
+    from model.backends import load_backend
+
+    device = None if config.model.device == "auto" else config.model.device
+    dtype = None if config.model.dtype == "auto" else config.model.dtype
+    return load_backend(
+        config.model.name, device=device, dtype=dtype, max_inp_length=config.model.max_inp_length
+    )
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "caption": cmd_caption,
+    "search": cmd_search,
+    "export": cmd_export,
+    "summarize": cmd_summarize,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
