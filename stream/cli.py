@@ -604,8 +604,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_summarize(args: argparse.Namespace) -> int:
     import json
 
-    from .summaries import TimeLabels
-    from .summarydoc import SummaryMaker, captions_of, check_summary_path, render, spans_days, write_text
+    from .summaries import TimeLabels, spans_days
+    from .summarydoc import SummaryMaker, captions_of, check_summary_path, render, write_text
 
     flags = {"model.name": args.model, "model.device": args.device, "summaries.prompt": args.prompt}
     config = apply_overrides(load_config(args.config), {k: v for k, v in flags.items() if v}, "command line")

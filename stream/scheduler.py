@@ -12,7 +12,11 @@ The protocol, one stream or many:
    For a kept frame the caller then gives its pixels (:meth:`Scheduler.add_pixels`) or says they were
    lost (:meth:`Scheduler.pixels_lost`), before offering the next frame of that stream. A stream
    that ends is told with :meth:`Scheduler.end_stream` (its tail gets a last, shorter window).
-2. **Asks.** :meth:`Scheduler.submit_ask` queues a question about a stream's last ``window`` seconds.
+2. **Asks.** :meth:`Scheduler.submit_ask` queues a question about a stream's last ``window`` seconds;
+   :meth:`Scheduler.submit_past_ask` one over stored captions, and captions feed live summaries
+   (both text-only: :mod:`stream.textwork`, handed out as :class:`~stream.textwork.AnswerPast` and
+   :class:`~stream.textwork.Summarize`, reported with :meth:`Scheduler.past_answered` and
+   :meth:`Scheduler.summarized`).
 3. **Actions.** :meth:`Scheduler.next_action` answers what to do next, as a frozen value:
    :class:`Encode` these pixels (one batched vision call), :class:`Caption` this window with these
    cached embeddings, prompt and context, :class:`Answer` this ask, :class:`Reply` with this message
@@ -26,13 +30,15 @@ The protocol, one stream or many:
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
 
-Order of work: asks first (a person is waiting), then the next window, streams taking turns (round
-robin from the one served longest ago), each giving its newest due window in live mode (older ones
-skipped and counted) and every window in order offline. A window or ask whose frames still wait as
-pixels gets them encoded first (with every other frame waiting for the same vision settings, one
-batch), so encoding slower than real time never leaves a window captioned from nothing. With nothing
-due, waiting frames are encoded as soon as ``min_batch`` of them wait. The per-stream rules (encode
-once, the bounded cache, context captions, status figures) are in :mod:`stream.captioning`.
+Order of work: asks first (a person is waiting; questions over the past with them), then a summary
+turn when one is due (never two in a row while a window is due), then the next window, streams
+taking turns (round robin from the one served longest ago), each giving its newest due window in
+live mode (older ones skipped and counted) and every window in order offline. A window or ask
+whose frames still wait as pixels gets them encoded first (with every other frame waiting for the
+same vision settings, one batch), so encoding slower than real time never leaves a window captioned
+from nothing. With nothing due, waiting frames are encoded as soon as ``min_batch`` of them wait.
+The per-stream rules (encode once, the bounded cache, context captions, status figures) are in
+:mod:`stream.captioning`.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from . import messages
 from .captioning import CaptionSettings, StreamCaptions
 from .messages import AskId, ErrorCode
 from .sampler import Job, SampledFrame
+from .textwork import AnswerPast, Summarize, TextWork
 
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
@@ -151,7 +158,7 @@ class EvaluateRules:
     rules: tuple[str, ...]
 
 
-Action: TypeAlias = Encode | Caption | Answer | Reply
+Action: TypeAlias = Encode | Caption | Answer | Reply | Summarize | AnswerPast
 
 
 @dataclass(frozen=True)
@@ -186,8 +193,12 @@ class Scheduler:
         *,
         stream_settings: Mapping[str, CaptionSettings] | None = None,
         model: str = "model",
+        text: TextWork | None = None,
     ) -> None:
         self.settings = settings
+        self.text = text  # live summaries and questions over the past (stream.textwork)
+        self._summary_waits = False  # a summary turn ran: a due window goes before the next one
+        self._text_ended: set[str] = set()  # ended streams whose tail summary was started
         self.stream_settings = dict(stream_settings or {})
         self.model = model
         self.streams: dict[str, StreamCaptions] = {}
@@ -224,13 +235,25 @@ class Scheduler:
         return self._stream(stream).ended
 
     def drained(self) -> bool:
-        """Every stream has ended and nothing of it is left to caption (no window due or taken)."""
-        return self._held is None and all(s.ended and not s.due for s in self.streams.values())
+        """Every stream has ended and nothing of it is left to caption (no window due or taken) or
+        to summarise."""
+        return (
+            self._held is None
+            and all(s.ended and not s.due for s in self.streams.values())
+            and (self.text is None or (self.text.idle and self._text_ended >= self.streams.keys()))
+        )
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
         bounds how many asks each client may have waiting)."""
         self._asks.append(_Ask(id, stream, question, max_new_tokens))
+
+    def submit_past_ask(self, ask: messages.AskRequest) -> None:
+        """Queue a question over the past: ``ask`` carries the stored captions to answer from (see
+        :mod:`stream.textwork`; answered right after the asks about now)."""
+        if self.text is None:
+            raise RuntimeError("submit_past_ask: this scheduler has no text work")
+        self.text.submit_past_ask(ask)
 
     def _stream(self, name: str) -> StreamCaptions:
         try:
@@ -247,6 +270,9 @@ class Scheduler:
             )
         while True:
             if self._held is None:
+                text = self._text_action(windows_first=True)
+                if text is not None:
+                    return text
                 reply = self._take()
                 if reply is not None:
                     return reply
@@ -259,11 +285,32 @@ class Scheduler:
                 if action is None:
                     continue  # a window none of whose frames survived: skipped, take the next
                 return action if isinstance(action, Reply) else self._start(action)
-            return self._start(self._idle_encode(min_batch))
+            idle = self._idle_encode(min_batch)
+            return self._start(idle) if idle is not None else self._text_action(windows_first=False)
 
     def _start(self, action: Action | None) -> Action | None:
         self._current = action
+        if isinstance(action, Caption | Summarize):
+            self._summary_waits = isinstance(action, Summarize)
         return action
+
+    def _text_action(self, *, windows_first: bool) -> Summarize | AnswerPast | Reply | None:
+        """A question over the past (a person waits), else a summary turn, but never two summary
+        turns in a row while a window may be due (``windows_first``): captions are not starved."""
+        if self.text is None:
+            return None
+        for stream in self.streams.values():  # a stream's tail summary, once its last window is out
+            if stream.ended and not stream.due and stream.name not in self._text_ended:
+                self._text_ended.add(stream.name)
+                self.text.end_stream(stream.name)
+        past = self.text.next_past_ask()
+        if isinstance(past, messages.Answer):
+            return Reply(past)
+        turn: Summarize | AnswerPast | None = past
+        if turn is None and not (windows_first and self._summary_waits):
+            turn = self.text.next_summary()
+        self._start(turn)
+        return turn
 
     def _take(self) -> Reply | None:
         """Hold the next ask, else the next window (streams in turn); a Reply for an unanswerable ask."""
@@ -384,7 +431,7 @@ class Scheduler:
         c.last_latency_ms = latency_ms
         c.last_model_ms = round(model_ms, 1)
         stream.sweep()
-        return messages.Caption(
+        message = messages.Caption(
             stream=stream.name,
             seq=action.seq,
             t_start=round(action.job.t_start, 3),
@@ -400,6 +447,9 @@ class Scheduler:
             encode_ms=action.encode_ms,
             frames=len(frames),
         )
+        if self.text is not None:
+            self.text.caption(message)
+        return message
 
     def caption_failed(self, action: Caption) -> int:
         """The model refused this window (e.g. a prompt over its input limit): counted in
@@ -428,6 +478,27 @@ class Scheduler:
         self._finish(action)
         ask = _Ask(action.id, action.stream, action.question, None)
         return self._error_answer(ask, ErrorCode.MODEL_ERROR, reason)
+
+    def summarized(self, action: Summarize, text: str) -> messages.Summary | None:
+        """A summary turn's text: the ``summary`` message once it was the last turn, else None."""
+        self._finish(action)
+        assert self.text is not None
+        return self.text.summarized(action, text)
+
+    def summary_failed(self, action: Summarize) -> None:
+        """The model refused a summary turn (a prompt over its input): that summary is given up."""
+        self._finish(action)
+        assert self.text is not None
+        self.text.summary_failed(action)
+
+    def past_answered(self, action: AnswerPast, text: str) -> messages.Answer:
+        """The ``answer`` (with ``from``, ``to``, ``captions``) of a question over the past."""
+        self._finish(action)
+        return TextWork.past_answered(action, text)
+
+    def past_answer_failed(self, action: AnswerPast, reason: str) -> messages.Answer:
+        self._finish(action)
+        return TextWork.past_answer_failed(action, reason)
 
     @staticmethod
     def _error_answer(ask: _Ask, code: ErrorCode, reason: str) -> messages.Answer:

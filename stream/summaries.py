@@ -120,6 +120,11 @@ def time_label(item: Timed, labels: TimeLabels, *, day: bool = False) -> str:
     return start if start == end else f"{start}-{end}"
 
 
+def spans_days(first: float, last: float) -> bool:
+    """Whether wall times from ``first`` to ``last`` need their date (they are not of one day)."""
+    return time.localtime(first)[:3] != time.localtime(last)[:3]
+
+
 def token_counter(backend: Any) -> Callable[[str], int]:
     """The backend's own ``count_tokens`` when it has one, else an estimate from the length."""
     count = getattr(backend, "count_tokens", None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +90,6 @@ class SummaryMaker:
             if bar is not None:
                 bar.close()
         return Section(title, run, labels, day)
-
-
-def spans_days(first: float, last: float) -> bool:
-    """Whether wall times from ``first`` to ``last`` need their date (they are not of one day)."""
-    return time.localtime(first)[:3] != time.localtime(last)[:3]
 
 
 def render(sections: Iterable[Section], *, model: str) -> str:
