@@ -30,7 +30,16 @@ from typing import TYPE_CHECKING, Final
 from . import messages
 from .config import load_summary_prompts
 from .messages import AskId, ErrorCode
-from .summaries import TEMPLATE_TOKENS, SpanSummary, SummaryPrompts, Timed, TimeLabels, spans_days, time_label
+from .summaries import (
+    TEMPLATE_TOKENS,
+    ChatRequest,
+    SpanSummary,
+    SummaryPrompts,
+    Timed,
+    TimeLabels,
+    spans_days,
+    time_label,
+)
 
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
@@ -92,7 +101,7 @@ class _Job:
     number: int
     stream: str
     summary: SpanSummary
-    request: object = None  # the ChatRequest handed out, while it runs
+    request: ChatRequest | None = None  # the turn handed out, while it runs
 
 
 class TextWork:
@@ -182,7 +191,8 @@ class TextWork:
         job = self._active
         if job is None or job.number != action.job:
             raise RuntimeError("summarized: this summary turn was not handed out")
-        job.summary.answered(job.request, text)  # type: ignore[arg-type]  # a ChatRequest of its own
+        assert job.request is not None
+        job.summary.answered(job.request, text)
         result = job.summary.result
         if result is None:
             return None
