@@ -107,6 +107,7 @@ def test_a_span_without_captions_is_said_and_writes_nothing(home: Path, tmp_path
         (["--stream", "gate"], "--stream gate: nothing of that stream is stored (streams: door, yard)"),
         (["--from", "10:00", "--to", "09:00"], "--from '10:00' is after --to '09:00'"),
         (["--since", "soon"], "--since 'soon': not a duration"),
+        (["--out", "/no-such-dir/x.md"], "summary /no-such-dir/x.md: its folder /no-such-dir does not exist"),
         (["--prompt", "poem"], "command line: summaries.prompt: 'poem' is not a summary preset"),
     ],
 )
