@@ -602,10 +602,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    import json
-
-    from .summaries import TimeLabels, spans_days
-    from .summarydoc import SummaryMaker, captions_of, check_summary_path, render, write_text
+    from .summarydoc import SummaryMaker, check_summary_path, render, span_words, stored_sections, write_text
 
     flags = {"model.name": args.model, "model.device": args.device, "summaries.prompt": args.prompt}
     config = apply_overrides(load_config(args.config), {k: v for k, v in flags.items() if v}, "command line")
@@ -619,24 +616,14 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         counts = {name: store.count_captions(name, span.wall_from, span.wall_to) for name in streams}
         if not any(counts.values()):
             print(
-                f"vidnarrate: no captions of {', '.join(streams) or 'any stream'} in {_span_words(span)}: "
+                f"vidnarrate: no captions of {', '.join(streams) or 'any stream'} in {span_words(span)}: "
                 "nothing to summarise",
                 file=sys.stderr,
             )
             return ExitCode.FAILED
         check_model_available(config.model.name, config.model.device)
         maker = SummaryMaker(_load_backend(config), config, progress=args.progress)
-        sections = []
-        for name, count in counts.items():
-            first = store.history(name, span.wall_from, span.wall_to, limit=1)
-            last = store.newest_captions(name, span.wall_from, span.wall_to, limit=1)
-            day = bool(first and last) and spans_days(first[0].wall_end, last[0].wall_end)
-            stored = (json.loads(m.json) for m in store.iter_history(name, span.wall_from, span.wall_to))
-            sections.append(
-                maker.run(
-                    name, captions_of(stored), total=count, labels=TimeLabels.WALL, stream=name, day=day
-                )
-            )
+        sections = stored_sections(store, counts, span, maker)
     document = render(sections, model=config.model.name)
     if args.out is None:
         print(document, end="")
@@ -644,16 +631,6 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         write_text(args.out, document)
         print(f"vidnarrate: summary of {', '.join(counts)} -> {args.out}", flush=True)
     return ExitCode.OK
-
-
-def _span_words(span: Any) -> str:
-    ends = [
-        "the beginning"
-        if span.wall_from is None
-        else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(span.wall_from)),
-        "now" if span.wall_to is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(span.wall_to)),
-    ]
-    return f"the span from {ends[0]} to {ends[1]}"
 
 
 def _load_backend(config: Config) -> Any:

@@ -8,24 +8,29 @@ more than one chunk, the summary of each part with its time span.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, summary_preset
 from .errors import ConfigError
+from .store import Store
+from .storequery import Span
 from .summaries import (
     SpanSummary,
     SummaryPrompts,
     SummaryRun,
     Timed,
     TimeLabels,
+    spans_days,
     summarize,
     time_label,
     token_counter,
+    wall_clock,
 )
 
 if TYPE_CHECKING:
@@ -114,6 +119,30 @@ def render(sections: Iterable[Section], *, model: str) -> str:
             f"({len(run.parts)} parts) by {model}._\n"
         )
     return "\n".join(out)
+
+
+def stored_sections(
+    store: Store, counts: Mapping[str, int], span: Span, maker: SummaryMaker
+) -> list[Section]:
+    """A section per stream of ``counts`` (stream -> its captions in ``span``), read from ``store``
+    page by page, with local wall-clock times (dated when the span is not of one day)."""
+    sections = []
+    for name, count in counts.items():
+        first = store.history(name, span.wall_from, span.wall_to, limit=1)
+        last = store.newest_captions(name, span.wall_from, span.wall_to, limit=1)
+        day = bool(first and last) and spans_days(first[0].wall_end, last[0].wall_end)
+        stored = (json.loads(m.json) for m in store.iter_history(name, span.wall_from, span.wall_to))
+        sections.append(
+            maker.run(name, captions_of(stored), total=count, labels=TimeLabels.WALL, stream=name, day=day)
+        )
+    return sections
+
+
+def span_words(span: Span) -> str:
+    """``the span from 2026-12-06 14:00:00 to now``: a span in words, local time."""
+    start = "the beginning" if span.wall_from is None else wall_clock(span.wall_from, day=True)
+    end = "now" if span.wall_to is None else wall_clock(span.wall_to, day=True)
+    return f"the span from {start} to {end}"
 
 
 def check_summary_path(path: Path, others: Iterable[Path] = ()) -> None:
