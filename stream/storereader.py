@@ -100,6 +100,9 @@ class StoreReader:
             seen = {m.id for m in found}
             newest = store.newest_captions(stream, wall_from, wall_to, PAST_CANDIDATES)
             found += [m for m in newest if m.id not in seen][: PAST_CANDIDATES - len(found)]
+            if wall_from is None and found:  # an open start: the span covered begins at the first caption
+                (first,) = store.history(stream, None, wall_to, limit=1)
+                wall_from = first.wall_start if first.wall_start is not None else first.wall_end
         except StoreError as exc:
             self.close()
             return ErrorReply(error=ErrorCode.STORE_UNAVAILABLE, message=str(exc), id=request_id)
@@ -115,8 +118,8 @@ class StoreReader:
              "wall_end": m.wall_end, "text": m.text}
             for m in found
         ]  # fmt: skip
-        start_wall = wall_from if wall_from is not None else min(float(c["wall_start"]) for c in captions)
-        return PastCaptions(captions, start_wall, wall_to)
+        assert wall_from is not None
+        return PastCaptions(captions, wall_from, wall_to)
 
     def _open(self) -> Store:
         if self._store is None:

@@ -161,6 +161,9 @@ def test_an_ask_with_since_is_answered_from_the_stored_captions_of_that_span(
             )
             assert earlier["captions"] == 1 and (earlier["from"], earlier["to"]) == (NOW - 460, NOW - 390)
             assert gw.side.received[-1].captions[0]["text"] == "a delivery van stops in front"  # type: ignore[attr-defined]
+            # An open start: the span covered begins with the stream's first stored caption.
+            opening = await request(ws, type="ask", id="o", stream="door", question="first?", to=NOW - 530)
+            assert opening["captions"] == 2 and (opening["from"], opening["to"]) == (NOW - 600 - 8, NOW - 530)
 
     asyncio.run(scenario())
 
