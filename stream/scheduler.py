@@ -295,8 +295,9 @@ class Scheduler:
         return action
 
     def _text_action(self, *, windows_first: bool) -> Summarize | AnswerPast | Reply | None:
-        """A question over the past (a person waits), else a summary turn, but never two summary
-        turns in a row while a window may be due (``windows_first``): captions are not starved."""
+        """A question over the past (a person waits), else, once no ask about now waits, a summary
+        turn, but never two in a row while a window may be due (``windows_first``): captions are not
+        starved."""
         if self.text is None:
             return None
         for stream in self.streams.values():  # a stream's tail summary, once its last window is out
@@ -307,8 +308,8 @@ class Scheduler:
         if isinstance(past, messages.Answer):
             return Reply(past)
         turn: Summarize | AnswerPast | None = past
-        if turn is None and not (windows_first and self._summary_waits):
-            turn = self.text.next_summary()
+        if turn is None and not self._asks and not (windows_first and self._summary_waits):
+            turn = self.text.next_summary()  # after the asks about now
         self._start(turn)
         return turn
 

@@ -5,13 +5,14 @@ carries (a fake model that records its calls; one token per word)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from stream import messages
 from stream.captioning import CaptionSettings
-from stream.scheduler import Action, Caption, Encode, Reply, Scheduler
+from stream.scheduler import Action, Answer, Caption, Encode, Reply, Scheduler
 from stream.textwork import MAX_PENDING_CAPTIONS, AnswerPast, Summarize, TextSettings, TextWork
 
 
@@ -35,6 +36,7 @@ class Drive:
         self.calls: list[Action] = []
         self.out: list[dict[str, Any]] = []
         self.starved = 0  # summary turns handed out right after another while a window was due
+        self.after_caption: Callable[[dict[str, Any]], None] | None = None
 
     def frames(self, stream: str, until: float, *, drain_every: float = 0.2) -> None:
         t = 0.0
@@ -58,11 +60,15 @@ class Drive:
             elif isinstance(action, Caption):
                 text = f"caption {action.job.t_start:g}-{action.job.t_end:g}"
                 self.out.append(self.core.captioned(action, text, model_ms=1.0, wall=2000.0).to_dict())
+                if self.after_caption is not None:
+                    self.after_caption(self.out[-1])
             elif isinstance(action, Summarize):
                 lines = len(re.findall(r"^\[", action.prompt, flags=re.MULTILINE))
                 summary = self.core.summarized(action, f"summary of {lines} lines")
                 if summary is not None:
                     self.out.append(summary.to_dict())
+            elif isinstance(action, Answer):
+                self.out.append(self.core.answered(action, "someone").to_dict())
             elif isinstance(action, AnswerPast):
                 self.out.append(self.core.past_answered(action, "it was a cat").to_dict())
             elif isinstance(action, Reply):
@@ -99,6 +105,20 @@ def test_summary_turns_never_run_twice_in_a_row_while_windows_are_due() -> None:
     assert "Summarize Caption Summarize" in " ".join(kinds), "captions go on between summary turns"
     captions = drive.of("caption")
     assert [c["t_end"] for c in captions] == [2.0 * i for i in range(1, 31)], "no window was skipped"
+
+
+def test_asks_about_now_go_before_a_due_summary() -> None:
+    core = make_core(every=4.0)
+    drive = Drive(core)
+
+    def ask_while_captioning(caption: dict[str, Any]) -> None:
+        if caption["t_end"] == 4.0:  # this caption makes the first summary due; an ask comes meanwhile
+            core.submit_ask("q", "door", "who is there?")
+
+    drive.after_caption = ask_while_captioning
+    drive.frames("door", 6.0)
+    kinds = [type(a).__name__ for a in drive.calls if not isinstance(a, Encode)]
+    assert kinds[:4] == ["Caption", "Caption", "Answer", "Summarize"], kinds
 
 
 def test_an_ended_stream_gets_its_tail_summarised_and_the_core_drains_only_after() -> None:
