@@ -3,7 +3,8 @@
 The pipeline encodes every sampled frame once (``encode_frames``), keeps the embeddings in a bounded
 cache, and asks for a caption of a window of them (``describe``) or an answer about them (``ask``).
 Both build the model card's video chat: one user turn holding the optional ``context`` text, the
-frames, then the prompt, with ``use_image_id=False``. ``on_text`` receives text pieces as they are
+frames, then the prompt, with ``use_image_id=False``; ``chat`` is the same turn without frames (span
+summaries and questions over the past, from stored captions). ``on_text`` receives text pieces as they are
 generated; their concatenation is the returned text.
 
 Backends are not thread-safe: one inference loop drives one backend.
@@ -86,8 +87,20 @@ class CaptionBackend(Protocol):
         """P(yes) in [0, 1] for each yes/no question about the frames, in order (alert rules)."""
         ...
 
+    def chat(
+        self,
+        text: str,
+        *,
+        max_new_tokens: int = 512,
+        decoding: str = "greedy",
+        on_text: TextCallback | None = None,
+    ) -> str:
+        """The answer to a text-only user turn (no frames): span summaries and questions over the
+        past, whose prompts hold the stored captions themselves."""
+        ...
+
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:
-        """From now on, ``describe``/``ask`` end early (with what they have) once ``check()`` is
+        """From now on, ``describe``/``ask``/``chat`` end early (with what they have) once ``check()`` is
         true: a shutdown need not wait for a long caption on a slow machine."""
         ...
 
@@ -220,6 +233,22 @@ class LocalBackend:
                 raise ValueError(f"the tokenizer of {self.name} has no distinct yes and no answer tokens")
             self._yes_no = (sorted(yes), sorted(no))
         return self._yes_no
+
+    def chat(
+        self,
+        text: str,
+        *,
+        max_new_tokens: int = 512,
+        decoding: str = "greedy",
+        on_text: TextCallback | None = None,
+    ) -> str:
+        return self._video_chat((), text, None, max_new_tokens, decoding, on_text)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for this model's tokenizer: what fits ``max_inp_length`` (prompts built
+        from stored captions are packed with it). Not part of the Protocol: a backend without it is
+        measured by an estimate (:func:`stream.summaries.token_counter`)."""
+        return len(self.model.tokenizer.encode(text))
 
     def _video_chat(
         self,

@@ -1,5 +1,5 @@
 """The ``vidnarrate`` command line: ``run`` (the live pipeline), ``caption`` (a file, offline), and
-``search`` and ``export`` (what the caption store kept).
+``search``, ``export`` and ``summarize`` (what the caption store kept).
 
 Settings come from the packaged defaults (``stream/defaults/default.toml``), then ``--config FILE``,
 then the flags, then ``--set section.key=value`` (any key). Everything is checked before a process
@@ -25,7 +25,7 @@ from typing import Any
 
 from .alertrules import add_alert_flag, check_rule_streams, with_alert_flags
 from .config import Config, apply_overrides, load_config
-from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
+from .errors import ConfigError, SourceError, StoreError, StoreQueryError, VidnarrateError
 from .eventlist import add_events_command, cmd_events
 from .preflight import (
     check_device_source,
@@ -164,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
     )
     caption.add_argument(
+        "--summary",
+        nargs="?",
+        const="",
+        type=str,
+        metavar="FILE.md",
+        help="after the captions, write the recording's summary (Markdown, with times; default: "
+        "beside the first --out, named FILE.md); [summaries] prompt picks the preset",
+    )
+    caption.add_argument(
         "--store",
         type=Path,
         metavar="PATH",
@@ -192,13 +201,26 @@ def _add_store_commands(commands: Any) -> None:
         metavar="FILE.jsonl|.vtt|.srt",
         help="where to write the captions (repeatable)",
     )
-    for command in (search, export):
+    summarize = commands.add_parser(
+        "summarize", help="summarise a span of stored captions with the model (Markdown, with times)"
+    )
+    summarize.add_argument("--out", type=Path, metavar="FILE.md", help="write here (default: print it)")
+    summarize.add_argument("--model", help="hub id, checkpoint folder, or 'tiny'")
+    summarize.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    summarize.add_argument("--prompt", help="summary preset: narration, cctv, screen (a step list)")
+    summarize.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
+    )
+    summarize.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="do not show the progress bar"
+    )
+    for command in (search, export, summarize):
         command.add_argument(
             "--stream",
             action="append",
             required=command is export,
             metavar="NAME",
-            help="only this stream (repeatable)" if command is search else "the stream to export",
+            help="the stream to export" if command is export else "only this stream (repeatable)",
         )
         command.add_argument("--since", metavar="DURATION", help="the last 45s, 30m, 2h, 1d, 1h30m ...")
         command.add_argument(
@@ -398,6 +420,12 @@ def cmd_caption(args: argparse.Namespace) -> int:
     check_file(str(path), "caption")
     outputs = args.out or [Path(path.stem + ".jsonl"), Path(path.stem + ".vtt")]
     check_outputs(outputs, source=path)
+    summary_path = None
+    if args.summary is not None:
+        from .summarydoc import check_summary_path
+
+        summary_path = Path(args.summary) if args.summary else outputs[0].with_suffix(".md")
+        check_summary_path(summary_path, outputs)
     # Offline captions are kept only where a store is named (--store or [store] path).
     from .recorder import check_store
 
@@ -465,6 +493,16 @@ def cmd_caption(args: argparse.Namespace) -> int:
         + ", ".join(str(p) for p in [*result.outputs, *(s.path for s in sinks)]),
         flush=True,
     )
+    if summary_path is not None:
+        from .summaries import TimeLabels
+        from .summarydoc import SummaryMaker, captions_of, render, write_text
+
+        maker = SummaryMaker(backend, config, progress=args.progress)
+        section = maker.run(
+            path.name, captions_of(result.captions), total=len(result.captions), labels=TimeLabels.STREAM
+        )
+        write_text(summary_path, render([section], model=config.model.name))
+        print(f"vidnarrate: summary of {path.name} -> {summary_path}", flush=True)
     return ExitCode.OK
 
 
@@ -486,7 +524,10 @@ def _open_store_for_reading(args: argparse.Namespace) -> Any:
         raise ConfigError(
             f"store {path}: no such file (nothing recorded there yet; --store PATH names another)"
         )
-    return Store.open(path, readonly=True)
+    try:
+        return Store.open(path, readonly=True)
+    except StoreError as exc:  # a store that cannot be read is a bad --store, as for `run`: exit 2
+        raise ConfigError(str(exc)) from None
 
 
 def _span(args: argparse.Namespace) -> Any:
@@ -568,8 +609,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-_COMMANDS = {"run": cmd_run, "caption": cmd_caption, "search": cmd_search, "export": cmd_export}
-_COMMANDS["events"] = cmd_events
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from .summarydoc import SummaryMaker, check_summary_path, render, span_words, stored_sections, write_text
+
+    flags = {"model.name": args.model, "model.device": args.device, "summaries.prompt": args.prompt}
+    config = apply_overrides(load_config(args.config), {k: v for k, v in flags.items() if v}, "command line")
+    config = apply_overrides(config, args.overrides, "--set")
+    span = _span(args)
+    if args.out is not None:
+        check_summary_path(args.out)
+    with _open_store_for_reading(args) as store:
+        streams = args.stream or store.streams()
+        _check_streams(store, streams)
+        counts = {name: store.count_captions(name, span.wall_from, span.wall_to) for name in streams}
+        if not any(counts.values()):
+            print(
+                f"vidnarrate: no captions of {', '.join(streams) or 'any stream'} in {span_words(span)}: "
+                "nothing to summarise",
+                file=sys.stderr,
+            )
+            return ExitCode.FAILED
+        check_model_available(config.model.name, config.model.device)
+        maker = SummaryMaker(_load_backend(config), config, progress=args.progress)
+        sections = stored_sections(store, counts, span, maker)
+    document = render(sections, model=config.model.name)
+    if args.out is None:
+        print(document, end="")
+    else:
+        write_text(args.out, document)
+        print(f"vidnarrate: summary of {', '.join(counts)} -> {args.out}", flush=True)
+    return ExitCode.OK
+
+
+def _load_backend(config: Config) -> Any:
+    from model.backends import load_backend
+
+    device = None if config.model.device == "auto" else config.model.device
+    dtype = None if config.model.dtype == "auto" else config.model.dtype
+    return load_backend(
+        config.model.name, device=device, dtype=dtype, max_inp_length=config.model.max_inp_length
+    )
+
+
+_COMMANDS = {
+    "run": cmd_run,
+    "caption": cmd_caption,
+    "search": cmd_search,
+    "export": cmd_export,
+    "summarize": cmd_summarize,
+    "events": cmd_events,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

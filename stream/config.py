@@ -190,6 +190,24 @@ class StoreConfig:
     max_mb: float = setting(2048.0, low=1, high=16 * 1024 * 1024)
 
 
+def _summary_prompt_rule(prompt: str) -> str | None:
+    names = summary_preset_names()
+    if prompt and prompt not in names:
+        return f'{prompt!r} is not a summary preset ({", ".join(names)}; "" follows captions.prompt)'
+    return None
+
+
+@dataclass(frozen=True)
+class SummariesConfig:
+    """Span summaries: live every ``every`` seconds of stream time per stream (0: off), and by
+    ``summarize`` and ``caption --summary``. ``prompt``: a preset of ``summaries.toml`` ("" is the
+    one named like the captions' prompt, else narration)."""
+
+    every: float = setting(0.0, low=0, high=7 * 86400)
+    prompt: str = setting("", rule=_summary_prompt_rule)
+    max_new_tokens: int = setting(384, low=1, high=4096)
+
+
 @dataclass(frozen=True)
 class SourceConfig:
     """One ``[sources.NAME]`` table. ``url`` may come from ``--source NAME=URL`` instead; the other
@@ -287,6 +305,7 @@ class Config:
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    summaries: SummariesConfig = field(default_factory=SummariesConfig)
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # by name, in the order defined
     outputs: OutputsConfig = field(default_factory=OutputsConfig)
     alerts: tuple[Any, ...] = ()  # stream.alertrules.AlertRule, from [[alerts]] and --alert
@@ -542,3 +561,39 @@ def prompt_preset_names() -> list[str]:
 def resolve_prompt(prompt: str, presets: dict[str, str]) -> str:
     """A preset's text by name, or the prompt itself when it is not a preset name."""
     return presets.get(prompt, prompt)
+
+
+@functools.cache
+def _packaged_summary_prompts() -> tuple[tuple[str, tuple[str, str]], ...]:
+    origin = "stream/defaults/summaries.toml"
+    try:
+        data = tomllib.loads(packaged_text("summaries.toml"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
+        raise ConfigError(f"summary presets {origin}: {exc}") from None
+    presets = []
+    for name, table in data.items():
+        keys = ("text", "text") if name == "question" else ("chunk", "combine")
+        if not isinstance(table, dict) or not all(isinstance(table.get(k), str) for k in keys):
+            raise ConfigError(f"{origin}: preset [{name}] needs the strings {' and '.join(set(keys))}")
+        presets.append((name, (table[keys[0]], table[keys[1]])))
+    return tuple(presets)
+
+
+def load_summary_prompts() -> dict[str, tuple[str, str]]:
+    """Summary presets by name: (chunk, combine) prompt templates; ``question`` is (text, text), the
+    template of questions over the past."""
+    return dict(_packaged_summary_prompts())
+
+
+def summary_preset_names() -> list[str]:
+    return [name for name, _ in _packaged_summary_prompts() if name != "question"]
+
+
+def summary_preset(config: Config, stream: str | None = None) -> str:
+    """The summary preset for ``stream`` (None: the global captions prompt): ``summaries.prompt``, else
+    the preset named like the captions' prompt, else ``narration``."""
+    if config.summaries.prompt:
+        return config.summaries.prompt
+    own = config.sources.get(stream) if stream is not None else None
+    prompt = own.prompt if own is not None and own.prompt is not None else config.captions.prompt
+    return prompt if prompt in summary_preset_names() else "narration"

@@ -9,8 +9,9 @@
 
 This module wires them: it reads the bus, forwards captions, partials, events, thumbnails and summaries
 as the bytes their publisher encoded, merges status reports, routes asks to the inference process and
-their answers back to the asker, runs searches, histories, replays and stored thumbnails on a worker
-thread of its own (SQLite never blocks the event loop), and runs the status and ask timers.
+their answers back to the asker (an ask about the past with its stored captions), runs searches,
+histories, replays and stored thumbnails on a worker thread of its own (SQLite never blocks the event
+loop), and runs the status and ask timers.
 
 Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as a child process
 (:func:`gateway_main`, picklable for ``multiprocessing`` "spawn").
@@ -59,7 +60,7 @@ from .messages import (
 from .process import ExitCode, write_ready_file
 from .requests import Ask, Ping, StoreRequest, Subscribe, parse_client_message
 from .routes import WS_PATH, Routes
-from .storereader import StoreReader
+from .storereader import PastCaptions, StoreReader
 from .storereplay import merge_replay
 
 log = logging.getLogger(__name__)
@@ -350,6 +351,9 @@ class Gateway:
             raise MessageError(
                 ErrorCode.ASK_UNAVAILABLE, "asking questions is not enabled on this server", request.id
             )
+        if request.about_past:
+            self._ask_past(client, request)
+            return
         streams = self._board.streams() | set(self._replay.streams())
         if streams and request.stream not in streams:
             raise MessageError(
@@ -373,6 +377,82 @@ class Gateway:
                     id=request.id,
                 ),
             )
+
+    def _ask_past(self, client: Client, request: Ask) -> None:
+        """A question over the past: its stored captions are read on the store thread, then it goes
+        to the inference process with them (counted and timed out like any ask meanwhile)."""
+        if self._reader is None:
+            raise MessageError(
+                ErrorCode.STORE_UNAVAILABLE,
+                "questions over the past need the caption store, and this server keeps none "
+                "(a run started with --no-store records nothing)",
+                request.id,
+            )
+        pending = self._asks.add(client.number, request, time.monotonic())
+        now = time.time()
+        wall_from = now - request.since if request.since is not None else request.wall_from
+        wall_to = request.wall_to if request.wall_to is not None else now
+        task = self._spawn(
+            self._forward_past(client.number, pending, self._reader, request, wall_from, wall_to)
+        )
+        self._query_tasks.add(task)
+        task.add_done_callback(self._query_tasks.discard)
+
+    async def _forward_past(
+        self,
+        number: int,
+        pending: PendingAsk,
+        reader: StoreReader,
+        request: Ask,
+        wall_from: float | None,
+        wall_to: float,
+    ) -> None:
+        try:
+            found = await self._on_store_thread(
+                reader.past_captions,
+                request.id,
+                request.stream,
+                request.question,
+                wall_from,
+                wall_to,
+            )
+        except Exception:  # a bug, not a bad store (past_captions replies to those): the asker hears
+            log.exception("unexpected error reading the captions of an ask over the past")
+            found = ErrorReply(
+                error=ErrorCode.STORE_UNAVAILABLE,
+                message="the store could not be read (an error on the server; see its log)",
+                id=request.id,
+            )
+        sent = (
+            isinstance(found, PastCaptions)
+            and self._ask_sender is not None
+            and self._ask_sender.send(
+                AskRequest(
+                    id=pending.key,
+                    stream=request.stream,
+                    question=request.question,
+                    wall=time.time(),
+                    client=number,
+                    captions=found.captions,
+                    from_=found.wall_from,
+                    to=found.wall_to,
+                )
+            )
+        )
+        if sent:
+            return
+        if self._asks.resolve(pending.key) is None:
+            return  # expired meanwhile: the asker was told
+        if not isinstance(found, ErrorReply):
+            found = ErrorReply(
+                error=ErrorCode.ASK_UNAVAILABLE,
+                message="the inference process is not running; try again later",
+                id=request.id,
+            )
+        client = self._clients.get(number)
+        if client is not None:
+            self._counts["error_replies"] += 1
+            self._clients.send(client, found)
 
     def _query(self, client: Client, request: StoreRequest) -> None:
         if self._reader is None:

@@ -9,9 +9,10 @@ the one lock and the publishing.
   kept frame, its pixels and change signature (:mod:`stream.change`), publishes thumbnails, and
   tells the core when a source ended.
 * The **model loop** (main thread) hands the core the asks that came in, then asks it for the next
-  action and runs it on the model (encode a batch, caption a window, answer an ask), outside the lock,
+  action and runs it on the model (encode a batch, caption a window, answer an ask, a turn of a live
+  summary, answer a question over the past from the stored captions its ask carries), outside the lock,
   so the tap never waits for the model and sampling stays on time while a caption is generated. It
-  publishes ``caption``/``partial``/``answer`` and, at ~1 Hz, ``inference_status``.
+  publishes ``caption``/``partial``/``answer``/``summary`` and, at ~1 Hz, ``inference_status``.
 
 Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
@@ -49,6 +50,8 @@ from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
 from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler
+from .summaries import token_counter
+from .textwork import AnswerPast, Summarize, TextSettings, TextWork
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ class InferenceOptions:
     thumbnail_side: int = 320
     max_inp_length: int = 8192
     alerts: tuple[AlertRule, ...] = ()  # alert rules, scored on every captioned window
+    text: TextSettings = field(default_factory=TextSettings)  # live summaries, questions over the past
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -322,8 +326,13 @@ class ModelLoop:
         self.status_base = status_base
         backend.set_interrupt(stop_event.is_set)  # Ctrl-C ends a caption mid-generation
         alerts = AlertCore(options.alerts, run_id=options.run_id) if options.alerts else None
+        text = TextWork(options.text, token_counter(backend), options.max_inp_length)
         core = Scheduler(
-            options.captions, stream_settings=options.stream_captions, model=backend.name, alerts=alerts
+            options.captions,
+            stream_settings=options.stream_captions,
+            model=backend.name,
+            alerts=alerts,
+            text=text,
         )
         for name in options.streams:
             core.add_stream(name)
@@ -343,7 +352,10 @@ class ModelLoop:
                 asks = self.asks.poll()
                 with self.shared.use() as core:
                     for ask in asks:
-                        core.submit_ask(ask.id, ask.stream, ask.question)
+                        if ask.captions is not None:
+                            core.submit_past_ask(ask)
+                        else:
+                            core.submit_ask(ask.id, ask.stream, ask.question)
                     action = core.next_action()
                     events = core.take_events()
                     idle_and_drained = action is None and not drained and core.drained()
@@ -386,8 +398,37 @@ class ModelLoop:
             self._answer(action)
         elif isinstance(action, EvaluateRules):
             self._evaluate(action)
+        elif isinstance(action, Summarize):
+            self._summarize(action)
+        elif isinstance(action, AnswerPast):
+            self._answer_past(action)
         else:
             self.bus.send(action.message)
+
+    def _summarize(self, action: Summarize) -> None:
+        try:
+            text = action.run_on(self.backend)
+        except ValueError as exc:  # the model refused the turn: that summary is given up, not the run
+            log.warning("stream %s: summary not made: %s", action.stream, exc)
+            with self.shared.use() as core:
+                core.summary_failed(action)
+            return
+        with self.shared.use() as core:
+            message = core.summarized(action, text)
+        if message is not None and not self.stop_event.is_set():
+            self.bus.send(message)
+
+    def _answer_past(self, action: AnswerPast) -> None:
+        try:
+            text = action.run_on(self.backend)
+        except ValueError as exc:
+            log.warning("stream %s: ask %r over the past not answered: %s", action.stream, action.id, exc)
+            with self.shared.use() as core:
+                message = core.past_answer_failed(action, str(exc))
+        else:
+            with self.shared.use() as core:
+                message = core.past_answered(action, text)
+        self.bus.send(message)
 
     def _caption(self, action: Caption) -> None:
         on_text = (

@@ -7,9 +7,10 @@ bus between processes. ``docs/protocol.md`` documents every field; this module i
   :class:`MessageError` (a :class:`~stream.errors.ProtocolError` carrying the ``error`` code and the
   sentence the gateway replies with) are here.
 * **Server to client**, each a frozen :class:`ServerMessage` dataclass: :class:`Caption`,
-  :class:`Partial`, :class:`Event`, :class:`Thumbnail`, :class:`Answer` (published by the inference
-  process; the gateway forwards their bus bytes as they are), :class:`Status`, :class:`ErrorReply`,
-  :class:`Pong`, :class:`Subscribed`, :class:`Dropped` and :class:`Results` (made by the gateway).
+  :class:`Partial`, :class:`Event`, :class:`Thumbnail`, :class:`Answer`, :class:`Summary`
+  (published by the inference process; the gateway forwards their bus bytes as they are),
+  :class:`Status`, :class:`ErrorReply`, :class:`Pong`, :class:`Subscribed`, :class:`Dropped` and
+  :class:`Results` (made by the gateway).
   Later versions may add fields: clients must ignore fields they do not know.
 * **Bus only** (never sent to clients as they are): :class:`CaptureStatus`, :class:`InferenceStatus`,
   :class:`Processes`, :class:`RecorderStatus`, :class:`OutputsStatus` (merged by the gateway into
@@ -58,6 +59,7 @@ class ErrorCode(StrEnum):
     ASK_TIMEOUT = "ask_timeout"  # no answer came within the ask timeout
     TOO_MANY_ASKS = "too_many_asks"  # too many of this client's asks are still unanswered
     NO_FRAMES = "no_frames"  # an ask's stream has no sampled frame to look at yet
+    NO_CAPTIONS = "no_captions"  # an ask about the past: no caption of that stream is stored in the span
     MODEL_ERROR = "model_error"  # the model refused the question (e.g. the prompt is too long)
     BAD_QUERY = "bad_query"  # a search query with nothing to search for, or a quote left open
     STORE_UNAVAILABLE = "store_unavailable"  # the run keeps no store, or it cannot be read (yet)
@@ -120,7 +122,8 @@ def json_kind(value: Any) -> str:
 # named as the JSON keys of docs/protocol.md. ``to_json()`` is the one encoder; :func:`decode` the one
 # decoder (used on the bus, where the other side is one of our own processes). A field whose default
 # is None is left out of the JSON while it is None; a field without a default is always written
-# (``null`` included, e.g. a capture report's ``error``).
+# (``null`` included, e.g. a capture report's ``error``). A field named with a trailing underscore
+# (``from_``) is the JSON key without it.
 
 
 class EventState(StrEnum):
@@ -151,7 +154,7 @@ class ServerMessage:
             value = getattr(self, name)
             if value is None and omit_none:
                 continue
-            out[name] = value
+            out[name.rstrip("_")] = value  # from_ is the JSON's "from" (a Python keyword)
         return out
 
     def to_json(self) -> bytes:
@@ -171,19 +174,20 @@ class ServerMessage:
         if data.get("type") != cls.TYPE:
             raise ProtocolError(f"expected a {cls.TYPE!r} message, got type {data.get('type')!r:.60}")
         spec = _spec(cls)
-        unknown = data.keys() - spec.hints.keys() - {"type"}
+        unknown = data.keys() - {name.rstrip("_") for name in spec.hints} - {"type"}
         if unknown:
             raise ProtocolError(f"{cls.TYPE!r} message has unknown fields {sorted(unknown)!r:.200}")
         values: Message = {}
         for name, hint in spec.hints.items():
-            if name not in data:
+            key = name.rstrip("_")
+            if key not in data:
                 if name in spec.required:
-                    raise ProtocolError(f"{cls.TYPE!r} message lacks the field {name!r}")
+                    raise ProtocolError(f"{cls.TYPE!r} message lacks the field {key!r}")
                 continue
             try:
-                values[name] = _checked(data[name], hint)
+                values[name] = _checked(data[key], hint)
             except _Mismatch as exc:
-                raise ProtocolError(f"{cls.TYPE!r} message field {name!r}: {exc}") from None
+                raise ProtocolError(f"{cls.TYPE!r} message field {key!r}: {exc}") from None
         return cls(**values)
 
 
@@ -271,6 +275,27 @@ class Answer(ServerMessage):
     frame_times: list[float] | None = None
     error: ErrorCode | None = None
     message: str | None = None
+    # An answer from stored captions (an ask with since or from/to): the wall span searched (Unix
+    # seconds) and how many stored captions the model was given.
+    from_: float | None = None
+    to: float | None = None
+    captions: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary(ServerMessage):
+    """The model's summary of ``stream``'s ``captions`` captions of ``[t_start, t_end]`` (stream
+    time; ``wall_start``/``wall_end`` the same span in Unix seconds), published every ``[summaries]
+    every`` seconds of stream time."""
+
+    TYPE: ClassVar[str] = "summary"
+    stream: str
+    t_start: float
+    t_end: float
+    wall_start: float
+    wall_end: float
+    text: str
+    captions: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -429,6 +454,12 @@ class AskRequest(ServerMessage):
     question: str
     wall: float
     client: int | None = None
+    # A question over the past: the stored captions of the span ``[from, to]`` (Unix seconds), best
+    # matches first, each ``{t_start, t_end, wall_start, wall_end, text}``; the inference process
+    # answers from those that fit the model's input, in time order, without looking at frames.
+    captions: list[Message] | None = None
+    from_: float | None = None
+    to: float | None = None
 
 
 BusMessage: TypeAlias = (
@@ -443,6 +474,7 @@ BusMessage: TypeAlias = (
     | RecorderStatus
     | AskRequest
     | OutputsStatus
+    | Summary
 )
 _BUS_TYPES: dict[str, type[ServerMessage]] = {
     cls.TYPE: cls
@@ -458,6 +490,7 @@ _BUS_TYPES: dict[str, type[ServerMessage]] = {
         RecorderStatus,
         AskRequest,
         OutputsStatus,
+        Summary,
     )
 }
 

@@ -23,7 +23,15 @@ from typing import Any
 from .bus import RunPaths, remove_stale_runs
 from .captioning import CaptionSettings
 from .capture import capture_main
-from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, load_prompts, options_from, resolve_prompt
+from .config import (
+    SOURCE_NAME_RE,
+    SOURCE_NAME_RULE,
+    Config,
+    load_prompts,
+    options_from,
+    resolve_prompt,
+    summary_preset,
+)
 from .errors import ConfigError
 from .gateway import gateway_main
 from .gateway_options import GatewayOptions
@@ -35,6 +43,7 @@ from .ring import FrameRing, remove_stale_rings, ring_name
 from .runwatch import SourceState
 from .sources import SourceOptions, parse_source
 from .supervisor import ChildSpec, Supervisor
+from .textwork import TextSettings
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +165,13 @@ def inference_options(
         thumbnail_side=config.captions.thumbnail_side,
         max_inp_length=config.model.max_inp_length,
         alerts=config.alerts,
+        text=TextSettings(
+            every=config.summaries.every,
+            preset=summary_preset(config),
+            presets={name: summary_preset(config, name) for name in streams},
+            max_new_tokens=config.summaries.max_new_tokens,
+            decoding=config.captions.decoding,
+        ),
     )
 
 

@@ -1,11 +1,12 @@
-"""The recorder process of ``vidnarrate run``: every caption, event and answer of the bus into the store.
+"""The recorder process of ``vidnarrate run``: every caption, event, answer and summary of the bus
+into the store.
 
 Two threads, so that a slow or failing disk never slows the bus:
 
 * the **reader** subscribes to the run's publishers (as the gateway does), decodes only what is kept
   (:class:`~stream.recordqueue.Selection`: captions with their window's newest thumbnail, events,
-  answers), puts it in the bounded :class:`~stream.recordqueue.RecordQueue` (full: the oldest is
-  dropped and counted), and publishes ``recorder_status`` at ~1 Hz (the gateway folds it into
+  answers, summaries), puts it in the bounded :class:`~stream.recordqueue.RecordQueue` (full: the
+  oldest is dropped and counted), and publishes ``recorder_status`` at ~1 Hz (the gateway folds it into
   ``status``);
 * the **writer** (the main thread, the only one that touches the SQLite connection) writes a batch
   with :meth:`Store.add <stream.store.Store.add>`, one transaction, whenever the queue says one is

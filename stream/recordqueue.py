@@ -1,9 +1,9 @@
 """The recorder's core, without I/O: what of the bus is kept, and when it is written.
 
 * :class:`Selection` decides what is kept: every ``caption`` (with the newest thumbnail of its stream
-  taken at or before the window's end, when one was seen), every ``event``, and every ``answer`` that
-  answers (not those that carry an ``error``). Thumbnails themselves are only remembered, a few per
-  stream, for the captions that follow them.
+  taken at or before the window's end, when one was seen), every ``event`` and ``summary``, and every
+  ``answer`` that answers (not those that carry an ``error``). Thumbnails themselves are only
+  remembered, a few per stream, for the captions that follow them.
 * :class:`RecordQueue` holds what waits to be written, bounded in messages and in bytes: when full,
   the oldest is dropped and counted, so a slow or failing disk costs memory up to the bound and never
   blocks the reader. It hands out a batch when it is big enough or its oldest message has waited
@@ -21,9 +21,9 @@ import binascii
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from .messages import Answer, BusMessage, Caption, Event, Thumbnail
+from .messages import Answer, BusMessage, Caption, Event, Summary, Thumbnail
 
-KEPT_TYPES = frozenset({"caption", "event", "answer"})
+KEPT_TYPES = frozenset({"caption", "event", "answer", "summary"})
 READ_TYPES = KEPT_TYPES | {"thumbnail"}  # the bus messages the recorder decodes at all
 
 
@@ -32,7 +32,7 @@ class Kept:
     """One message to write: the typed message, its JSON exactly as published, and for a caption
     the JPEG bytes of its window's newest thumbnail (or None)."""
 
-    message: Caption | Event | Answer
+    message: Caption | Event | Answer | Summary
     body: bytes
     thumbnail: bytes | None = None
 
@@ -94,7 +94,7 @@ class Selection:
             return None
         if isinstance(message, Caption):
             return Kept(message, body, self.thumbnails.at_or_before(message.stream, message.t_end))
-        if isinstance(message, Event):
+        if isinstance(message, Event | Summary):
             return Kept(message, body)
         if isinstance(message, Answer) and message.error is None:
             return Kept(message, body)

@@ -59,11 +59,21 @@ class Subscribe:
 @dataclass(frozen=True)
 class Ask:
     """A question about what a stream shows now; answered (to this client only) by an ``answer``
-    with the same ``id``, or an ``error`` with that ``id``."""
+    with the same ``id``, or an ``error`` with that ``id``.
+
+    With ``since`` (seconds back from now) or ``wall_from``/``wall_to`` (the JSON's ``from``/``to``,
+    Unix seconds) it is about the past: answered from the stored captions of that span."""
 
     id: AskId
     stream: str
     question: str
+    since: float | None = None
+    wall_from: float | None = None
+    wall_to: float | None = None
+
+    @property
+    def about_past(self) -> bool:
+        return self.since is not None or self.wall_from is not None or self.wall_to is not None
 
 
 @dataclass(frozen=True)
@@ -228,7 +238,25 @@ def _parse_ask(data: Message, request_id: AskId | None) -> Ask:
             f"'question' is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}",
             request_id,
         )
-    return Ask(id=request_id, stream=stream, question=question)
+    since = data.get("since")
+    if since is not None and (
+        not isinstance(since, int | float)
+        or isinstance(since, bool)
+        or not math.isfinite(since)
+        or since <= 0
+    ):
+        raise MessageError(ErrorCode.BAD_FIELD, "'since' must be a positive number of seconds", request_id)
+    wall_from, wall_to = _span(data, request_id)
+    if since is not None and (wall_from is not None or wall_to is not None):
+        raise MessageError(ErrorCode.BAD_FIELD, "give 'since' or 'from'/'to', not both", request_id)
+    return Ask(
+        id=request_id,
+        stream=stream,
+        question=question,
+        since=None if since is None else float(since),
+        wall_from=wall_from,
+        wall_to=wall_to,
+    )
 
 
 def _parse_ping(data: Message, request_id: AskId | None) -> Ping:

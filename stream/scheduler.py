@@ -13,7 +13,11 @@ The protocol, one stream or many:
    (:meth:`Scheduler.add_pixels`, :mod:`stream.change`) or says they were lost
    (:meth:`Scheduler.pixels_lost`), before offering the next frame of that stream. A stream that
    ends is told with :meth:`Scheduler.end_stream` (its tail gets a last, shorter window).
-2. **Asks.** :meth:`Scheduler.submit_ask` queues a question about a stream's last ``window`` seconds.
+2. **Asks.** :meth:`Scheduler.submit_ask` queues a question about a stream's last ``window`` seconds;
+   :meth:`Scheduler.submit_past_ask` one over stored captions, and captions feed live summaries
+   (both text-only: :mod:`stream.textwork`, handed out as :class:`~stream.textwork.AnswerPast` and
+   :class:`~stream.textwork.Summarize`, reported with :meth:`Scheduler.past_answered` and
+   :meth:`Scheduler.summarized`).
 3. **Actions.** :meth:`Scheduler.next_action` answers what to do next, as a frozen value:
    :class:`Encode` these pixels (one batched vision call), :class:`Caption` this window with these
    cached embeddings, prompt and context, :class:`Extend` the last caption over this window (its
@@ -35,13 +39,15 @@ The protocol, one stream or many:
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
 
-Order of work: asks first (a person is waiting), then the next window, streams taking turns (round
-robin from the one served longest ago), each giving its newest due window in live mode (older ones
-skipped and counted) and every window in order offline. A window or ask whose frames still wait as
-pixels gets them encoded first (with every other frame waiting for the same vision settings, one
-batch), so encoding slower than real time never leaves a window captioned from nothing. With nothing
-due, waiting frames are encoded as soon as ``min_batch`` of them wait. The per-stream rules (encode
-once, the bounded cache, context captions, status figures) are in :mod:`stream.captioning`.
+Order of work: asks first (a person is waiting; questions over the past with them), then a summary
+turn when one is due (never two in a row while a window is due), then the next window, streams
+taking turns (round robin from the one served longest ago), each giving its newest due window in
+live mode (older ones skipped and counted) and every window in order offline. A window or ask
+whose frames still wait as pixels gets them encoded first (with every other frame waiting for the
+same vision settings, one batch), so encoding slower than real time never leaves a window captioned
+from nothing. With nothing due, waiting frames are encoded as soon as ``min_batch`` of them wait.
+The per-stream rules (encode once, the bounded cache, context captions, status figures) are in
+:mod:`stream.captioning`.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from .captioning import CaptionSettings, Reference, StreamCaptions
 from .messages import AskId, ErrorCode
 from .recordqueue import Thumbnails
 from .sampler import Job, SampledFrame
+from .textwork import AnswerPast, Summarize, TextWork
 
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
@@ -182,7 +189,7 @@ class EvaluateRules:
         return list(backend.yes_probabilities(list(self.embeddings), list(self.questions)))
 
 
-Action: TypeAlias = Encode | Caption | Extend | Answer | Reply | EvaluateRules
+Action: TypeAlias = Encode | Caption | Extend | Answer | Reply | EvaluateRules | Summarize | AnswerPast
 
 
 @dataclass(frozen=True)
@@ -218,6 +225,7 @@ class Scheduler:
         stream_settings: Mapping[str, CaptionSettings] | None = None,
         model: str = "model",
         alerts: AlertCore | None = None,
+        text: TextWork | None = None,
     ) -> None:
         """``alerts``: the alert rules' core, when the run has rules (see :class:`EvaluateRules`)."""
         self.settings = settings
@@ -227,6 +235,9 @@ class Scheduler:
         self._closed: set[str] = set()  # ended streams whose events were ended
         self._thumbnails = Thumbnails(per_stream=16)  # for an event's start (base64 JPEG as bytes)
         self._rule_figures: dict[str, dict[str, Any]] = {}
+        self.text = text  # live summaries and questions over the past (stream.textwork)
+        self._summary_waits = False  # a summary turn ran: a due window goes before the next one
+        self._text_ended: set[str] = set()  # ended streams whose tail summary was started
         self.stream_settings = dict(stream_settings or {})
         self.model = model
         self.streams: dict[str, StreamCaptions] = {}
@@ -266,18 +277,27 @@ class Scheduler:
 
     def drained(self) -> bool:
         """Every stream has ended and nothing of it is left to caption (no window due or taken) or
-        to score (no alert rules waiting), and its open events were ended (by :meth:`next_action`)."""
+        to score (no alert rules waiting) or to summarise, and its open events were ended (by
+        :meth:`next_action`)."""
         return (
             self._held is None
             and not self._rules_due
             and all(s.ended and not s.due for s in self.streams.values())
             and (self.alerts is None or len(self._closed) == len(self.streams))
+            and (self.text is None or (self.text.idle and self._text_ended >= self.streams.keys()))
         )
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
         bounds how many asks each client may have waiting)."""
         self._asks.append(_Ask(id, stream, question, max_new_tokens))
+
+    def submit_past_ask(self, ask: messages.AskRequest) -> None:
+        """Queue a question over the past: ``ask`` carries the stored captions to answer from (see
+        :mod:`stream.textwork`; answered right after the asks about now)."""
+        if self.text is None:
+            raise RuntimeError("submit_past_ask: this scheduler has no text work")
+        self.text.submit_past_ask(ask)
 
     def _stream(self, name: str) -> StreamCaptions:
         try:
@@ -298,6 +318,9 @@ class Scheduler:
             return self._start(self._rules_due.popleft())
         while True:
             if self._held is None:
+                text = self._text_action(windows_first=True)
+                if text is not None:
+                    return text
                 reply = self._take()
                 if isinstance(reply, Extend):
                     return self._start(reply)
@@ -312,11 +335,33 @@ class Scheduler:
                 if action is None:
                     continue  # a window none of whose frames survived: skipped, take the next
                 return action if isinstance(action, Reply) else self._start(action)
-            return self._start(self._idle_encode(min_batch))
+            idle = self._idle_encode(min_batch)
+            return self._start(idle) if idle is not None else self._text_action(windows_first=False)
 
     def _start(self, action: Action | None) -> Action | None:
         self._current = action
+        if isinstance(action, Caption | Summarize):
+            self._summary_waits = isinstance(action, Summarize)
         return action
+
+    def _text_action(self, *, windows_first: bool) -> Summarize | AnswerPast | Reply | None:
+        """A question over the past (a person waits), else, once no ask about now waits, a summary
+        turn, but never two in a row while a window may be due (``windows_first``): captions are not
+        starved."""
+        if self.text is None:
+            return None
+        for stream in self.streams.values():  # a stream's tail summary, once its last window is out
+            if stream.ended and not stream.due and stream.name not in self._text_ended:
+                self._text_ended.add(stream.name)
+                self.text.end_stream(stream.name)
+        past = self.text.next_past_ask()
+        if isinstance(past, messages.Answer):
+            return Reply(past)
+        turn: Summarize | AnswerPast | None = past
+        if turn is None and not self._asks and not (windows_first and self._summary_waits):
+            turn = self.text.next_summary()  # after the asks about now
+        self._start(turn)
+        return turn
 
     def _take(self) -> Reply | Extend | None:
         """Hold the next ask, else the next window (streams in turn); a Reply for an unanswerable ask,
@@ -466,6 +511,8 @@ class Scheduler:
             encode_ms=action.encode_ms,
             frames=len(frames),
         )
+        if self.text is not None:
+            self.text.caption(caption)
         if self.alerts is not None:
             self._score_window(caption, action.job, action.frames, action.embeddings)
         return caption
@@ -502,6 +549,8 @@ class Scheduler:
             # that are encoded by now stand for it (an Extend never waits for an encode).
             used, embeddings = stream.embeddings_for(frames)
             self._score_window(caption, action.job, tuple(used), tuple(embeddings))
+        if self.text is not None:
+            self.text.caption(caption)
         stream.sweep()
         return caption
 
@@ -533,6 +582,27 @@ class Scheduler:
         self._finish(action)
         ask = _Ask(action.id, action.stream, action.question, None)
         return self._error_answer(ask, ErrorCode.MODEL_ERROR, reason)
+
+    def summarized(self, action: Summarize, text: str) -> messages.Summary | None:
+        """A summary turn's text: the ``summary`` message once it was the last turn, else None."""
+        self._finish(action)
+        assert self.text is not None
+        return self.text.summarized(action, text)
+
+    def summary_failed(self, action: Summarize) -> None:
+        """The model refused a summary turn (a prompt over its input): that summary is given up."""
+        self._finish(action)
+        assert self.text is not None
+        self.text.summary_failed(action)
+
+    def past_answered(self, action: AnswerPast, text: str) -> messages.Answer:
+        """The ``answer`` (with ``from``, ``to``, ``captions``) of a question over the past."""
+        self._finish(action)
+        return TextWork.past_answered(action, text)
+
+    def past_answer_failed(self, action: AnswerPast, reason: str) -> messages.Answer:
+        self._finish(action)
+        return TextWork.past_answer_failed(action, reason)
 
     @staticmethod
     def _error_answer(ask: _Ask, code: ErrorCode, reason: str) -> messages.Answer:

@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from . import messages
 from .errors import StoreError, StoreQueryError
-from .storequery import match_expression
+from .storequery import any_word_expression, match_expression
 
 SCHEMA_VERSION: Final = 1
 MIB: Final = 1024 * 1024
@@ -110,7 +110,7 @@ class Record:
     """One message to keep: ``body`` is its JSON exactly as published on the bus."""
 
     run_id: str
-    message: messages.Caption | messages.Event | messages.Answer
+    message: messages.Caption | messages.Event | messages.Answer | messages.Summary
     body: bytes
     thumbnail: bytes | None = None
 
@@ -383,18 +383,25 @@ class Store:
         wall_from: float | None = None,
         wall_to: float | None = None,
         limit: int = 20,
+        *,
+        kinds: Sequence[str] | None = None,
+        any_word: bool = False,
     ) -> list[StoredMessage]:
         """Messages whose text matches ``query`` (see :mod:`stream.storequery`), best bm25 score
-        first, the newest first among equal scores; only of ``streams`` and ending within
-        ``[wall_from, wall_to]`` when given. :class:`~stream.errors.StoreQueryError` for a query that
-        cannot be searched.
+        first, the newest first among equal scores; only of ``streams``, of ``kinds`` (``caption``,
+        ``event``, ``answer``, ``summary``) and ending within ``[wall_from, wall_to]`` when given.
+        ``any_word``: any of the query's words may match (a question's words), not all.
+        :class:`~stream.errors.StoreQueryError` for a query that cannot be searched.
 
         Ranked are the :data:`SEARCH_CANDIDATES` matching messages (that pass the filters) stored
         last: ranking every caption of a year that says "door" would take seconds; narrowing the
         streams or the span reaches further back."""
-        expression = match_expression(query)
+        expression = any_word_expression(query) if any_word else match_expression(query)
         limit = _checked_limit(limit)
         where, params = _filters(streams, wall_from, wall_to)
+        if kinds is not None:
+            where.append(f"m.kind IN ({', '.join('?' * len(kinds))})" if kinds else "0")
+            params.extend(kinds)
         if wall_from is not None or wall_to is not None:
             # The ids of the span's rows bound the text index's scan (ids grow with insertion, so
             # this skips the rest of the year), read from the covering (stream, wall_end) index.
@@ -473,6 +480,26 @@ class Store:
                 return
             before = (page[-1].wall_end, page[-1].id)
 
+    def newest_captions(
+        self, stream: str, wall_from: float | None = None, wall_to: float | None = None, limit: int = 100
+    ) -> list[StoredMessage]:
+        """The last ``limit`` captions of ``stream`` ending within ``[wall_from, wall_to]``, newest first."""
+        where, params = _filters([stream], wall_from, wall_to)
+        return self._query(
+            f"SELECT {_COLUMNS}, NULL FROM messages m WHERE kind = 'caption' AND "
+            + " AND ".join(where)
+            + " ORDER BY wall_end DESC, id DESC LIMIT ?",
+            (*params, _checked_limit(limit)),
+        )
+
+    def count_captions(
+        self, stream: str, wall_from: float | None = None, wall_to: float | None = None
+    ) -> int:
+        """How many captions of ``stream`` end within ``[wall_from, wall_to]``."""
+        where, params = _filters([stream], wall_from, wall_to)
+        sql = "SELECT count(*) FROM messages m WHERE kind = 'caption' AND " + " AND ".join(where)
+        return int(self._fetch(sql, tuple(params))[0][0])
+
     def has_stream(self, stream: str) -> bool:
         """Whether anything of ``stream`` is stored."""
         row = self._fetch("SELECT 1 FROM messages WHERE stream = ? LIMIT 1", (stream,))
@@ -542,7 +569,10 @@ def _row(record: Record, stored_at: float) -> tuple[Any, ...]:
     if isinstance(m, messages.Answer):
         return ("answer", record.run_id, m.stream, None, m.t_start, m.t_end, None, stored_at, m.text, None,
                 body)  # fmt: skip
-    raise TypeError(f"the store keeps captions, events and answers, not {type(m).__name__}")
+    if isinstance(m, messages.Summary):
+        return ("summary", record.run_id, m.stream, None, m.t_start, m.t_end, m.wall_start, m.wall_end,
+                m.text, None, body)  # fmt: skip
+    raise TypeError(f"the store keeps captions, events, answers and summaries, not {type(m).__name__}")
 
 
 def _prefixed(prefix: str) -> str:

@@ -62,6 +62,19 @@ def match_expression(query: str) -> str:
     return " AND ".join(terms)
 
 
+def any_word_expression(text: str) -> str:
+    """The FTS5 MATCH expression of any of ``text``'s words (ORed, each one quoted; the first
+    :data:`MAX_QUERY_TERMS` distinct ones): a question's words, ranked by bm25, where the plain query
+    would need all of them. :class:`~stream.errors.StoreQueryError` when it has no word."""
+    words = dict.fromkeys(w.lower() for w in _WORD.findall(text[: MAX_QUERY_CHARS * 4]))
+    if not words:
+        raise StoreQueryError(f"search query {_shown(text)}: no words to search for")
+    return " OR ".join(f'"{word}"' for word in list(words)[:MAX_QUERY_TERMS])
+
+
+_WORD = re.compile(r"\w+")
+
+
 def _shown(query: str) -> str:
     return repr(query) if len(query) <= 60 else repr(query[:57] + "...")
 

@@ -1,4 +1,5 @@
-"""The gateway's read-only access to the caption store: websocket ``search`` and ``history`` answered.
+"""The gateway's read-only access to the caption store: websocket ``search`` and ``history`` answered,
+and the stored captions a question over the past (``ask`` with ``since`` or ``from``/``to``) needs.
 
 The recorder writes the store; the gateway only reads it (WAL: neither blocks the other). The file may
 not exist when the gateway starts (the recorder makes it moments later), so it is opened on the first
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -24,6 +27,19 @@ from .storereplay import ReplayEntry
 log = logging.getLogger(__name__)
 
 MAX_RESULTS_BYTES: Final = 1024 * 1024  # of the items of one reply; the rest is left out (truncated)
+# Stored captions sent with a question over the past, best first; the inference process keeps those
+# that fit the model's input (8k tokens hold about 150 captions).
+PAST_CANDIDATES: Final = 300
+
+
+@dataclass(frozen=True)
+class PastCaptions:
+    """The stored captions a question over the past is answered from, best first (``{t_start, t_end,
+    wall_start, wall_end, text}`` each), and the span searched (Unix seconds)."""
+
+    captions: list[Message]
+    wall_from: float
+    wall_to: float
 
 
 class StoreReader:
@@ -83,6 +99,56 @@ class StoreReader:
             log.info("no thumbnail %d: %s", store_id, exc)
             return None
 
+    def past_captions(
+        self,
+        request_id: AskId,
+        stream: str,
+        question: str,
+        wall_from: float | None,
+        wall_to: float,
+    ) -> PastCaptions | ErrorReply:
+        """The captions of ``stream`` ending within ``[wall_from, wall_to]`` to answer ``question``
+        from: those that share its words, best bm25 first, then the span's newest; or an ``error``
+        (no store, no such stream, no caption in the span)."""
+        try:
+            store = self._open()
+            if not store.has_stream(stream):
+                known = ", ".join(store.streams()) or "none"
+                return ErrorReply(
+                    error=ErrorCode.UNKNOWN_STREAM,
+                    message=f"nothing of stream {stream!r} is stored (streams: {known})",
+                    id=request_id,
+                )
+            try:
+                found = store.search(
+                    question, [stream], wall_from, wall_to, PAST_CANDIDATES, kinds=["caption"], any_word=True
+                )
+            except StoreQueryError:  # a question without a word to search for
+                found = []
+            seen = {m.id for m in found}
+            newest = store.newest_captions(stream, wall_from, wall_to, PAST_CANDIDATES)
+            found += [m for m in newest if m.id not in seen][: PAST_CANDIDATES - len(found)]
+            if wall_from is None and found:  # an open start: the span covered begins at the first caption
+                (first,) = store.history(stream, None, wall_to, limit=1)
+                wall_from = first.wall_start if first.wall_start is not None else first.wall_end
+        except StoreError as exc:
+            self.close()
+            return ErrorReply(error=ErrorCode.STORE_UNAVAILABLE, message=str(exc), id=request_id)
+        if not found:
+            start = "the beginning" if wall_from is None else _when(wall_from)
+            return ErrorReply(
+                error=ErrorCode.NO_CAPTIONS,
+                message=f"no caption of {stream} is stored from {start} to {_when(wall_to)}",
+                id=request_id,
+            )
+        captions: list[Message] = [
+            {"t_start": m.t_start, "t_end": m.t_end, "wall_start": m.wall_start or m.wall_end,
+             "wall_end": m.wall_end, "text": m.text}
+            for m in found
+        ]  # fmt: skip
+        assert wall_from is not None
+        return PastCaptions(captions, wall_from, wall_to)
+
     def _open(self) -> Store:
         if self._store is None:
             if not self.path.is_file():
@@ -111,3 +177,7 @@ class StoreReader:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+
+def _when(wall: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(wall))

@@ -1,6 +1,7 @@
-"""model/backends.py: LocalBackend.yes_probabilities on the tiny model (random weights: the values are
-arbitrary, so what is checked is that they are the model's own P(yes), batched as one by one, from the
-cached embeddings alone)."""
+"""model/backends.py on the tiny model: ``yes_probabilities`` (random weights: the values are arbitrary,
+so what is checked is that they are the model's own P(yes), batched as one by one, from the cached
+embeddings alone) and the text-only ``chat`` that span summaries and questions over the past use (no
+frames), streamed, deterministic, refused when over the input limit."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.backends import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, LocalBackend, load_backend
+from model.backends import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, CaptionBackend, LocalBackend, load_backend
 from model.modeling import FrameEmbedding
 from model.prompting import neutralize_image_tags
 
@@ -95,3 +96,25 @@ def test_only_cached_embeddings_are_used_no_vision_call_and_the_frames_are_prefi
     (prefix, tails) = inputs
     assert prefix[0] == 1 and prefix[1] > 3 * 64
     assert tails[0] == len(QUESTIONS) and tails[1] < 60
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LocalBackend:
+    return load_backend("tiny", max_inp_length=300)
+
+
+def test_chat_is_a_text_only_turn_streamed_piece_by_piece_and_deterministic(tiny: LocalBackend) -> None:
+    assert isinstance(tiny, CaptionBackend)
+    prompt = "[0:00:00-0:00:08] a man opens the door\nSummarise what happens."
+    pieces: list[str] = []
+    streamed = tiny.chat(prompt, max_new_tokens=12, on_text=pieces.append)
+    assert streamed and "".join(pieces) == streamed
+    assert tiny.chat(prompt, max_new_tokens=12) == streamed, "greedy: the same text with or without streaming"
+    assert tiny.count_tokens(prompt) == len(tiny.model.tokenizer.encode(prompt))
+
+
+def test_a_chat_over_the_input_limit_is_refused_as_a_value_error(tiny: LocalBackend) -> None:
+    with pytest.raises(ValueError, match="over max_inp_length=300: it has no images"):
+        tiny.chat("word " * 400, max_new_tokens=4)
+    with pytest.raises(ValueError, match="decoding 'fast' is not one of"):
+        tiny.chat("hello", decoding="fast")

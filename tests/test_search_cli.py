@@ -110,7 +110,7 @@ def test_a_corrupt_store_is_an_error_and_left_alone(tmp_path: Path) -> None:
     bad = tmp_path / "bad.db"
     bad.write_bytes(b"not a database at all" * 100)
     done = vidnarrate("search", "door", "--store", str(bad), home=tmp_path)
-    assert done.returncode == ExitCode.FAILED
+    assert done.returncode == ExitCode.USAGE  # a bad --store, as for `run`
     assert done.stderr == f"vidnarrate: store {bad}: cannot read it: not a SQLite database\n"
     assert bad.read_bytes() == b"not a database at all" * 100
 
