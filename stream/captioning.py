@@ -67,6 +67,7 @@ class StreamCounters:
     missing_frames: int = 0
     last_latency_ms: float | None = None
     last_model_ms: float | None = None
+    last_caption_error: str | None = None
 
     def encodes_per_frame(self, pending: int = 0) -> float | None:
         """Vision encodes per sampled frame that has left the queue (queued ones are not encoded yet,
@@ -231,6 +232,7 @@ class StreamCaptions:
             "captions": c.captions,
             "skipped": c.skipped,
             "caption_errors": c.caption_errors,
+            "last_caption_error": c.last_caption_error,
             "sampled": c.sampled,
             "vision_encodes": c.encodes,
             "encodes_per_frame": c.encodes_per_frame(len(self.pending)),

@@ -23,13 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, is_remote_model, load_config
 from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
 from .preflight import (
     check_device_source,
     check_file,
     check_model_available,
     check_port_free,
+    check_remote_server,
     choose_token,
     is_loopback,
     live_windows,
@@ -295,9 +296,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
     check_port_free(host, config.gateway.port)
     store = run_store(config, args)
-    check_model_available(config.model.name, config.model.device)
-    for window in live_windows(config):
-        warn_if_windows_too_long(config, window, config.model.max_slice_nums)
+    if is_remote_model(config.model.name):
+        check_remote_server(config)
+    else:
+        check_model_available(config.model.name, config.model.device)
+        for window in live_windows(config):  # a server's request holds at most max_images frames
+            warn_if_windows_too_long(config, window, config.model.max_slice_nums)
     warn_about_prompt_typos(config)
     if args.no_auth and not is_loopback(host):
         print(

@@ -338,6 +338,7 @@ class Status(ServerMessage):
     wall: float
     clients: int | None = None
     recorder: Message | None = None  # the recorder's figures; absent when the run records nothing
+    backend: Message | None = None  # a remote model server's state (InferenceStatus.backend)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,6 +371,9 @@ class InferenceStatus(ServerMessage):
     state: ModelState
     wall: float
     error: str | None = None  # why the model could not be loaded (state "failed")
+    # A remote model server (``--model URL``): ``url``, ``state`` ("ok" / "unreachable"), ``error``,
+    # ``requests``, ``in_flight``, ``failures``, ``refused``, ``bytes_sent``; absent for a local model.
+    backend: Message | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

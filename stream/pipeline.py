@@ -148,6 +148,7 @@ def inference_options(
         thumbnails=config.captions.thumbnails,
         thumbnail_side=config.captions.thumbnail_side,
         max_inp_length=config.model.max_inp_length,
+        remote=config.model.remote,
     )
 
 

@@ -169,3 +169,17 @@ def check_model_available(name: str, device: str = "auto") -> None:
             f"model {name}: {exc}\nFor a smoke run without weights use --model tiny "
             "(random weights: the captions are gibberish by design)."
         ) from None
+
+
+def check_remote_server(config: Config) -> None:
+    """``--model http://HOST:PORT/v1``: the server is asked for its models now, so that one that is
+    down, refuses the key or does not serve ``model.remote.model`` is one line and exit 2, before
+    anything starts."""
+    from model.errors import ServerSetupError
+
+    from .inference import connect_remote
+
+    try:
+        connect_remote(config.model.name, config.model.remote).close()
+    except ServerSetupError as exc:
+        raise ConfigError(str(exc)) from None

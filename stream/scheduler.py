@@ -18,13 +18,21 @@ The protocol, one stream or many:
    cached embeddings, prompt and context, :class:`Answer` this ask, :class:`Reply` with this message
    (an ask that cannot be answered), or None (nothing to do until more frames or asks come).
    :class:`EvaluateRules` is the slot for alert rules: defined, not produced yet.
-4. **Results.** The caller runs the action and reports back before asking for the next one:
+4. **Results.** The caller runs the action and reports back before asking for the next one (but
+   see ``max_in_flight`` below):
    :meth:`Scheduler.encoded`, :meth:`Scheduler.captioned` (returns the ``caption`` message),
    :meth:`Scheduler.caption_failed`, :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed`
    (return the ``answer`` message). A :class:`Reply` needs no report. The core never calls a model:
    the shells run an action with its ``run_on(backend)``, the one way each action meets the model.
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
+
+In flight: with ``max_in_flight`` above 1 (a remote server that serves many requests at once), a
+:class:`Caption` or :class:`Answer` handed out need not be reported before the next action is asked
+for: up to ``max_in_flight`` of them run at once, at most one per stream (its stream is *busy*
+meanwhile: its windows wait, and in live mode only its newest is taken once it is free). An
+:class:`Encode` is still reported before anything else is handed out. With 1 (the default, one local
+model) every action is reported before the next, as above.
 
 Order of work: asks first (a person is waiting), then the next window, streams taking turns (round
 robin from the one served longest ago), each giving its newest due window in live mode (older ones
@@ -186,8 +194,13 @@ class Scheduler:
         *,
         stream_settings: Mapping[str, CaptionSettings] | None = None,
         model: str = "model",
+        max_in_flight: int = 1,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.settings = settings
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[int, Caption | Answer] = {}  # id(action) -> action, when max_in_flight > 1
         self.stream_settings = dict(stream_settings or {})
         self.model = model
         self.streams: dict[str, StreamCaptions] = {}
@@ -225,7 +238,15 @@ class Scheduler:
 
     def drained(self) -> bool:
         """Every stream has ended and nothing of it is left to caption (no window due or taken)."""
-        return self._held is None and all(s.ended and not s.due for s in self.streams.values())
+        return (
+            self._held is None
+            and not self._in_flight
+            and all(s.ended and not s.due for s in self.streams.values())
+        )
+
+    def busy(self) -> set[str]:
+        """Streams with a caption or answer in flight (only with ``max_in_flight`` above 1)."""
+        return {action.stream for action in self._in_flight.values()}
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
@@ -262,13 +283,22 @@ class Scheduler:
             return self._start(self._idle_encode(min_batch))
 
     def _start(self, action: Action | None) -> Action | None:
-        self._current = action
+        if self.max_in_flight > 1 and isinstance(action, Caption | Answer):
+            self._in_flight[id(action)] = action
+        else:
+            self._current = action
         return action
 
     def _take(self) -> Reply | None:
-        """Hold the next ask, else the next window (streams in turn); a Reply for an unanswerable ask."""
-        while self._asks:
-            ask = self._asks.popleft()
+        """Hold the next ask, else the next window (streams in turn, busy ones left waiting); a Reply
+        for an unanswerable ask."""
+        if len(self._in_flight) >= self.max_in_flight:
+            return None
+        busy = self.busy()
+        for ask in list(self._asks):
+            if ask.stream in busy:
+                continue  # its stream's caption or answer is in flight: the next ask may go first
+            self._asks.remove(ask)
             stream = self.streams.get(ask.stream)
             if stream is None:
                 message = f"no stream named {ask.stream!r} in this run"
@@ -280,6 +310,8 @@ class Scheduler:
             self._held = _Held(stream, ask=ask)
             return None
         for stream in sorted(self.streams.values(), key=lambda s: s.served):
+            if stream.name in busy:
+                continue
             job = stream.take_job()
             if job is not None:
                 self._turn += 1
@@ -356,6 +388,9 @@ class Scheduler:
 
     # -- results in -------------------------------------------------------------------------------
     def _finish(self, action: Action) -> None:
+        if self._in_flight.get(id(action)) is action:
+            del self._in_flight[id(action)]
+            return
         if action is not self._current:
             raise RuntimeError(f"{type(action).__name__} reported, but it is not the action handed out")
         self._current = None
@@ -401,12 +436,14 @@ class Scheduler:
             frames=len(frames),
         )
 
-    def caption_failed(self, action: Caption) -> int:
-        """The model refused this window (e.g. a prompt over its input limit): counted in
-        ``caption_errors``, whose new value is returned (the caller logs the first loudly)."""
+    def caption_failed(self, action: Caption, reason: str | None = None) -> int:
+        """The model refused this window (e.g. a prompt over its input limit, a server's 400):
+        counted in ``caption_errors`` (``reason`` shown as ``last_caption_error``), whose new value
+        is returned (the caller logs the first loudly)."""
         self._finish(action)
         stream = self.streams[action.stream]
         stream.counters.caption_errors += 1
+        stream.counters.last_caption_error = reason
         stream.sweep()
         return stream.counters.caption_errors
 
