@@ -29,6 +29,7 @@ import base64
 import copy
 import hashlib
 import io
+import logging
 import math
 import threading
 import time
@@ -288,6 +289,9 @@ def choose_model(url: str, served: Sequence[str], wanted: str) -> str:
 def make_client(url: str, api_key: str, timeout: float, on_request: Callable[[int], None]) -> openai.OpenAI:
     """The ``openai`` client: no retries of its own (ours mark the backend unreachable meanwhile)
     and a hook that counts the bytes of every request body."""
+
+    # The HTTP library logs every request at INFO: several a second per camera would drown the log.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     def count(request: httpx2.Request) -> None:
         on_request(len(request.content))

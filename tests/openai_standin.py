@@ -255,16 +255,16 @@ class StandIn:
 
     def generate(self, record: Record, urls: list[str], on_piece: Any) -> str:
         """The answer's text, piece by piece to ``on_piece``."""
+        if record.logprobs:  # a yes/no question (with or without logprobs in the answer)
+            text = "Yes" if self.yes_p >= 0.5 else "No"
+            on_piece(text)
+            return text
         if self.answer == "fixed":
             time.sleep(self.delay)
             step = max(1, math.ceil(len(self.text) / self.pieces))
             for i in range(0, len(self.text), step):
                 on_piece(self.text[i : i + step])
             return self.text
-        if record.logprobs:
-            text = "Yes" if self.yes_p >= 0.5 else "No"
-            on_piece(text)
-            return text
         pictures = [_decode(url) for url in urls]
         context = record.texts[0] if len(record.texts) > 1 else None
         with self._model_lock:
