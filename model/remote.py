@@ -53,6 +53,11 @@ _BACKOFF_INITIAL_S = 0.5
 _BACKOFF_MAX_S = 10.0
 _CONNECT_TIMEOUT_S = 5.0
 _SENT_IDS = 4096  # frame ids the server is known to hold (vLLM media caching), newest kept
+# Cache misses in a row after which the server is taken not to honour media uuids at all (a vLLM
+# too old for them, a router spreading one camera over replicas): frames are then always sent.
+_MISSES_TO_GIVE_UP = 3
+
+log = logging.getLogger(__name__)
 # A yes/no answer: one token, and enough alternatives to find both "yes" and "no" among them.
 _TOP_LOGPROBS = 5
 _YES_NO = " Answer yes or no."
@@ -226,10 +231,13 @@ class Health:
             }
 
 
-class _SentIds:
-    """The frame ids the server has received in a request that went through (bounded, newest kept)."""
+class MediaCache:
+    """vLLM's media caching as this client sees it: whether it is used, the frame ids the server has
+    received in a request that went through (bounded, newest kept), and cache misses in a row."""
 
-    def __init__(self, limit: int = _SENT_IDS) -> None:
+    def __init__(self, enabled: bool, limit: int = _SENT_IDS) -> None:
+        self.enabled = enabled
+        self.misses = 0
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.limit = limit
@@ -332,10 +340,14 @@ class RemoteBackend:
         self.max_images = max_images
         self.image_side = image_side
         self.jpeg_quality = jpeg_quality
-        self.media_cache = media_cache
         self.user: str | None = None
-        self._sent = _SentIds()
+        self._sent = MediaCache(media_cache)  # shared by every for_user view
         self._interrupt: Callable[[], bool] | None = None
+
+    @property
+    def media_cache(self) -> bool:
+        """Whether frames go with their ``uuid`` and, once the server has them, as the uuid only."""
+        return self._sent.enabled
 
     @classmethod
     def connect(
@@ -550,7 +562,7 @@ class RemoteBackend:
                         self.health.failed(_outage(exc))
                     elif held and not resent:
                         self._sent.forget(held)  # evicted, or a replica that never had them
-                        self.health.missed()
+                        self._missed()
                         resent = True
                         continue
                     else:
@@ -563,6 +575,8 @@ class RemoteBackend:
                     raise RequestRefused(reason) from None
                 else:
                     self.health.succeeded()
+                    if held and not resent:
+                        self._sent.misses = 0
                     if self.media_cache:
                         self._sent.add(f.uuid for f in frames)
                     return result
@@ -571,6 +585,17 @@ class RemoteBackend:
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
         finally:
             self.health.end()
+
+    def _missed(self) -> None:
+        self.health.missed()
+        self._sent.misses += 1
+        if self._sent.misses >= _MISSES_TO_GIVE_UP and self._sent.enabled:
+            log.warning(
+                "model server %s: media uuids missed %d times in a row: frames go in full",
+                self.url,
+                self._sent.misses,
+            )
+            self._sent.enabled = False
 
     def _wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` unless interrupted first; False when interrupted."""
