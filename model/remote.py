@@ -232,12 +232,14 @@ class Health:
 
 
 class MediaCache:
-    """vLLM's media caching as this client sees it: whether it is used, the frame ids the server has
-    received in a request that went through (bounded, newest kept), and cache misses in a row."""
+    """What this client has learnt of the server, shared by every ``for_user`` view: whether vLLM's
+    media caching is used, the frame ids the server has received in a request that went through
+    (bounded, newest kept), cache misses in a row, and whether it takes ``logprobs``."""
 
     def __init__(self, enabled: bool, limit: int = _SENT_IDS) -> None:
         self.enabled = enabled
         self.misses = 0
+        self.logprobs = True
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.limit = limit
@@ -341,13 +343,13 @@ class RemoteBackend:
         self.image_side = image_side
         self.jpeg_quality = jpeg_quality
         self.user: str | None = None
-        self._sent = MediaCache(media_cache)  # shared by every for_user view
+        self._media = MediaCache(media_cache)  # shared by every for_user view
         self._interrupt: Callable[[], bool] | None = None
 
     @property
     def media_cache(self) -> bool:
         """Whether frames go with their ``uuid`` and, once the server has them, as the uuid only."""
-        return self._sent.enabled
+        return self._media.enabled
 
     @classmethod
     def connect(
@@ -473,7 +475,7 @@ class RemoteBackend:
             context=context,
             max_images=self.max_images,
             with_uuid=self.media_cache,
-            held=self._sent.__contains__,
+            held=self._media.__contains__,
         )
 
     def _streamed(
@@ -513,22 +515,29 @@ class RemoteBackend:
         chosen = subsample(frames, self.max_images)
 
         def attempt() -> float:
-            response: ChatCompletion = self._create(
-                {
-                    "messages": [self._message(chosen, question + _YES_NO, context)],
-                    "max_tokens": 1,
-                    "temperature": 0.0,
-                    "logprobs": True,
-                    "top_logprobs": _TOP_LOGPROBS,
-                }
-            )
+            request: dict[str, Any] = {
+                "messages": [self._message(chosen, question + _YES_NO, context)],
+                "max_tokens": 1,
+                "temperature": 0.0,
+            }
+            if self._media.logprobs:
+                request.update(logprobs=True, top_logprobs=_TOP_LOGPROBS)
+            response: ChatCompletion = self._create(request)
             choice = response.choices[0]
             top = None
             if choice.logprobs is not None and choice.logprobs.content:
                 top = [(t.token, t.logprob) for t in choice.logprobs.content[0].top_logprobs]
             return yes_probability(top, choice.message.content or "")
 
-        return self._with_retries(attempt, chosen, 0.0)
+        try:
+            return float(self._with_retries(attempt, chosen, 0.0))
+        except RequestRefused:
+            if not self._media.logprobs:
+                raise
+            # A server that refuses logprobs (rather than leaving them out) is asked by the word.
+            log.warning("model server %s refused a request with logprobs: yes/no goes by the word", self.url)
+            self._media.logprobs = False
+            return float(self._with_retries(attempt, chosen, 0.0))
 
     def _create(self, request: dict[str, Any]) -> Any:
         """One chat completion of this backend's model, with its ``user``. The messages are plain
@@ -550,7 +559,7 @@ class RemoteBackend:
         self.health.begin()
         try:
             while True:
-                held = [f.uuid for f in frames if self.media_cache and f.uuid in self._sent]
+                held = [f.uuid for f in frames if self.media_cache and f.uuid in self._media]
                 try:
                     result = attempt()
                 except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
@@ -561,7 +570,7 @@ class RemoteBackend:
                     if exc.status_code >= 500:
                         self.health.failed(_outage(exc))
                     elif held and not resent:
-                        self._sent.forget(held)  # evicted, or a replica that never had them
+                        self._media.forget(held)  # evicted, or a replica that never had them
                         self._missed()
                         resent = True
                         continue
@@ -576,9 +585,9 @@ class RemoteBackend:
                 else:
                     self.health.succeeded()
                     if held and not resent:
-                        self._sent.misses = 0
+                        self._media.misses = 0
                     if self.media_cache:
-                        self._sent.add(f.uuid for f in frames)
+                        self._media.add(f.uuid for f in frames)
                     return result
                 if not self._wait(backoff):
                     return stopped
@@ -588,14 +597,14 @@ class RemoteBackend:
 
     def _missed(self) -> None:
         self.health.missed()
-        self._sent.misses += 1
-        if self._sent.misses >= _MISSES_TO_GIVE_UP and self._sent.enabled:
+        self._media.misses += 1
+        if self._media.misses >= _MISSES_TO_GIVE_UP and self._media.enabled:
             log.warning(
                 "model server %s: media uuids missed %d times in a row: frames go in full",
                 self.url,
-                self._sent.misses,
+                self._media.misses,
             )
-            self._sent.enabled = False
+            self._media.enabled = False
 
     def _wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` unless interrupted first; False when interrupted."""

@@ -305,6 +305,8 @@ def inference_main(
             )
             return ExitCode.CONFIG
         status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
+        if is_remote_model(options.model):
+            status_base["device"] = "remote"  # the server's devices are its own business
         write_ready_file(Path(options.run_dir) / READY_FILE, str(os.getpid()))
         return ModelLoop(options, backend, bus, asks, stop_event, status_base).run()
     finally:
@@ -346,6 +348,7 @@ class ModelLoop:
         self.tap = FrameTap(self.shared, options.streams, bus, options, self.wake, self.tap_stop)
         self._last_status = 0.0
         self.pool = ThreadPoolExecutor(self.workers, "remote") if self.workers > 1 else None
+        self.running: set[Future[None]] = set()  # pooled actions whose messages are not all sent yet
         self.error: BaseException | None = None
 
     def run(self) -> int:
@@ -360,13 +363,15 @@ class ModelLoop:
                     for ask in asks:
                         core.submit_ask(ask.id, ask.stream, ask.question)
                     action = core.next_action()
-                    idle_and_drained = action is None and not drained and core.drained()
+                    idle_and_drained = action is None and not drained and core.drained() and not self.running
                 if action is not None and self.pool is not None and isinstance(action, Caption | Answer):
-                    self.pool.submit(self._perform, action).add_done_callback(self._done)
+                    future = self.pool.submit(self._perform, action)
+                    self.running.add(future)
+                    future.add_done_callback(self._done)
                 elif action is not None:
                     self._perform(action)
                 self._publish_status()
-                if idle_and_drained:  # the last caption is published by now: this thread made it
+                if idle_and_drained:  # the last caption is published: by this thread or a finished pooled one
                     drained = True
                     write_ready_file(Path(self.options.run_dir) / DRAINED_FILE, str(os.getpid()))
                 if action is None:
@@ -386,6 +391,7 @@ class ModelLoop:
     def _done(self, future: Future[None]) -> None:
         """A pooled caption or answer finished: the model loop may hand out the next (or, on a bug,
         stop the process as a failure of the model loop itself would)."""
+        self.running.discard(future)
         error = future.exception() if not future.cancelled() else None
         if error is not None and not self.stop_event.is_set():
             log.error("caption or answer failed", exc_info=error)

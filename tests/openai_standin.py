@@ -96,10 +96,14 @@ class StandIn:
         max_images: int | None = None,
         logprobs: bool = True,
         extra_models: tuple[str, ...] = (),
+        keep_media: bool = True,
+        refuse_logprobs: bool = False,
     ) -> None:
         self.model, self.owned_by, self.api_key = model, owned_by, api_key
         self.answer, self.text, self.delay, self.pieces = answer, text, delay, pieces
         self.max_images, self.logprobs, self.extra_models = max_images, logprobs, extra_models
+        self.keep_media = keep_media  # False: a server that takes uuids but never finds them again
+        self.refuse_logprobs = refuse_logprobs  # a 400 for logprobs rather than answering without
         self.yes_p = 0.8
         self.records: list[Record] = []
         self.faults: list[Fault] = []
@@ -204,6 +208,8 @@ class StandIn:
             raise Refused(400, f"invalid request: {exc.errors()[0]}") from None
         if request["model"] not in (self.model, *self.extra_models):
             raise Refused(404, f"The model `{request['model']}` does not exist.", "NotFoundError")
+        if self.refuse_logprobs and body.get("logprobs"):
+            raise Refused(400, "logprobs is not supported by this server")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise Refused(400, f"stream must be a boolean, got {stream!r}")
@@ -237,7 +243,7 @@ class StandIn:
             part["image_url"] = {"url": self._media[uuid]}
             images.append((uuid, 0))
         elif isinstance(image, dict) and isinstance(image.get("url"), str):
-            if uuid is not None:
+            if uuid is not None and self.keep_media:
                 self._media[uuid] = image["url"]
             images.append((uuid, len(image["url"])))
         urls.append(part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else "")
@@ -254,7 +260,7 @@ class StandIn:
 
     def generate(self, record: Record, urls: list[str], on_piece: Any) -> str:
         """The answer's text, piece by piece to ``on_piece``."""
-        if record.logprobs:  # a yes/no question (with or without logprobs in the answer)
+        if record.max_tokens == 1 and record.texts[-1].endswith("yes or no."):  # an alert's question
             text = "Yes" if self.yes_p >= 0.5 else "No"
             on_piece(text)
             return text

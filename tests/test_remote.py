@@ -46,6 +46,23 @@ def fake(i: int) -> RemoteFrame:
     return RemoteFrame(url=f"data:image/jpeg;base64,{i}", uuid=f"u{i}", width=4, height=4)
 
 
+_OPENED: list[RemoteBackend] = []
+
+
+def connect(url: str, **settings: Any) -> RemoteBackend:
+    """``RemoteBackend.connect``, closed after the test (its HTTP connections with it)."""
+    backend = RemoteBackend.connect(url, **settings)
+    _OPENED.append(backend)
+    return backend
+
+
+@pytest.fixture(autouse=True)
+def close_backends() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 @pytest.fixture
 def standin() -> Iterator[StandIn]:
     server = StandIn(answer="fixed", text="A person walks.").start()
@@ -142,7 +159,7 @@ def test_the_server_s_reason_is_read_from_openai_and_vllm_error_bodies() -> None
 def test_a_caption_streams_its_tokens_and_carries_the_stream_as_user() -> None:
     server = StandIn(answer="tiny").start()  # the tiny model answers from the images it decodes
     try:
-        backend = RemoteBackend.connect(server.url, max_images=3).for_user("yard")
+        backend = connect(server.url, max_images=3).for_user("yard")
         assert backend.model == server.model and not backend.media_cache, "the one model it serves"
         encoded = backend.encode_frames(frames(5))
         pieces: list[str] = []
@@ -161,7 +178,7 @@ def test_a_caption_streams_its_tokens_and_carries_the_stream_as_user() -> None:
 
 
 def test_vllm_gets_each_frame_once_and_its_uuid_after(vllm: StandIn) -> None:
-    backend = RemoteBackend.connect(vllm.url).for_user("cam")
+    backend = connect(vllm.url).for_user("cam")
     assert backend.media_cache, "the server said it is vLLM"
     encoded = backend.encode_frames(frames(8))
     for start in range(0, 5):  # overlapping windows of 4 frames, one frame newer each time
@@ -175,7 +192,7 @@ def test_vllm_gets_each_frame_once_and_its_uuid_after(vllm: StandIn) -> None:
 
 
 def test_a_server_that_lost_its_media_cache_gets_the_frames_again(vllm: StandIn) -> None:
-    backend = RemoteBackend.connect(vllm.url)
+    backend = connect(vllm.url)
     encoded = backend.encode_frames(frames(3))
     backend.describe(encoded, "Describe.")
     vllm.down()
@@ -189,8 +206,23 @@ def test_a_server_that_lost_its_media_cache_gets_the_frames_again(vllm: StandIn)
     assert backend.status()["media_cache_misses"] == 1 and backend.status()["refused"] == 0
 
 
+def test_media_ids_are_given_up_on_a_server_that_never_finds_them(caplog: pytest.LogCaptureFixture) -> None:
+    server = StandIn(answer="fixed", text="A person walks.", owned_by="vllm", keep_media=False).start()
+    try:
+        backend = connect(server.url).for_user("cam")
+        encoded = backend.encode_frames(frames(6))
+        for start in range(4):
+            assert backend.describe(encoded[start : start + 3], "Describe.") == "A person walks."
+        assert backend.status()["media_cache_misses"] == 3 and not backend.media_cache
+        assert "frames go in full" in caplog.text
+        last = server.chat_records()[-1]
+        assert all(uuid is None and size > 0 for uuid, size in last.images), "no ids once given up"
+    finally:
+        server.down()
+
+
 def test_yes_probabilities_by_logprobs_or_by_the_first_word(standin: StandIn) -> None:
-    backend = RemoteBackend.connect(standin.url).for_user("door")
+    backend = connect(standin.url).for_user("door")
     encoded = backend.encode_frames(frames(2))
     standin.yes_p = 0.3
     assert backend.yes_probabilities(encoded, ["Is the door open?", "Is it dark?"]) == [
@@ -204,8 +236,19 @@ def test_yes_probabilities_by_logprobs_or_by_the_first_word(standin: StandIn) ->
     assert backend.yes_probabilities(encoded, ["Is the door open?"]) == [1.0]
 
 
+def test_a_server_that_refuses_logprobs_is_asked_by_the_word() -> None:
+    server = StandIn(answer="fixed", refuse_logprobs=True).start()
+    try:
+        backend = connect(server.url)
+        encoded = backend.encode_frames(frames(1))
+        assert backend.yes_probabilities(encoded, ["Is it open?", "Is it dark?"]) == [1.0, 1.0]
+        assert [r.logprobs for r in server.chat_records()] == [False, False], "asked once with them"
+    finally:
+        server.down()
+
+
 def test_chat_is_a_text_only_turn(standin: StandIn) -> None:
-    backend = RemoteBackend.connect(standin.url)
+    backend = connect(standin.url)
     pieces: list[str] = []
     assert (
         backend.chat("Summarise: a cat sat.", max_new_tokens=40, on_text=pieces.append) == "A person walks."
@@ -218,7 +261,7 @@ def test_chat_is_a_text_only_turn(standin: StandIn) -> None:
 def test_a_refused_request_names_the_server_s_reason() -> None:
     server = StandIn(answer="fixed", max_images=2).start()  # vLLM's --limit-mm-per-prompt
     try:
-        backend = RemoteBackend.connect(server.url, max_images=4)
+        backend = connect(server.url, max_images=4)
         with pytest.raises(RequestRefused, match=r"refused the request \(400\): At most 2 image\(s\)"):
             backend.describe(backend.encode_frames(frames(4)), "Describe.")
         server.fail(400, "This model's maximum context length is 8192 tokens.")
@@ -230,7 +273,7 @@ def test_a_refused_request_names_the_server_s_reason() -> None:
 
 
 def test_an_outage_is_retried_until_the_server_is_back(standin: StandIn) -> None:
-    backend = RemoteBackend.connect(standin.url, timeout=5.0)
+    backend = connect(standin.url, timeout=5.0)
     encoded = backend.encode_frames(frames(2))
     standin.fail(503, "overloaded", times=2)
     assert backend.describe(encoded, "Describe.") == "A person walks.", "5xx: retried"
@@ -247,7 +290,7 @@ def test_an_outage_is_retried_until_the_server_is_back(standin: StandIn) -> None
 
 
 def test_an_interrupt_ends_the_retries(standin: StandIn) -> None:
-    backend = RemoteBackend.connect(standin.url)
+    backend = connect(standin.url)
     standin.down()
     stop = threading.Event()
     backend.set_interrupt(stop.is_set)
@@ -269,7 +312,7 @@ def test_connect_says_in_one_line_why_a_server_cannot_be_used() -> None:
             RemoteBackend.connect(server.url, api_key="sekrit")
         with pytest.raises(ServerSetupError, match="does not serve model.remote.model 'nope'"):
             RemoteBackend.connect(server.url, api_key="sekrit", model="nope")
-        assert RemoteBackend.connect(server.url, api_key="sekrit", model="other").model == "other"
+        assert connect(server.url, api_key="sekrit", model="other").model == "other"
     finally:
         server.down()
     with pytest.raises(ServerSetupError, match="unreachable"):
@@ -286,6 +329,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.mark.integration
 def test_a_server_that_cannot_be_used_stops_the_run_with_one_line(
     tmp_path: Path, clips: dict[str, Path]
 ) -> None:
@@ -314,6 +358,8 @@ def test_a_server_that_cannot_be_used_stops_the_run_with_one_line(
 REMOTE_RUN = ["--window", "4", "--stride", "2", "--loop", "--set", "captions.stream_tokens=true"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_two_streams_caption_through_the_server_with_partials(clips: dict[str, Path]) -> None:
     server = StandIn(answer="tiny", owned_by="vllm").start()
@@ -351,6 +397,8 @@ def test_two_streams_caption_through_the_server_with_partials(clips: dict[str, P
         server.down()
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_a_refusal_is_a_caption_error_and_an_outage_heals_by_itself(clips: dict[str, Path]) -> None:
     server = StandIn(answer="fixed", text="A yard.").start()
