@@ -35,6 +35,8 @@ from model.remote import (
     window_message,
     yes_probability,
 )
+from stream.bus import RunPaths, Subscriber
+from stream.messages import Caption as CaptionMessage
 
 
 def frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -437,5 +439,41 @@ def test_a_refusal_is_a_caption_error_and_an_outage_heals_by_itself(clips: dict[
                 assert run.stop() == 0
             finally:
                 run.kill()
+    finally:
+        server.down()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_file_run_through_a_server_stops_by_itself_after_its_tail_caption(tmp_path: Path) -> None:
+    """A 7-s file without --loop, captioned by a server that takes 2 s a window (on the pool): the
+    run ends by itself, exit 0, once the tail window's caption is published (heard on the inference
+    process's own bus)."""
+    clip = make_clip(tmp_path / "short.mp4", size="320x240", fps=25.0, seconds=7.0)
+    server = StandIn(answer="fixed", text="The tail.", delay=2.0).start()
+    try:
+        with short_run_root() as root:
+            extra = ["--model", server.url, "--window", "4", "--stride", "4"]
+            run = LiveRun([f"short={clip}"], root, extra=extra).launch()
+            assert run.proc is not None
+            bus: Subscriber | None = None
+            try:
+                wait_for(lambda: bool(run.run_dirs), 30, "the run directory")
+                run_dir = run.run_dirs[0]
+                bus = Subscriber(
+                    [RunPaths(run_id=run_dir.name, run_dir=run_dir).publisher_endpoint("inference")]
+                )
+                assert run.proc.wait(150) == 0, run.log()
+                heard = []
+                while (message := bus.recv(timeout=1.0)) is not None:
+                    heard.append(message)
+            finally:
+                if bus is not None:
+                    bus.close()
+                run.kill()
+            captions = [m for m in heard if isinstance(m, CaptionMessage) and m.stream == "short"]
+            assert captions and captions[-1].t_end > 4.5, f"the tail is captioned: {captions}\n{run.log()}"
+            assert all(c.text == "The tail." for c in captions)
     finally:
         server.down()
