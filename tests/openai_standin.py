@@ -104,6 +104,7 @@ class StandIn:
         self.max_images, self.logprobs, self.extra_models = max_images, logprobs, extra_models
         self.keep_media = keep_media  # False: a server that takes uuids but never finds them again
         self.refuse_logprobs = refuse_logprobs  # a 400 for logprobs rather than answering without
+        self.cut_streams = 0  # the next streamed answers break off after their first piece
         self.yes_p = 0.8
         self.records: list[Record] = []
         self.faults: list[Fault] = []
@@ -408,7 +409,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n")
 
         event({"role": "assistant", "content": ""})
-        self.owner.generate(record, urls, lambda piece: event({"content": piece}))
+        with self.owner._lock:
+            cut = self.owner.cut_streams > 0
+            self.owner.cut_streams -= cut
+
+        def piece(text: str) -> None:
+            event({"content": text})
+            if cut:  # the server died mid-answer: the connection ends inside the chunked body
+                self.close_connection = True
+                raise ConnectionAbortedError("cut")
+
+        try:
+            self.owner.generate(record, urls, piece)
+        except ConnectionAbortedError:
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         event({}, "stop")
         self._chunk("data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")

@@ -291,6 +291,18 @@ def test_an_outage_is_retried_until_the_server_is_back(standin: StandIn) -> None
     assert result == ["A person walks."] and backend.status()["state"] == "ok"
 
 
+def test_an_answer_cut_mid_stream_is_asked_again_without_repeating_a_piece(standin: StandIn) -> None:
+    backend = connect(standin.url)
+    standin.cut_streams = 1
+    pieces: list[str] = []
+    assert (
+        backend.describe(backend.encode_frames(frames(1)), "Describe.", on_text=pieces.append)
+        == "A person walks."
+    )
+    assert "".join(pieces) == "A person walks.", pieces
+    assert pieces[0] == "A pe" and len(standin.chat_records()) == 2 and backend.status()["failures"] == 1
+
+
 def test_an_interrupt_ends_the_retries(standin: StandIn) -> None:
     backend = connect(standin.url)
     standin.down()
@@ -387,6 +399,18 @@ def test_two_streams_caption_through_the_server_with_partials(clips: dict[str, P
                 assert status["backend"]["state"] == "ok" and status["backend"]["url"] == server.url
                 for name in ("yard", "door"):
                     assert status["streams"][name]["encodes_per_frame"] == 1.0
+                ask = {"type": "ask", "id": "q-1", "stream": "door", "question": "Who is at the door?"}
+                asked = collect(
+                    run.ws_url,
+                    lambda got: any(m.get("id") == "q-1" for m in got),
+                    timeout=120,
+                    send=[ask],
+                )
+                (answer,) = [m for m in asked if m.get("id") == "q-1"]
+                assert answer["type"] == "answer" and answer["stream"] == "door" and answer["frame_times"]
+                assert any(
+                    r.texts[-1] == "Who is at the door?" and r.user == "door" for r in server.chat_records()
+                )
                 users = {r.user for r in server.chat_records()}
                 assert users == {"yard", "door"}, "each request names its stream"
                 # The tiny model takes seconds a window on these cores: both streams' windows were in
