@@ -54,7 +54,10 @@ def _add_common(parser: argparse.ArgumentParser, defaults: Config) -> None:
     # says both, read from the defaults file so that they cannot drift from it.
     live, offline = defaults.sampler, defaults.offline
     parser.add_argument("--config", type=Path, help="a TOML file with the settings to change")
-    parser.add_argument("--model", help="hub id, checkpoint folder, or 'tiny' (random weights, smoke runs)")
+    parser.add_argument(
+        "--model",
+        help="hub id, checkpoint folder, 'tiny' (random weights, smoke runs) or a server's http://HOST:PORT/v1",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda if available)")
     parser.add_argument("--prompt", help="preset (narration, cctv, screen) or your own prompt text")
     parser.add_argument(
