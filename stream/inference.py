@@ -380,10 +380,10 @@ class ModelLoop:
             self.tap_stop.set()
             self.tap.join(timeout=2.0)
             if self.pool is not None:
-                close = getattr(self.backend, "close", None)
-                if close is not None:
-                    close()  # requests blocked on the network end now; the stop check ends the rest
-                self.pool.shutdown(wait=True, cancel_futures=True)
+                # Not waited for: a request blocked reading a slow server cannot be woken (the stop
+                # check runs between pieces), and its result is not published after a stop anyway;
+                # the process leaves with os._exit, which waits for no thread.
+                self.pool.shutdown(wait=False, cancel_futures=True)
         if self.tap.error is not None or self.error is not None:
             return ExitCode.FAILED
         return ExitCode.OK

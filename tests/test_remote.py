@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -499,5 +500,28 @@ def test_a_file_run_through_a_server_stops_by_itself_after_its_tail_caption(tmp_
             captions = [m for m in heard if isinstance(m, CaptionMessage) and m.stream == "short"]
             assert captions and captions[-1].t_end > 4.5, f"the tail is captioned: {captions}\n{run.log()}"
             assert all(c.text == "The tail." for c in captions)
+    finally:
+        server.down()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ctrl_c_does_not_wait_for_a_slow_server(clips: dict[str, Path]) -> None:
+    """A request blocked reading a server that takes a minute cannot be woken; Ctrl-C stops the
+    run at once all the same (well within the supervisor's 5-s kill)."""
+    server = StandIn(answer="fixed", delay=60.0).start()
+    try:
+        with short_run_root() as root:
+            run = LiveRun([f"yard={clips['yard']}"], root, extra=["--model", server.url, *REMOTE_RUN])
+            try:
+                run.start()
+                wait_for(lambda: server.in_flight >= 1, 120, "a request in flight")
+                asked = time.monotonic()
+                assert run.stop() == 0, run.log()
+                assert time.monotonic() - asked < 4.0, run.log()
+                assert "killed" not in run.log().lower(), run.log()
+            finally:
+                run.kill()
     finally:
         server.down()
