@@ -37,7 +37,10 @@ from model.remote import (
     yes_probability,
 )
 from stream.bus import RunPaths, Subscriber
+from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
+from stream.errors import ConfigError
 from stream.messages import Caption as CaptionMessage
+from stream.pipeline import inference_options
 
 
 def frames(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -156,6 +159,26 @@ def test_the_server_s_reason_is_read_from_openai_and_vllm_error_bodies() -> None
 
     assert server_reason(error({"message": "too long", "type": "BadRequestError"})) == "too long"
     assert server_reason(error({"error": {"message": "bad image"}})) == "bad image"
+
+
+def test_model_remote_settings_come_from_a_file_flags_or_set_and_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "remote.toml"
+    path.write_text(
+        '[model]\nname = "http://gpu:8000/v1"\n[model.remote]\nmodel = "minicpm"\nmax_images = 8\n'
+    )
+    config = load_config(path)
+    assert is_remote_model(config.model.name) and not is_remote_model("openbmb/MiniCPM-V-2_6")
+    assert config.model.remote == RemoteConfig(model="minicpm", max_images=8)
+    config = apply_overrides(config, ["model.remote.jpeg_quality=70", "model.remote.timeout=5"])
+    assert (config.model.remote.jpeg_quality, config.model.remote.timeout) == (70, 5.0)
+    with pytest.raises(ConfigError, match=r"model.remote.max_concurrency: 0 is out of range \[1, 256\]"):
+        apply_overrides(config, ["model.remote.max_concurrency=0"])
+    with pytest.raises(ConfigError, match="unknown key model.remote.url"):
+        apply_overrides(config, ["model.remote.url=x"])
+    options = inference_options(config, run_id="r", run_dir=str(tmp_path), streams={"cam": "ring"})
+    assert options.model == "http://gpu:8000/v1" and options.remote.jpeg_quality == 70
+    assert RemoteConfig().resolved_api_key() == os.environ.get("OPENAI_API_KEY", "")
+    assert RemoteConfig(api_key="k").resolved_api_key() == "k"
 
 
 # -- the backend against the stand-in ---------------------------------------------------------------
