@@ -11,11 +11,14 @@ replica and its caches).
   JPEG-encodes it once into a :class:`RemoteFrame` (its data URI and a content id): the remote twin of
   a frame embedding, cached and reused by every window that holds the frame.
 * **One window, one user message**: the context text, the frames as ``image_url`` parts (at most
-  ``max_images``, subsampled uniformly), then the prompt; tokens stream back over SSE to ``on_text``.
+  ``max_images``, subsampled uniformly), then the prompt (the shapes are :mod:`model.chatwire`'s);
+  tokens stream back over SSE to ``on_text``. Yes/no questions ask for one token with ``logprobs``;
+  a server that refuses those is asked without them from then on (P(yes) by the first word).
 * **Media caching.** A server that says it is vLLM (``owned_by`` in ``/v1/models``) gets each part's
   ``uuid``; a frame the server has already received is then sent as ``{"image_url": null, "uuid"}``
   and not at all again (vLLM's documented "skip sending media if you expect cache hits"). A request
-  the server refuses while it holds such parts is sent once more in full (evicted, another replica).
+  the server refuses while it holds such parts is sent once more in full (evicted, another replica);
+  after 3 such misses in a row the ids are given up.
 * **Failures.** Unreachable, timeouts, 5xx and 429 mark the backend ``unreachable`` and the request is
   retried with backoff until it goes through (or the interrupt check says stop); any other 4xx is a
   :class:`~model.errors.RequestRefused` naming the server's reason, for that request only.
@@ -25,26 +28,28 @@ Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one ba
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
-import io
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import httpx2
-import numpy as np
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from PIL import Image
 
+from model.chatwire import (
+    RemoteFrame,
+    encode_frame,
+    sampling_params,
+    server_reason,
+    subsample,
+    window_message,
+    yes_probability,
+)
 from model.errors import RequestRefused, ServerSetupError
 
 TextCallback = Callable[[str], None]
@@ -68,106 +73,6 @@ class BackendState(StrEnum):
 
     OK = "ok"
     UNREACHABLE = "unreachable"
-
-
-@dataclass(frozen=True)
-class RemoteFrame:
-    """A frame as the server receives it: a JPEG data URI, made once, and its content id (the
-    ``uuid`` of vLLM's media caching: equal frames share it, whichever stream they come from)."""
-
-    url: str
-    uuid: str
-    width: int
-    height: int
-
-
-def encode_frame(frame: Image.Image | np.ndarray, side: int, quality: int) -> RemoteFrame:
-    """Downscale (never up) so the longest side is at most ``side``, then JPEG at ``quality``."""
-    picture = Image.fromarray(frame) if isinstance(frame, np.ndarray) else frame
-    picture = picture.convert("RGB")
-    if max(picture.size) > side:
-        picture = picture.copy()
-        picture.thumbnail((side, side), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=quality)
-    jpeg = out.getvalue()
-    url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
-    return RemoteFrame(url, hashlib.blake2b(jpeg, digest_size=16).hexdigest(), *picture.size)
-
-
-def subsample(frames: Sequence[Any], limit: int) -> list[Any]:
-    """At most ``limit`` of ``frames``, evenly spread and keeping the first and the last (the
-    newest frame is what a live caption must not miss)."""
-    n = len(frames)
-    if n <= limit:
-        return list(frames)
-    if limit == 1:
-        return [frames[-1]]
-    return [frames[round(i * (n - 1) / (limit - 1))] for i in range(limit)]
-
-
-def image_part(frame: RemoteFrame, *, with_uuid: bool, held: bool) -> dict[str, Any]:
-    """One ``image_url`` content part; ``held``: the server has this frame already (send only its id)."""
-    if not with_uuid:
-        return {"type": "image_url", "image_url": {"url": frame.url}}
-    if held:
-        return {"type": "image_url", "image_url": None, "uuid": frame.uuid}
-    return {"type": "image_url", "image_url": {"url": frame.url}, "uuid": frame.uuid}
-
-
-def window_message(
-    frames: Sequence[RemoteFrame],
-    text: str,
-    *,
-    context: str | None,
-    max_images: int,
-    with_uuid: bool = False,
-    held: Callable[[str], bool] = lambda _uuid: False,
-) -> dict[str, Any]:
-    """The one user message of a window: context text, the frames (oldest first), the prompt."""
-    content: list[dict[str, Any]] = [{"type": "text", "text": context}] if context else []
-    for frame in subsample(frames, max_images):
-        content.append(image_part(frame, with_uuid=with_uuid, held=with_uuid and held(frame.uuid)))
-    content.append({"type": "text", "text": text})
-    return {"role": "user", "content": content}
-
-
-def sampling_params(decoding: str) -> dict[str, Any]:
-    """Chat-completions parameters for a decoding: greedy (and beam, which these servers do not
-    offer through this API) is temperature 0; sampling is the model card's T 0.7, top-p 0.8."""
-    if decoding == "sampling":
-        return {"temperature": 0.7, "top_p": 0.8}
-    if decoding in ("greedy", "beam"):
-        return {"temperature": 0.0}
-    raise ValueError(f"decoding {decoding!r} is not one of greedy, sampling, beam")
-
-
-def server_reason(exc: openai.APIStatusError) -> str:
-    """The server's own words for a refusal: OpenAI's ``{"error": {"message"}}`` or vLLM's
-    ``{"message"}``, else the response text."""
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else inner
-        if isinstance(message, str) and message:
-            return message
-    return exc.message
-
-
-def yes_probability(top: Iterable[tuple[str, float]] | None, text: str) -> float:
-    """P(yes) from the alternatives of the first answer token (token, logprob), renormalised over
-    the yes and no tokens; without them, 1.0 or 0.0 by the answer's first word."""
-    yes = no = 0.0
-    for token, logprob in top or ():
-        word = token.strip().lower()
-        if word == "yes":
-            yes += math.exp(logprob)
-        elif word == "no":
-            no += math.exp(logprob)
-    if yes + no > 0:
-        return yes / (yes + no)
-    words = text.strip().lower().split()
-    return 1.0 if words and words[0].strip(".,!:;\"'") == "yes" else 0.0
 
 
 class Health:

@@ -1,4 +1,5 @@
-"""model/remote.py: the backend for OpenAI-compatible servers, from request building to real runs.
+"""model/remote.py and model/chatwire.py: the backend for OpenAI-compatible servers, from request
+building to real runs.
 
 No real server runs here (vLLM, SGLang and LMDeploy need a GPU, Ollama is not installable, llama.cpp
 is too slow to build on these cores): the server is the stand-in of tests/openai_standin.py, a real
@@ -24,9 +25,7 @@ from liverun import VIDNARRATE, LiveRun, collect, of_type, short_run_root, wait_
 from openai_standin import StandIn
 from realparts import free_port, make_clip
 
-from model.errors import RequestRefused, ServerSetupError
-from model.remote import (
-    RemoteBackend,
+from model.chatwire import (
     RemoteFrame,
     encode_frame,
     image_part,
@@ -36,6 +35,8 @@ from model.remote import (
     window_message,
     yes_probability,
 )
+from model.errors import RequestRefused, ServerSetupError
+from model.remote import RemoteBackend
 from stream.bus import RunPaths, Subscriber
 from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
 from stream.errors import ConfigError
