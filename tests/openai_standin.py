@@ -17,7 +17,9 @@ cores. It is a real HTTP/1.1 server on a real port, built to the protocol the re
   plays a server that has none (``logprobs=False``).
 * Faults on demand: a bearer key (401 otherwise), an image limit (vLLM's ``--limit-mm-per-prompt``
   400), :meth:`StandIn.fail` (the next requests answered with a status and message), :meth:`down` /
-  :meth:`up` (the port closed, open connections cut, then listening again on the same port).
+  :meth:`up` (the port closed, open connections cut, then listening again on the same port),
+  ``cut_streams`` (answers broken off mid-stream), ``keep_media=False`` (media ids taken but never
+  found again), ``refuse_logprobs`` (a 400 for ``logprobs``).
 """
 
 from __future__ import annotations
