@@ -8,7 +8,10 @@ only where it is about a missing file, etc.)::
     ├── CheckpointError (ValueError)          bad or incomplete weights folder, key/shape mismatch
     │   └── WeightsNotFoundError (FileNotFoundError)   no weights where they were expected
     ├── ConfigMismatchError (ValueError)      config.json and preprocessor_config.json disagree
-    └── PromptTooLongError (ValueError)       prompt exceeds max_inp_length; says what to lower
+    ├── PromptTooLongError (ValueError)       prompt exceeds max_inp_length; says what to lower
+    └── RemoteError                           an OpenAI-compatible server (model.remote)
+        ├── ServerSetupError (ValueError)     unreachable, 401 or unknown model when first asked
+        └── RequestRefused (ValueError)       a 4xx for one request (too many images, too long)
 """
 
 from __future__ import annotations
@@ -32,3 +35,15 @@ class ConfigMismatchError(ModelError, ValueError):
 
 class PromptTooLongError(ModelError, ValueError):
     """The tokenized prompt is longer than ``max_inp_length``."""
+
+
+class RemoteError(ModelError):
+    """An OpenAI-compatible server could not be used. The message names the server and its reason."""
+
+
+class ServerSetupError(RemoteError, ValueError):
+    """At start: the server cannot be reached, refuses the key, or does not serve the model."""
+
+
+class RequestRefused(RemoteError, ValueError):
+    """The server refused one request (a 4xx: too many images, context too long); the next may work."""

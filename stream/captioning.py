@@ -76,6 +76,7 @@ class StreamCounters:
     missing_frames: int = 0
     last_latency_ms: float | None = None
     last_model_ms: float | None = None
+    last_caption_error: str | None = None
 
     def encodes_per_frame(self, pending: int = 0) -> float | None:
         """Vision encodes per sampled frame that has left the queue (queued ones are not encoded yet,
@@ -277,6 +278,7 @@ class StreamCaptions:
             "skipped": c.skipped,
             "caption_errors": c.caption_errors,
             "unchanged": c.unchanged,
+            "last_caption_error": c.last_caption_error,
             "sampled": c.sampled,
             "vision_encodes": c.encodes,
             "encodes_per_frame": c.encodes_per_frame(len(self.pending)),

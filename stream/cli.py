@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .alertrules import add_alert_flag, check_rule_streams, with_alert_flags
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, is_remote_model, load_config
 from .errors import ConfigError, SourceError, StoreError, StoreQueryError, VidnarrateError
 from .eventlist import add_events_command, cmd_events
 from .preflight import (
@@ -32,6 +32,7 @@ from .preflight import (
     check_file,
     check_model_available,
     check_port_free,
+    check_remote_server,
     choose_token,
     is_loopback,
     live_windows,
@@ -55,7 +56,10 @@ def _add_common(parser: argparse.ArgumentParser, defaults: Config) -> None:
     # says both, read from the defaults file so that they cannot drift from it.
     live, offline = defaults.sampler, defaults.offline
     parser.add_argument("--config", type=Path, help="a TOML file with the settings to change")
-    parser.add_argument("--model", help="hub id, checkpoint folder, or 'tiny' (random weights, smoke runs)")
+    parser.add_argument(
+        "--model",
+        help="hub id, checkpoint folder, 'tiny' (random weights, smoke runs) or a server's http://HOST:PORT/v1",
+    )
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto: cuda if available)")
     parser.add_argument("--prompt", help="preset (narration, cctv, screen) or your own prompt text")
     parser.add_argument(
@@ -323,9 +327,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
     check_port_free(host, config.gateway.port)
     store = run_store(config, args)
-    check_model_available(config.model.name, config.model.device)
-    for window in live_windows(config):
-        warn_if_windows_too_long(config, window, config.model.max_slice_nums)
+    if is_remote_model(config.model.name):
+        check_remote_server(config)
+    else:
+        check_model_available(config.model.name, config.model.device)
+        for window in live_windows(config):  # a server's request holds at most max_images frames
+            warn_if_windows_too_long(config, window, config.model.max_slice_nums)
     warn_about_prompt_typos(config)
     if args.no_auth and not is_loopback(host):
         print(

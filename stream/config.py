@@ -25,7 +25,7 @@ import tomllib
 import types
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -138,13 +138,43 @@ class SamplerConfig:
     max_frames: int = setting(64, low=1, high=64)  # the model card's video cap
 
 
+REMOTE_SCHEMES = ("http://", "https://")
+
+
+def is_remote_model(name: str) -> bool:
+    """Whether ``[model] name`` is the ``/v1`` address of an OpenAI-compatible server."""
+    return name.startswith(REMOTE_SCHEMES)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """``[model.remote]``: how an OpenAI-compatible server (``[model] name = "http://HOST:PORT/v1"``)
+    is used. ``model`` "" asks the server (it must serve exactly one); ``api_key`` "" is
+    ``$OPENAI_API_KEY``."""
+
+    model: str = ""
+    api_key: str = ""
+    max_concurrency: int = setting(8, low=1, high=256)
+    timeout: float = setting(60.0, above=0, high=3600)
+    max_images: int = setting(16, low=1, high=64)
+    image_side: int = setting(448, low=28, high=4096)
+    jpeg_quality: int = setting(85, low=1, high=100)
+
+    def resolved_api_key(self) -> str:
+        return self.api_key or os.environ.get("OPENAI_API_KEY", "")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = setting("openbmb/MiniCPM-V-2_6", rule=_not_empty("a hub id, a folder, or 'tiny'"))
+    name: str = setting(
+        "openbmb/MiniCPM-V-2_6",
+        rule=_not_empty("a hub id, a folder, 'tiny' or an http(s)://HOST:PORT/v1 URL"),
+    )
     device: str = setting("auto", rule=_device_rule)
     dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"))
     max_slice_nums: int = setting(1, low=1, high=9)
     max_inp_length: int = setting(8192, low=256, high=131072)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
 
 
 @dataclass(frozen=True)
@@ -339,6 +369,9 @@ def check_settings(prefix: str, section: Any) -> None:
         if value is None:
             continue
         key = f"{prefix}.{spec.name}"
+        if is_dataclass(value):  # a nested table such as [model.remote]
+            check_settings(key, value)
+            continue
         meta = spec.metadata
         low, above, high = meta.get("low"), meta.get("above"), meta.get("high")
         if isinstance(low, str):
@@ -405,16 +438,31 @@ def _merge_section(section: Any, name: str, values: Any, origin: str) -> Any:
     hints = get_type_hints(type(section))
     known = {f.name for f in fields(section)}
     changes = {}
-    for key, value in values.items():
+    for key, value in _nest_dotted(values).items():
         if key not in known:
             raise ConfigError(
                 f"{origin}: unknown key {name}.{key} (known keys of [{name}]: {', '.join(sorted(known))})"
             )
+        if is_dataclass(hints[key]):  # a nested table such as [model.remote]
+            changes[key] = _merge_section(getattr(section, key), f"{name}.{key}", value, origin)
+            continue
         try:
             changes[key] = _coerce(f"{name}.{key}", value, hints[key])
         except ConfigError as exc:
             raise ConfigError(f"{origin}: {exc}") from None
     return replace(section, **changes)
+
+
+def _nest_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"remote.model": v}`` (from ``--set model.remote.model=v``) as ``{"remote": {"model": v}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            nested[key] = value
+    return nested
 
 
 def _merge_sources(sources: dict[str, SourceConfig], tables: Any, origin: str) -> dict[str, SourceConfig]:

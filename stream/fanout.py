@@ -171,6 +171,7 @@ class StatusBoard:
         self._capture_at: dict[str, float] = {}
         self._inference: dict[str, Message] = {}
         self._model: tuple[str | None, str | None] = (None, None)
+        self._backend: Message | None = None
         self._processes: dict[str, Message] = {}
         self._recorder: RecorderStatus | None = None
         self._recorder_at = 0.0
@@ -218,8 +219,11 @@ class StatusBoard:
         new_streams = set(figures) - set(self._inference)
         model = (report.model, report.device)
         changed = bool(new_streams) or model != self._model
+        old_state = self._backend.get("state") if self._backend else None
+        changed = changed or (report.backend or {}).get("state") != old_state
         self._inference = figures
         self._model = model
+        self._backend = report.backend
         return changed
 
     def _update_processes(self, report: Processes) -> bool:
@@ -280,6 +284,7 @@ class StatusBoard:
             clients=clients,
             recorder=recorder,
             outputs=None if self._outputs is None else {k: dict(v) for k, v in self._outputs.outputs.items()},
+            backend=self._backend,
         )
 
 

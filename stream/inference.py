@@ -15,6 +15,9 @@ the one lock and the publishing.
   publishes ``caption``/``partial``/``answer``/``summary`` and, at ~1 Hz, ``inference_status``.
 
 Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
+A backend that serves several requests at once (a remote server: ``max_concurrency`` above 1) gets
+its captions and answers run on a pool of that many threads, so windows of different streams are in
+flight together (the core keeps one per stream); encodes still run on the model loop itself.
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
 exits with :attr:`~stream.process.ExitCode.CONFIG` and the supervisor stops the run instead of
 restarting it forever.
@@ -30,6 +33,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +50,7 @@ from .alertrules import AlertRule
 from .alerts import AlertCore
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
+from .config import RemoteConfig, is_remote_model
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
@@ -85,6 +90,7 @@ class InferenceOptions:
     max_inp_length: int = 8192
     alerts: tuple[AlertRule, ...] = ()  # alert rules, scored on every captioned window
     text: TextSettings = field(default_factory=TextSettings)  # live summaries, questions over the past
+    remote: RemoteConfig = field(default_factory=RemoteConfig)  # when ``model`` is a server's URL
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -243,11 +249,30 @@ class PartialPublisher:
 
 
 def load_caption_backend(options: InferenceOptions) -> CaptionBackend:
+    if is_remote_model(options.model):
+        return connect_remote(options.model, options.remote)
     from model.backends import load_backend  # heavy (torch): only the inference process pays for it
 
     device = None if options.device == "auto" else options.device
     dtype = None if options.dtype == "auto" else options.dtype
     return load_backend(options.model, device=device, dtype=dtype, max_inp_length=options.max_inp_length)
+
+
+def connect_remote(url: str, remote: RemoteConfig) -> Any:
+    """The :class:`~model.remote.RemoteBackend` for ``[model] name = URL`` and ``[model.remote]``;
+    a ``ServerSetupError`` (a ValueError) in one line when the server cannot be used."""
+    from model.remote import RemoteBackend
+
+    return RemoteBackend.connect(
+        url,
+        model=remote.model,
+        api_key=remote.resolved_api_key(),
+        timeout=remote.timeout,
+        max_concurrency=remote.max_concurrency,
+        max_images=remote.max_images,
+        image_side=remote.image_side,
+        jpeg_quality=remote.jpeg_quality,
+    )
 
 
 class _LoadAborted(BaseException):
@@ -273,7 +298,7 @@ def inference_main(
     publisher.wait_for_subscriber(1.0)  # a model that fails at once must still be heard saying why
     bus = LockedPublisher(publisher)
     asks = AskReceiver(run.asks_endpoint)
-    status_base = {"model": options.model, "device": options.device}
+    status_base: dict[str, Any] = {"model": options.model, "device": options.device}
     try:
         bus.send(
             messages.InferenceStatus(
@@ -299,6 +324,8 @@ def inference_main(
             )
             return ExitCode.CONFIG
         status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
+        if is_remote_model(options.model):
+            status_base["device"] = "remote"  # the server's devices are its own business
         write_ready_file(Path(options.run_dir) / READY_FILE, str(os.getpid()))
         return ModelLoop(options, backend, bus, asks, stop_event, status_base).run()
     finally:
@@ -316,7 +343,7 @@ class ModelLoop:
         bus: LockedPublisher,
         asks: AskReceiver,
         stop_event: Any,
-        status_base: dict[str, str],
+        status_base: dict[str, Any],
     ) -> None:
         self.options = options
         self.backend = backend
@@ -327,12 +354,14 @@ class ModelLoop:
         backend.set_interrupt(stop_event.is_set)  # Ctrl-C ends a caption mid-generation
         alerts = AlertCore(options.alerts, run_id=options.run_id) if options.alerts else None
         text = TextWork(options.text, token_counter(backend), options.max_inp_length)
+        self.workers = max(1, int(getattr(backend, "max_concurrency", 1)))
         core = Scheduler(
             options.captions,
             stream_settings=options.stream_captions,
             model=backend.name,
             alerts=alerts,
             text=text,
+            max_in_flight=self.workers,
         )
         for name in options.streams:
             core.add_stream(name)
@@ -341,6 +370,9 @@ class ModelLoop:
         self.tap_stop = threading.Event()
         self.tap = FrameTap(self.shared, options.streams, bus, options, self.wake, self.tap_stop)
         self._last_status = 0.0
+        self.pool = ThreadPoolExecutor(self.workers, "remote") if self.workers > 1 else None
+        self.running: set[Future[None]] = set()  # pooled actions whose messages are not all sent yet
+        self.error: BaseException | None = None
 
     def run(self) -> int:
         self.tap.start()
@@ -358,13 +390,17 @@ class ModelLoop:
                             core.submit_ask(ask.id, ask.stream, ask.question)
                     action = core.next_action()
                     events = core.take_events()
-                    idle_and_drained = action is None and not drained and core.drained()
+                    idle_and_drained = action is None and not drained and core.drained() and not self.running
                 for event in events:
                     self.bus.send(event)
-                if action is not None:
+                if action is not None and self.pool is not None and isinstance(action, Caption | Answer):
+                    future = self.pool.submit(self._perform, action)
+                    self.running.add(future)
+                    future.add_done_callback(self._done)
+                elif action is not None:
                     self._perform(action)
                 self._publish_status()
-                if idle_and_drained:  # the last caption is published by now: this thread made it
+                if idle_and_drained:  # the last caption is published: by this thread or a finished pooled one
                     drained = True
                     write_ready_file(Path(self.options.run_dir) / DRAINED_FILE, str(os.getpid()))
                 if action is None:
@@ -377,9 +413,31 @@ class ModelLoop:
             for event in events:
                 self.bus.send(event)
             self.tap.join(timeout=2.0)
-        if self.tap.error is not None:
+            if self.pool is not None:
+                # Not waited for: a request blocked reading a slow server cannot be woken (the stop
+                # check runs between pieces), and its result is not published after a stop anyway;
+                # the process leaves with os._exit, which waits for no thread.
+                self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.tap.error is not None or self.error is not None:
             return ExitCode.FAILED
         return ExitCode.OK
+
+    def _done(self, future: Future[None]) -> None:
+        """A pooled caption or answer finished: the model loop may hand out the next (or, on a bug,
+        stop the process as a failure of the model loop itself would)."""
+        self.running.discard(future)
+        error = future.exception() if not future.cancelled() else None
+        if error is not None and not self.stop_event.is_set():
+            log.error("caption or answer failed", exc_info=error)
+            self.error = error
+            self.tap_stop.set()
+        self.wake.set()
+
+    def _backend_for(self, stream: str) -> CaptionBackend:
+        """The backend, sending ``stream`` as the request's ``user`` where it can (a remote server's
+        router keeps a camera on one replica with it)."""
+        for_user = getattr(self.backend, "for_user", None)
+        return for_user(stream) if for_user is not None else self.backend
 
     def _perform(self, action: Action) -> None:
         """Run one action on the model, outside the lock, and report its result to the core."""
@@ -407,7 +465,7 @@ class ModelLoop:
 
     def _summarize(self, action: Summarize) -> None:
         try:
-            text = action.run_on(self.backend)
+            text = action.run_on(self._backend_for(action.stream))
         except ValueError as exc:  # the model refused the turn: that summary is given up, not the run
             log.warning("stream %s: summary not made: %s", action.stream, exc)
             with self.shared.use() as core:
@@ -420,7 +478,7 @@ class ModelLoop:
 
     def _answer_past(self, action: AnswerPast) -> None:
         try:
-            text = action.run_on(self.backend)
+            text = action.run_on(self._backend_for(action.stream))
         except ValueError as exc:
             log.warning("stream %s: ask %r over the past not answered: %s", action.stream, action.id, exc)
             with self.shared.use() as core:
@@ -436,12 +494,12 @@ class ModelLoop:
         )
         started = time.monotonic()
         try:
-            text = action.run_on(self.backend, on_text)
+            text = action.run_on(self._backend_for(action.stream), on_text)
         except ValueError as exc:
             # The model refused this window (e.g. a prompt over max_inp_length): the next window may
             # well work, and a restart would only reload the model to fail the same way.
             with self.shared.use() as core:
-                errors = core.caption_failed(action)
+                errors = core.caption_failed(action, str(exc))
             job = action.job
             (log.error if errors == 1 else log.debug)(
                 "stream %s: window %.1f-%.1f s not captioned: %s", action.stream, job.t_start, job.t_end, exc
@@ -456,7 +514,7 @@ class ModelLoop:
     def _evaluate(self, action: EvaluateRules) -> None:
         started = time.monotonic()
         try:
-            scores = action.run_on(self.backend)
+            scores = action.run_on(self._backend_for(action.stream))
         except ValueError as exc:  # refused (e.g. over max_inp_length): the next window may work
             with self.shared.use() as core:
                 errors = core.rules_failed(action)
@@ -473,7 +531,7 @@ class ModelLoop:
 
     def _answer(self, action: Answer) -> None:
         try:
-            text = action.run_on(self.backend)
+            text = action.run_on(self._backend_for(action.stream))
         except ValueError as exc:  # the model refused this question: the asker hears why
             log.warning("stream %s: ask %r not answered: %s", action.stream, action.id, exc)
             with self.shared.use() as core:
@@ -490,8 +548,13 @@ class ModelLoop:
         self._last_status = now
         with self.shared.use() as core:
             streams = core.status()
+        backend_status = getattr(self.backend, "status", None)
         self.bus.send(
             messages.InferenceStatus(
-                streams=streams, wall=time.time(), state=messages.ModelState.READY, **self.status_base
+                streams=streams,
+                wall=time.time(),
+                state=messages.ModelState.READY,
+                backend=backend_status() if backend_status is not None else None,
+                **self.status_base,
             )
         )

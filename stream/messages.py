@@ -367,6 +367,7 @@ class Status(ServerMessage):
     clients: int | None = None
     recorder: Message | None = None  # the recorder's figures; absent when the run records nothing
     outputs: dict[str, Message] | None = None  # per output; absent when the run has none
+    backend: Message | None = None  # a remote model server's state (InferenceStatus.backend)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -399,6 +400,9 @@ class InferenceStatus(ServerMessage):
     state: ModelState
     wall: float
     error: str | None = None  # why the model could not be loaded (state "failed")
+    # A remote model server (``--model URL``): ``url``, ``state`` ("ok" / "unreachable"), ``error``,
+    # ``requests``, ``in_flight``, ``failures``, ``refused``, ``bytes_sent``; absent for a local model.
+    backend: Message | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -172,6 +172,7 @@ def inference_options(
             max_new_tokens=config.summaries.max_new_tokens,
             decoding=config.captions.decoding,
         ),
+        remote=config.model.remote,
     )
 
 

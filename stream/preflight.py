@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config, preset_typo
+from .config import Config, is_remote_model, preset_typo
 from .errors import ConfigError, SourceError
 
 # Prompt tokens of one frame piece: 64 placeholder tokens and their <image>/</image> (or <slice>) pair.
@@ -153,6 +153,10 @@ def check_model_available(name: str, device: str = "auto") -> None:
     from model.loading import resolve_checkpoint, resolve_device, weight_files
     from model.processing import ProcessorConfig
 
+    if is_remote_model(name):  # `run` checks a server with check_remote_server instead
+        raise ConfigError(
+            f"model {name}: a model server serves `vidnarrate run` only; `caption` needs a local model"
+        )
     try:
         resolve_device(None if device == "auto" else device)
     except ValueError as exc:
@@ -169,3 +173,17 @@ def check_model_available(name: str, device: str = "auto") -> None:
             f"model {name}: {exc}\nFor a smoke run without weights use --model tiny "
             "(random weights: the captions are gibberish by design)."
         ) from None
+
+
+def check_remote_server(config: Config) -> None:
+    """``--model http://HOST:PORT/v1``: the server is asked for its models now, so that one that is
+    down, refuses the key or does not serve ``model.remote.model`` is one line and exit 2, before
+    anything starts."""
+    from model.errors import ServerSetupError
+
+    from .inference import connect_remote
+
+    try:
+        connect_remote(config.model.name, config.model.remote).close()
+    except ServerSetupError as exc:
+        raise ConfigError(str(exc)) from None

@@ -26,7 +26,8 @@ The protocol, one stream or many:
    With alert rules (an :class:`~stream.alerts.AlertCore`), each captioned window is then scored:
    :class:`EvaluateRules` (its question rules, one batched prefill over the same cached
    embeddings, handed out before anything else) and its pattern rules at once on the caption's text.
-4. **Results.** The caller runs the action and reports back before asking for the next one:
+4. **Results.** The caller runs the action and reports back before asking for the next one (but
+   see ``max_in_flight`` below):
    :meth:`Scheduler.encoded`, :meth:`Scheduler.captioned` (returns the ``caption`` message),
    :meth:`Scheduler.caption_failed`, :meth:`Scheduler.extended` (returns the ``unchanged`` caption),
    :meth:`Scheduler.answered` / :meth:`Scheduler.answer_failed` (return the ``answer`` message),
@@ -38,6 +39,13 @@ The protocol, one stream or many:
    each action meets the model.
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
+
+In flight: with ``max_in_flight`` above 1 (a remote server that serves many requests at once), a
+:class:`Caption` or :class:`Answer` handed out need not be reported before the next action is asked
+for: up to ``max_in_flight`` of them run at once, at most one per stream (its stream is *busy*
+meanwhile: its windows wait, and in live mode only its newest is taken once it is free). An
+:class:`Encode` is still reported before anything else is handed out. With 1 (the default, one local
+model) every action is reported before the next, as above.
 
 Order of work: asks first (a person is waiting; questions over the past with them), then a summary
 turn when one is due (never two in a row while a window is due), then the next window, streams
@@ -226,9 +234,14 @@ class Scheduler:
         model: str = "model",
         alerts: AlertCore | None = None,
         text: TextWork | None = None,
+        max_in_flight: int = 1,
     ) -> None:
         """``alerts``: the alert rules' core, when the run has rules (see :class:`EvaluateRules`)."""
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.settings = settings
+        self.max_in_flight = max_in_flight
+        self._in_flight: dict[int, Caption | Answer] = {}  # id(action) -> action, when max_in_flight > 1
         self.alerts = alerts
         self._rules_due: deque[EvaluateRules] = deque()  # at most one per captioned window
         self._events: list[messages.Event] = []  # the outbox of take_events
@@ -276,16 +289,21 @@ class Scheduler:
         return self._stream(stream).ended
 
     def drained(self) -> bool:
-        """Every stream has ended and nothing of it is left to caption (no window due or taken) or
-        to score (no alert rules waiting) or to summarise, and its open events were ended (by
+        """Every stream has ended and nothing of it is left to caption (no window due, taken or in
+        flight) or to score (no alert rules waiting) or to summarise, and its open events were ended (by
         :meth:`next_action`)."""
         return (
             self._held is None
+            and not self._in_flight
             and not self._rules_due
             and all(s.ended and not s.due for s in self.streams.values())
             and (self.alerts is None or len(self._closed) == len(self.streams))
             and (self.text is None or (self.text.idle and self._text_ended >= self.streams.keys()))
         )
+
+    def busy(self) -> set[str]:
+        """Streams with a caption or answer in flight (only with ``max_in_flight`` above 1)."""
+        return {action.stream for action in self._in_flight.values()}
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
@@ -339,9 +357,12 @@ class Scheduler:
             return self._start(idle) if idle is not None else self._text_action(windows_first=False)
 
     def _start(self, action: Action | None) -> Action | None:
-        self._current = action
         if isinstance(action, Caption | Summarize):
             self._summary_waits = isinstance(action, Summarize)
+        if self.max_in_flight > 1 and isinstance(action, Caption | Answer):
+            self._in_flight[id(action)] = action
+        else:
+            self._current = action
         return action
 
     def _text_action(self, *, windows_first: bool) -> Summarize | AnswerPast | Reply | None:
@@ -350,8 +371,9 @@ class Scheduler:
         starved."""
         if self.text is None:
             return None
+        busy = self.busy()
         for stream in self.streams.values():  # a stream's tail summary, once its last window is out
-            if stream.ended and not stream.due and stream.name not in self._text_ended:
+            if stream.ended and not stream.due and stream.name not in busy | self._text_ended:
                 self._text_ended.add(stream.name)
                 self.text.end_stream(stream.name)
         past = self.text.next_past_ask()
@@ -364,10 +386,16 @@ class Scheduler:
         return turn
 
     def _take(self) -> Reply | Extend | None:
-        """Hold the next ask, else the next window (streams in turn); a Reply for an unanswerable ask,
-        an Extend for a window whose scene did not change (it needs no encode: it is not held)."""
-        while self._asks:
-            ask = self._asks.popleft()
+        """Hold the next ask, else the next window (streams in turn, busy ones left waiting); a Reply
+        for an unanswerable ask, an Extend for a window whose scene did not change (it needs no
+        encode: it is not held)."""
+        if len(self._in_flight) >= self.max_in_flight:
+            return None
+        busy = self.busy()
+        for ask in list(self._asks):
+            if ask.stream in busy:
+                continue  # its stream's caption or answer is in flight: the next ask may go first
+            self._asks.remove(ask)
             stream = self.streams.get(ask.stream)
             if stream is None:
                 message = f"no stream named {ask.stream!r} in this run"
@@ -379,6 +407,8 @@ class Scheduler:
             self._held = _Held(stream, ask=ask)
             return None
         for stream in sorted(self.streams.values(), key=lambda s: s.served):
+            if stream.name in busy:
+                continue
             job = stream.take_job()
             if job is not None:
                 self._turn += 1
@@ -459,6 +489,9 @@ class Scheduler:
 
     # -- results in -------------------------------------------------------------------------------
     def _finish(self, action: Action) -> None:
+        if self._in_flight.get(id(action)) is action:
+            del self._in_flight[id(action)]
+            return
         if action is not self._current:
             raise RuntimeError(f"{type(action).__name__} reported, but it is not the action handed out")
         self._current = None
@@ -554,13 +587,15 @@ class Scheduler:
         stream.sweep()
         return caption
 
-    def caption_failed(self, action: Caption) -> int:
-        """The model refused this window (e.g. a prompt over its input limit): counted in
-        ``caption_errors``, whose new value is returned (the caller logs the first loudly)."""
+    def caption_failed(self, action: Caption, reason: str | None = None) -> int:
+        """The model refused this window (e.g. a prompt over its input limit, a server's 400):
+        counted in ``caption_errors`` (``reason`` shown as ``last_caption_error``), whose new value
+        is returned (the caller logs the first loudly)."""
         self._finish(action)
         stream = self.streams[action.stream]
         stream.candidate = None
         stream.counters.caption_errors += 1
+        stream.counters.last_caption_error = reason
         stream.sweep()
         return stream.counters.caption_errors
 
@@ -684,7 +719,7 @@ class Scheduler:
     def _close_ended_streams(self) -> None:
         assert self.alerts is not None
         held = None if self._held is None else self._held.stream.name
-        pending = {action.stream for action in self._rules_due}
+        pending = {action.stream for action in self._rules_due} | self.busy()
         for name, stream in self.streams.items():
             if stream.ended and not stream.due and name != held and name not in pending:
                 if name not in self._closed:

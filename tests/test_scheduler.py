@@ -20,6 +20,7 @@ STATUS_KEYS = {
     "skipped",
     "caption_errors",
     "unchanged",
+    "last_caption_error",
     "sampled",
     "vision_encodes",
     "encodes_per_frame",
@@ -666,3 +667,95 @@ def test_unchanged_windows_are_scored_only_by_rules_that_ask_for_them() -> None:
         ("once", "start"),
     ]
     assert sum(1 for e in events if e.rule == "watch" and e.state.value == "update") == 5
+
+
+# -- several captions in flight (a remote server: max_in_flight > 1) --------------------------------
+def _handed_out(drive: Driver, kind: type) -> list[Any]:
+    """Step until the core has nothing more to hand out now; encodes are run at once (they are in
+    the shells too), captions and answers are kept in flight and returned."""
+    out = []
+    while (action := drive.core.next_action()) is not None:
+        if isinstance(action, Encode):
+            drive.run(action)
+        else:
+            assert isinstance(action, kind)
+            out.append(action)
+    return out
+
+
+def test_windows_of_different_streams_are_in_flight_together_up_to_the_limit() -> None:
+    core = Scheduler(settings(skip_stale=True), max_in_flight=2)
+    for name in ("a", "b", "c"):
+        core.add_stream(name)
+    drive = Driver(core)
+    for i in range(3):
+        for name in ("a", "b", "c"):
+            drive.frame(name, i, float(i))
+    first = _handed_out(drive, Caption)
+    assert len(first) == 2 and len({c.stream for c in first}) == 2, "two streams, one window each"
+    assert core.busy() == {c.stream for c in first}
+    assert not core.drained()
+    drive.run(first[0])  # reported out of order with the other still in flight: fine
+    third = _handed_out(drive, Caption)
+    assert [c.stream for c in third] == [({"a", "b", "c"} - {c.stream for c in first}).pop()]
+    assert core.busy() == {first[1].stream, third[0].stream}
+
+
+def test_a_busy_stream_gets_its_newest_window_once_free_and_counts_the_rest_skipped() -> None:
+    core = Scheduler(settings(skip_stale=True), max_in_flight=4)
+    core.add_stream("cam")
+    drive = Driver(core)
+    for i in range(3):
+        drive.frame("cam", i, float(i))
+    (inflight,) = _handed_out(drive, Caption)
+    for i in range(3, 9):  # windows come due while its caption is in flight
+        drive.frame("cam", i, float(i))
+    assert _handed_out(drive, Caption) == [], "at most one window of a stream in flight"
+    drive.run(inflight)
+    (newest,) = _handed_out(drive, Caption)
+    assert newest.job.t_end == 8.0 and core.status()["cam"]["skipped"] == 2
+
+
+def test_an_ask_waits_for_its_stream_while_another_stream_s_ask_goes_first() -> None:
+    core = Scheduler(settings(skip_stale=True), max_in_flight=4)
+    for name in ("a", "b"):
+        core.add_stream(name)
+    drive = Driver(core)
+    for i in range(3):
+        drive.frame("a", i, float(i))
+    (caption,) = _handed_out(drive, Caption)
+    drive.frame("b", 0, 0.0)
+    core.submit_ask("q1", "a", "what now?")
+    core.submit_ask("q2", "b", "and here?")
+    (answer,) = _handed_out(drive, Answer)
+    assert answer.stream == "b", "a's ask waits: its caption is in flight"
+    drive.run(caption)
+    (later,) = _handed_out(drive, Answer)
+    assert later.id == "q1"
+    drive.run(answer)
+    drive.run(later)
+    assert [r["id"] for r in drive.replies] == ["q2", "q1"]
+
+
+def test_in_flight_results_are_checked_and_the_default_stays_one_at_a_time() -> None:
+    core = Scheduler(settings(skip_stale=True), max_in_flight=2)
+    core.add_stream("cam")
+    drive = Driver(core)
+    for i in range(3):
+        drive.frame("cam", i, float(i))
+    (caption,) = _handed_out(drive, Caption)
+    drive.run(caption)
+    with pytest.raises(RuntimeError, match="not the action handed out"):
+        core.caption_failed(caption)  # reported twice
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Scheduler(settings(), max_in_flight=0)
+    one = Scheduler(settings(skip_stale=True))
+    one.add_stream("cam")
+    drive = Driver(one)
+    for i in range(3):
+        drive.frame("cam", i, float(i))
+    while not isinstance(action := one.next_action(), Caption):
+        assert action is not None
+        drive.run(action)
+    with pytest.raises(RuntimeError, match="not reported yet"):
+        one.next_action()

@@ -1,0 +1,531 @@
+"""``CaptionBackend`` on any OpenAI-compatible chat-completions server (vLLM, SGLang, LMDeploy, Ollama,
+llama.cpp's ``llama-server``), through the official ``openai`` client.
+
+It lives beside :class:`~model.backends.LocalBackend` because it is the same kind of thing: a model
+that captions frames, knowing nothing of streams, config files or the bus. The one thing it learns
+about a caller is the OpenAI ``user`` string of a request (:meth:`RemoteBackend.for_user`: the
+inference shell passes the stream name, so a router with session affinity keeps a camera on one
+replica and its caches).
+
+* **Encode once.** :meth:`RemoteBackend.encode_frames` downscales each frame to ``image_side`` and
+  JPEG-encodes it once into a :class:`RemoteFrame` (its data URI and a content id): the remote twin of
+  a frame embedding, cached and reused by every window that holds the frame.
+* **One window, one user message**: the context text, the frames as ``image_url`` parts (at most
+  ``max_images``, subsampled uniformly), then the prompt (the shapes are :mod:`model.chatwire`'s);
+  tokens stream back over SSE to ``on_text``. Yes/no questions ask for one token with ``logprobs``;
+  a server that refuses those is asked without them from then on (P(yes) by the first word).
+* **Media caching.** A server that says it is vLLM (``owned_by`` in ``/v1/models``) gets each part's
+  ``uuid``; a frame the server has already received is then sent as ``{"image_url": null, "uuid"}``
+  and not at all again (vLLM's documented "skip sending media if you expect cache hits"). A request
+  the server refuses while it holds such parts is sent once more in full (evicted, another replica);
+  after 3 such misses in a row the ids are given up.
+* **Failures.** Unreachable, timeouts, 5xx and 429 mark the backend ``unreachable`` and the request is
+  retried with backoff until it goes through (or the interrupt check says stop); any other 4xx is a
+  :class:`~model.errors.RequestRefused` naming the server's reason, for that request only.
+
+Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from enum import StrEnum
+from typing import Any
+
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from model.chatwire import (
+    RemoteFrame,
+    encode_frame,
+    sampling_params,
+    server_reason,
+    subsample,
+    window_message,
+    yes_probability,
+)
+from model.errors import RequestRefused, ServerSetupError
+
+TextCallback = Callable[[str], None]
+
+_BACKOFF_INITIAL_S = 0.5
+_BACKOFF_MAX_S = 10.0
+_CONNECT_TIMEOUT_S = 5.0
+_SENT_IDS = 4096  # frame ids the server is known to hold (vLLM media caching), newest kept
+# Cache misses in a row after which the server is taken not to honour media uuids at all (a vLLM
+# too old for them, a router spreading one camera over replicas): frames are then always sent.
+_MISSES_TO_GIVE_UP = 3
+
+log = logging.getLogger(__name__)
+# A yes/no answer: one token, and enough alternatives to find both "yes" and "no" among them.
+_TOP_LOGPROBS = 5
+_YES_NO = " Answer yes or no."
+
+
+class BackendState(StrEnum):
+    """The server, as the last request found it (``status``: ``backend.state``)."""
+
+    OK = "ok"
+    UNREACHABLE = "unreachable"
+
+
+class Health:
+    """What the backend's requests found, for ``status`` (one lock: several requests report)."""
+
+    def __init__(self, url: str) -> None:
+        self._lock = threading.Lock()
+        self.url = url
+        self.state = BackendState.OK
+        self.error: str | None = None
+        self.requests = 0
+        self.in_flight = 0
+        self.failures = 0  # requests that failed and were retried (outages)
+        self.refused = 0  # requests the server refused (4xx)
+        self.bytes_sent = 0
+        self.media_cache_misses = 0
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def sent(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes_sent += nbytes
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self.requests += 1
+            self.state, self.error = BackendState.OK, None
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self.failures += 1
+            self.state, self.error = BackendState.UNREACHABLE, reason
+
+    def was_refused(self, reason: str) -> None:
+        with self._lock:
+            self.refused += 1
+            self.error = reason
+
+    def missed(self) -> None:
+        with self._lock:
+            self.media_cache_misses += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "url": self.url,
+                "state": self.state.value,
+                "error": self.error,
+                "requests": self.requests,
+                "in_flight": self.in_flight,
+                "failures": self.failures,
+                "refused": self.refused,
+                "bytes_sent": self.bytes_sent,
+                "media_cache_misses": self.media_cache_misses,
+            }
+
+
+class MediaCache:
+    """What this client has learnt of the server, shared by every ``for_user`` view: whether vLLM's
+    media caching is used, the frame ids the server has received in a request that went through
+    (bounded, newest kept), cache misses in a row, and whether it takes ``logprobs``."""
+
+    def __init__(self, enabled: bool, limit: int = _SENT_IDS) -> None:
+        self.enabled = enabled
+        self.misses = 0
+        self.logprobs = True
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self.limit = limit
+
+    def __contains__(self, uuid: object) -> bool:
+        with self._lock:
+            return uuid in self._ids
+
+    def add(self, uuids: Iterable[str]) -> None:
+        with self._lock:
+            for uuid in uuids:
+                self._ids[uuid] = None
+                self._ids.move_to_end(uuid)
+            while len(self._ids) > self.limit:
+                self._ids.popitem(last=False)
+
+    def forget(self, uuids: Iterable[str]) -> None:
+        with self._lock:
+            for uuid in uuids:
+                self._ids.pop(uuid, None)
+
+
+def list_models(client: openai.OpenAI, url: str) -> list[Any]:
+    """The server's ``/models`` entries; a :class:`ServerSetupError` in one line when it cannot say."""
+    try:
+        return list(client.models.list().data)
+    except openai.AuthenticationError as exc:
+        raise ServerSetupError(
+            f"model server {url}: the API key was refused (401: {server_reason(exc)}); "
+            "set model.remote.api_key or $OPENAI_API_KEY"
+        ) from None
+    except openai.APIConnectionError as exc:
+        cause = exc.__cause__ or exc
+        raise ServerSetupError(f"model server {url}: unreachable ({cause})") from None
+    except openai.APIStatusError as exc:
+        raise ServerSetupError(
+            f"model server {url}: GET /models answered {exc.status_code}: {server_reason(exc)}"
+        ) from None
+
+
+def choose_model(url: str, served: Sequence[str], wanted: str) -> str:
+    """``wanted`` if the server serves it; with none wanted, the one model it serves."""
+    names = ", ".join(served) or "none"
+    if wanted:
+        if wanted not in served:
+            raise ServerSetupError(
+                f"model server {url} does not serve model.remote.model {wanted!r} (it serves: {names})"
+            )
+        return wanted
+    if len(served) != 1:
+        raise ServerSetupError(
+            f"model server {url} serves {len(served)} models ({names}): name one with model.remote.model"
+        )
+    return served[0]
+
+
+def make_client(url: str, api_key: str, timeout: float, on_request: Callable[[int], None]) -> openai.OpenAI:
+    """The ``openai`` client: no retries of its own (ours mark the backend unreachable meanwhile)
+    and a hook that counts the bytes of every request body."""
+
+    # The HTTP library logs every request at INFO: several a second per camera would drown the log.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+    def count(request: httpx2.Request) -> None:
+        on_request(len(request.content))
+
+    http = openai.DefaultHttpxClient(event_hooks={"request": [count]})
+    return openai.OpenAI(
+        base_url=url,
+        # Servers started without a key ignore the header; the client insists on sending one.
+        api_key=api_key or "EMPTY",
+        timeout=httpx2.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT_S)),
+        max_retries=0,
+        http_client=http,
+    )
+
+
+class RemoteBackend:
+    """``CaptionBackend`` on an OpenAI-compatible server (see the module doc). Made by :meth:`connect`."""
+
+    def __init__(
+        self,
+        client: openai.OpenAI,
+        model: str,
+        *,
+        url: str,
+        health: Health,
+        max_concurrency: int = 8,
+        max_images: int = 16,
+        image_side: int = 448,
+        jpeg_quality: int = 85,
+        media_cache: bool = False,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.name = model
+        self.url = url
+        self.health = health
+        self.max_concurrency = max_concurrency
+        self.max_images = max_images
+        self.image_side = image_side
+        self.jpeg_quality = jpeg_quality
+        self.user: str | None = None
+        self._media = MediaCache(media_cache)  # shared by every for_user view
+        self._interrupt: Callable[[], bool] | None = None
+
+    @property
+    def media_cache(self) -> bool:
+        """Whether frames go with their ``uuid`` and, once the server has them, as the uuid only."""
+        return self._media.enabled
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        model: str = "",
+        api_key: str = "",
+        timeout: float = 60.0,
+        max_concurrency: int = 8,
+        max_images: int = 16,
+        image_side: int = 448,
+        jpeg_quality: int = 85,
+    ) -> RemoteBackend:
+        """Ask the server for its models and pick ``model`` (or the one it serves): a
+        :class:`ServerSetupError` in one line when it is unreachable, refuses the key, or lacks it."""
+        health = Health(url)
+        client = make_client(url, api_key, timeout, health.sent)
+        try:
+            served = list_models(client, url)
+            chosen = choose_model(url, [m.id for m in served], model)
+        except ServerSetupError:
+            client.close()
+            raise
+        owner = next((str(getattr(m, "owned_by", "")) for m in served if m.id == chosen), "")
+        return cls(
+            client,
+            chosen,
+            url=url,
+            health=health,
+            max_concurrency=max_concurrency,
+            max_images=max_images,
+            image_side=image_side,
+            jpeg_quality=jpeg_quality,
+            media_cache=owner == "vllm",
+        )
+
+    def for_user(self, user: str) -> RemoteBackend:
+        """This backend, with ``user`` sent on every request (client, caches and health shared)."""
+        view = copy.copy(self)
+        view.user = user
+        return view
+
+    def close(self) -> None:
+        self.client.close()
+
+    def set_interrupt(self, check: Callable[[], bool] | None) -> None:
+        self._interrupt = check
+
+    def status(self) -> dict[str, Any]:
+        """``state`` (ok / unreachable), the last ``error`` and request counts, for ``status``."""
+        return self.health.snapshot()
+
+    # -- CaptionBackend -------------------------------------------------------------------------
+    def encode_frames(self, frames: Sequence[Any], max_slice_nums: int = 1) -> list[RemoteFrame]:
+        """Each frame JPEG-encoded once (``max_slice_nums`` is the server's business: it slices)."""
+        return [encode_frame(frame, self.image_side, self.jpeg_quality) for frame in frames]
+
+    def describe(
+        self,
+        frames: Sequence[Any],
+        prompt: str,
+        *,
+        context: str | None = None,
+        max_new_tokens: int = 256,
+        decoding: str = "greedy",
+        on_text: TextCallback | None = None,
+    ) -> str:
+        return self._window(frames, prompt, context, max_new_tokens, decoding, on_text)
+
+    def ask(
+        self,
+        frames: Sequence[Any],
+        question: str,
+        *,
+        context: str | None = None,
+        max_new_tokens: int = 256,
+        decoding: str = "greedy",
+        on_text: TextCallback | None = None,
+    ) -> str:
+        return self._window(frames, question, context, max_new_tokens, decoding, on_text)
+
+    def chat(
+        self,
+        text: str,
+        *,
+        max_new_tokens: int = 512,
+        decoding: str = "greedy",
+        on_text: TextCallback | None = None,
+    ) -> str:
+        """A text-only turn (summaries, questions over the past)."""
+        params = sampling_params(decoding)
+        build = lambda: [{"role": "user", "content": text}]  # noqa: E731
+        return self._streamed(build, (), max_new_tokens, params, on_text)
+
+    def yes_probabilities(
+        self, frames: Sequence[Any], questions: Sequence[str], *, context: str | None = None
+    ) -> list[float]:
+        """P(yes) per question: from the first answer token's ``top_logprobs`` where the server gives
+        them, else 1.0/0.0 by the first word of a one-token answer."""
+        return [self._yes(frames, question, context) for question in questions]
+
+    # -- requests -------------------------------------------------------------------------------
+    def _window(
+        self,
+        frames: Sequence[Any],
+        text: str,
+        context: str | None,
+        max_new_tokens: int,
+        decoding: str,
+        on_text: TextCallback | None,
+    ) -> str:
+        params = sampling_params(decoding)
+        chosen = subsample(frames, self.max_images)
+        return self._streamed(
+            lambda: [self._message(chosen, text, context)], chosen, max_new_tokens, params, on_text
+        )
+
+    def _message(self, frames: Sequence[RemoteFrame], text: str, context: str | None) -> dict[str, Any]:
+        return window_message(
+            frames,
+            text,
+            context=context,
+            max_images=self.max_images,
+            with_uuid=self.media_cache,
+            held=self._media.__contains__,
+        )
+
+    def _streamed(
+        self,
+        build: Callable[[], list[dict[str, Any]]],
+        frames: Sequence[RemoteFrame],
+        max_new_tokens: int,
+        params: dict[str, Any],
+        on_text: TextCallback | None,
+    ) -> str:
+        """Stream one completion; pieces go to ``on_text``. A retry after a broken stream repeats
+        nothing ``on_text`` has already had."""
+        told = 0
+
+        def attempt() -> str:
+            nonlocal told
+            pieces: list[str] = []
+            request = {"messages": build(), "max_tokens": max_new_tokens, "stream": True, **params}
+            stream: openai.Stream[ChatCompletionChunk] = self._create(request)
+            with stream:
+                for chunk in stream:
+                    if self._interrupted():
+                        break
+                    piece = chunk.choices[0].delta.content if chunk.choices else None
+                    if not piece:
+                        continue
+                    pieces.append(piece)
+                    new = "".join(pieces)[told:]
+                    if new and on_text is not None:
+                        on_text(new)
+                        told += len(new)
+            return "".join(pieces)
+
+        return self._with_retries(attempt, frames, "")
+
+    def _yes(self, frames: Sequence[Any], question: str, context: str | None) -> float:
+        chosen = subsample(frames, self.max_images)
+
+        def attempt() -> float:
+            request: dict[str, Any] = {
+                "messages": [self._message(chosen, question + _YES_NO, context)],
+                "max_tokens": 1,
+                "temperature": 0.0,
+            }
+            if self._media.logprobs:
+                request.update(logprobs=True, top_logprobs=_TOP_LOGPROBS)
+            response: ChatCompletion = self._create(request)
+            choice = response.choices[0]
+            top = None
+            if choice.logprobs is not None and choice.logprobs.content:
+                top = [(t.token, t.logprob) for t in choice.logprobs.content[0].top_logprobs]
+            return yes_probability(top, choice.message.content or "")
+
+        try:
+            return float(self._with_retries(attempt, chosen, 0.0))
+        except RequestRefused:
+            if not self._media.logprobs:
+                raise
+            # A server that refuses logprobs (rather than leaving them out) is asked by the word.
+            log.warning("model server %s refused a request with logprobs: yes/no goes by the word", self.url)
+            self._media.logprobs = False
+            return float(self._with_retries(attempt, chosen, 0.0))
+
+    def _create(self, request: dict[str, Any]) -> Any:
+        """One chat completion of this backend's model, with its ``user``. The messages are plain
+        dicts: vLLM's ``uuid`` parts are beyond the OpenAI schema the client's types describe."""
+        if self.user:
+            request["user"] = self.user
+        return self.client.chat.completions.create(model=self.model, **request)
+
+    def _interrupted(self) -> bool:
+        return self._interrupt is not None and self._interrupt()
+
+    def _with_retries(self, attempt: Callable[[], Any], frames: Sequence[RemoteFrame], stopped: Any) -> Any:
+        """Run ``attempt`` until it goes through: outages are retried with backoff (the backend
+        shows ``unreachable`` meanwhile); a refusal is raised, after one full resend when the
+        request relied on frames the server was thought to hold. ``stopped`` is returned when the
+        interrupt check says stop while waiting."""
+        backoff = _BACKOFF_INITIAL_S
+        resent = False
+        self.health.begin()
+        try:
+            while True:
+                held = [f.uuid for f in frames if self.media_cache and f.uuid in self._media]
+                try:
+                    result = attempt()
+                except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
+                    self.health.failed(_outage(exc))
+                except httpx2.TransportError as exc:  # the connection broke mid-stream
+                    self.health.failed(f"connection lost: {exc}")
+                except openai.APIStatusError as exc:
+                    if exc.status_code >= 500:
+                        self.health.failed(_outage(exc))
+                    elif held and not resent:
+                        self._media.forget(held)  # evicted, or a replica that never had them
+                        self._missed()
+                        resent = True
+                        continue
+                    else:
+                        reason = f"model server refused the request ({exc.status_code}): {server_reason(exc)}"
+                        self.health.was_refused(reason)
+                        raise RequestRefused(reason) from None
+                except openai.APIError as exc:  # an error event inside the stream
+                    reason = f"model server failed the request: {exc.message}"
+                    self.health.was_refused(reason)
+                    raise RequestRefused(reason) from None
+                else:
+                    self.health.succeeded()
+                    if held and not resent:
+                        self._media.misses = 0
+                    if self.media_cache:
+                        self._media.add(f.uuid for f in frames)
+                    return result
+                if not self._wait(backoff):
+                    return stopped
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+        finally:
+            self.health.end()
+
+    def _missed(self) -> None:
+        self.health.missed()
+        self._media.misses += 1
+        if self._media.misses >= _MISSES_TO_GIVE_UP and self._media.enabled:
+            log.warning(
+                "model server %s: media uuids missed %d times in a row: frames go in full",
+                self.url,
+                self._media.misses,
+            )
+            self._media.enabled = False
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless interrupted first; False when interrupted."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._interrupted():
+                return False
+            time.sleep(min(left, 0.05))
+        return not self._interrupted()
+
+
+def _outage(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.APITimeoutError):
+        return "request timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"unreachable ({exc.__cause__ or exc})"
+    if isinstance(exc, openai.APIStatusError):
+        return f"server error {exc.status_code}: {server_reason(exc)}"
+    return str(exc)
