@@ -1,0 +1,313 @@
+"""Prometheus metrics: the latest status reports of every process, as metric families on each scrape.
+
+The gateway already receives every process's report (:class:`~stream.messages.CaptureStatus`,
+:class:`~stream.messages.InferenceStatus`, :class:`~stream.messages.Processes`,
+:class:`~stream.messages.RecorderStatus`) and every caption. :class:`StatusMetrics` keeps the latest
+report of each (bounded, like the status board) and, when scraped, turns their figures into metric
+families through the tables below; it keeps no state of its own but the caption latency histogram
+(from each caption's ``latency_ms`` as it passes the gateway). No I/O, no clock: the ``/metrics``
+route (:mod:`stream.routes`) only renders :meth:`StatusMetrics.render`.
+
+Figures a process reports as running totals are exposed as counters (``_total``): a restarted process
+starts again from 0, which Prometheus' ``rate()`` and ``increase()`` treat as a counter reset. Names
+carry their unit (``_seconds``); times reported in milliseconds are scaled. A figure a report does
+not carry (or carries as null) has no sample; a new figure is one line in a table.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .messages import (
+    CaptureStatus,
+    InferenceStatus,
+    Message,
+    ModelState,
+    Processes,
+    RecorderStatus,
+    StreamState,
+)
+
+PREFIX: Final = "vidnarrate_"
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+# Caption latency (window end to caption published), seconds: a GPU answers in about a second, the
+# tiny CPU model in a fraction of one, a busy CPU running the real model in tens of seconds.
+LATENCY_BUCKETS: Final = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 60.0, 120.0)
+
+
+class Kind(StrEnum):
+    COUNTER = "counter"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One numeric field of a status report and the metric it becomes: ``vidnarrate_`` + ``name``
+    (+ ``_total`` for a counter), its value times ``scale``."""
+
+    field: str
+    name: str
+    kind: Kind
+    doc: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class State:
+    """A state field (a string): one gauge sample per known state, 1 for the current one and 0 for the
+    others (a state the enum does not know still gets its sample of 1)."""
+
+    field: str
+    name: str
+    doc: str
+    states: type[Enum] | None = None
+
+
+C, G = Kind.COUNTER, Kind.GAUGE
+
+# Per stream (label ``stream``), from its capture process's report.
+CAPTURE_FIGURES: Final = (
+    Figure(
+        "fps", "capture_fps", G, "Frames per second the source delivers, as its capture process measures."
+    ),
+    Figure("frames", "frames", C, "Frames read from the source."),
+    Figure("drops", "dropped_frames", C, "Frames the capture process dropped (the ring was full)."),
+    Figure("decode_errors", "decode_errors", C, "Frames or packets the decoder could not decode."),
+    Figure("reconnects", "reconnects", C, "Times the capture process reopened the source."),
+)
+CAPTURE_STATES: Final = (
+    State("state", "stream_state", "The source's state: 1 for the current one.", StreamState),
+)
+# Per stream (label ``stream``), from the inference process's report.
+INFERENCE_FIGURES: Final = (
+    Figure("captions", "captions", C, "Captions published."),
+    Figure("skipped", "skipped_windows", C, "Caption windows skipped to keep up with the stream."),
+    Figure("caption_errors", "caption_errors", C, "Caption windows the model failed on."),
+    Figure("unchanged", "unchanged_captions", C, "Captions that extended the last one (no model call)."),
+    Figure("sampled", "sampled_frames", C, "Frames sampled for the model."),
+    Figure("vision_encodes", "vision_encodes", C, "Frames run through the vision encoder."),
+    Figure("missing_frames", "missing_frames", C, "Sampled frames gone from the ring before they were read."),
+    Figure("encodes_per_frame", "encodes_per_frame", G, "Vision encodes per sampled frame (1: each once)."),
+    Figure("pending_frames", "pending_frames", G, "Sampled frames waiting for the vision encoder."),
+    Figure("cached_frames", "cached_frames", G, "Frame embeddings in the stream's cache."),
+    Figure("lag_s", "lag_seconds", G, "Stream time between the newest frame and the last caption's end."),
+    Figure("model_ms", "model_seconds", G, "Model time of the stream's last caption.", 0.001),
+)
+# From the inference process's report as a whole (no label).
+INFERENCE_TOTALS: Final = (
+    Figure("request_errors", "backend_request_errors", C, "Requests to a remote model server that failed."),
+    Figure("in_flight", "backend_requests_in_flight", G, "Requests to a remote model server in flight."),
+)
+INFERENCE_STATES: Final = (
+    State("state", "model_state", "The model's state: 1 for the current one.", ModelState),
+    State("backend", "backend_state", "A remote model server's state: 1 for the current one."),
+)
+# Per process (label ``role``: gateway, inference, recorder, capture:NAME), from the supervisor.
+PROCESS_FIGURES: Final = (
+    Figure("restarts", "process_restarts", C, "Times the supervisor restarted the process."),
+    Figure("alive", "process_up", G, "1 while the process runs."),
+)
+RECORDER_FIGURES: Final = (
+    Figure("written", "recorder_written_messages", C, "Messages committed to the caption store."),
+    Figure(
+        "dropped", "recorder_dropped_messages", C, "Messages the recorder lost (queue full, write failed)."
+    ),
+    Figure("errors", "recorder_errors", C, "Store writes that failed."),
+    Figure("queue", "recorder_queued_messages", G, "Messages waiting to be written."),
+    Figure(
+        "last_commit_wall", "recorder_last_commit_timestamp_seconds", G, "When the last batch was committed."
+    ),
+)
+# The gateway's own figures (its /healthz dict).
+GATEWAY_FIGURES: Final = (
+    Figure("clients", "clients", G, "Websocket clients connected."),
+    Figure("clients_behind", "clients_behind", G, "Clients with messages queued (reading slower than sent)."),
+    Figure("queued_messages", "queued_messages", G, "Messages queued for clients, in all."),
+    Figure("dropped_messages", "dropped_messages", C, "Messages dropped for clients that read too slowly."),
+    Figure("slow_clients_closed", "slow_clients_closed", C, "Clients closed for staying too far behind."),
+    Figure("bus_messages", "bus_messages", C, "Messages the gateway read from the bus."),
+    Figure("bad_bus_messages", "bad_bus_messages", C, "Bus messages the gateway could not read."),
+    Figure("error_replies", "error_replies", C, "Error replies sent to clients."),
+    Figure("pending_asks", "pending_asks", G, "Asks waiting for the inference process's answer."),
+    Figure("queries_in_flight", "queries_in_flight", G, "Searches and histories running on the store."),
+    Figure("uptime_s", "gateway_uptime_seconds", G, "Seconds since the gateway started listening."),
+)
+
+Report = CaptureStatus | InferenceStatus | Processes | RecorderStatus
+
+
+class StatusMetrics:
+    """The collector: feed it reports (:meth:`update`) and captions (:meth:`observe_caption`), scrape
+    it through :meth:`render`. ``gateway`` returns the gateway's own figures at scrape time.
+
+    Bounded like the status board: at most ``max_streams`` streams (reports of further streams are
+    left out) and ``4 * max_streams`` processes."""
+
+    def __init__(
+        self,
+        *,
+        gateway: Callable[[], Message] | None = None,
+        max_streams: int = 256,
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+    ) -> None:
+        self.max_streams = max_streams
+        self._gateway = gateway
+        self._capture: dict[str, Message] = {}
+        self._inference: Message | None = None
+        self._processes: dict[str, Message] = {}
+        self._recorder: Message | None = None
+        self._latency = _Histograms(buckets, max_streams)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def update(self, report: Report) -> None:
+        """Keep ``report`` as the latest of its kind (of its stream, for a capture report)."""
+        data = report.to_dict()
+        if isinstance(report, CaptureStatus):
+            if report.stream in self._capture or len(self._capture) < self.max_streams:
+                self._capture[report.stream] = data
+        elif isinstance(report, InferenceStatus):
+            data["streams"] = dict(itertools.islice(report.streams.items(), self.max_streams))
+            self._inference = data
+        elif isinstance(report, Processes):
+            self._processes = dict(itertools.islice(report.processes.items(), 4 * self.max_streams))
+        else:
+            self._recorder = data
+
+    def observe_caption(self, stream: str, body: bytes) -> None:
+        """Count a caption's ``latency_ms`` (its bus JSON, as published) in the stream's histogram; a
+        caption without a usable latency is not counted."""
+        try:
+            latency = json.loads(body).get("latency_ms")
+        except (ValueError, AttributeError, RecursionError):
+            return
+        if _number(latency) is not None and latency >= 0:
+            self._latency.observe(stream, latency / 1000)
+
+    def render(self) -> bytes:
+        """The text exposition format (:data:`CONTENT_TYPE`) of every metric."""
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """prometheus_client's collector hook: the metric families of the latest reports."""
+        yield from _families(CAPTURE_FIGURES, ("stream",), _keyed(self._capture))
+        yield from _states(CAPTURE_STATES, ("stream",), _keyed(self._capture))
+        inference = self._inference or {}
+        per_stream = _keyed(inference.get("streams", {}))
+        yield from _families(INFERENCE_FIGURES, ("stream",), per_stream)
+        yield self._latency.family(
+            PREFIX + "caption_latency_seconds",
+            "Time from a caption window's last frame to its caption, as captions pass the gateway.",
+        )
+        if inference:
+            yield from _families(INFERENCE_TOTALS, (), [((), inference)])
+            yield from _states(INFERENCE_STATES, (), [((), inference)])
+            info = GaugeMetricFamily(
+                PREFIX + "model_info",
+                "The model the inference process runs, and where.",
+                labels=["model", "device"],
+            )
+            info.add_metric([str(inference.get("model")), str(inference.get("device"))], 1)
+            yield info
+        yield from _families(PROCESS_FIGURES, ("role",), _keyed(self._processes))
+        if self._recorder is not None:
+            yield from _families(RECORDER_FIGURES, (), [((), self._recorder)])
+        if self._gateway is not None:
+            yield from _families(GATEWAY_FIGURES, (), [((), self._gateway())])
+
+
+class _Histograms:
+    """Cumulative bucket counts per stream (the only figures kept here rather than reported)."""
+
+    def __init__(self, buckets: Sequence[float], max_streams: int) -> None:
+        self.bounds = tuple(sorted(buckets))
+        self.max_streams = max_streams
+        self._counts: dict[str, list[int]] = {}  # per bound, then +Inf: observations <= it
+        self._sums: dict[str, float] = {}
+
+    def observe(self, stream: str, value: float) -> None:
+        counts = self._counts.get(stream)
+        if counts is None:
+            if len(self._counts) >= self.max_streams:
+                return
+            counts = self._counts[stream] = [0] * (len(self.bounds) + 1)
+            self._sums[stream] = 0.0
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                counts[i] += 1
+        counts[-1] += 1
+        self._sums[stream] += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(name, doc, labels=["stream"])
+        edges = [_bound(b) for b in self.bounds] + ["+Inf"]
+        for stream, counts in self._counts.items():
+            family.add_metric([stream], list(zip(edges, counts, strict=True)), self._sums[stream])
+        return family
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+def _keyed(reports: Mapping[str, Any]) -> list[tuple[tuple[str, ...], Message]]:
+    return [((key,), value) for key, value in reports.items() if isinstance(value, dict)]
+
+
+def _families(
+    figures: Iterable[Figure], labels: Sequence[str], rows: Sequence[tuple[tuple[str, ...], Message]]
+) -> Iterator[Metric]:
+    """One family per figure that at least one row carries as a number."""
+    for figure in figures:
+        samples = [
+            (key, value * figure.scale)
+            for key, row in rows
+            if (value := _number(row.get(figure.field))) is not None
+        ]
+        if not samples:
+            continue
+        family: CounterMetricFamily | GaugeMetricFamily
+        if figure.kind is Kind.COUNTER:
+            family = CounterMetricFamily(PREFIX + figure.name, figure.doc, labels=list(labels))
+        else:
+            family = GaugeMetricFamily(PREFIX + figure.name, figure.doc, labels=list(labels))
+        for key, value in samples:
+            family.add_metric(list(key), value)
+        yield family
+
+
+def _states(
+    states: Iterable[State], labels: Sequence[str], rows: Sequence[tuple[tuple[str, ...], Message]]
+) -> Iterator[Metric]:
+    for spec in states:
+        family = GaugeMetricFamily(PREFIX + spec.name, spec.doc, labels=[*labels, "state"])
+        present = False
+        for key, row in rows:
+            current = row.get(spec.field)
+            if not isinstance(current, str):
+                continue
+            present = True
+            known = [str(m.value) for m in spec.states] if spec.states is not None else []
+            for state in known if current in known else [*known, current]:
+                family.add_metric([*key, state], 1.0 if state == current else 0.0)
+        if present:
+            yield family
+
+
+def _number(value: Any) -> float | None:
+    """A report's figure as a float (a bool as 0/1); None for null, strings and non-finite values."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None

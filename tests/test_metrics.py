@@ -1,0 +1,237 @@
+"""The metrics collector, fed status reports and captions as the gateway receives them, read back
+through prometheus_client's own parser of the text format (what a Prometheus server reads)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream.messages import (
+    Caption,
+    CaptureStatus,
+    InferenceStatus,
+    ModelState,
+    Processes,
+    RecorderStatus,
+    StreamState,
+)
+from stream.metrics import StatusMetrics
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(metrics: StatusMetrics) -> tuple[dict[str, str], Samples]:
+    """The families' types by name, and every sample by (name, sorted labels)."""
+    kinds: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        kinds[family.name] = family.type
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return kinds, samples
+
+
+def capture(stream: str, **changes: Any) -> CaptureStatus:
+    fields: dict[str, Any] = dict(
+        stream=stream,
+        state=StreamState.LIVE,
+        frames=300,
+        fps=29.5,
+        decode_errors=1,
+        reconnects=2,
+        drops=3,
+        width=320,
+        height=180,
+        error=None,
+        wall=1.0,
+    )
+    return CaptureStatus(**{**fields, **changes})
+
+
+def inference(streams: dict[str, dict[str, Any]], **changes: Any) -> InferenceStatus:
+    fields: dict[str, Any] = dict(
+        streams=streams, model="tiny", device="cpu", state=ModelState.READY, wall=1.0
+    )
+    return InferenceStatus(**{**fields, **changes})
+
+
+def caption(stream: str, latency_ms: float, seq: int = 0) -> bytes:
+    return Caption(
+        stream=stream,
+        seq=seq,
+        t_start=0.0,
+        t_end=1.0,
+        frame_times=[0.0, 1.0],
+        wall_start=1.0,
+        wall_end=2.0,
+        text="a cat",
+        model="tiny",
+        latency_ms=latency_ms,
+    ).to_json()
+
+
+def test_capture_figures_become_counters_and_gauges_per_stream() -> None:
+    metrics = StatusMetrics()
+    metrics.update(capture("door"))
+    metrics.update(capture("yard", frames=10, state=StreamState.LOST))
+    kinds, samples = scrape(metrics)
+    assert kinds["vidnarrate_frames"] == "counter" and kinds["vidnarrate_capture_fps"] == "gauge"
+    door = (("stream", "door"),)
+    assert samples["vidnarrate_frames_total", door] == 300
+    assert samples["vidnarrate_dropped_frames_total", door] == 3
+    assert samples["vidnarrate_reconnects_total", door] == 2
+    assert samples["vidnarrate_decode_errors_total", door] == 1
+    assert samples["vidnarrate_capture_fps", door] == 29.5
+    assert samples["vidnarrate_frames_total", (("stream", "yard"),)] == 10
+    # One sample per state, 1 for the current one: `vidnarrate_stream_state{state="lost"} == 1` alerts.
+    assert samples["vidnarrate_stream_state", (("state", "lost"), ("stream", "yard"))] == 1
+    assert samples["vidnarrate_stream_state", (("state", "live"), ("stream", "yard"))] == 0
+    assert samples["vidnarrate_stream_state", (("state", "live"), ("stream", "door"))] == 1
+    # The latest report wins.
+    metrics.update(capture("door", frames=301))
+    assert scrape(metrics)[1]["vidnarrate_frames_total", door] == 301
+
+
+def test_inference_figures_with_units_and_nulls_left_out() -> None:
+    metrics = StatusMetrics()
+    metrics.update(
+        inference(
+            {
+                "door": {
+                    "captions": 7,
+                    "skipped": 2,
+                    "caption_errors": 1,
+                    "lag_s": 1.5,
+                    "model_ms": 250.0,
+                    "encodes_per_frame": 1.0,
+                    "caption_latency_ms": 900.0,
+                },
+                "yard": {"captions": 0, "lag_s": None, "model_ms": None, "encodes_per_frame": None},
+            }
+        )
+    )
+    kinds, samples = scrape(metrics)
+    door, yard = (("stream", "door"),), (("stream", "yard"),)
+    assert kinds["vidnarrate_captions"] == "counter"
+    assert samples["vidnarrate_captions_total", door] == 7
+    assert samples["vidnarrate_captions_total", yard] == 0
+    assert samples["vidnarrate_skipped_windows_total", door] == 2
+    assert samples["vidnarrate_caption_errors_total", door] == 1
+    assert samples["vidnarrate_lag_seconds", door] == 1.5
+    assert samples["vidnarrate_model_seconds", door] == pytest.approx(0.25)  # reported in ms
+    assert samples["vidnarrate_encodes_per_frame", door] == 1.0
+    # null (no caption yet) is no sample, never a made-up 0
+    assert ("vidnarrate_lag_seconds", yard) not in samples
+    assert ("vidnarrate_model_seconds", yard) not in samples
+    assert samples["vidnarrate_model_state", (("state", "ready"),)] == 1
+    assert samples["vidnarrate_model_state", (("state", "loading"),)] == 0
+    assert samples["vidnarrate_model_info", (("device", "cpu"), ("model", "tiny"))] == 1
+    assert not any(name.startswith("vidnarrate_backend") for name, _ in samples)  # no remote backend
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteInferenceStatus(InferenceStatus):
+    """The inference report with the fields a remote backend adds (see INFERENCE_STATES/TOTALS)."""
+
+    backend: str
+    request_errors: int
+    in_flight: int
+
+
+def test_figures_a_remote_backend_reports_are_exposed_when_present() -> None:
+    """A backend state and request errors, when the inference report carries them (a remote server),
+    become a state gauge and a counter; any state string is shown, known or not."""
+    metrics = StatusMetrics()
+    metrics.update(
+        RemoteInferenceStatus(
+            streams={"door": {"captions": 1}},
+            model="minicpm-v",
+            device="http://router:8000/v1",
+            state=ModelState.READY,
+            wall=1.0,
+            backend="unreachable",
+            request_errors=4,
+            in_flight=3,
+        )
+    )
+    _, samples = scrape(metrics)
+    assert samples["vidnarrate_backend_state", (("state", "unreachable"),)] == 1
+    assert samples["vidnarrate_backend_request_errors_total", ()] == 4
+    assert samples["vidnarrate_backend_requests_in_flight", ()] == 3
+    assert samples["vidnarrate_captions_total", (("stream", "door"),)] == 1
+
+
+def test_caption_latency_histogram_from_the_captions_that_pass() -> None:
+    metrics = StatusMetrics(buckets=(0.5, 1.0, 2.0))
+    for latency_ms in (200.0, 700.0, 900.0, 5000.0):
+        metrics.observe_caption("door", caption("door", latency_ms))
+    metrics.observe_caption("door", b"not json")  # ignored, not a crash
+    metrics.observe_caption("door", b'{"type":"caption","latency_ms":"slow"}')
+    kinds, samples = scrape(metrics)
+    assert kinds["vidnarrate_caption_latency_seconds"] == "histogram"
+
+    def bucket(le: str) -> float:
+        return samples["vidnarrate_caption_latency_seconds_bucket", (("le", le), ("stream", "door"))]
+
+    assert (bucket("0.5"), bucket("1.0"), bucket("2.0"), bucket("+Inf")) == (1, 3, 3, 4)
+    assert samples["vidnarrate_caption_latency_seconds_count", (("stream", "door"),)] == 4
+    assert samples["vidnarrate_caption_latency_seconds_sum", (("stream", "door"),)] == pytest.approx(6.8)
+
+
+def test_processes_recorder_and_gateway_figures() -> None:
+    figures = {"clients": 2, "queued_messages": 5, "dropped_messages": 9, "uptime_s": 12.5, "ok": True}
+    metrics = StatusMetrics(gateway=lambda: figures)
+    metrics.update(
+        Processes(
+            processes={
+                "inference": {"pid": 10, "restarts": 1, "alive": True, "finished": False, "exit_code": None},
+                "capture:door": {"pid": 11, "restarts": 0, "alive": False, "finished": True, "exit_code": 1},
+            },
+            wall=1.0,
+        )
+    )
+    metrics.update(
+        RecorderStatus(
+            store="/tmp/x.db", written=40, dropped=1, queue=3, errors=1, last_commit_wall=99.5, wall=1.0
+        )
+    )
+    kinds, samples = scrape(metrics)
+    assert samples["vidnarrate_process_restarts_total", (("role", "inference"),)] == 1
+    assert samples["vidnarrate_process_up", (("role", "inference"),)] == 1
+    assert samples["vidnarrate_process_up", (("role", "capture:door"),)] == 0
+    assert samples["vidnarrate_recorder_written_messages_total", ()] == 40
+    assert samples["vidnarrate_recorder_dropped_messages_total", ()] == 1
+    assert samples["vidnarrate_recorder_queued_messages", ()] == 3
+    assert samples["vidnarrate_recorder_last_commit_timestamp_seconds", ()] == 99.5
+    assert samples["vidnarrate_clients", ()] == 2
+    assert samples["vidnarrate_queued_messages", ()] == 5
+    assert kinds["vidnarrate_dropped_messages"] == "counter"
+    assert samples["vidnarrate_dropped_messages_total", ()] == 9
+    assert samples["vidnarrate_gateway_uptime_seconds", ()] == 12.5
+
+
+def test_nothing_reported_yet_is_no_samples_and_streams_are_bounded() -> None:
+    metrics = StatusMetrics(max_streams=2)
+    assert scrape(metrics)[1] == {}
+    for name in ("a", "b", "c"):
+        metrics.update(capture(name))
+        metrics.observe_caption(name, caption(name, 100.0))
+    metrics.update(inference({name: {"captions": 1} for name in ("a", "b", "c")}))
+    _, samples = scrape(metrics)
+    for family in (
+        "vidnarrate_frames_total",
+        "vidnarrate_captions_total",
+        "vidnarrate_caption_latency_seconds_count",
+    ):
+        assert {dict(labels)["stream"] for name, labels in samples if name == family} == {"a", "b"}, family
+
+
+def test_stream_names_are_escaped_in_labels() -> None:
+    metrics = StatusMetrics()
+    odd = 'cam "1"\\back\nyard'
+    metrics.update(capture(odd))
+    _, samples = scrape(metrics)
+    assert samples["vidnarrate_frames_total", (("stream", odd),)] == 300
