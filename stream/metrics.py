@@ -144,6 +144,28 @@ GATEWAY_FIGURES: Final = (
 )
 
 Report = CaptureStatus | InferenceStatus | Processes | RecorderStatus
+LATENCY_HISTOGRAM: Final = PREFIX + "caption_latency_seconds"
+MODEL_INFO: Final = PREFIX + "model_info"
+
+
+def family_names() -> dict[str, str]:
+    """Every metric family ``/metrics`` can expose, as exposed (counters with ``_total``), and its type:
+    what the docs list and alert rules may name."""
+    names = {LATENCY_HISTOGRAM: "histogram", MODEL_INFO: "gauge"}
+    for table in (
+        CAPTURE_FIGURES,
+        INFERENCE_FIGURES,
+        INFERENCE_TOTALS,
+        PROCESS_FIGURES,
+        RECORDER_FIGURES,
+        GATEWAY_FIGURES,
+    ):
+        for figure in table:
+            suffix = "_total" if figure.kind is Kind.COUNTER else ""
+            names[PREFIX + figure.name + suffix] = figure.kind.value
+    for states in (CAPTURE_STATES, INFERENCE_STATES):
+        names.update({PREFIX + state.name: "gauge" for state in states})
+    return names
 
 
 class StatusMetrics:
@@ -206,14 +228,14 @@ class StatusMetrics:
         per_stream = _keyed(inference.get("streams", {}))
         yield from _families(INFERENCE_FIGURES, ("stream",), per_stream)
         yield self._latency.family(
-            PREFIX + "caption_latency_seconds",
+            LATENCY_HISTOGRAM,
             "Time from a caption window's last frame to its caption, as captions pass the gateway.",
         )
         if inference:
             yield from _families(INFERENCE_TOTALS, (), [((), inference)])
             yield from _states(INFERENCE_STATES, (), [((), inference)])
             info = GaugeMetricFamily(
-                PREFIX + "model_info",
+                MODEL_INFO,
                 "The model the inference process runs, and where.",
                 labels=["model", "device"],
             )

@@ -3,10 +3,12 @@ through prometheus_client's own parser of the text format (what a Prometheus ser
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import REPO_ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.messages import (
@@ -18,7 +20,7 @@ from stream.messages import (
     RecorderStatus,
     StreamState,
 )
-from stream.metrics import StatusMetrics
+from stream.metrics import StatusMetrics, family_names
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -235,3 +237,26 @@ def test_stream_names_are_escaped_in_labels() -> None:
     metrics.update(capture(odd))
     _, samples = scrape(metrics)
     assert samples["vidnarrate_frames_total", (("stream", odd),)] == 300
+
+
+def test_protocol_md_lists_every_metric_and_no_other() -> None:
+    text = (REPO_ROOT / "docs" / "protocol.md").read_text()
+    section = text[text.index("## Metrics") : text.index("## Between processes")]
+    documented = set(re.findall(r"`(vidnarrate_[a-z_]+)`", section))
+    assert documented == set(family_names())
+
+
+def test_family_names_are_what_a_scrape_of_every_report_shows() -> None:
+    metrics = StatusMetrics(gateway=lambda: {"clients": 1, "dropped_messages": 0})
+    metrics.update(capture("door"))
+    metrics.update(inference({"door": {"captions": 1, "lag_s": 0.5}}))
+    metrics.update(Processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}}, wall=1.0))
+    metrics.update(
+        RecorderStatus(store="x.db", written=1, dropped=0, queue=0, errors=0, last_commit_wall=None, wall=1.0)
+    )
+    metrics.observe_caption("door", caption("door", 10.0))
+    kinds, _ = scrape(metrics)
+    known = family_names()
+    for name, kind in kinds.items():
+        exposed = name + "_total" if kind == "counter" else name
+        assert known.get(exposed) == kind, name
