@@ -86,7 +86,9 @@ class Gateway:
         self._endpoints = list(events_endpoints)
         self._asks_endpoint = asks_endpoint
         self._auth = TokenAuth(options.token) if options.token else None
-        self._metrics = StatusMetrics(gateway=self.health, max_streams=options.max_streams)
+        self._metrics = StatusMetrics(
+            status=self._status_message, gateway=self.health, max_streams=options.max_streams
+        )
         self._routes = Routes(
             web_dir=options.web_dir,
             auth=self._auth,
@@ -386,7 +388,8 @@ class Gateway:
             if isinstance(message, Answer):
                 self._on_answer(message)
             elif isinstance(message, CaptureStatus | InferenceStatus | Processes | RecorderStatus):
-                self._metrics.update(message)
+                if isinstance(message, InferenceStatus):
+                    self._metrics.inference_report(message)
                 if self._board.update(message, time.monotonic()):
                     self._status_soon()
         else:

@@ -1,12 +1,12 @@
 """Prometheus metrics: the latest status reports of every process, as metric families on each scrape.
 
-The gateway already receives every process's report (:class:`~stream.messages.CaptureStatus`,
-:class:`~stream.messages.InferenceStatus`, :class:`~stream.messages.Processes`,
-:class:`~stream.messages.RecorderStatus`) and every caption. :class:`StatusMetrics` keeps the latest
-report of each (bounded, like the status board) and, when scraped, turns their figures into metric
-families through the tables below; it keeps no state of its own but the caption latency histogram
-(from each caption's ``latency_ms`` as it passes the gateway). No I/O, no clock: the ``/metrics``
-route (:mod:`stream.routes`) only renders :meth:`StatusMetrics.render`.
+The gateway already merges every process's report into its status board (what viewers get as
+``status``) and sees every caption. :class:`StatusMetrics` turns that merged status, when scraped, into
+metric families through the tables below, so a stream whose capture process died is ``lost`` here as
+in the viewer. It keeps only what the board does not: the inference report's own fields (the model's
+state, a remote server's) and the caption latency histogram (from each caption's ``latency_ms`` as it
+passes the gateway). No I/O, no clock: the ``/metrics`` route (:mod:`stream.routes`) only renders
+:meth:`StatusMetrics.render`.
 
 Figures a process reports as running totals are exposed as counters (``_total``): a restarted process
 starts again from 0, which Prometheus' ``rate()`` and ``increase()`` treat as a counter reset. Names
@@ -16,7 +16,6 @@ not carry (or carries as null) has no sample; a new figure is one line in a tabl
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,15 +27,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .messages import (
-    CaptureStatus,
-    InferenceStatus,
-    Message,
-    ModelState,
-    Processes,
-    RecorderStatus,
-    StreamState,
-)
+from .messages import InferenceStatus, Message, ModelState, Status, StreamState
 
 PREFIX: Final = "vidnarrate_"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -75,7 +66,7 @@ class State:
 
 C, G = Kind.COUNTER, Kind.GAUGE
 
-# Per stream (label ``stream``), from its capture process's report.
+# Per stream (label ``stream``), from its capture process's report as the status board keeps it.
 CAPTURE_FIGURES: Final = (
     Figure(
         "fps", "capture_fps", G, "Frames per second the source delivers, as its capture process measures."
@@ -84,11 +75,12 @@ CAPTURE_FIGURES: Final = (
     Figure("drops", "dropped_frames", C, "Frames the capture process dropped (the ring was full)."),
     Figure("decode_errors", "decode_errors", C, "Frames or packets the decoder could not decode."),
     Figure("reconnects", "reconnects", C, "Times the capture process reopened the source."),
+    Figure("age_s", "capture_report_age_seconds", G, "Seconds since the capture process last reported."),
 )
 CAPTURE_STATES: Final = (
     State("state", "stream_state", "The source's state: 1 for the current one.", StreamState),
 )
-# Per stream (label ``stream``), from the inference process's report.
+# Per stream (label ``stream``), from the inference process's report, merged into the same entry.
 INFERENCE_FIGURES: Final = (
     Figure("captions", "captions", C, "Captions published."),
     Figure("skipped", "skipped_windows", C, "Caption windows skipped to keep up with the stream."),
@@ -143,7 +135,6 @@ GATEWAY_FIGURES: Final = (
     Figure("uptime_s", "gateway_uptime_seconds", G, "Seconds since the gateway started listening."),
 )
 
-Report = CaptureStatus | InferenceStatus | Processes | RecorderStatus
 LATENCY_HISTOGRAM: Final = PREFIX + "caption_latency_seconds"
 MODEL_INFO: Final = PREFIX + "model_info"
 
@@ -169,42 +160,31 @@ def family_names() -> dict[str, str]:
 
 
 class StatusMetrics:
-    """The collector: feed it reports (:meth:`update`) and captions (:meth:`observe_caption`), scrape
-    it through :meth:`render`. ``gateway`` returns the gateway's own figures at scrape time.
-
-    Bounded like the status board: at most ``max_streams`` streams (reports of further streams are
-    left out) and ``4 * max_streams`` processes."""
+    """The collector. ``status`` returns the gateway's merged :class:`~stream.messages.Status` (the
+    status board's snapshot: per stream figures, processes, recorder), ``gateway`` the gateway's own
+    figures; both are called on each scrape, so ``/metrics`` shows what a viewer's ``status`` shows.
+    Feed it what the board drops: the inference report's own fields (:meth:`inference_report`: the
+    model's state, a remote server's state) and every caption (:meth:`observe_caption`, for the
+    latency histogram, of at most ``max_streams`` streams). Scrape it through :meth:`render`."""
 
     def __init__(
         self,
         *,
+        status: Callable[[], Status],
         gateway: Callable[[], Message] | None = None,
         max_streams: int = 256,
         buckets: Sequence[float] = LATENCY_BUCKETS,
     ) -> None:
-        self.max_streams = max_streams
+        self._status = status
         self._gateway = gateway
-        self._capture: dict[str, Message] = {}
         self._inference: Message | None = None
-        self._processes: dict[str, Message] = {}
-        self._recorder: Message | None = None
         self._latency = _Histograms(buckets, max_streams)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
-    def update(self, report: Report) -> None:
-        """Keep ``report`` as the latest of its kind (of its stream, for a capture report)."""
-        data = report.to_dict()
-        if isinstance(report, CaptureStatus):
-            if report.stream in self._capture or len(self._capture) < self.max_streams:
-                self._capture[report.stream] = data
-        elif isinstance(report, InferenceStatus):
-            data["streams"] = dict(itertools.islice(report.streams.items(), self.max_streams))
-            self._inference = data
-        elif isinstance(report, Processes):
-            self._processes = dict(itertools.islice(report.processes.items(), 4 * self.max_streams))
-        else:
-            self._recorder = data
+    def inference_report(self, report: InferenceStatus) -> None:
+        """Keep the latest inference report's own fields (its per-stream figures reach the status)."""
+        self._inference = {k: v for k, v in report.to_dict().items() if k != "streams"}
 
     def observe_caption(self, stream: str, body: bytes) -> None:
         """Count a caption's ``latency_ms`` (its bus JSON, as published) in the stream's histogram; a
@@ -222,28 +202,27 @@ class StatusMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """prometheus_client's collector hook: the metric families of the latest reports."""
-        yield from _families(CAPTURE_FIGURES, ("stream",), _keyed(self._capture))
-        yield from _states(CAPTURE_STATES, ("stream",), _keyed(self._capture))
-        inference = self._inference or {}
-        per_stream = _keyed(inference.get("streams", {}))
-        yield from _families(INFERENCE_FIGURES, ("stream",), per_stream)
+        status = self._status()
+        streams = _keyed(status.streams)
+        yield from _families(CAPTURE_FIGURES, ("stream",), streams)
+        yield from _states(CAPTURE_STATES, ("stream",), streams)
+        yield from _families(INFERENCE_FIGURES, ("stream",), streams)
         yield self._latency.family(
             LATENCY_HISTOGRAM,
             "Time from a caption window's last frame to its caption, as captions pass the gateway.",
         )
-        if inference:
+        inference = self._inference
+        if inference is not None:
             yield from _families(INFERENCE_TOTALS, (), [((), inference)])
             yield from _states(INFERENCE_STATES, (), [((), inference)])
             info = GaugeMetricFamily(
-                MODEL_INFO,
-                "The model the inference process runs, and where.",
-                labels=["model", "device"],
+                MODEL_INFO, "The model the inference process runs, and where.", labels=["model", "device"]
             )
             info.add_metric([str(inference.get("model")), str(inference.get("device"))], 1)
             yield info
-        yield from _families(PROCESS_FIGURES, ("role",), _keyed(self._processes))
-        if self._recorder is not None:
-            yield from _families(RECORDER_FIGURES, (), [((), self._recorder)])
+        yield from _families(PROCESS_FIGURES, ("role",), _keyed(status.processes))
+        if status.recorder is not None:
+            yield from _families(RECORDER_FIGURES, (), [((), status.recorder)])
         if self._gateway is not None:
             yield from _families(GATEWAY_FIGURES, (), [((), self._gateway())])
 

@@ -1,5 +1,6 @@
-"""The metrics collector, fed status reports and captions as the gateway receives them, read back
-through prometheus_client's own parser of the text format (what a Prometheus server reads)."""
+"""The metrics collector, fed status reports and captions as the gateway feeds it (reports into the
+real status board, whose snapshot it reads), read back through prometheus_client's own parser of the
+text format (what a Prometheus server reads)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import REPO_ROOT
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream.fanout import StatusBoard
 from stream.messages import (
     Caption,
     CaptureStatus,
@@ -20,9 +22,44 @@ from stream.messages import (
     RecorderStatus,
     StreamState,
 )
-from stream.metrics import StatusMetrics, family_names
+from stream.metrics import LATENCY_BUCKETS, StatusMetrics, family_names
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+Report = CaptureStatus | InferenceStatus | Processes | RecorderStatus
+
+
+class Fed:
+    """The gateway's side of the metrics: reports go into its status board (and the inference report's
+    own fields to the collector), captions to the collector; the collector reads the board."""
+
+    def __init__(
+        self,
+        *,
+        figures: dict[str, Any] | None = None,
+        max_streams: int = 256,
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> None:
+        self.board = StatusBoard(max_streams=max_streams)
+        self.now = 100.0
+        self.metrics = StatusMetrics(
+            status=lambda: self.board.snapshot(now=self.now, wall=1.0),
+            gateway=None if figures is None else lambda: figures,
+            max_streams=max_streams,
+            buckets=buckets,
+        )
+
+    def feed(self, *reports: Report) -> Fed:
+        for report in reports:
+            if isinstance(report, InferenceStatus):
+                self.metrics.inference_report(report)
+            try:
+                self.board.update(report, self.now)
+            except ValueError:
+                pass  # a stream beyond the board's limit: the gateway logs and ignores it too
+        return self
+
+    def scrape(self) -> tuple[dict[str, str], Samples]:
+        return scrape(self.metrics)
 
 
 def scrape(metrics: StatusMetrics) -> tuple[dict[str, str], Samples]:
@@ -76,10 +113,10 @@ def caption(stream: str, latency_ms: float, seq: int = 0) -> bytes:
 
 
 def test_capture_figures_become_counters_and_gauges_per_stream() -> None:
-    metrics = StatusMetrics()
-    metrics.update(capture("door"))
-    metrics.update(capture("yard", frames=10, state=StreamState.LOST))
-    kinds, samples = scrape(metrics)
+    fed = Fed()
+    fed.feed(capture("door"))
+    fed.feed(capture("yard", frames=10, state=StreamState.LOST))
+    kinds, samples = fed.scrape()
     assert kinds["vidnarrate_frames"] == "counter" and kinds["vidnarrate_capture_fps"] == "gauge"
     door = (("stream", "door"),)
     assert samples["vidnarrate_frames_total", door] == 300
@@ -92,14 +129,21 @@ def test_capture_figures_become_counters_and_gauges_per_stream() -> None:
     assert samples["vidnarrate_stream_state", (("state", "lost"), ("stream", "yard"))] == 1
     assert samples["vidnarrate_stream_state", (("state", "live"), ("stream", "yard"))] == 0
     assert samples["vidnarrate_stream_state", (("state", "live"), ("stream", "door"))] == 1
+    # A capture process the supervisor reports dead is lost, as in the viewer's status.
+    fed.feed(Processes(processes={"capture:door": {"pid": 7, "restarts": 0, "alive": False}}, wall=2.0))
+    _, samples = fed.scrape()
+    assert samples["vidnarrate_stream_state", (("state", "lost"), ("stream", "door"))] == 1
+    assert samples["vidnarrate_stream_state", (("state", "live"), ("stream", "door"))] == 0
     # The latest report wins.
-    metrics.update(capture("door", frames=301))
-    assert scrape(metrics)[1]["vidnarrate_frames_total", door] == 301
+    fed.feed(capture("door", frames=301))
+    assert fed.scrape()[1]["vidnarrate_frames_total", door] == 301
+    fed.now += 2.5  # a capture process that stops reporting shows it
+    assert fed.scrape()[1]["vidnarrate_capture_report_age_seconds", door] == 2.5
 
 
 def test_inference_figures_with_units_and_nulls_left_out() -> None:
-    metrics = StatusMetrics()
-    metrics.update(
+    fed = Fed()
+    fed.feed(
         inference(
             {
                 "door": {
@@ -115,7 +159,7 @@ def test_inference_figures_with_units_and_nulls_left_out() -> None:
             }
         )
     )
-    kinds, samples = scrape(metrics)
+    kinds, samples = fed.scrape()
     door, yard = (("stream", "door"),), (("stream", "yard"),)
     assert kinds["vidnarrate_captions"] == "counter"
     assert samples["vidnarrate_captions_total", door] == 7
@@ -146,8 +190,8 @@ class RemoteInferenceStatus(InferenceStatus):
 def test_figures_a_remote_backend_reports_are_exposed_when_present() -> None:
     """A backend state and request errors, when the inference report carries them (a remote server),
     become a state gauge and a counter; any state string is shown, known or not."""
-    metrics = StatusMetrics()
-    metrics.update(
+    fed = Fed()
+    fed.feed(
         RemoteInferenceStatus(
             streams={"door": {"captions": 1}},
             model="minicpm-v",
@@ -159,7 +203,7 @@ def test_figures_a_remote_backend_reports_are_exposed_when_present() -> None:
             in_flight=3,
         )
     )
-    _, samples = scrape(metrics)
+    _, samples = fed.scrape()
     assert samples["vidnarrate_backend_state", (("state", "unreachable"),)] == 1
     assert samples["vidnarrate_backend_request_errors_total", ()] == 4
     assert samples["vidnarrate_backend_requests_in_flight", ()] == 3
@@ -167,12 +211,12 @@ def test_figures_a_remote_backend_reports_are_exposed_when_present() -> None:
 
 
 def test_caption_latency_histogram_from_the_captions_that_pass() -> None:
-    metrics = StatusMetrics(buckets=(0.5, 1.0, 2.0))
+    fed = Fed(buckets=(0.5, 1.0, 2.0))
     for latency_ms in (200.0, 700.0, 900.0, 5000.0):
-        metrics.observe_caption("door", caption("door", latency_ms))
-    metrics.observe_caption("door", b"not json")  # ignored, not a crash
-    metrics.observe_caption("door", b'{"type":"caption","latency_ms":"slow"}')
-    kinds, samples = scrape(metrics)
+        fed.metrics.observe_caption("door", caption("door", latency_ms))
+    fed.metrics.observe_caption("door", b"not json")  # ignored, not a crash
+    fed.metrics.observe_caption("door", b'{"type":"caption","latency_ms":"slow"}')
+    kinds, samples = fed.scrape()
     assert kinds["vidnarrate_caption_latency_seconds"] == "histogram"
 
     def bucket(le: str) -> float:
@@ -185,8 +229,8 @@ def test_caption_latency_histogram_from_the_captions_that_pass() -> None:
 
 def test_processes_recorder_and_gateway_figures() -> None:
     figures = {"clients": 2, "queued_messages": 5, "dropped_messages": 9, "uptime_s": 12.5, "ok": True}
-    metrics = StatusMetrics(gateway=lambda: figures)
-    metrics.update(
+    fed = Fed(figures=figures)
+    fed.feed(
         Processes(
             processes={
                 "inference": {"pid": 10, "restarts": 1, "alive": True, "finished": False, "exit_code": None},
@@ -195,12 +239,12 @@ def test_processes_recorder_and_gateway_figures() -> None:
             wall=1.0,
         )
     )
-    metrics.update(
+    fed.feed(
         RecorderStatus(
             store="/tmp/x.db", written=40, dropped=1, queue=3, errors=1, last_commit_wall=99.5, wall=1.0
         )
     )
-    kinds, samples = scrape(metrics)
+    kinds, samples = fed.scrape()
     assert samples["vidnarrate_process_restarts_total", (("role", "inference"),)] == 1
     assert samples["vidnarrate_process_up", (("role", "inference"),)] == 1
     assert samples["vidnarrate_process_up", (("role", "capture:door"),)] == 0
@@ -216,13 +260,13 @@ def test_processes_recorder_and_gateway_figures() -> None:
 
 
 def test_nothing_reported_yet_is_no_samples_and_streams_are_bounded() -> None:
-    metrics = StatusMetrics(max_streams=2)
-    assert scrape(metrics)[1] == {}
+    fed = Fed(max_streams=2)
+    assert fed.scrape()[1] == {}
     for name in ("a", "b", "c"):
-        metrics.update(capture(name))
-        metrics.observe_caption(name, caption(name, 100.0))
-    metrics.update(inference({name: {"captions": 1} for name in ("a", "b", "c")}))
-    _, samples = scrape(metrics)
+        fed.feed(capture(name))
+        fed.metrics.observe_caption(name, caption(name, 100.0))
+    fed.feed(inference({name: {"captions": 1} for name in ("a", "b", "c")}))
+    _, samples = fed.scrape()
     for family in (
         "vidnarrate_frames_total",
         "vidnarrate_captions_total",
@@ -232,10 +276,10 @@ def test_nothing_reported_yet_is_no_samples_and_streams_are_bounded() -> None:
 
 
 def test_stream_names_are_escaped_in_labels() -> None:
-    metrics = StatusMetrics()
+    fed = Fed()
     odd = 'cam "1"\\back\nyard'
-    metrics.update(capture(odd))
-    _, samples = scrape(metrics)
+    fed.feed(capture(odd))
+    _, samples = fed.scrape()
     assert samples["vidnarrate_frames_total", (("stream", odd),)] == 300
 
 
@@ -247,15 +291,15 @@ def test_protocol_md_lists_every_metric_and_no_other() -> None:
 
 
 def test_family_names_are_what_a_scrape_of_every_report_shows() -> None:
-    metrics = StatusMetrics(gateway=lambda: {"clients": 1, "dropped_messages": 0})
-    metrics.update(capture("door"))
-    metrics.update(inference({"door": {"captions": 1, "lag_s": 0.5}}))
-    metrics.update(Processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}}, wall=1.0))
-    metrics.update(
+    fed = Fed(figures={"clients": 1, "dropped_messages": 0})
+    fed.feed(capture("door"))
+    fed.feed(inference({"door": {"captions": 1, "lag_s": 0.5}}))
+    fed.feed(Processes(processes={"gateway": {"pid": 1, "restarts": 0, "alive": True}}, wall=1.0))
+    fed.feed(
         RecorderStatus(store="x.db", written=1, dropped=0, queue=0, errors=0, last_commit_wall=None, wall=1.0)
     )
-    metrics.observe_caption("door", caption("door", 10.0))
-    kinds, _ = scrape(metrics)
+    fed.metrics.observe_caption("door", caption("door", 10.0))
+    kinds, _ = fed.scrape()
     known = family_names()
     for name, kind in kinds.items():
         exposed = name + "_total" if kind == "counter" else name

@@ -10,7 +10,8 @@ at one file (the same file every round: each round also opens what the previous 
 websocket client records every caption it receives and when. Once it has ``--captions`` captions
 (plus a random fraction of a stride, so the kill lands anywhere between two captions), the whole run
 is SIGKILLed at once: its process group (the supervisor and every child) and, in case one left the
-group, every pid its last ``status`` listed; the round checks that none of them survives. Then the
+group, every pid its last ``status`` listed and every process below the supervisor; the round checks
+that none of them survives. Then the
 store is opened as any SQLite client would open it and each received caption is looked up.
 
 The goal (issue 11): every caption received more than ``--margin`` (1 s) before the kill is in the
@@ -138,6 +139,23 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc): the children and anything they started."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def crash_round(
     clips: list[Path],
     store: Path,
@@ -146,10 +164,11 @@ def crash_round(
     captions: int,
     margin: float = 1.0,
     stride: float = 2.0,
-    timeout: float = 300.0,
+    timeout: float = 600.0,
     rng: random.Random | None = None,
 ) -> Round:
-    """One run, killed once ``captions`` captions have arrived; what the store kept of them."""
+    """One run, killed once ``captions`` captions have arrived (within ``timeout`` seconds of its
+    start); what the store kept of them."""
     rng = rng or random.Random()
     port = free_port()
     args = [str(VIDNARRATE), "run", "--model", "tiny", "--port", str(port), "--store", str(store), "--loop"]
@@ -177,12 +196,17 @@ def crash_round(
             raise RuntimeError(f"vidnarrate run printed no viewer URL in {timeout:.0f} s")
         client = Client(f"ws://127.0.0.1:{port}/ws").start()
         while len(client.captions) < captions or not client.processes:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError(f"only {len(client.captions)} captions before the deadline or the exit")
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the run exited with {proc.returncode} after {len(client.captions)} captions"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(client.captions)} of {captions} captions in {timeout:.0f} s")
             time.sleep(0.05)
         # Land anywhere between two captions of a stream, not just after one.
         time.sleep(rng.uniform(0.0, stride))
-        pids = [proc.pid] + [p["pid"] for p in client.processes.values() if p.get("pid")]
+        reported = {p["pid"] for p in client.processes.values() if p.get("pid")}
+        pids = sorted({proc.pid} | reported | set(descendants(proc.pid)))
         killed_at = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         for pid in pids:
