@@ -9,6 +9,7 @@ the token: Prometheus records it as down (401), so the metrics are not open to a
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import require_executable
+from conftest import REPO_ROOT, require_executable
 from liverun import LiveRun, short_run_root
 from realparts import free_port, make_clip, stop_group
 
@@ -150,3 +151,17 @@ def test_prometheus_scrapes_a_run_with_its_token(tmp_path: Path, clip: Path) -> 
             if server is not None:
                 stop_group(server)
             live.kill()
+
+
+def test_the_readme_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    promtool = require_executable("promtool")
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("#### Metrics (Prometheus)") :]
+    block = re.search(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)
+    assert block is not None
+    token = tmp_path / "vidnarrate.token"
+    token.write_text(TOKEN)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(block.group(1).replace("/etc/prometheus/vidnarrate.token", str(token)))
+    checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

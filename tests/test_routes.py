@@ -99,4 +99,6 @@ def test_metrics_are_served_with_their_type_and_need_the_token(tmp_path: Path) -
         get(guarded, "/metrics?token=s3cret"),
     ):
         assert isinstance(allowed, Response) and allowed.body == b"vidnarrate_clients 3.0\n"
+    head = get(with_metrics(""), "/metrics", method="HEAD")
+    assert isinstance(head, Response) and head.body == b"" and head.headers["Content-Length"] == "23"
     assert status(get(routes(tmp_path), "/metrics")) == 404  # routes without metrics: no such page
