@@ -20,7 +20,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
@@ -56,12 +56,12 @@ class Figure:
 @dataclass(frozen=True)
 class State:
     """A state field (a string): one gauge sample per known state, 1 for the current one and 0 for the
-    others (a state the enum does not know still gets its sample of 1)."""
+    others (a state not in ``states`` still gets its sample of 1)."""
 
     field: str
     name: str
     doc: str
-    states: type[Enum] | None = None
+    states: tuple[str, ...] = ()  # the known states (each gets a sample), in order
 
 
 C, G = Kind.COUNTER, Kind.GAUGE
@@ -78,7 +78,12 @@ CAPTURE_FIGURES: Final = (
     Figure("age_s", "capture_report_age_seconds", G, "Seconds since the capture process last reported."),
 )
 CAPTURE_STATES: Final = (
-    State("state", "stream_state", "The source's state: 1 for the current one.", StreamState),
+    State(
+        "state",
+        "stream_state",
+        "The source's state: 1 for the current one.",
+        tuple(m.value for m in StreamState),
+    ),
 )
 # Per stream (label ``stream``), from the inference process's report, merged into the same entry.
 INFERENCE_FIGURES: Final = (
@@ -95,14 +100,34 @@ INFERENCE_FIGURES: Final = (
     Figure("lag_s", "lag_seconds", G, "Stream time between the newest frame and the last caption's end."),
     Figure("model_ms", "model_seconds", G, "Model time of the stream's last caption.", 0.001),
 )
-# From the inference process's report as a whole (no label).
-INFERENCE_TOTALS: Final = (
-    Figure("request_errors", "backend_request_errors", C, "Requests to a remote model server that failed."),
-    Figure("in_flight", "backend_requests_in_flight", G, "Requests to a remote model server in flight."),
-)
 INFERENCE_STATES: Final = (
-    State("state", "model_state", "The model's state: 1 for the current one.", ModelState),
-    State("backend", "backend_state", "A remote model server's state: 1 for the current one."),
+    State(
+        "state",
+        "model_state",
+        "The model's state: 1 for the current one.",
+        tuple(m.value for m in ModelState),
+    ),
+)
+# From the inference report's ``backend`` (a remote model server; absent for a local model).
+BACKEND_FIGURES: Final = (
+    Figure("requests", "backend_requests", C, "Requests the remote model server answered."),
+    Figure(
+        "failures", "backend_request_errors", C, "Requests that failed (server down or 5xx) and were retried."
+    ),
+    Figure(
+        "refused", "backend_refused_requests", C, "Requests the server refused (4xx), each a caption error."
+    ),
+    Figure("in_flight", "backend_requests_in_flight", G, "Requests to the server in flight."),
+    Figure("bytes_sent", "backend_sent_bytes", C, "Request bytes sent to the server."),
+    Figure("media_cache_misses", "backend_media_cache_misses", C, "Frames the server's media cache lacked."),
+)
+BACKEND_STATES: Final = (
+    State(
+        "state",
+        "backend_state",
+        "The remote model server's state: 1 for the current one.",
+        ("ok", "unreachable"),
+    ),
 )
 # Per process (label ``role``: gateway, inference, recorder, capture:NAME), from the supervisor.
 PROCESS_FIGURES: Final = (
@@ -146,7 +171,7 @@ def family_names() -> dict[str, str]:
     for table in (
         CAPTURE_FIGURES,
         INFERENCE_FIGURES,
-        INFERENCE_TOTALS,
+        BACKEND_FIGURES,
         PROCESS_FIGURES,
         RECORDER_FIGURES,
         GATEWAY_FIGURES,
@@ -154,7 +179,7 @@ def family_names() -> dict[str, str]:
         for figure in table:
             suffix = "_total" if figure.kind is Kind.COUNTER else ""
             names[PREFIX + figure.name + suffix] = figure.kind.value
-    for states in (CAPTURE_STATES, INFERENCE_STATES):
+    for states in (CAPTURE_STATES, INFERENCE_STATES, BACKEND_STATES):
         names.update({PREFIX + state.name: "gauge" for state in states})
     return names
 
@@ -213,8 +238,11 @@ class StatusMetrics:
         )
         inference = self._inference
         if inference is not None:
-            yield from _families(INFERENCE_TOTALS, (), [((), inference)])
             yield from _states(INFERENCE_STATES, (), [((), inference)])
+            backend = inference.get("backend")
+            if isinstance(backend, dict):
+                yield from _families(BACKEND_FIGURES, (), [((), backend)])
+                yield from _states(BACKEND_STATES, (), [((), backend)])
             info = GaugeMetricFamily(
                 MODEL_INFO, "The model the inference process runs, and where.", labels=["model", "device"]
             )
@@ -298,7 +326,7 @@ def _states(
             if not isinstance(current, str):
                 continue
             present = True
-            known = [str(m.value) for m in spec.states] if spec.states is not None else []
+            known = list(spec.states)
             for state in known if current in known else [*known, current]:
                 family.add_metric([*key, state], 1.0 if state == current else 0.0)
         if present:

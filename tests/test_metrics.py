@@ -17,6 +17,7 @@ from stream.messages import (
     Caption,
     CaptureStatus,
     InferenceStatus,
+    Message,
     ModelState,
     Processes,
     RecorderStatus,
@@ -180,17 +181,25 @@ def test_inference_figures_with_units_and_nulls_left_out() -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class RemoteInferenceStatus(InferenceStatus):
-    """The inference report with the fields a remote backend adds (see INFERENCE_STATES/TOTALS)."""
+    """The inference report as a remote backend (issue 13, another branch) sends it: with its
+    ``backend`` figures (``InferenceStatus.backend`` once that branch is merged)."""
 
-    backend: str
-    request_errors: int
-    in_flight: int
+    backend: Message | None = None
 
 
-def test_figures_a_remote_backend_reports_are_exposed_when_present() -> None:
-    """A backend state and request errors, when the inference report carries them (a remote server),
-    become a state gauge and a counter; any state string is shown, known or not."""
+def test_a_remote_servers_figures_are_exposed_when_the_report_has_them() -> None:
     fed = Fed()
+    backend = {
+        "url": "http://router:8000/v1",
+        "state": "unreachable",
+        "error": "connection refused",
+        "requests": 40,
+        "in_flight": 3,
+        "failures": 4,
+        "refused": 1,
+        "bytes_sent": 123456,
+        "media_cache_misses": 2,
+    }
     fed.feed(
         RemoteInferenceStatus(
             streams={"door": {"captions": 1}},
@@ -198,16 +207,29 @@ def test_figures_a_remote_backend_reports_are_exposed_when_present() -> None:
             device="http://router:8000/v1",
             state=ModelState.READY,
             wall=1.0,
-            backend="unreachable",
-            request_errors=4,
-            in_flight=3,
+            backend=backend,
+        )
+    )
+    kinds, samples = fed.scrape()
+    assert samples["vidnarrate_backend_state", (("state", "unreachable"),)] == 1
+    assert samples["vidnarrate_backend_state", (("state", "ok"),)] == 0
+    assert samples["vidnarrate_backend_requests_total", ()] == 40
+    assert samples["vidnarrate_backend_request_errors_total", ()] == 4
+    assert samples["vidnarrate_backend_refused_requests_total", ()] == 1
+    assert samples["vidnarrate_backend_requests_in_flight", ()] == 3
+    assert kinds["vidnarrate_backend_sent_bytes"] == "counter"
+    assert samples["vidnarrate_backend_sent_bytes_total", ()] == 123456
+    assert samples["vidnarrate_backend_media_cache_misses_total", ()] == 2
+    assert samples["vidnarrate_captions_total", (("stream", "door"),)] == 1
+    # A state this version does not know yet is still shown.
+    fed.feed(
+        RemoteInferenceStatus(
+            streams={}, model="m", device="d", state=ModelState.READY, wall=2.0, backend={"state": "draining"}
         )
     )
     _, samples = fed.scrape()
-    assert samples["vidnarrate_backend_state", (("state", "unreachable"),)] == 1
-    assert samples["vidnarrate_backend_request_errors_total", ()] == 4
-    assert samples["vidnarrate_backend_requests_in_flight", ()] == 3
-    assert samples["vidnarrate_captions_total", (("stream", "door"),)] == 1
+    assert samples["vidnarrate_backend_state", (("state", "draining"),)] == 1
+    assert samples["vidnarrate_backend_state", (("state", "unreachable"),)] == 0
 
 
 def test_caption_latency_histogram_from_the_captions_that_pass() -> None:
