@@ -1,7 +1,7 @@
 """The gateway: zmq bus in, websocket clients out, on one port.
 
 * ``/``: the viewer (static files of ``stream/web/``), ``/healthz`` and the token check:
-  :mod:`stream.routes` and :mod:`stream.auth`;
+  :mod:`stream.routes` and :mod:`stream.auth`; ``/metrics``: :mod:`stream.metrics`;
 * ``/ws``: the websocket protocol of ``docs/protocol.md`` (subscribe, ask, ping, search, history);
   the connections and the fan-out to them are :mod:`stream.clients`, the state behind them (queues,
   replay, status, pending asks) the I/O-free :mod:`stream.fanout`, the caption store's reads
@@ -57,6 +57,7 @@ from .messages import (
     Status,
     Subscribed,
 )
+from .metrics import CONTENT_TYPE, StatusMetrics
 from .process import ExitCode, write_ready_file
 from .requests import Ask, Ping, StoreRequest, Subscribe, parse_client_message
 from .routes import WS_PATH, Routes
@@ -89,12 +90,16 @@ class Gateway:
         self._endpoints = list(events_endpoints)
         self._asks_endpoint = asks_endpoint
         self._auth = TokenAuth(options.token) if options.token else None
+        self._metrics = StatusMetrics(
+            status=self._status_message, gateway=self.health, max_streams=options.max_streams
+        )
         self._routes = Routes(
             web_dir=options.web_dir,
             auth=self._auth,
             health=self.health,
             admit=lambda: len(self._clients) < options.max_clients,
             thumbnail=self._stored_thumbnail if options.store is not None else None,
+            metrics=lambda: (CONTENT_TYPE, self._metrics.render()),
         )
         self._clients = Clients(options)
         self._replay = ReplayStore(options.replay, max_streams=options.max_streams)
@@ -513,6 +518,7 @@ class Gateway:
             if kind == "caption":
                 seq, wall_end = _replay_key(envelope.body) if self._store_replay else (None, 0.0)
                 self._replay.add(stream, envelope.body, seq=seq, wall_end=wall_end)
+                self._metrics.observe_caption(stream, envelope.body)
             elif kind == "thumbnail":
                 if stream in self._thumbnails or len(self._thumbnails) < self.options.max_streams:
                     self._thumbnails[stream] = envelope.body
@@ -524,6 +530,8 @@ class Gateway:
             elif isinstance(
                 message, CaptureStatus | InferenceStatus | Processes | RecorderStatus | OutputsStatus
             ):
+                if isinstance(message, InferenceStatus):
+                    self._metrics.inference_report(message)
                 if self._board.update(message, time.monotonic()):
                     self._status_soon()
         else:

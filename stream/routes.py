@@ -1,4 +1,5 @@
-"""The gateway's HTTP side, before any websocket: the viewer's files, ``/healthz``, the token check.
+"""The gateway's HTTP side, before any websocket: the viewer's files, ``/healthz``, ``/metrics``, the
+token check.
 
 Served through websockets' ``process_request`` on the gateway's one port. ``GET`` and ``HEAD`` only
 (``HEAD``: the same headers, no body); a request for :data:`WS_PATH` that passes the checks goes on
@@ -31,12 +32,14 @@ WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 THUMBNAIL_PREFIX = "/thumbnail/"
 MAX_THUMBNAIL_READS = 8  # stored thumbnails being read at once; past it: 503 (they queue on one thread)
+METRICS_PATH = "/metrics"
 MAX_STATIC_BYTES = 16 * 1024 * 1024
 
 
 class Routes:
     """What each HTTP request gets. ``health`` gives the ``/healthz`` figures; ``admit`` says whether
-    one more websocket client may connect; ``auth`` None means no token is needed."""
+    one more websocket client may connect; ``auth`` None means no token is needed; ``metrics`` gives
+    ``/metrics`` as ``(content type, body)`` (None: no such page)."""
 
     def __init__(
         self,
@@ -46,6 +49,7 @@ class Routes:
         health: Callable[[], dict[str, Any]],
         admit: Callable[[], bool],
         thumbnail: Callable[[int], Awaitable[bytes | None]] | None = None,
+        metrics: Callable[[], tuple[str, bytes]] | None = None,
     ) -> None:
         self.web_dir = web_dir.resolve() if web_dir is not None else None
         self.auth = auth
@@ -53,6 +57,7 @@ class Routes:
         self._admit = admit
         self._thumbnail = thumbnail
         self._thumbnail_reads = 0
+        self._metrics = metrics
 
     def process_request(
         self, conn: ServerConnection, request: Request
@@ -96,6 +101,9 @@ class Routes:
                     "text/plain; charset=utf-8",
                     extra=[("WWW-Authenticate", "Bearer")],
                 )
+        if url.path == METRICS_PATH and self._metrics is not None:  # behind the token: it names streams
+            content_type, body = self._metrics()
+            return response(http.HTTPStatus.OK, body, content_type, extra=[("Cache-Control", "no-store")])
         if url.path == WS_PATH:
             if not self._admit():
                 return response(

@@ -108,3 +108,29 @@ def test_stored_thumbnails_are_read_a_bounded_number_at_a_time() -> None:
         assert len(asked) == MAX_THUMBNAIL_READS + 1
 
     asyncio.run(scenario())
+
+
+def test_metrics_are_served_with_their_type_and_need_the_token(tmp_path: Path) -> None:
+    def metrics() -> tuple[str, bytes]:
+        return "text/plain; version=0.0.4; charset=utf-8", b"vidnarrate_clients 3.0\n"
+
+    def with_metrics(token: str) -> Routes:
+        return Routes(
+            web_dir=tmp_path, auth=TokenAuth(token, port=8765) if token else None,
+            health=dict, admit=lambda: True, metrics=metrics,
+        )  # fmt: skip
+
+    open_page = get(with_metrics(""), "/metrics")
+    assert isinstance(open_page, Response) and open_page.body == b"vidnarrate_clients 3.0\n"
+    assert open_page.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    guarded = with_metrics("s3cret")
+    assert status(get(guarded, "/metrics")) == 401
+    assert status(get(guarded, "/metrics", Authorization="Bearer wrong")) == 401
+    for allowed in (
+        get(guarded, "/metrics", Authorization="Bearer s3cret"),
+        get(guarded, "/metrics?token=s3cret"),
+    ):
+        assert isinstance(allowed, Response) and allowed.body == b"vidnarrate_clients 3.0\n"
+    head = get(with_metrics(""), "/metrics", method="HEAD")
+    assert isinstance(head, Response) and head.body == b"" and head.headers["Content-Length"] == "23"
+    assert status(get(routes(tmp_path), "/metrics")) == 404  # routes without metrics: no such page
