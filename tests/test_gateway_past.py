@@ -29,7 +29,7 @@ Json = dict[str, Any]
 
 pytestmark = pytest.mark.timeout(60)
 
-NOW = time.time()
+NOW = time.time()  # stamped again by each store_file: the module may run minutes after its import
 TEXTS = [  # the door's captions, one a minute over the last 10 minutes, oldest first
     "the porch is empty",
     "a cat walks past the door",
@@ -55,6 +55,8 @@ def caption(seq: int, text: str) -> Record:
 
 @pytest.fixture
 def store_file(tmp_path: Path) -> Path:
+    global NOW
+    NOW = time.time()
     path = tmp_path / "vidnarrate.db"
     with Store.open(path) as store:
         store.add([caption(seq, text) for seq, text in enumerate(TEXTS)])

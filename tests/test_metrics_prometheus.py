@@ -156,7 +156,7 @@ def test_prometheus_scrapes_a_run_with_its_token(tmp_path: Path, clip: Path) -> 
 def test_the_readme_scrape_config_passes_promtool(tmp_path: Path) -> None:
     promtool = require_executable("promtool")
     readme = (REPO_ROOT / "README.md").read_text()
-    section = readme[readme.index("#### Metrics (Prometheus)") :]
+    section = readme[readme.index("### Metrics (Prometheus)") :]
     block = re.search(r"^```yaml\n(.*?)^```", section, flags=re.S | re.M)
     assert block is not None
     token = tmp_path / "vidnarrate.token"
