@@ -51,6 +51,7 @@ class CaptionSettings:
     stride: float = setting_like(SamplerConfig, "stride")
     max_frames: int = setting_like(SamplerConfig, "max_frames")
     skip_stale: bool = True  # live: caption only the newest due window; offline: every window
+    presampled: bool = False  # live, [capture] decode = "sampled": capture chose the samples already
 
     def __post_init__(self) -> None:
         check_settings("captions", self)
@@ -90,6 +91,7 @@ class StreamCaptions:
             max_frames=settings.max_frames,
             stream=name,
             hold_last=hold_last,
+            presampled=settings.presampled,
         )
         self.counters = StreamCounters()
         self.pending: deque[tuple[SampledFrame, Any]] = deque()  # kept frames waiting as pixels

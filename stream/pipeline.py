@@ -115,6 +115,7 @@ def caption_settings(config: Config, *, offline: bool = False, stream: str | Non
         stride=stride,
         max_frames=config.sampler.max_frames,
         skip_stale=not offline,
+        presampled=not offline and config.capture.decode == "sampled",
     )
 
 
@@ -124,7 +125,9 @@ CAPTURE_KEYS_AS_SOURCE_OPTIONS = {"loop_files": "loop", "screen_fps": "fps_hint"
 
 
 def source_options(config: Config, *, realtime: bool | None = None) -> SourceOptions:
-    changes = {} if realtime is None else {"realtime": realtime}
+    changes: dict[str, Any] = {"sample_fps": config.sampler.fps}
+    if realtime is not None:
+        changes["realtime"] = realtime
     return options_from(config.capture, SourceOptions, CAPTURE_KEYS_AS_SOURCE_OPTIONS, **changes)
 
 
