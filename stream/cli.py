@@ -26,6 +26,7 @@ from typing import Any
 from .config import Config, apply_overrides, load_config
 from .errors import ConfigError, SourceError, StoreQueryError, VidnarrateError
 from .preflight import (
+    check_capture_hwaccel,
     check_device_source,
     check_file,
     check_model_available,
@@ -296,6 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_port_free(host, config.gateway.port)
     store = run_store(config, args)
     check_model_available(config.model.name, config.model.device)
+    check_capture_hwaccel(config)
     for window in live_windows(config):
         warn_if_windows_too_long(config, window, config.model.max_slice_nums)
     warn_about_prompt_typos(config)

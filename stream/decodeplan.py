@@ -102,6 +102,9 @@ class DecodePlan:
         self._recent: deque[float] = deque(maxlen=8 * RECENT)  # recent packets' pts, decode order
         self._last_pts: float | None = None
         self._to_key = False  # skipping until the next keyframe
+        # The latest packet decoded to stand for a grid time: frames leave a threaded decoder a few
+        # packets late, so the demand's grid lags; the plan counts that time as served already.
+        self._covered: float | None = None
         self._resumed_at: float | None = None  # pts of the keyframe decoding last resumed at
         # pts of packets decoded after that keyframe but shown before it (an open GOP's leading
         # pictures, whose references were skipped): their frames are dropped
@@ -135,24 +138,42 @@ class DecodePlan:
             self._leading.append(pts)
         return skip
 
-    def _decide(self, pts: float | None, key: bool) -> Skip:
+    def _next_grid(self, reach: float) -> float | None:
+        """The next grid time (source pts) not served yet: a frame ``reach`` before it serves it."""
         grid = self.demand.next_grid_pts()
-        if pts is None or grid is None:
+        if grid is None or self._covered is None:
+            return grid
+        while grid - reach <= self._covered + 1e-6:
+            grid += self.period
+        return grid
+
+    def _decide(self, pts: float | None, key: bool) -> Skip:
+        if pts is None or self.demand.next_grid_pts() is None:
             return Skip.NONE
         if self.keyframes_only:
             if not key:
                 return Skip.NONKEY
-            if pts < grid - min(self.gop or self.period, self.period) / 2:
+            reach = min(self.gop or self.period, self.period) / 2
+            grid = self._next_grid(reach)
+            assert grid is not None
+            if pts < grid - reach:
                 return Skip.ALL
-            self._resumed_at = pts
+            self._resumed_at = self._covered = pts
             return Skip.NONE
+        grid = self._next_grid(0.0)
+        assert grid is not None
         if self._to_key:
             if not key:
                 return Skip.NONKEY
             self._to_key = False
             self._resumed_at = pts
-        due = grid - min(max(self._steps, default=self.period), self.period / 2)
+        longest = max(self._steps, default=self.period)
+        due = grid - min(longest, self.period / 2)
         if pts >= due - 1e-6:
+            # Frames shown up to ``longest`` before this one may still come after it in decode
+            # order (B-frames); every grid time before that has a decoded frame standing for it.
+            if pts - longest >= grid - 1e-6:
+                self._covered = pts - longest
             return Skip.NONE
         gop = self.gop
         # The next keyframe would itself be the frame chosen (the first at or after g less half a

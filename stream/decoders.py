@@ -88,6 +88,7 @@ class _PyAVSource(VideoSource):
         self._direct = DirectRGB(spec.label)
         self._plan: DecodePlan | None = None
         self._pts_shift = 0.0  # added to the stream's pts (a looped file's), in packets and frames alike
+        self._packet_end: float | None = None  # the latest packet time seen (frames may be skipped)
         self.frames_decoded = 0  # frames out of the decoder (skipped ones never are)
         self._open()
 
@@ -140,7 +141,10 @@ class _PyAVSource(VideoSource):
                 raise SourceError(self._error(f"read failed: {ffmpeg_reason(exc)}")) from exc
             if plan is not None and demand is not None and packet.size:
                 demand.arrived()
-                wanted = plan.packet(self._packet_time(packet), packet.is_keyframe)
+                when = self._packet_time(packet)
+                if when is not None:
+                    self._packet_end = when if self._packet_end is None else max(when, self._packet_end)
+                wanted = plan.packet(when, packet.is_keyframe)
                 if wanted is not skip:
                     skip = wanted
                     stream.codec_context.skip_frame = skip.value
@@ -259,7 +263,9 @@ class FileSource(_PyAVSource):
                 yield self._pending(frame, pts, wall)
             if not self.options.loop or last is None or first is None:
                 return
-            offset = last + self._frame_step() - first
+            # The file's last frame, decoded or not (skipped frames end it too)
+            end = last if self._packet_end is None else max(last, self._packet_end)
+            offset = end + self._frame_step() - first
             self.close()
             self._open()
 

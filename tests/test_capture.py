@@ -539,6 +539,7 @@ def test_last_status_arrives_through_the_production_child_entry(
         "options": opts(decode, realtime=False),
     }
     for attempt in range(3):  # the loss was intermittent: a race between the last send and exit
+        head = ring.head_seq
         proc = _spawn.Process(target=child_entry, args=("capture:cam0", capture_main, kwargs))
         proc.start()
         proc.join(30)
@@ -546,7 +547,9 @@ def test_last_status_arrives_through_the_production_child_entry(
         messages = drain(subscriber)
         assert messages, f"attempt {attempt}: no status at all"
         assert messages[-1].state == "ended", f"attempt {attempt}: {messages[-1]}"
-        assert messages[-1].frames == len(written(decode, frames)) and messages[-1].error is None
+        assert messages[-1].frames == ring.head_seq - head and messages[-1].error is None
+        if attempt == 0:  # later ones resume the ring's timeline, a wall-clock gap on: a shifted grid
+            assert messages[-1].frames == len(written(decode, frames))
 
 
 def test_capture_process_sigterm_is_a_clean_stop(
