@@ -122,7 +122,9 @@ class _PyAVSource(VideoSource):
         demux = container.demux(stream)
         consecutive = 0
         demand: Demand | None = self.demand
-        plan = self._plan = DecodePlan(demand, self._frame_step()) if demand is not None else None
+        if demand is not None and self._plan is None:  # one per source: a looped file keeps its GOP
+            self._plan = DecodePlan(demand, self._frame_step())
+        plan = self._plan if demand is not None else None
         skip = Skip.NONE
         stream.codec_context.skip_frame = skip.value
         while True:

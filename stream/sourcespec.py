@@ -119,7 +119,9 @@ class SourceOptions:
     ``fps_hint``: screen grabs per second. ``rtsp_transport``: ``tcp`` (default) or ``udp``.
     ``decode``/``sample_fps``: ``"sampled"`` makes capture decode and write only the frames a sampler
     at ``sample_fps`` keeps (:mod:`stream.decodeplan`; plain iteration of a source decodes every
-    frame whatever it says). ``hwaccel``: the hardware decoder to try (:mod:`stream.hwdecode`).
+    frame whatever it says). ``hwaccel``: the hardware decoder to try (:mod:`stream.hwdecode`); software
+    unless asked, as for the checks and the offline command: ``[capture] hwaccel`` (default ``auto``)
+    sets it for the capture processes.
     The limits are checked by :func:`~stream.config.check_settings`, the config's validator; the
     ``[capture]`` section sets most of these (``stream.pipeline.source_options``).
     """
@@ -133,7 +135,7 @@ class SourceOptions:
     rtsp_transport: Literal["tcp", "udp"] = setting("tcp", choices=("tcp", "udp"))
     decode: str = setting("sampled", choices=DECODE_MODES)
     sample_fps: float = setting(1.0, above=0)
-    hwaccel: str = setting("auto", choices=HWACCEL_CHOICES)
+    hwaccel: str = setting("none", choices=HWACCEL_CHOICES)
 
     def __post_init__(self) -> None:
         check_settings("source", self)

@@ -253,7 +253,7 @@ def test_every_source_option_a_user_may_set_is_fed_from_the_capture_section() ->
         "capture.read_timeout": 2.0,
         "capture.screen_fps": 12.0,
         "capture.decode": "all",
-        "capture.hwaccel": "none",
+        "capture.hwaccel": "auto",  # the capture processes' default; a bare SourceOptions decodes in software
         "sampler.fps": 2.0,  # what capture samples at under decode = "sampled"
     }
     options = source_options(apply_overrides(Config(), changed))
