@@ -3,8 +3,9 @@
 ``"none"`` decodes in software; a device type (``"cuda"``, ``"vaapi"``, ``"qsv"``, ...) must work on
 this machine, or the run stops at start (:func:`check_hwaccel`, exit 2 naming the key and the device);
 ``"auto"`` takes the first of :data:`AUTO_ORDER` this machine has, else software. Whichever is used is
-logged once per process. Streams the device cannot decode (an MJPEG camera on a GPU without an MJPEG
-engine) fall back to software on their own (PyAV's ``allow_software_fallback``).
+logged once per process (at INFO; ``none`` only at DEBUG). Streams the device cannot decode (an
+MJPEG camera on a GPU without an MJPEG engine) fall back to software on their own (PyAV's
+``allow_software_fallback``).
 
 A device "works" when FFmpeg can create its context for the H.264 decoder: what every camera sends,
 and a check that costs no video. The accelerated path itself is untested on the machines this was
@@ -53,8 +54,8 @@ def check_hwaccel(name: str) -> None:
 @functools.cache
 def chosen_device(name: str) -> str | None:
     """The device type to decode on for the setting ``name`` (None: software), logged once."""
-    if name == "none":
-        log.info("decoding in software (capture.hwaccel = none)")
+    if name == "none":  # what was asked for (and what the checks and the offline command use): no news
+        log.debug("decoding in software (capture.hwaccel = none)")
         return None
     if name != "auto":
         problem = device_problem(name)  # checked at start; a device may still vanish since

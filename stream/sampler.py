@@ -19,7 +19,9 @@ nearest one: the previous frame was more than half an interval before g_k, this 
 an interval before it. So a 30-fps stream is sampled at (within 17 ms of) 0, 1, 2 ... s, and a 1-fps
 camera with jitter keeps every frame instead of losing the ones that arrive a little early. A bucket
 no frame reaches before the next bucket's frames arrive (a source slower than ``fps``, a gap) has no
-sample; a frame is never repeated to fill one.
+sample; a frame is never repeated to fill one. The rule alone is :class:`SampleGrid`: live capture
+runs it on every decoded frame and writes only the frames it keeps (``[capture] decode = "sampled"``),
+and a sampler told so (``presampled``) keeps every frame it is then offered.
 
 Jobs (every ``stride`` seconds of stream time). Job k has ``t_end = k * stride`` (k = 1, 2, ...) and
 holds the samples in ``(t_end - window, t_end]``, ascending (``t_start = t_end - window``; a window

@@ -67,7 +67,7 @@ def test_auto_falls_back_to_software_and_says_so(
 
 def test_none_decodes_in_software_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     clip = make_clip(tmp_path / "clip.mp4", seconds=1.0)
-    with caplog.at_level(logging.INFO, logger="stream.hwdecode"):
+    with caplog.at_level(logging.DEBUG, logger="stream.hwdecode"):
         with open_source(str(clip), SourceOptions(realtime=False, hwaccel="none")) as source:
             assert sum(1 for _ in source) == 30
     assert [r.getMessage() for r in caplog.records] == ["decoding in software (capture.hwaccel = none)"]
