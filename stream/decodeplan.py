@@ -70,7 +70,6 @@ class Demand:
         self.period = 1.0 / self.grid.fps
         self._offset: float | None = None  # stream time minus the source's pts, this connection
         self.last_arrival = time.monotonic()
-        self.packets = 0
 
     def new_segment(self) -> None:
         self._offset = None
@@ -85,7 +84,6 @@ class Demand:
         return None if self._offset is None else self.grid.next_grid_time - self._offset
 
     def arrived(self) -> None:
-        self.packets += 1
         self.last_arrival = time.monotonic()
 
 
