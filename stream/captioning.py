@@ -59,6 +59,7 @@ class CaptionSettings:
     max_frames: int = setting_like(SamplerConfig, "max_frames")
     skip_stale: bool = True  # live: caption only the newest due window; offline: every window
     unchanged_threshold: float = setting_like(CaptionsConfig, "unchanged_threshold")  # 0: caption all
+    presampled: bool = False  # live, [capture] decode = "sampled": capture chose the samples already
 
     def __post_init__(self) -> None:
         check_settings("captions", self)
@@ -110,6 +111,7 @@ class StreamCaptions:
             max_frames=settings.max_frames,
             stream=name,
             hold_last=hold_last,
+            presampled=settings.presampled,
         )
         self.counters = StreamCounters()
         self.pending: deque[tuple[SampledFrame, Any]] = deque()  # kept frames waiting as pixels

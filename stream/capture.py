@@ -30,6 +30,12 @@ increasing across reconnects (a reconnect continues by the wall-clock gap) and a
 this process (it resumes after the ring's newest frame). For live sources a pts jump of more than 10 s
 beyond the wall-clock gap is a discontinuity too. ``wall`` is time.time() at decode.
 
+**What is written** (``SourceOptions.decode``, ``[capture] decode``). ``"sampled"`` (the default):
+only the frames the sampler keeps at ``sample_fps`` (``[sampler] fps``): the sampler's own rule
+(:class:`~stream.sampler.SampleGrid`) runs here on every decoded frame's stream time, the others are
+never converted, and a PyAV source skips decoding what the rule cannot keep (:mod:`stream.decodeplan`
+says which, and how far a sample's time may move). ``"all"``: every frame, for other readers of the ring.
+
 **Counters.** ``frames`` written to the ring; ``fps`` over the last status interval; ``decode_errors``
 (corrupt packets skipped, over all connections); ``reconnects`` (attempts after a loss); ``drops``
 (frames decoded but not written because they do not fit the ring's slots; a live ring's overwrites
@@ -51,6 +57,7 @@ import numpy as np
 import zmq
 
 from .bus import Publisher
+from .decodeplan import Demand
 from .errors import RingError, SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
 from .messages import CaptureStatus, StreamState
 from .process import ExitCode
@@ -166,6 +173,8 @@ class Capture:
         self.retryable = False  # ended with an error that a later attempt might not hit (gave up)
         self.stats = CaptureStats()
         self._clock = Timeline(max_jump=10.0 if spec.live else None, resume=_newest(ring), name=name)
+        # decode = "sampled": the sampling rule, run here on every decoded frame (stream.decodeplan)
+        self._demand = Demand(self.options.sample_fps) if self.options.decode == "sampled" else None
         self._lock = threading.Lock()
         self._active: int | None = None  # generation whose frames are accepted
         self._generation = 0
@@ -245,6 +254,8 @@ class Capture:
             self._attempt = attempt
             self._active = attempt.generation
             self._clock.new_segment()
+            if self._demand is not None:
+                self._demand.new_segment()
         reader = threading.Thread(
             target=self._read, args=(attempt,), name=f"capture-{self.name}", daemon=True
         )
@@ -277,8 +288,11 @@ class Capture:
         if not self.spec.live:
             return None  # a local file cannot hang like a network; real-time pacing sleeps on purpose
         label = f"{self.spec.kind} source {self.spec.label!r}"
-        if attempt.frames and now - attempt.last_frame > self.stall_timeout:
-            return f"{label}: no frame for {now - attempt.last_frame:.1f} s (stalled)"
+        last = attempt.last_frame
+        if self._demand is not None:  # a frame not decoded (decode = "sampled") is a sign of life too
+            last = max(last, self._demand.last_arrival)
+        if attempt.frames and now - last > self.stall_timeout:
+            return f"{label}: no frame for {now - last:.1f} s (stalled)"
         limit = self.options.open_timeout + self.stall_timeout
         if not attempt.frames and now - attempt.started > limit:
             return f"{label}: no frame within {limit:.1f} s of connecting"
@@ -319,6 +333,8 @@ class Capture:
         source: VideoSource | None = None
         try:
             with self._opener(self.spec, self.options) as source:
+                if self._demand is not None:
+                    source.demand = self._demand
                 attempt.opened = True
                 attempt.finite = source.finite
                 for frame in source.pending():
@@ -357,6 +373,9 @@ class Capture:
                     t = self._clock.stamp(frame.pts, frame.wall)
                     if t is None:
                         return True  # a repeated or reordered frame: not a new moment of the stream
+                    if self._demand is not None and not self._demand.want(t, frame.pts, frame.gap):
+                        attempt.last_frame = time.monotonic()
+                        return True  # not a sample: never converted
                 try:
                     if self._write_with is not None:  # converted straight into the slot
                         fill = (frame.fill_padded if self._slots_padded else None) or frame.fill

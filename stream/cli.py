@@ -28,6 +28,7 @@ from .config import Config, apply_overrides, is_remote_model, load_config
 from .errors import ConfigError, SourceError, StoreError, StoreQueryError, VidnarrateError
 from .eventlist import add_events_command, cmd_events
 from .preflight import (
+    check_capture_hwaccel,
     check_device_source,
     check_file,
     check_model_available,
@@ -327,6 +328,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = apply_overrides(config, {"gateway.token": token}, "a token made for this run")
     check_port_free(host, config.gateway.port)
     store = run_store(config, args)
+    check_capture_hwaccel(config)
     if is_remote_model(config.model.name):
         check_remote_server(config)
     else:

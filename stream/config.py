@@ -117,6 +117,29 @@ class GatewayConfig:
         return self.token or os.environ.get("VIDNARRATE_TOKEN", "")
 
 
+# [capture] decode: "sampled" writes only the frames the sampler keeps (stream.decodeplan).
+DECODE_MODES = ("sampled", "all")
+# [capture] hwaccel: FFmpeg's hardware device types (av.codec.hwaccel.HWDeviceType), "auto" (the first
+# that works, else software) or "none". Whether this machine has one is checked at start (preflight).
+HWACCEL_CHOICES = (
+    "auto",
+    "none",
+    "cuda",
+    "vaapi",
+    "qsv",
+    "vdpau",
+    "videotoolbox",
+    "d3d11va",
+    "d3d12va",
+    "dxva2",
+    "drm",
+    "opencl",
+    "mediacodec",
+    "vulkan",
+    "amf",
+)
+
+
 @dataclass(frozen=True)
 class CaptureConfig:
     max_side: int = setting(1344, low=28, high=8192)
@@ -128,6 +151,8 @@ class CaptureConfig:
     backoff_initial: float = setting(0.5, low=0.01, high=3600)
     backoff_max: float = setting(10.0, low="backoff_initial", high=3600)
     screen_fps: float = setting(5.0, low=0.1, high=120)
+    decode: str = setting("sampled", choices=DECODE_MODES)
+    hwaccel: str = setting("auto", choices=HWACCEL_CHOICES)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 Each opens with the right options and timeouts, demuxes the first video stream, skips and counts
 corrupt packets, and says why an open or a read failed in words (:func:`ffmpeg_reason`), naming the
-source once.
+source once. Given a :class:`~stream.decodeplan.Demand` (capture under ``[capture] decode =
+"sampled"``), a source decodes only what the sampler can use (:class:`~stream.decodeplan.DecodePlan`
+sets FFmpeg's ``skip_frame`` packet by packet); decoding runs on the hardware ``[capture] hwaccel``
+names where there is one (:mod:`stream.hwdecode`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from urllib.parse import urlsplit
 import av
 import numpy as np
 
+from .decodeplan import DecodePlan, Demand, Skip
 from .errors import SourceError, SourceNotFound, SourceTimeout, UnsupportedSource
+from .hwdecode import hwaccel_for
 from .pacing import RealTimePacer
 from .rgb import RGB_OVERRUN_BYTES, DirectRGB, resize, rotate, scaled_size
 from .sourcespec import SourceOptions, SourceSpec
@@ -81,6 +86,10 @@ class _PyAVSource(VideoSource):
         super().__init__(spec, options)
         self._container = None
         self._direct = DirectRGB(spec.label)
+        self._plan: DecodePlan | None = None
+        self._pts_shift = 0.0  # added to the stream's pts (a looped file's), in packets and frames alike
+        self._packet_end: float | None = None  # the latest packet time seen (frames may be skipped)
+        self.frames_decoded = 0  # frames out of the decoder (skipped ones never are)
         self._open()
 
     def _open(self) -> None:
@@ -102,11 +111,22 @@ class _PyAVSource(VideoSource):
             self._container.close()
             self._container = None
 
+    def _packet_time(self, packet: Any) -> float | None:
+        """The packet's time in the seconds its frame will be reported at (None: unknown)."""
+        return None if packet.pts is None else float(packet.pts * packet.time_base) + self._pts_shift
+
     def _decoded(self) -> Iterator[tuple[Any, float]]:
-        """(frame, wall) pairs, skipping corrupt packets. Raises SourceTimeout/SourceError on I/O."""
+        """(frame, wall) pairs, skipping corrupt packets. Raises SourceTimeout/SourceError on I/O.
+        With a demand, packets the plan skips are not decoded and frames it cannot use are dropped."""
         container, stream = self._container, self._stream
         demux = container.demux(stream)
         consecutive = 0
+        demand: Demand | None = self.demand
+        if demand is not None and self._plan is None:  # one per source: a looped file keeps its GOP
+            self._plan = DecodePlan(demand, self._frame_step())
+        plan = self._plan if demand is not None else None
+        skip = Skip.NONE
+        stream.codec_context.skip_frame = skip.value
         while True:
             try:
                 packet = next(demux)
@@ -121,6 +141,15 @@ class _PyAVSource(VideoSource):
                 raise SourceTimeout(self._error(reason)) from exc
             except (av.FFmpegError, OSError) as exc:
                 raise SourceError(self._error(f"read failed: {ffmpeg_reason(exc)}")) from exc
+            if plan is not None and demand is not None and packet.size:
+                demand.arrived()
+                when = self._packet_time(packet)
+                if when is not None:
+                    self._packet_end = when if self._packet_end is None else max(when, self._packet_end)
+                wanted = plan.packet(when, packet.is_keyframe)
+                if wanted is not skip:
+                    skip = wanted
+                    stream.codec_context.skip_frame = skip.value
             try:
                 decoded = packet.decode()
             except (av.InvalidDataError, av.error.PatchWelcomeError, av.error.BugError) as exc:
@@ -129,6 +158,10 @@ class _PyAVSource(VideoSource):
             wall = time.time()
             for frame in decoded:
                 consecutive = 0
+                self.frames_decoded += 1
+                if plan is not None and frame.time is not None:
+                    if not plan.usable(float(frame.time) + self._pts_shift):
+                        continue  # an open GOP's leading picture: it references skipped frames
                 if frame.is_corrupt:
                     self.decode_errors += 1  # delivered anyway: a concealed frame beats a gap
                 yield frame, wall
@@ -155,6 +188,7 @@ class _PyAVSource(VideoSource):
         return 0.0 if last is None else last + self._frame_step()
 
     def _pending(self, frame: Any, pts: float, wall: float) -> PendingFrame:
+        gap = None if self._plan is None else self._plan.gap(pts)
         rotation = frame.rotation
         width, height = frame.width, frame.height
         if round(rotation / 90.0) % 2:
@@ -167,6 +201,7 @@ class _PyAVSource(VideoSource):
             wall,
             fill=lambda out: self._fill(frame, rotation, out, 0),
             fill_padded=lambda out: self._fill(frame, rotation, out, RGB_OVERRUN_BYTES),
+            gap=gap,
         )
 
     def _fill(self, frame: Any, rotation: int, out: np.ndarray, spare_after: int) -> None:
@@ -194,7 +229,7 @@ class FileSource(_PyAVSource):
         if path.is_dir():
             raise UnsupportedSource(self._error("is a directory, not a video file"))
         try:
-            self._container = av.open(str(path))
+            self._container = av.open(str(path), hwaccel=hwaccel_for(self.options.hwaccel))
         except PermissionError as exc:
             raise SourceError(self._error(ffmpeg_reason(exc))) from exc
         except av.InvalidDataError as exc:
@@ -219,6 +254,7 @@ class FileSource(_PyAVSource):
             first: float | None = None
             last: float | None = None
             pacer = RealTimePacer(self.spec.label) if self.options.realtime else None
+            self._pts_shift = offset
             for frame, wall in self._decoded():
                 raw = self._pts(frame, None if last is None else last - offset)
                 first = raw if first is None else first
@@ -229,7 +265,9 @@ class FileSource(_PyAVSource):
                 yield self._pending(frame, pts, wall)
             if not self.options.loop or last is None or first is None:
                 return
-            offset = last + self._frame_step() - first
+            # The file's last frame, decoded or not (skipped frames end it too)
+            end = last if self._packet_end is None else max(last, self._packet_end)
+            offset = end + self._frame_step() - first
             self.close()
             self._open()
 
@@ -256,7 +294,10 @@ class NetworkSource(_PyAVSource):
         started = time.monotonic()
         try:
             self._container = av.open(
-                url, options=options, timeout=(self.options.open_timeout, self.options.read_timeout)
+                url,
+                options=options,
+                timeout=(self.options.open_timeout, self.options.read_timeout),
+                hwaccel=hwaccel_for(self.options.hwaccel),
             )
         except av.ProtocolNotFoundError as exc:
             raise UnsupportedSource(self._error(f"this FFmpeg build cannot speak {scheme}://")) from exc
@@ -284,6 +325,11 @@ class NetworkSource(_PyAVSource):
         # playlist in segment-sized bursts: with ``realtime`` they are paced by pts, as a local file
         # is. RTSP already arrives at real time; pacing it would only add its start-up burst as delay.
         self._paced = self.options.realtime and not scheme.startswith("rtsp")
+
+    def _packet_time(self, packet: Any) -> float | None:
+        if self._clock_pts:  # the time its frame will get: the clock since opening
+            return time.monotonic() - self._opened_at
+        return super()._packet_time(packet)
 
     def pending(self) -> Iterator[PendingFrame]:
         last: float | None = None

@@ -131,6 +131,7 @@ def caption_settings(config: Config, *, offline: bool = False, stream: str | Non
         max_frames=config.sampler.max_frames,
         skip_stale=not offline,
         unchanged_threshold=unchanged,
+        presampled=not offline and config.capture.decode == "sampled",
     )
 
 
@@ -140,7 +141,9 @@ CAPTURE_KEYS_AS_SOURCE_OPTIONS = {"loop_files": "loop", "screen_fps": "fps_hint"
 
 
 def source_options(config: Config, *, realtime: bool | None = None) -> SourceOptions:
-    changes = {} if realtime is None else {"realtime": realtime}
+    changes: dict[str, Any] = {"sample_fps": config.sampler.fps}
+    if realtime is not None:
+        changes["realtime"] = realtime
     return options_from(config.capture, SourceOptions, CAPTURE_KEYS_AS_SOURCE_OPTIONS, **changes)
 
 

@@ -3,7 +3,8 @@ in one line naming the thing and the reason (a ``ConfigError``, exit code 2), or
 of a child process failing later or retrying forever.
 
 Ports, hosts and tokens; file, camera and screen sources; the model's weights and device; windows that
-cannot fit the model's input; prompts that look like a mistyped preset.
+cannot fit the model's input; prompts that look like a mistyped preset; a hardware decoder asked for
+by name that this machine lacks.
 """
 
 from __future__ import annotations
@@ -187,3 +188,11 @@ def check_remote_server(config: Config) -> None:
         connect_remote(config.model.name, config.model.remote).close()
     except ServerSetupError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_capture_hwaccel(config: Config) -> None:
+    """``[capture] hwaccel`` naming a device this machine lacks (``cuda`` without an NVIDIA GPU) is
+    said now, naming the key and the device; ``auto`` and ``none`` always pass."""
+    from .hwdecode import check_hwaccel
+
+    check_hwaccel(config.capture.hwaccel)

@@ -19,7 +19,9 @@ nearest one: the previous frame was more than half an interval before g_k, this 
 an interval before it. So a 30-fps stream is sampled at (within 17 ms of) 0, 1, 2 ... s, and a 1-fps
 camera with jitter keeps every frame instead of losing the ones that arrive a little early. A bucket
 no frame reaches before the next bucket's frames arrive (a source slower than ``fps``, a gap) has no
-sample; a frame is never repeated to fill one.
+sample; a frame is never repeated to fill one. The rule alone is :class:`SampleGrid`: live capture
+runs it on every decoded frame and writes only the frames it keeps (``[capture] decode = "sampled"``),
+and a sampler told so (``presampled``) keeps every frame it is then offered.
 
 Jobs (every ``stride`` seconds of stream time). Job k has ``t_end = k * stride`` (k = 1, 2, ...) and
 holds the samples in ``(t_end - window, t_end]``, ascending (``t_start = t_end - window``; a window
@@ -100,6 +102,50 @@ class SamplerCounters:
     empty_windows: int = 0
 
 
+class SampleGrid:
+    """The sampling rule alone (see the module doc): which frames stand for the 1/fps buckets.
+
+    The one definition of "which frame represents a moment": :class:`Sampler` keeps the frames this
+    keeps, and capture (``[capture] decode = "sampled"``, :mod:`stream.decodeplan`) runs it on every
+    frame it decodes to write only those. Offered the frames capture wrote, a sampler keeps them all:
+    a kept frame t lies in ``[g - h, g + 1/fps - h)`` for its bucket's grid time g, and what it sees
+    between written frames (gaps of about a bucket) only widens ``h`` up to half a bucket, which on
+    an irregular stream can move a frame into the next bucket; so a sampler told its frames are
+    already sampled (``presampled``) keeps every one, and the choice is capture's alone."""
+
+    def __init__(self, fps: float) -> None:
+        self.fps = float(fps)
+        self._bucket_s = 1.0 / self.fps
+        self._last_t: float | None = None
+        self._last_gap: float | None = None
+        self.next_bucket = 0
+
+    def offer(self, t: float, *, keep: bool = False, gap: float | None = None) -> int | None:
+        """The bucket the frame at stream time ``t`` is kept for, or None (taken, or not after the
+        previous frame). ``keep``: the frame was chosen already; it takes the next free bucket if
+        its own is taken. ``gap``: seconds since the frame before it in the source, where frames
+        between the last one offered and this one were never decoded (default: since that one)."""
+        if self._last_t is not None:
+            if t <= self._last_t:
+                return None
+            self._last_gap = t - self._last_t if gap is None or not gap > 0 else gap
+        self._last_t = t
+        gap = self._last_gap
+        half = self._bucket_s / 2 if gap is None else min(gap / 2, self._bucket_s / 2)
+        bucket = math.floor((t + half) * self.fps)
+        if bucket < self.next_bucket:
+            if not keep:
+                return None
+            bucket = self.next_bucket
+        self.next_bucket = bucket + 1
+        return bucket
+
+    @property
+    def next_grid_time(self) -> float:
+        """The grid time of the next bucket still to fill (seconds of stream time)."""
+        return self.next_bucket * self._bucket_s
+
+
 class Sampler:
     """Samples one stream at ``fps`` and cuts captioning jobs from a rolling window. See the module doc.
 
@@ -115,6 +161,7 @@ class Sampler:
         max_frames: int = 64,
         stream: str | None = None,
         hold_last: bool = False,
+        presampled: bool = False,
     ) -> None:
         self.fps = float(fps)
         self.window = float(window)
@@ -122,11 +169,10 @@ class Sampler:
         self.max_frames = max_frames
         self.stream = stream
         self.hold_last = hold_last
+        self.presampled = presampled  # every frame offered was chosen by a SampleGrid already (capture)
         self.counters = SamplerCounters()
-        self._bucket_s = 1.0 / self.fps
+        self._grid = SampleGrid(self.fps)
         self._last_t: float | None = None
-        self._last_gap: float | None = None
-        self._next_bucket = 0
         self._next_job = 1
         self._last_end = -math.inf  # t_end of the last job cut
         self._last_sample = -math.inf  # time of the newest sample
@@ -157,16 +203,11 @@ class Sampler:
         if self._last_t is not None and t <= self._last_t:
             self.counters.stale += 1
             return None, []
-        if self._last_t is not None:
-            self._last_gap = t - self._last_t
         self._last_t = t
-        gap = self._last_gap
-        half = self._bucket_s / 2 if gap is None else min(gap / 2, self._bucket_s / 2)
-        bucket = math.floor((t + half) * self.fps)
+        bucket = self._grid.offer(t, keep=self.presampled)
         sample = None
-        if bucket >= self._next_bucket:
+        if bucket is not None:
             sample = SampledFrame(seq, t, wall, bucket)
-            self._next_bucket = bucket + 1
             self._samples.append(sample)
             self._last_sample = t
             self.counters.sampled += 1

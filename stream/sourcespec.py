@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import check_settings, setting
+from .config import DECODE_MODES, HWACCEL_CHOICES, check_settings, setting
 from .errors import UnsupportedSource
 
 SourceKind = Literal["file", "network", "webcam", "screen"]
@@ -117,6 +117,11 @@ class SourceOptions:
     it were live (demos). ``open_timeout``/``read_timeout``: seconds for network sources (PyAV
     notices a hung server after about twice the read timeout; capture's watchdog bounds it too).
     ``fps_hint``: screen grabs per second. ``rtsp_transport``: ``tcp`` (default) or ``udp``.
+    ``decode``/``sample_fps``: ``"sampled"`` makes capture decode and write only the frames a sampler
+    at ``sample_fps`` keeps (:mod:`stream.decodeplan`; plain iteration of a source decodes every
+    frame whatever it says). ``hwaccel``: the hardware decoder to try (:mod:`stream.hwdecode`); software
+    unless asked, as for the checks and the offline command: ``[capture] hwaccel`` (default ``auto``)
+    sets it for the capture processes.
     The limits are checked by :func:`~stream.config.check_settings`, the config's validator; the
     ``[capture]`` section sets most of these (``stream.pipeline.source_options``).
     """
@@ -128,6 +133,9 @@ class SourceOptions:
     read_timeout: float = setting(5.0, above=0)
     fps_hint: float = setting(5.0, above=0)
     rtsp_transport: Literal["tcp", "udp"] = setting("tcp", choices=("tcp", "udp"))
+    decode: str = setting("sampled", choices=DECODE_MODES)
+    sample_fps: float = setting(1.0, above=0)
+    hwaccel: str = setting("none", choices=HWACCEL_CHOICES)
 
     def __post_init__(self) -> None:
         check_settings("source", self)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .decodeplan import Demand
 from .rgb import padded_rgb
 from .sourcespec import SourceOptions, SourceSpec
 
@@ -49,6 +50,9 @@ class PendingFrame:
     wall: float
     fill: Callable[[np.ndarray], None]
     fill_padded: Callable[[np.ndarray], None] | None = None
+    # Seconds since the frame before it in the source, where the source skipped decoding frames in
+    # between that the sampling rule must still count (stream.decodeplan); None: the previous frame.
+    gap: float | None = None
 
     def to_video_frame(self) -> VideoFrame:
         image = padded_rgb(self.height, self.width)
@@ -64,6 +68,10 @@ class VideoSource:
     ``finite`` is True when the iterator ending means the source is over (a file), False when it
     means the connection dropped (capture reconnects).
     """
+
+    # Set by capture under ``[capture] decode = "sampled"``: sources that can skip decoding frames the
+    # sampler will not keep (stream.decodeplan) read it; the others deliver every frame as before.
+    demand: Demand | None = None
 
     def __init__(self, spec: SourceSpec, options: SourceOptions) -> None:
         self.spec = spec

@@ -281,6 +281,9 @@ def test_every_source_option_a_user_may_set_is_fed_from_the_capture_section() ->
         "capture.open_timeout": 3.0,
         "capture.read_timeout": 2.0,
         "capture.screen_fps": 12.0,
+        "capture.decode": "all",
+        "capture.hwaccel": "auto",  # the capture processes' default; a bare SourceOptions decodes in software
+        "sampler.fps": 2.0,  # what capture samples at under decode = "sampled"
     }
     options = source_options(apply_overrides(Config(), changed))
     unchanged = {f.name for f in fields(SourceOptions) if getattr(options, f.name) == f.default}

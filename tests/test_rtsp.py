@@ -1,6 +1,9 @@
 """Capture from a real RTSP server (GStreamer's, started by the test on 127.0.0.1) into a real ring, while
 the server is killed (SIGKILL: PyAV just sees the end of the stream), restarted, and hung (SIGSTOP:
-nothing arrives and nothing fails; only the read timeout and the stall watchdog notice).
+nothing arrives and nothing fails; only the read timeout and the stall watchdog notice). The capture
+tests run under decode = "all" and "sampled" (the server's GOP is 0.5 s: sampling at 10 fps decodes
+up to each needed frame; at 2 fps only keyframes, so most packets are never decoded and the stall
+watchdog must count them as signs of life).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +154,18 @@ def test_a_path_the_server_does_not_have_is_said_in_words(server: RtspServer) ->
     )
 
 
-def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing) -> None:
+@pytest.mark.parametrize(("decode", "sample_fps"), [("all", 1.0), ("sampled", 10.0), ("sampled", 2.0)])
+def test_kill_restart_and_hang_are_survived(
+    server: RtspServer, ring: FrameRing, decode: str, sample_fps: float
+) -> None:
     statuses: list[CaptureStatus] = []
     stop = threading.Event()
     # The watchdog's stall timeout is set below PyAV's read timeout here, so that the watchdog (not
     # PyAV, whose timeout test_hung_server_raises_source_timeout covers) is what notices the hang.
-    options = SourceOptions(open_timeout=3.0, read_timeout=2.0, max_side=320)
+    options = SourceOptions(
+        open_timeout=3.0, read_timeout=2.0, max_side=320, decode=decode, sample_fps=sample_fps
+    )
+    some = 15 if decode == "all" else max(3, round(sample_fps / 2))  # half a second of frames
     cap = Capture(
         "cam0",
         parse_source(server.url),
@@ -176,7 +186,7 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         def state() -> str:
             return statuses[-1].state if statuses else ""
 
-        wait_until(lambda: state() == "live" and cap.stats.frames >= 15, 15, "first frames")
+        wait_until(lambda: state() == "live" and cap.stats.frames >= some, 15, "first frames")
 
         # 1. SIGKILL: PyAV sees a clean end of stream; capture must call that a loss and retry.
         server.kill()
@@ -190,7 +200,7 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         # 2. Restart on the same port: frames flow again.
         frames_before = cap.stats.frames
         server.start()
-        wait_until(lambda: state() == "live" and cap.stats.frames >= frames_before + 15, 15, "frames again")
+        wait_until(lambda: state() == "live" and cap.stats.frames >= frames_before + some, 15, "frames again")
         back = [w for (_, _, w) in watcher.seen if w > killed_at]
         assert back, "no frame after the restart reached the ring"
 
@@ -209,7 +219,7 @@ def test_kill_restart_and_hang_are_survived(server: RtspServer, ring: FrameRing)
         frames_before = cap.stats.frames
         server.signal(signal.SIGCONT)
         wait_until(
-            lambda: state() == "live" and cap.stats.frames >= frames_before + 15, 20, "frames after SIGCONT"
+            lambda: state() == "live" and cap.stats.frames >= frames_before + some, 20, "frames after SIGCONT"
         )
     finally:
         stop.set()
@@ -235,8 +245,9 @@ def _exit_code_main(**kwargs: Any) -> None:
     raise SystemExit(capture_main(**kwargs))
 
 
+@pytest.mark.parametrize(("decode", "sample_fps"), [("all", 1.0), ("sampled", 2.0)])
 def test_capture_process_reconnects_after_server_restart(
-    server: RtspServer, ring: FrameRing, tmp_path: Path
+    server: RtspServer, ring: FrameRing, tmp_path: Path, decode: str, sample_fps: float
 ) -> None:
     """The same through capture_main in a spawned process, watched only through the zmq bus."""
     run = RunPaths.create(root=tmp_path)
@@ -251,7 +262,7 @@ def test_capture_process_reconnects_after_server_restart(
             "source": server.url,
             "ring_name": ring.name,
             "status_endpoint": endpoint,
-            "options": OPTIONS,
+            "options": replace(OPTIONS, decode=decode, sample_fps=sample_fps),
             "stop_event": stop,
             "backoff_initial": 0.2,
             "backoff_max": 1.0,
@@ -281,7 +292,8 @@ def test_capture_process_reconnects_after_server_restart(
         head = ring.head_seq
         server.start()
         pump_until("live", 20)
-        wait_until(lambda: ring.head_seq > head + 10, 10, "frames in the ring after the restart")
+        more = 10 if decode == "all" else 3
+        wait_until(lambda: ring.head_seq > head + more, 10, "frames in the ring after the restart")
         stop.set()
         pump_until("ended", 10)
         proc.join(10)

@@ -4,6 +4,8 @@
     python tools/bench_capture.py                    # 720p and 1080p H.264 made from the test photos
     python tools/bench_capture.py --seconds 4 --rounds 2
     python tools/bench_capture.py --input some_real_clip.mp4
+    python tools/bench_capture.py --decode  # decode = "all" vs "sampled": CPU per stream-minute
+    python tools/bench_capture.py --cameras 4,8,16,24 --camera-seconds 30  # cameras per box
 
 For each clip, in the same run and interleaved round by round (so both see the same machine load):
 
@@ -53,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_sample_video  # noqa: E402
+from bench_decode import cameras_main, decode_main  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 from stream.capture import Capture  # noqa: E402
@@ -143,8 +146,19 @@ def main() -> int:
         default=Path(tempfile.gettempdir()) / "vidnarrate-bench",
         help="where generated clips are cached",
     )
+    parser.add_argument(
+        "--decode", action="store_true", help='decode = "all" vs "sampled": CPU-seconds per stream-minute'
+    )
+    parser.add_argument("--cameras", default="", help="cameras per box: comma-separated counts to try")
+    parser.add_argument("--camera-seconds", type=float, default=30.0, help="how long each count runs")
+    parser.add_argument("--modes", default="all,sampled", help="decode modes for --cameras")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.decode:
+        return decode_main(args.workdir, rounds=args.rounds)
+    if args.cameras:
+        counts = [int(n) for n in args.cameras.split(",")]
+        return cameras_main(args.workdir, counts, args.camera_seconds, args.modes.split(","))
 
     clips: list[tuple[str, Path]] = []
     args.workdir.mkdir(parents=True, exist_ok=True)
