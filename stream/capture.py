@@ -36,7 +36,8 @@ only the frames the sampler keeps at ``sample_fps`` (``[sampler] fps``): the sam
 never converted, and a PyAV source skips decoding what the rule cannot keep (:mod:`stream.decodeplan`
 says which, and how far a sample's time may move). ``"all"``: every frame, for other readers of the ring.
 
-**Counters.** ``frames`` written to the ring; ``fps`` over the last status interval; ``decode_errors``
+**Counters.** ``frames`` written to the ring; ``fps`` the source's frame rate over the last status
+interval (what it sends, decoded or not: under ``"sampled"`` far more than what is written); ``decode_errors``
 (corrupt packets skipped, over all connections); ``reconnects`` (attempts after a loss); ``drops``
 (frames decoded but not written because they do not fit the ring's slots; a live ring's overwrites
 are the readers' business, and a lossless ring makes capture wait instead).
@@ -411,7 +412,9 @@ class Capture:
         with self._lock:
             attempt = self._attempt
             self.stats.decode_errors = self._errors_done + (attempt.decode_errors if attempt else 0)
-            frames = self.stats.frames
+            # The source's own rate, as under decode = "all": sampling changes what is written, not
+            # what the camera sends.
+            frames = self.stats.frames if self._demand is None else self._demand.source_frames
         mark_time, mark_frames = self._fps_mark
         if now - mark_time >= 0.5 * self.status_interval:
             self.stats.fps = round((frames - mark_frames) / (now - mark_time), 2)

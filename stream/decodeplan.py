@@ -70,6 +70,10 @@ class Demand:
         self.period = 1.0 / self.grid.fps
         self._offset: float | None = None  # stream time minus the source's pts, this connection
         self.last_arrival = time.monotonic()
+        # What the source delivered, decoded or not: packets reported by a source that skips decoding,
+        # frames offered by one that decodes everything (the larger is the source's own frame count).
+        self._packets = 0
+        self._offered = 0
 
     def new_segment(self) -> None:
         self._offset = None
@@ -77,7 +81,14 @@ class Demand:
     def want(self, t: float, pts: float, gap: float | None = None) -> bool:
         """Whether the decoded frame at stream time ``t`` (source pts ``pts``) is kept."""
         self._offset = t - pts
+        self._offered += 1
         return self.grid.offer(t, gap=gap) is not None
+
+    @property
+    def source_frames(self) -> int:
+        """Frames the source has delivered so far, whether or not they were decoded or kept: what the
+        camera sends, for the ``fps`` users see (the ring gets about ``fps`` of them a second)."""
+        return max(self._packets, self._offered)
 
     def next_grid_pts(self) -> float | None:
         """The next bucket's grid time in the source's pts (None before this connection's first frame)."""
@@ -85,6 +96,7 @@ class Demand:
 
     def arrived(self) -> None:
         self.last_arrival = time.monotonic()
+        self._packets += 1
 
 
 class DecodePlan:
