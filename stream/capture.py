@@ -110,7 +110,7 @@ class FrameWriter(Protocol):
 
     def write(self, image: np.ndarray, pts: float, wall: float, *, timeout: float | None = None) -> int: ...
 
-    def mark_ended(self) -> None: ...
+    def mark_ended(self, end: float | None = None) -> None: ...
 
 
 @dataclass
@@ -326,7 +326,9 @@ class Capture:
         if error:
             log.error("%s: %s", self.name, error)
         with self._lock:
-            self._ring.mark_ended()
+            # The sampler downstream sees only the written frames: under decode = "sampled" the last of
+            # them is a sample, short of where the file ends, so the end is said with the mark.
+            self._ring.mark_ended(self._clock.end)
         self._set_state(CaptureState.ENDED)
 
     # -- the reader thread -----------------------------------------------------------------------

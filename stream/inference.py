@@ -184,7 +184,7 @@ class FrameTap(threading.Thread):
             if ring.ended and head == cursor and name not in self.ended:
                 self.ended.add(name)
                 with self.shared.use() as core:
-                    core.end_stream(name)
+                    core.end_stream(name, ring.end_time)
                 self.wake.set()
             return False
         for seq in range(max(cursor + 1, head - ring.slots + 1), head + 1):

@@ -73,7 +73,7 @@ except ImportError:  # pragma: no cover - Windows
 log = logging.getLogger(__name__)
 
 MAGIC = int.from_bytes(b"VNRING\x00\x01", "little")
-VERSION = 2  # 2: slots have SLOT_SPARE_BYTES after the largest frame
+VERSION = 3  # 2: slots have SLOT_SPARE_BYTES after the largest frame; 3: the source's end time
 MAX_READERS = 16
 
 _PAGE = 4096
@@ -88,6 +88,9 @@ _SLOT_HEADER_BYTES = 64
 (_MAGIC, _VERSION, _SLOTS, _MAX_H, _MAX_W, _LOSSLESS, _PID, _START, _HEAD, _ENDED, _SLOT_BYTES, _DATA) = (
     range(12)
 )
+# Where the source's last frame ends (stream time, microseconds; -1: not said), set with the end mark:
+# a reader of a sampled ring cannot tell it from the frames, which stop at the last sample.
+_END_US = 12
 # Slot header fields (int64 / float64 indices within a slot's 64 bytes).
 _STATE, _H, _W, _PTS, _WALL = range(5)
 # Reader table fields.
@@ -232,7 +235,7 @@ class FrameRing:
         header[_SLOTS], header[_MAX_H], header[_MAX_W] = slots, max_height, max_width
         header[_LOSSLESS] = int(lossless)
         header[_PID], header[_START] = os.getpid(), process_start(os.getpid()) or 0
-        header[_HEAD], header[_ENDED] = -1, 0
+        header[_HEAD], header[_ENDED], header[_END_US] = -1, 0, -1
         header[_SLOT_BYTES], header[_DATA] = slot_bytes, data
         header[_VERSION] = VERSION
         header[_MAGIC] = MAGIC  # last: a half-initialised segment never looks like a ring
@@ -369,10 +372,22 @@ class FrameRing:
         self._head[_HEAD] = seq
         return seq
 
-    def mark_ended(self) -> None:
-        """Tell readers that no more frames will come (sticky)."""
+    def mark_ended(self, end: float | None = None) -> None:
+        """Tell readers that no more frames will come (sticky); ``end``: where the source's last frame
+        ends in stream time, when the writer knows it (see :attr:`end_time`)."""
         self._check_open()
+        if end is not None:
+            self._head[_END_US] = round(end * 1e6)
         self._head[_ENDED] = 1
+
+    @property
+    def end_time(self) -> float | None:
+        """Where the source's last frame ends (stream time), once the writer marked the ring ended
+        with it; None otherwise. With every frame written it is about the newest frame's time; with
+        only the samples written it is where the source really stopped, past the last sample."""
+        self._check_open()
+        value = int(self._head[_END_US])
+        return None if value < 0 or not self._head[_ENDED] else value / 1e6
 
     def _consumed(self, seq: int) -> bool:
         readers = self._readers

@@ -104,7 +104,7 @@ class Collect:
             self.stop.set()
         return len(self.frames) - 1
 
-    def mark_ended(self) -> None:
+    def mark_ended(self, end: float | None = None) -> None:
         pass
 
 

@@ -310,3 +310,18 @@ def test_wait_for_returns_on_new_frame_timeout_and_end(make_ring: MakeRing) -> N
     t0 = time.monotonic()
     assert ring.wait_for(0, timeout=5) is False  # ended, nothing newer: no waiting
     assert time.monotonic() - t0 < 1
+
+
+def test_the_end_mark_carries_where_the_source_ended_to_other_processes_views(make_ring: MakeRing) -> None:
+    ring = make_ring()
+    ring.write(frame_for(0), 9.0, 0)  # the last sample of a file that runs on to 10 s
+    assert ring.end_time is None, "not ended yet"
+    other = FrameRing.attach(ring.name)
+    try:
+        ring.mark_ended(10.0)
+        assert other.ended and other.end_time == 10.0
+    finally:
+        other.close()
+    plain = make_ring("cam1")
+    plain.mark_ended()
+    assert plain.ended and plain.end_time is None, "an end without a time says none"

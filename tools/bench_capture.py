@@ -99,7 +99,7 @@ class _CopyingWriter:
     def write(self, image: Any, pts: float, wall: float, *, timeout: float | None = None) -> int:
         return self._ring.write(image, pts, wall, timeout=timeout)
 
-    def mark_ended(self) -> None:
+    def mark_ended(self, end: float | None = None) -> None:
         self._ring.mark_ended()
 
 

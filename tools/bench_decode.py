@@ -129,7 +129,7 @@ class _Until:
     def write(self, image: Any, pts: float, wall: float, **kwargs: Any) -> int:
         return self.ring.write(image, pts, wall, **kwargs)
 
-    def mark_ended(self) -> None:
+    def mark_ended(self, end: float | None = None) -> None:
         self.ring.mark_ended()
 
 
