@@ -19,7 +19,7 @@ from model.backends import LocalBackend, load_backend
 from stream.bus import AskReceiver, LockedPublisher, Publisher, RunPaths, Subscriber
 from stream.captioning import CaptionSettings
 from stream.inference import DRAINED_FILE, InferenceOptions, ModelLoop
-from stream.messages import Caption
+from stream.messages import Caption, Partial
 from stream.ring import FrameRing, ring_name
 
 DEADLINE_S = 120.0
@@ -66,8 +66,11 @@ def new_rings() -> Iterator[dict[str, FrameRing]]:
             ring.unlink()
 
 
-def run_loop(rings: dict[str, FrameRing], tmp_path: Path, max_batch: int) -> tuple[list[Caption], list[int]]:
-    """Every stream 0 .. 5.5 s at 2 fps (three windows each), run to the end: the captions, the calls."""
+def run_loop(
+    rings: dict[str, FrameRing], tmp_path: Path, max_batch: int, partials: list[Partial] | None = None
+) -> tuple[list[Caption], list[int]]:
+    """Every stream 0 .. 5.5 s at 2 fps (three windows each), run to the end: the captions, the calls
+    (and, given a list, the ``partial`` messages)."""
     for index, ring in enumerate(rings.values()):
         for seq in range(12):
             image = np.full((48, 64, 3), (seq * 10 + index * 60) % 256, np.uint8)
@@ -85,6 +88,7 @@ def run_loop(rings: dict[str, FrameRing], tmp_path: Path, max_batch: int) -> tup
         streams={name: ring.name for name, ring in rings.items()},
         captions=SETTINGS,
         thumbnails=False,
+        stream_tokens=partials is not None,
         max_batch=max_batch,
     )
     all_read = threading.Event()
@@ -110,6 +114,8 @@ def run_loop(rings: dict[str, FrameRing], tmp_path: Path, max_batch: int) -> tup
             message = subscriber.recv(0.5)
             if isinstance(message, Caption):
                 captions.append(message)
+            elif isinstance(message, Partial) and partials is not None:
+                partials.append(message)
     finally:
         stop.set()
         thread.join(30)
@@ -124,8 +130,9 @@ def run_loop(rings: dict[str, FrameRing], tmp_path: Path, max_batch: int) -> tup
 def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_they_get_alone(
     tmp_path: Path,
 ) -> None:
+    partials: list[Partial] = []
     with new_rings() as rings:
-        batched, calls = run_loop(rings, tmp_path, max_batch=4)
+        batched, calls = run_loop(rings, tmp_path, max_batch=4, partials=partials)
     assert calls == [4, 4, 4]  # each round of windows, one of every stream: one generation
     assert sorted((c.stream, c.seq) for c in batched) == [(s, q) for s in STREAMS for q in range(3)]
     for name in STREAMS:  # per stream in order, the tail last
@@ -136,3 +143,6 @@ def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_t
     texts = {(c.stream, c.seq): c.text for c in alone}
     assert {(c.stream, c.seq): c.text for c in batched} == texts
     assert len(set(texts.values())) > 1  # the streams' captions differ: rows did not get each other's
+    # Partials stay per stream: each is the start of its own window's caption, every stream had some.
+    assert {p.stream for p in partials} == set(STREAMS)
+    assert all(texts[(p.stream, p.seq)].startswith(p.text) and p.text for p in partials)
