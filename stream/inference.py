@@ -17,7 +17,9 @@ the one lock and the publishing.
 Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
 A backend that serves several requests at once (a remote server: ``max_concurrency`` above 1) gets
 its captions and answers run on a pool of that many threads, so windows of different streams are in
-flight together (the core keeps one per stream); encodes still run on the model loop itself.
+flight together (the core keeps one per stream); encodes still run on the model loop itself. The
+local model instead captions the due windows of up to ``max_batch`` streams in one batched
+generation (:meth:`ModelLoop._caption_batch`).
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
 exits with :attr:`~stream.process.ExitCode.CONFIG` and the supervisor stops the run instead of
 restarting it forever.
@@ -54,7 +56,7 @@ from .config import RemoteConfig, is_remote_model
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler
+from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler, run_captions
 from .summaries import token_counter
 from .textwork import AnswerPast, Summarize, TextSettings, TextWork
 
@@ -538,7 +540,7 @@ class ModelLoop:
         groups: dict[tuple[int, str], list[Caption]] = {}
         for action in batch:
             groups.setdefault((action.max_new_tokens, action.decoding), []).append(action)
-        for (max_new_tokens, decoding), group in groups.items():
+        for group in groups.values():
             if len(group) == 1:
                 self._caption(group[0])
                 continue
@@ -548,12 +550,7 @@ class ModelLoop:
             ]
             started = time.monotonic()
             try:
-                texts = self.backend.describe_batch(  # type: ignore[attr-defined]
-                    [(list(a.embeddings), a.prompt, a.context) for a in group],
-                    max_new_tokens=max_new_tokens,
-                    decoding=decoding,
-                    on_text=on_text,
-                )
+                texts = run_captions(group, self.backend, on_text)
             except ValueError:  # a window the model refuses (before any text): each alone learns which
                 for action in group:
                     self._caption(action)
