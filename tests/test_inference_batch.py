@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,14 @@ def new_rings() -> Iterator[dict[str, FrameRing]]:
 
 
 def run_loop(
-    rings: dict[str, FrameRing], tmp_path: Path, max_batch: int, partials: list[Partial] | None = None
+    rings: dict[str, FrameRing],
+    tmp_path: Path,
+    max_batch: int,
+    partials: list[Partial] | None = None,
+    **more: Any,
 ) -> tuple[list[Caption], list[int]]:
     """Every stream 0 .. 5.5 s at 2 fps (three windows each), run to the end: the captions, the calls
-    (and, given a list, the ``partial`` messages)."""
+    (and, given a list, the ``partial`` messages); ``more``: other inference options."""
     for index, ring in enumerate(rings.values()):
         for seq in range(12):
             image = np.full((48, 64, 3), (seq * 10 + index * 60) % 256, np.uint8)
@@ -90,9 +95,10 @@ def run_loop(
         thumbnails=False,
         stream_tokens=partials is not None,
         max_batch=max_batch,
+        **more,
     )
     all_read = threading.Event()
-    backend = CountingBackend(load_backend("tiny"), all_read)
+    backend = CountingBackend(load_backend("tiny", max_inp_length=options.max_inp_length), all_read)
     stop = threading.Event()
     loop = ModelLoop(
         options, backend, LockedPublisher(publisher), asks, stop, {"model": "tiny", "device": "cpu"}
@@ -109,7 +115,8 @@ def run_loop(
                     all_read.set()
             assert time.monotonic() < deadline, "the tap never read every ring to its end"
             time.sleep(0.01)  # polling a real condition, with a deadline
-        while not (run.run_dir / DRAINED_FILE).exists() or len(captions) < 12:
+        expected = 12 - 3 * len(more.get("stream_captions", {}))  # a stream of its own prompt: refused
+        while not (run.run_dir / DRAINED_FILE).exists() or len(captions) < expected:
             assert time.monotonic() < deadline, f"only {len(captions)} captions"
             message = subscriber.recv(0.5)
             if isinstance(message, Caption):
@@ -146,3 +153,17 @@ def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_t
     # Partials stay per stream: each is the start of its own window's caption, every stream had some.
     assert {p.stream for p in partials} == set(STREAMS)
     assert all(texts[(p.stream, p.seq)].startswith(p.text) and p.text for p in partials)
+
+
+def test_a_window_the_model_refuses_fails_alone_and_the_rest_of_its_batch_is_captioned(
+    tmp_path: Path,
+) -> None:
+    """cam3's prompt is over the input limit: each batch holding it is refused before any text, its
+    windows then run alone, so cam3's are counted as refused and the others' captioned."""
+    too_long = replace(SETTINGS, prompt="Describe every word here. " * 120)
+    with new_rings() as rings:
+        captions, calls = run_loop(
+            rings, tmp_path, max_batch=4, stream_captions={"cam3": too_long}, max_inp_length=512
+        )
+    assert calls == [4, 1, 1, 1, 1] * 3
+    assert sorted((c.stream, c.seq) for c in captions) == [(s, q) for s in STREAMS[:3] for q in range(3)]
