@@ -21,9 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import DynamicCache
+from transformers.generation.streamers import BaseStreamer
 
-from model.generation import generate_ids, stream_text
+from model.generation import GenerationRequest, TextPieces, generate_ids, run_generate, stream_text
 from model.modeling import FrameEmbedding, MiniCPMV
+from model.processing import Prepared
 from model.prompting import neutralize_image_tags
 from model.tiny import build_tiny_model
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 Frame = Image.Image | np.ndarray
 TextCallback = Callable[[str], None]
+CaptionItem = tuple[Sequence[FrameEmbedding], str, str | None]  # frames, prompt, context
 
 
 DECODINGS = ("greedy", "sampling", "beam")
@@ -259,19 +262,7 @@ class LocalBackend:
         decoding: str,
         on_text: TextCallback | None,
     ) -> str:
-        if decoding not in DECODINGS:
-            raise ValueError(f"decoding {decoding!r} is not one of {', '.join(DECODINGS)}")
-        # Questions come from clients and context from earlier model output: either may hold an
-        # image tag, which must be read as text, not break the prompt.
-        content: list[object] = [neutralize_image_tags(context)] if context else []
-        content.extend(frames)
-        content.append(neutralize_image_tags(text))
-        msgs = [{"role": "user", "content": content}]
-        prep = self.model.prepare(msgs, use_image_id=False, max_inp_length=self.max_inp_length)
-        request = self.model.generation_request([prep], decoding == "sampling", max_new_tokens)
-        if decoding == "greedy":
-            request = replace(request, kwargs=dict(GREEDY_SETTINGS))
-        request = replace(request, interrupt=self._interrupt)
+        request = self._request([self._prepare(frames, text, context)], max_new_tokens, decoding)
         with torch.inference_mode():
             if on_text is None or decoding == "beam":
                 answer = self.model.decode(generate_ids(self.model.llm, request)[0].tolist())
@@ -283,6 +274,96 @@ class LocalBackend:
                 pieces.append(piece)
                 on_text(piece)
         return "".join(pieces)
+
+    def describe_batch(
+        self,
+        items: Sequence[CaptionItem],
+        *,
+        max_new_tokens: int = 256,
+        decoding: str = "greedy",
+        on_text: Sequence[TextCallback | None] | None = None,
+    ) -> list[str]:
+        """Captions of several windows (of different streams) in one batched generation: each item is
+        ``(frames, prompt, context)`` as :meth:`describe` takes them, ``on_text[i]`` gets item i's
+        pieces as they are generated. The prompts are left-padded to one length (the padding masked,
+        positions counted over the real tokens); a row that ends waits padded while the others go on.
+        Greedy gives each window the text :meth:`describe` would. Beam search is not batched (three
+        beams per row): its items run one after another. A prompt the model refuses raises before
+        anything is generated (callers may then run the items alone to learn which one it was)."""
+        callbacks = list(on_text) if on_text is not None else [None] * len(items)
+        if len(callbacks) != len(items):
+            raise ValueError(f"describe_batch: {len(callbacks)} callbacks for {len(items)} items")
+        if decoding == "beam" or len(items) == 1:
+            return [
+                self._video_chat(frames, prompt, context, max_new_tokens, decoding, callback)
+                for (frames, prompt, context), callback in zip(items, callbacks, strict=True)
+            ]
+        preps = [self._prepare(frames, prompt, context) for frames, prompt, context in items]
+        request = self._request(preps, max_new_tokens, decoding)
+        rows = _RowStreamer(self.model.decode, callbacks, set(request.eos_token_ids))
+        kwargs = {**request.call_kwargs(), "streamer": rows}
+        ids = run_generate(self.model.llm, kwargs)
+        texts = [self.model.decode(row.tolist()) for row in ids]
+        rows.finish()
+        return texts
+
+    def _prepare(self, frames: Sequence[FrameEmbedding], text: str, context: str | None) -> Prepared:
+        # Questions come from clients and context from earlier model output: either may hold an
+        # image tag, which must be read as text, not break the prompt.
+        content: list[object] = [neutralize_image_tags(context)] if context else []
+        content.extend(frames)
+        content.append(neutralize_image_tags(text))
+        msgs = [{"role": "user", "content": content}]
+        return self.model.prepare(msgs, use_image_id=False, max_inp_length=self.max_inp_length)
+
+    def _request(self, preps: Sequence[Prepared], max_new_tokens: int, decoding: str) -> GenerationRequest:
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding {decoding!r} is not one of {', '.join(DECODINGS)}")
+        request = self.model.generation_request(preps, decoding == "sampling", max_new_tokens)
+        if decoding == "greedy":
+            request = replace(request, kwargs=dict(GREEDY_SETTINGS))
+        return replace(request, interrupt=self._interrupt)
+
+
+class _RowStreamer(BaseStreamer):
+    """Hands each row of a batched generation its own text pieces (``generate`` calls :meth:`put`
+    with one new token per row every step, in the generating thread); a row's pieces stop at its
+    terminator (the padding after it is not text)."""
+
+    def __init__(
+        self, decode: Callable[[Sequence[int]], str], callbacks: Sequence[TextCallback | None], eos: set[int]
+    ) -> None:
+        self._rows = [None if c is None else TextPieces(decode) for c in callbacks]
+        self._callbacks = callbacks
+        self._eos = eos
+
+    def put(self, value: torch.Tensor) -> None:
+        if value.ndim != 1:
+            return  # the first call carries the (empty) prompt ids
+        for b, token in enumerate(value.tolist()):
+            pieces, callback = self._rows[b], self._callbacks[b]
+            if pieces is None or callback is None:
+                continue
+            if token in self._eos:
+                self._rows[b] = None
+                self._send(callback, pieces.finish())
+            else:
+                self._send(callback, pieces.push([token]))
+
+    def end(self) -> None:
+        """The rows still open are closed by :meth:`finish`, also when no token came at all."""
+
+    def finish(self) -> None:
+        for b, pieces in enumerate(self._rows):
+            callback = self._callbacks[b]
+            if pieces is not None and callback is not None:
+                self._send(callback, pieces.finish())
+        self._rows = [None] * len(self._rows)
+
+    @staticmethod
+    def _send(callback: TextCallback, piece: str) -> None:
+        if piece:
+            callback(piece)
 
 
 def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:

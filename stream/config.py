@@ -199,6 +199,7 @@ class ModelConfig:
     dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"))
     max_slice_nums: int = setting(1, low=1, high=9)
     max_inp_length: int = setting(8192, low=256, high=131072)
+    max_batch: int = setting(16, low=1, high=64)  # due windows of different streams captioned at once
     remote: RemoteConfig = field(default_factory=RemoteConfig)
 
 

@@ -17,7 +17,9 @@ the one lock and the publishing.
 Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
 A backend that serves several requests at once (a remote server: ``max_concurrency`` above 1) gets
 its captions and answers run on a pool of that many threads, so windows of different streams are in
-flight together (the core keeps one per stream); encodes still run on the model loop itself.
+flight together (the core keeps one per stream); encodes still run on the model loop itself. The
+local model instead captions the due windows of up to ``max_batch`` streams in one batched
+generation (:meth:`ModelLoop._caption_batch`).
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
 exits with :attr:`~stream.process.ExitCode.CONFIG` and the supervisor stops the run instead of
 restarting it forever.
@@ -54,7 +56,7 @@ from .config import RemoteConfig, is_remote_model
 from .errors import RingError
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler
+from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler, run_captions
 from .summaries import token_counter
 from .textwork import AnswerPast, Summarize, TextSettings, TextWork
 
@@ -88,6 +90,7 @@ class InferenceOptions:
     thumbnails: bool = True
     thumbnail_side: int = 320
     max_inp_length: int = 8192
+    max_batch: int = 1  # due windows of different streams captioned in one generation (local model)
     alerts: tuple[AlertRule, ...] = ()  # alert rules, scored on every captioned window
     text: TextSettings = field(default_factory=TextSettings)  # live summaries, questions over the past
     remote: RemoteConfig = field(default_factory=RemoteConfig)  # when ``model`` is a server's URL
@@ -355,13 +358,16 @@ class ModelLoop:
         alerts = AlertCore(options.alerts, run_id=options.run_id) if options.alerts else None
         text = TextWork(options.text, token_counter(backend), options.max_inp_length)
         self.workers = max(1, int(getattr(backend, "max_concurrency", 1)))
+        # A local model captions several streams' due windows in one batched generation: the core
+        # hands out up to max_batch of them before their results come back (see _caption_batch).
+        self.max_batch = options.max_batch if hasattr(backend, "describe_batch") and self.workers == 1 else 1
         core = Scheduler(
             options.captions,
             stream_settings=options.stream_captions,
             model=backend.name,
             alerts=alerts,
             text=text,
-            max_in_flight=self.workers,
+            max_in_flight=max(self.workers, self.max_batch),
         )
         for name in options.streams:
             core.add_stream(name)
@@ -397,6 +403,8 @@ class ModelLoop:
                     future = self.pool.submit(self._perform, action)
                     self.running.add(future)
                     future.add_done_callback(self._done)
+                elif isinstance(action, Caption) and self.max_batch > 1:
+                    self._caption_batch(action)
                 elif action is not None:
                     self._perform(action)
                 self._publish_status()
@@ -510,6 +518,52 @@ class ModelLoop:
             message = core.captioned(action, text, model_ms=model_ms, wall=time.time())
         if not self.stop_event.is_set():  # else cut short by shutdown
             self.bus.send(message)
+
+    def _caption_batch(self, first: Caption) -> None:
+        """``first`` and the other due windows the core hands out next (up to ``max_batch``, each of
+        another stream), captioned in one generation per decoding setting. What the core hands out
+        meanwhile is run at once (an encode a window waits for, an unchanged window, an ask), so the
+        order of work stays the core's."""
+        batch = [first]
+        while len(batch) < self.max_batch:
+            with self.shared.use() as core:
+                action = core.next_action()
+                events = core.take_events()
+            for event in events:
+                self.bus.send(event)
+            if action is None:
+                break
+            if isinstance(action, Caption):
+                batch.append(action)
+            else:
+                self._perform(action)
+        groups: dict[tuple[int, str], list[Caption]] = {}
+        for action in batch:
+            groups.setdefault((action.max_new_tokens, action.decoding), []).append(action)
+        for group in groups.values():
+            if len(group) == 1:
+                self._caption(group[0])
+                continue
+            on_text = [
+                PartialPublisher(self.bus, a.stream, a.seq) if self.options.stream_tokens else None
+                for a in group
+            ]
+            started = time.monotonic()
+            try:
+                texts = run_captions(group, self.backend, on_text)
+            except ValueError:  # a window the model refuses (before any text): each alone learns which
+                for action in group:
+                    self._caption(action)
+                continue
+            model_ms = (time.monotonic() - started) * 1000
+            with self.shared.use() as core:
+                done = [
+                    core.captioned(a, t, model_ms=model_ms, wall=time.time())
+                    for a, t in zip(group, texts, strict=True)
+                ]
+            if not self.stop_event.is_set():
+                for message in done:
+                    self.bus.send(message)
 
     def _evaluate(self, action: EvaluateRules) -> None:
         started = time.monotonic()

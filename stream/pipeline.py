@@ -167,6 +167,7 @@ def inference_options(
         thumbnails=config.captions.thumbnails,
         thumbnail_side=config.captions.thumbnail_side,
         max_inp_length=config.model.max_inp_length,
+        max_batch=config.model.max_batch,
         alerts=config.alerts,
         text=TextSettings(
             every=config.summaries.every,

@@ -45,7 +45,9 @@ In flight: with ``max_in_flight`` above 1 (a remote server that serves many requ
 for: up to ``max_in_flight`` of them run at once, at most one per stream (its stream is *busy*
 meanwhile: its windows wait, and in live mode only its newest is taken once it is free). An
 :class:`Encode` is still reported before anything else is handed out. With 1 (the default, one local
-model) every action is reported before the next, as above.
+model) every action is reported before the next, as above. The local model uses it to batch: the
+shell collects the Captions handed out (up to ``[model] max_batch``) and runs them in one generation
+(:func:`run_captions`).
 
 Order of work: asks first (a person is waiting; questions over the past with them), then a summary
 turn when one is due (never two in a row while a window is due), then the next window, streams
@@ -135,6 +137,23 @@ class Caption:
             decoding=self.decoding,
             on_text=on_text,
         )
+
+
+def run_captions(
+    captions: Sequence[Caption], backend: Any, on_text: Sequence[Callable[[str], None] | None]
+) -> list[str]:
+    """The texts of several Captions (of different streams, one ``max_new_tokens`` and ``decoding``)
+    from one batched call of a backend that has ``describe_batch`` (the local model); ``on_text[i]``
+    gets caption i's pieces."""
+    first = captions[0]
+    return list(
+        backend.describe_batch(
+            [(list(c.embeddings), c.prompt, c.context) for c in captions],
+            max_new_tokens=first.max_new_tokens,
+            decoding=first.decoding,
+            on_text=on_text,
+        )
+    )
 
 
 @dataclass(frozen=True)

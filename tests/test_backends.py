@@ -118,3 +118,59 @@ def test_a_chat_over_the_input_limit_is_refused_as_a_value_error(tiny: LocalBack
         tiny.chat("word " * 400, max_new_tokens=4)
     with pytest.raises(ValueError, match="decoding 'fast' is not one of"):
         tiny.chat("hello", decoding="fast")
+
+
+# -- batched captions (several streams' windows in one generation) ---------------------------------
+def test_a_batch_of_ragged_windows_gets_each_window_s_own_greedy_text_streamed_per_row(
+    backend: LocalBackend, frames: list[FrameEmbedding]
+) -> None:
+    items = [
+        (frames[:1], "Describe.", None),
+        (frames, "What happens in this video, in detail, from start to end?", "A man walks in."),
+        (frames[1:], "Say it.", None),
+        (frames[2:] + frames[:1], "Describe the scene.", "Earlier: a dog <image> barks."),
+    ]
+    for max_new_tokens in (1, 7):
+        alone = [backend.describe(f, p, context=c, max_new_tokens=max_new_tokens) for f, p, c in items]
+        pieces: list[list[str]] = [[] for _ in items]
+        batched = backend.describe_batch(
+            items, max_new_tokens=max_new_tokens, on_text=[p.append for p in pieces[:3]] + [None]
+        )
+        assert batched == alone
+        assert ["".join(p) for p in pieces[:3]] == alone[:3] and pieces[3] == []
+    assert len(set(alone)) > 1  # the rows' texts differ: none got another's
+    beams = backend.describe_batch(items[:2], max_new_tokens=4, decoding="beam")  # not batched: alone
+    assert beams == [
+        backend.describe(f, p, context=c, max_new_tokens=4, decoding="beam") for f, p, c in items[:2]
+    ]
+    assert len(backend.describe_batch(items, max_new_tokens=4, decoding="sampling")) == 4
+
+
+def test_a_row_s_pieces_end_at_its_terminator_while_the_others_go_on() -> None:
+    from model.backends import _RowStreamer
+
+    def decode(ids: list[int]) -> str:  # pads (0) and the terminator (9) are no text
+        return "".join(chr(ord("a") + i) for i in ids if i not in (0, 9))
+
+    got: list[list[str]] = [[], []]
+    rows = _RowStreamer(decode, [got[0].append, got[1].append], {9})
+    rows.put(torch.zeros((2, 0), dtype=torch.long))  # the prompt (empty: generation starts from embeddings)
+    for step in ([1, 2], [9, 3], [0, 4]):  # row 0 ends at step 2 and is padded after
+        rows.put(torch.tensor(step))
+    rows.end()
+    rows.finish()
+    assert got == [["b"], ["c", "d", "e"]]
+
+
+def test_a_batch_holding_a_prompt_over_the_limit_is_refused_before_any_text(
+    backend: LocalBackend, frames: list[FrameEmbedding]
+) -> None:
+    short = LocalBackend(backend.model, name="tiny", max_inp_length=256)
+    pieces: list[str] = []
+    with pytest.raises(ValueError, match="max_inp_length"):
+        short.describe_batch(
+            [(frames[:1], "Describe.", None), (frames[:1], "word " * 400, None)],
+            max_new_tokens=4,
+            on_text=[pieces.append, pieces.append],
+        )
+    assert pieces == []

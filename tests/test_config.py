@@ -418,3 +418,14 @@ def test_the_documented_alert_examples_load(tmp_path: Path) -> None:
         30.0,
     )
     assert fire.streams == "*" and fire.pattern == r"(?i)\b(fire|smoke)\b" and fire.question is None
+
+
+def test_model_max_batch_defaults_to_16_reaches_the_inference_process_and_is_bounded() -> None:
+    assert Config().model.max_batch == 16
+    config = apply_overrides(Config(), ["model.max_batch=4"], "--set")
+    options = inference_options(config, run_id="r1", run_dir="/run/r1", streams={"door": "x"})
+    assert options.max_batch == 4
+    for bad in ("0", "65"):
+        with pytest.raises(ConfigError) as info:
+            apply_overrides(Config(), [f"model.max_batch={bad}"], "--set")
+        assert str(info.value) == f"--set: model.max_batch: {bad} is out of range [1, 64]"

@@ -13,6 +13,8 @@ Figures (frames are 640x360, the live default of one piece per frame unless said
 * prefill tokens/s of a 16- and a 64-frame window prompt built from cached frame embeddings;
 * decode tokens/s at batch 1 and 8 (greedy, fixed length, after a 16-frame prompt);
 * one 16-frame caption with cached embeddings and from pixels (frames encoded inside ``chat``);
+* eight windows of 16 cached frames captioned in turn and in one batched generation (captions of
+  eight streams at once, ``LocalBackend.describe_batch``; greedy, up to the decode length);
 * peak GPU memory, and the weights' memory.
 
 ``--int4`` quantizes every Linear the model card's int4 release quantizes (all but ``out_proj``,
@@ -48,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from machine_info import cpu_model  # noqa: E402
 
+from model.backends import LocalBackend  # noqa: E402
 from model.configuration import MiniCPMVConfig  # noqa: E402
 from model.loading import resolve_dtype  # noqa: E402
 from model.modeling import MiniCPMV  # noqa: E402
@@ -234,6 +237,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures["caption_16f_cached_s"] = clock.time(lambda: caption(cached[: window_sizes[0]]), repeats)
     figures["caption_16f_pixels_s"] = clock.time(lambda: caption(video[: window_sizes[0]]), repeats)
     figures["caption_new_tokens"] = new_tokens
+    # Eight streams' windows at once (issue 14): one batched generation against eight in turn.
+    backend = LocalBackend(model, name=model_name(args), max_inp_length=32768)
+    size = window_sizes[0]
+    windows = [(cached[i % (len(cached) - size + 1) :][:size], QUESTION, None) for i in range(8)]
+    progress(started, "batched captions")
+    figures["captions_8_in_turn_s"] = clock.time(
+        lambda: [backend.describe(f, p, max_new_tokens=new_tokens) for f, p, _ in windows], repeats
+    )
+    figures["captions_8_batched_s"] = clock.time(
+        lambda: backend.describe_batch(windows, max_new_tokens=new_tokens), repeats
+    )
+    figures["caption_batch8_speedup"] = figures["captions_8_in_turn_s"] / figures["captions_8_batched_s"]
     if device.type == "cuda":
         figures["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     figures["total_s"] = time.perf_counter() - started
