@@ -52,6 +52,7 @@ def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -
             assert key.name in documented, f"{section.name}.{key.name} missing from default.toml"
             value = getattr(values, key.name)
             value = asdict(value) if is_dataclass(value) else value  # a nested table: [model.remote]
+            value = list(value) if isinstance(value, tuple) else value  # a TOML array
             assert documented[key.name] == value, f"{section.name}.{key.name}"
     path = tmp_path / "default.toml"
     path.write_text(text)
@@ -415,3 +416,12 @@ def test_the_documented_alert_examples_load(tmp_path: Path) -> None:
         30.0,
     )
     assert fire.streams == "*" and fire.pattern == r"(?i)\b(fire|smoke)\b" and fire.question is None
+
+
+def test_model_devices_takes_a_list_of_devices_and_names_the_key_when_one_is_bad() -> None:
+    config = apply_overrides(Config(), {"model.devices": ["cuda:0", "cuda:1", "cpu", "cpu"]}, "test")
+    assert config.model.devices == ("cuda:0", "cuda:1", "cpu", "cpu")
+    with pytest.raises(ConfigError, match=r"model\.devices: 'gpu0' is not"):
+        apply_overrides(Config(), {"model.devices": ["cpu", "gpu0"]}, "test")
+    with pytest.raises(ConfigError, match=r"model\.devices: expected an array of strings"):
+        apply_overrides(Config(), {"model.devices": "cpu"}, "test")
