@@ -106,6 +106,8 @@ class InferenceOptions:
     remote: RemoteConfig = field(default_factory=RemoteConfig)  # when ``model`` is a server's URL
     # ``inference:I`` when ``[model] devices`` starts several: its endpoints, files and reports.
     role: str = INFERENCE_ROLE
+    # CPU threads of the model (0: torch's default, every core); set when several processes share the CPU.
+    threads: int = 0
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -268,6 +270,10 @@ def load_caption_backend(options: InferenceOptions) -> CaptionBackend:
         return connect_remote(options.model, options.remote)
     from model.backends import load_backend  # heavy (torch): only the inference process pays for it
 
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     device = None if options.device == "auto" else options.device
     dtype = None if options.dtype == "auto" else options.dtype
     return load_backend(options.model, device=device, dtype=dtype, max_inp_length=options.max_inp_length)

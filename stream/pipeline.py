@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -326,6 +327,9 @@ class LivePipeline:
 
     def _inference_spec(self, role: str) -> ChildSpec:
         device, owned = self.inference[role]
+        # Several processes on the CPU split its cores: each taking every core only thrashes.
+        on_cpu = sum(1 for entry, _ in self.inference.values() if entry == "cpu")
+        threads = max(1, (os.cpu_count() or 1) // on_cpu) if device == "cpu" and on_cpu > 1 else 0
         options = inference_options(
             self.config,
             run_id=self.run.run_id,
@@ -335,7 +339,7 @@ class LivePipeline:
         return ChildSpec(
             role=role,
             target=inference_main,
-            kwargs={"options": dataclasses.replace(options, device=device, role=role)},
+            kwargs={"options": dataclasses.replace(options, device=device, role=role, threads=threads)},
             fatal_codes=(ExitCode.CONFIG,),
         )
 

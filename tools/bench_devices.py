@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import socket
@@ -43,11 +44,13 @@ def free_port() -> int:
 
 
 def make_clip(path: Path) -> Path:
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=10", "-t", "30"]
-        + ["-pix_fmt", "yuv420p", str(path)],
-        check=True,
+    spec = importlib.util.spec_from_file_location(
+        "make_sample_video", ROOT / "tools" / "make_sample_video.py"
     )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.make_video(path, width=320, height=240, fps=10.0, seconds=30.0)
     return path
 
 
