@@ -1,4 +1,5 @@
-"""The inference process: one per GPU, serving every source of the run.
+"""The inference process: one per GPU, serving every source of the run (with ``[model] devices``,
+one per entry, each serving the sources :mod:`stream.placement` gives it).
 
 The shell around the scheduling core (:class:`~stream.scheduler.Scheduler`, which decides what to
 do and keeps every per-stream figure): this module owns the threads, the ring reads, the model calls,

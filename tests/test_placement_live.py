@@ -209,3 +209,46 @@ def test_a_bad_entry_of_model_devices_is_refused_naming_the_key(
         assert absent.returncode == 2, absent.stderr
         assert "model.devices: device 'cuda:1': CUDA is not available" in absent.stderr, absent.stderr
     assert not (tmp_path / "runs").exists(), "nothing was started"
+
+
+def test_the_pipeline_gives_each_process_its_streams_device_endpoints_and_cpu_share() -> None:
+    """What LivePipeline hands its children, read from their specs (real rings, nothing started)."""
+    from stream.config import Config, apply_overrides
+    from stream.pipeline import LivePipeline, NamedSource
+    from stream.ring import FrameRing, ring_name
+
+    config = apply_overrides(Config(), {"model.devices": ["cpu", "cpu"], "model.name": "tiny"}, "test")
+    sources = [NamedSource(name, "x.mp4") for name in NAMES]
+    with short_run_root() as root:
+        pipeline = LivePipeline(config, sources, store=None, run_root=root)
+        try:
+            for source in sources:
+                name = ring_name(pipeline.run.run_id, source.name)
+                pipeline.rings[source.name] = FrameRing.create(name, slots=2, max_height=28, max_width=28)
+            specs = {role: pipeline._inference_spec(role) for role in OWNED}
+            for role, spec in specs.items():
+                options = spec.kwargs["options"]
+                assert spec.role == options.role == role
+                assert list(options.streams) == OWNED[role] and options.device == "cpu"
+                assert options.threads == max(1, (os.cpu_count() or 1) // 2)
+            gateway = pipeline._gateway_spec().kwargs
+            routes = {
+                name: pipeline.run.asks_endpoint_for(role) for role, names in OWNED.items() for name in names
+            }
+            assert gateway["ask_routes"] == routes
+            endpoints = gateway["events_endpoints"]
+            assert all(pipeline.run.publisher_endpoint(role) in endpoints for role in OWNED)
+            assert pipeline.run.publisher_endpoint("inference") not in endpoints
+        finally:
+            for ring in pipeline.rings.values():
+                ring.close()
+                ring.unlink()
+            pipeline.run.remove()
+
+    with short_run_root() as root:
+        one = LivePipeline(apply_overrides(Config(), {"model.device": "cpu"}, "test"), sources, run_root=root)
+        try:
+            assert list(one.inference) == ["inference"] and one._ask_routes() is None
+            assert one.inference["inference"] == ("cpu", NAMES)
+        finally:
+            one.run.remove()
