@@ -9,8 +9,10 @@ Each configuration plays the same looped sample as ``--sources`` live sources (w
 2 s: more windows come due than the tiny model captions on a small CPU, so captions/s measures
 capacity, the rest skipped newest-first); captions are counted at a websocket client for
 ``--seconds`` after the first one arrives. Lag: a caption's arrival minus its window's end. On a CPU,
-"devices" share the same cores: N processes gain only what one process leaves idle (its single
-model loop, Python's lock); on N GPUs each process has its own. Prints a table, then one JSON line.
+"devices" share the same cores, and several "cpu" entries run one torch thread each (cores /
+entries): compare with one process run under ``OMP_NUM_THREADS=1`` before crediting the second
+process with a gain; on N GPUs each process has a device of its own. Prints a table, then one JSON
+line.
 """
 
 from __future__ import annotations
