@@ -43,6 +43,7 @@ import zmq.asyncio
 from . import messages
 from .errors import ConfigError, ProtocolError
 from .messages import AskRequest, BusMessage
+from .placement import role_suffix
 from .procinfo import process_alive, process_start
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,11 @@ class RunPaths:
     @property
     def asks_endpoint(self) -> str:
         return f"ipc://{self.run_dir / 'asks.sock'}"
+
+    def asks_endpoint_for(self, role: str) -> str:
+        """The asks endpoint of the inference process with this role: :attr:`asks_endpoint` for
+        ``inference``, ``asks-I.sock`` for ``inference:I`` (``[model] devices`` starts several)."""
+        return f"ipc://{self.run_dir / f'asks{role_suffix(role)}.sock'}"
 
     def remove(self) -> None:
         """Delete the run directory and every socket file in it."""

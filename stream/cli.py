@@ -332,7 +332,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if is_remote_model(config.model.name):
         check_remote_server(config)
     else:
-        check_model_available(config.model.name, config.model.device)
+        if config.model.devices:  # one inference process per entry, each on its own
+            for device in config.model.devices:
+                check_model_available(config.model.name, device, "model.devices")
+        else:
+            check_model_available(config.model.name, config.model.device)
         for window in live_windows(config):  # a server's request holds at most max_images frames
             warn_if_windows_too_long(config, window, config.model.max_slice_nums)
     warn_about_prompt_typos(config)

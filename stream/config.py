@@ -84,6 +84,15 @@ def _device_rule(device: str) -> str | None:
     return f"{device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'"
 
 
+def _devices_rule(devices: tuple[str, ...]) -> str | None:
+    """``[model] devices``: one inference process per entry (a device may repeat: ["cpu", "cpu"])."""
+    for device in devices:
+        reason = _device_rule(device)
+        if reason:
+            return reason
+    return None
+
+
 def _prompt_rule(prompt: str) -> str | None:
     return None if prompt.strip() else "must not be empty (a preset name or prompt text)"
 
@@ -196,6 +205,9 @@ class ModelConfig:
         rule=_not_empty("a hub id, a folder, 'tiny' or an http(s)://HOST:PORT/v1 URL"),
     )
     device: str = setting("auto", rule=_device_rule)
+    # Several: one inference process per entry, each captioning its share of the streams
+    # (stream.placement); empty: one process on ``device``.
+    devices: tuple[str, ...] = setting((), rule=_devices_rule)
     dtype: str = setting("auto", choices=("auto", "bfloat16", "float16", "float32"))
     max_slice_nums: int = setting(1, low=1, high=9)
     max_inp_length: int = setting(8192, low=256, high=131072)

@@ -158,7 +158,8 @@ class StatusBoard:
     ``caption_latency_ms`` and whatever else the inference process adds). A stream whose capture
     process the supervisor reports as not alive is shown ``lost`` (unless it had ``ended``, or its
     process finished with exit code 0, which only a source that ended does): its last report would
-    otherwise say ``live`` forever.
+    otherwise say ``live`` forever. With several inference processes (``[model] devices``),
+    ``inference`` names the role of the one that owns the stream.
 
     ``recorder``: the recorder's figures (``store``, ``written``, ``dropped``, ``queue``, ``errors``,
     ``error``, ``last_commit_wall``) and ``age_s``, seconds since its report; absent until it reports.
@@ -172,6 +173,8 @@ class StatusBoard:
         self._inference: dict[str, Message] = {}
         self._model: tuple[str | None, str | None] = (None, None)
         self._backend: Message | None = None
+        self._inference_reports: dict[str, InferenceStatus] = {}  # role -> its latest report
+        self._owner: dict[str, str] = {}  # stream -> the role of the inference process reporting it
         self._processes: dict[str, Message] = {}
         self._recorder: RecorderStatus | None = None
         self._recorder_at = 0.0
@@ -215,13 +218,24 @@ class StatusBoard:
         return old is None or old.state != report.state or old.error != report.error
 
     def _update_inference(self, report: InferenceStatus) -> bool:
-        figures = dict(itertools.islice(report.streams.items(), self.max_streams))
+        """Each inference process (``[model] devices`` starts several) reports only its own streams:
+        the latest report of each role is kept and their streams merged; ``device`` lists each
+        process's device in role order when there are several."""
+        if report.role not in self._inference_reports and len(self._inference_reports) >= self.max_streams:
+            raise ValueError(f"inference_status of {report.role!r} ignored: too many inference processes")
+        self._inference_reports[report.role] = report
+        reports = [self._inference_reports[role] for role in sorted(self._inference_reports)]
+        owner = {name: r.role for r in reports for name in r.streams}
+        figures = {name: dict(r.streams[name]) for r in reports for name in r.streams}
+        figures = dict(itertools.islice(figures.items(), self.max_streams))
         new_streams = set(figures) - set(self._inference)
-        model = (report.model, report.device)
-        changed = bool(new_streams) or model != self._model
+        device = report.device if len(reports) == 1 else ", ".join(r.device for r in reports)
+        model = (report.model, device)
+        changed = bool(new_streams) or model != self._model or owner != self._owner
         old_state = self._backend.get("state") if self._backend else None
         changed = changed or (report.backend or {}).get("state") != old_state
         self._inference = figures
+        self._owner = owner if len(reports) > 1 else {}
         self._model = model
         self._backend = report.backend
         return changed
@@ -270,6 +284,8 @@ class StatusBoard:
                 entry[field] = figures.get(field)
             for field, value in figures.items():
                 entry.setdefault(field, value)
+            if name in self._owner:
+                entry["inference"] = self._owner[name]
             streams[name] = entry
         recorder = None
         if self._recorder is not None:

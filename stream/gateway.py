@@ -27,7 +27,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,12 +83,16 @@ class Gateway:
         events_endpoints: Sequence[str] = (),
         asks_endpoint: str | None = None,
         options: GatewayOptions | None = None,
+        ask_routes: Mapping[str, str] | None = None,
     ) -> None:
+        """``ask_routes``: stream -> the asks endpoint of the inference process that owns it, when
+        ``[model] devices`` starts several; a stream not in it is asked at ``asks_endpoint``."""
         self.options = options = options or GatewayOptions()
         self.host = options.host
         self.port = options.port
         self._endpoints = list(events_endpoints)
         self._asks_endpoint = asks_endpoint
+        self._ask_routes = dict(ask_routes or {})
         self._auth = TokenAuth(options.token) if options.token else None
         self._metrics = StatusMetrics(
             status=self._status_message, gateway=self.health, max_streams=options.max_streams
@@ -120,6 +124,7 @@ class Gateway:
         self._store_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscriber: AsyncSubscriber | None = None
         self._ask_sender: AskSender | None = None
+        self._routed_senders: dict[str, AskSender] = {}  # endpoint -> its sender, per ask_routes
         self._server: Server | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._redactor: RedactToken | None = None
@@ -142,6 +147,8 @@ class Gateway:
         self._subscriber = AsyncSubscriber(self._endpoints)
         if self._asks_endpoint:
             self._ask_sender = AskSender(self._asks_endpoint)
+            for endpoint in set(self._ask_routes.values()) - {self._asks_endpoint}:
+                self._routed_senders[endpoint] = AskSender(endpoint)
         try:
             self._server = await serve(
                 self._handle,
@@ -219,6 +226,9 @@ class Gateway:
         if self._ask_sender is not None:
             self._ask_sender.close()
             self._ask_sender = None
+        for sender in self._routed_senders.values():
+            sender.close()
+        self._routed_senders.clear()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.get_running_loop().create_task(coro)
@@ -372,7 +382,8 @@ class Gateway:
             wall=time.time(),
             client=client.number,
         )
-        if not self._ask_sender.send(forwarded):
+        sender = self._sender_for(request.stream)
+        if sender is None or not sender.send(forwarded):
             self._asks.resolve(pending.key)
             self._clients.send(
                 client,
@@ -382,6 +393,11 @@ class Gateway:
                     id=request.id,
                 ),
             )
+
+    def _sender_for(self, stream: str) -> AskSender | None:
+        """The sender to the inference process that owns ``stream``; None when asking is off."""
+        endpoint = self._ask_routes.get(stream, self._asks_endpoint)
+        return self._routed_senders.get(endpoint or "", self._ask_sender)
 
     def _ask_past(self, client: Client, request: Ask) -> None:
         """A question over the past: its stored captions are read on the store thread, then it goes
@@ -430,8 +446,8 @@ class Gateway:
             )
         sent = (
             isinstance(found, PastCaptions)
-            and self._ask_sender is not None
-            and self._ask_sender.send(
+            and (sender := self._sender_for(request.stream)) is not None
+            and sender.send(
                 AskRequest(
                     id=pending.key,
                     stream=request.stream,
@@ -625,6 +641,7 @@ def gateway_main(
     ready_file: str | None = None,
     ready_event: Any = None,
     stop_event: Any = None,
+    ask_routes: Mapping[str, str] | None = None,
 ) -> int:
     """Run the gateway until ``stop_event`` (a ``multiprocessing`` event) is set, or SIGTERM/SIGINT
     when there is none. Returns the exit code: 0 after a clean stop, ``USAGE`` when it cannot listen.
@@ -632,7 +649,7 @@ def gateway_main(
     Once listening, the bound port is written to ``ready_file`` as JSON ``{"port", "pid", "url"}``
     (atomically) and ``ready_event`` is set.
     """
-    gateway = Gateway(events_endpoints, asks_endpoint, options)
+    gateway = Gateway(events_endpoints, asks_endpoint, options, ask_routes)
     return asyncio.run(_run(gateway, ready_file, ready_event, stop_event))
 
 

@@ -1,4 +1,5 @@
-"""The inference process: one per GPU, serving every source of the run.
+"""The inference process: one per GPU, serving every source of the run (with ``[model] devices``,
+one per entry, each serving the sources :mod:`stream.placement` gives it).
 
 The shell around the scheduling core (:class:`~stream.scheduler.Scheduler`, which decides what to
 do and keeps every per-stream figure): this module owns the threads, the ring reads, the model calls,
@@ -54,6 +55,7 @@ from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
 from .config import RemoteConfig, is_remote_model
 from .errors import RingError
+from .placement import INFERENCE_ROLE, role_suffix
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
 from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler, run_captions
@@ -66,6 +68,18 @@ READY_FILE = "inference.ready"  # written in the run directory once the model is
 # Written in the run directory once every source has ended and its last window is captioned: a run
 # of files without --loop stops then (stream.runwatch).
 DRAINED_FILE = "inference.drained"
+
+
+def ready_file(role: str) -> str:
+    """:data:`READY_FILE` of the inference process with this role (``inference-I.ready`` for
+    ``inference:I`` when ``[model] devices`` starts several)."""
+    return READY_FILE.replace("inference", f"inference{role_suffix(role)}", 1)
+
+
+def drained_file(role: str) -> str:
+    """:data:`DRAINED_FILE` of the inference process with this role."""
+    return DRAINED_FILE.replace("inference", f"inference{role_suffix(role)}", 1)
+
 
 _TAP_IDLE_S = 0.01
 _IDLE_WAIT_S = 0.05  # the model loop with nothing to do waits this long for the tap (or an ask)
@@ -94,6 +108,10 @@ class InferenceOptions:
     alerts: tuple[AlertRule, ...] = ()  # alert rules, scored on every captioned window
     text: TextSettings = field(default_factory=TextSettings)  # live summaries, questions over the past
     remote: RemoteConfig = field(default_factory=RemoteConfig)  # when ``model`` is a server's URL
+    # ``inference:I`` when ``[model] devices`` starts several: its endpoints, files and reports.
+    role: str = INFERENCE_ROLE
+    # CPU threads of the model (0: torch's default, every core); set when several processes share the CPU.
+    threads: int = 0
 
 
 def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
@@ -256,6 +274,10 @@ def load_caption_backend(options: InferenceOptions) -> CaptionBackend:
         return connect_remote(options.model, options.remote)
     from model.backends import load_backend  # heavy (torch): only the inference process pays for it
 
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
     device = None if options.device == "auto" else options.device
     dtype = None if options.dtype == "auto" else options.dtype
     return load_backend(options.model, device=device, dtype=dtype, max_inp_length=options.max_inp_length)
@@ -297,11 +319,11 @@ def inference_main(
     from model.errors import CheckpointError
 
     run = RunPaths(run_id=options.run_id, run_dir=Path(options.run_dir))
-    publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
+    publisher = Publisher(run.publisher_endpoint(options.role), own_context=True)
     publisher.wait_for_subscriber(1.0)  # a model that fails at once must still be heard saying why
     bus = LockedPublisher(publisher)
-    asks = AskReceiver(run.asks_endpoint)
-    status_base: dict[str, Any] = {"model": options.model, "device": options.device}
+    asks = AskReceiver(run.asks_endpoint_for(options.role))
+    status_base: dict[str, Any] = {"model": options.model, "device": options.device, "role": options.role}
     try:
         bus.send(
             messages.InferenceStatus(
@@ -329,7 +351,7 @@ def inference_main(
         status_base["device"] = str(getattr(getattr(backend, "model", None), "device", options.device))
         if is_remote_model(options.model):
             status_base["device"] = "remote"  # the server's devices are its own business
-        write_ready_file(Path(options.run_dir) / READY_FILE, str(os.getpid()))
+        write_ready_file(Path(options.run_dir) / ready_file(options.role), str(os.getpid()))
         return ModelLoop(options, backend, bus, asks, stop_event, status_base).run()
     finally:
         asks.close()
@@ -410,7 +432,9 @@ class ModelLoop:
                 self._publish_status()
                 if idle_and_drained:  # the last caption is published: by this thread or a finished pooled one
                     drained = True
-                    write_ready_file(Path(self.options.run_dir) / DRAINED_FILE, str(os.getpid()))
+                    write_ready_file(
+                        Path(self.options.run_dir) / drained_file(self.options.role), str(os.getpid())
+                    )
                 if action is None:
                     self.wake.wait(_IDLE_WAIT_S)
         finally:

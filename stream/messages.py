@@ -403,6 +403,9 @@ class InferenceStatus(ServerMessage):
     # A remote model server (``--model URL``): ``url``, ``state`` ("ok" / "unreachable"), ``error``,
     # ``requests``, ``in_flight``, ``failures``, ``refused``, ``bytes_sent``; absent for a local model.
     backend: Message | None = None
+    # Which inference process reports: ``inference``, or ``inference:I`` of several ([model] devices),
+    # each reporting only the streams it owns.
+    role: str = "inference"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from .messages import InferenceStatus, Message, ModelState, Status, StreamState
+from .placement import INFERENCE_ROLE
 
 PREFIX: Final = "vidnarrate_"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -202,14 +203,18 @@ class StatusMetrics:
     ) -> None:
         self._status = status
         self._gateway = gateway
-        self._inference: Message | None = None
+        self._inference: dict[str, Message] = {}  # role -> its latest report's own fields
         self._latency = _Histograms(buckets, max_streams)
+        self._max_processes = max_streams
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
     def inference_report(self, report: InferenceStatus) -> None:
-        """Keep the latest inference report's own fields (its per-stream figures reach the status)."""
-        self._inference = {k: v for k, v in report.to_dict().items() if k != "streams"}
+        """Keep the latest inference report's own fields (its per-stream figures reach the status),
+        per inference process: with several (``[model] devices``) the model's state and info carry
+        a ``role`` label."""
+        if report.role in self._inference or len(self._inference) < self._max_processes:
+            self._inference[report.role] = {k: v for k, v in report.to_dict().items() if k != "streams"}
 
     def observe_caption(self, stream: str, body: bytes) -> None:
         """Count a caption's ``latency_ms`` (its bus JSON, as published) in the stream's histogram; a
@@ -236,17 +241,21 @@ class StatusMetrics:
             LATENCY_HISTOGRAM,
             "Time from a caption window's last frame to its caption, as captions pass the gateway.",
         )
-        inference = self._inference
-        if inference is not None:
-            yield from _states(INFERENCE_STATES, (), [((), inference)])
-            backend = inference.get("backend")
-            if isinstance(backend, dict):
-                yield from _families(BACKEND_FIGURES, (), [((), backend)])
-                yield from _states(BACKEND_STATES, (), [((), backend)])
+        if self._inference:
+            labels: tuple[str, ...] = () if list(self._inference) == [INFERENCE_ROLE] else ("role",)
+            rows = [((role,) if labels else (), self._inference[role]) for role in sorted(self._inference)]
+            yield from _states(INFERENCE_STATES, labels, rows)
+            backends = [(key, row["backend"]) for key, row in rows if isinstance(row.get("backend"), dict)]
+            if backends:
+                yield from _families(BACKEND_FIGURES, labels, backends)
+                yield from _states(BACKEND_STATES, labels, backends)
             info = GaugeMetricFamily(
-                MODEL_INFO, "The model the inference process runs, and where.", labels=["model", "device"]
+                MODEL_INFO,
+                "The model the inference process runs, and where.",
+                labels=["model", "device", *labels],
             )
-            info.add_metric([str(inference.get("model")), str(inference.get("device"))], 1)
+            for key, row in rows:
+                info.add_metric([str(row.get("model")), str(row.get("device")), *key], 1)
             yield info
         yield from _families(PROCESS_FIGURES, ("role",), _keyed(status.processes))
         if status.recorder is not None:

@@ -4,7 +4,8 @@ Start order: stale rings of dead runs are removed, then one ring per source is c
 so capture and inference restarts re-attach to it), then the gateway and the recorder (their
 subscriptions must exist before anyone publishes; the recorder only when the run has a store, the
 outputs process only when ``[outputs]`` configures one), the
-inference process, and, once the model is loaded, one capture process per source. Stop order is the
+inference process (one per ``[model] devices`` entry, each with its share of the sources:
+:mod:`stream.placement`), and, once every model is loaded, one capture process per source. Stop order is the
 reverse intent: the inference is told first (it publishes the end of every open alert event as it
 stops), then every other child, all within ``stop_timeout``, then terminated; then the rings
 are unlinked and the run directory (zmq socket files) removed. Nothing is left behind.
@@ -12,8 +13,10 @@ are unlinked and the run directory (zmq socket files) removed. Nothing is left b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,8 +38,9 @@ from .config import (
 from .errors import ConfigError
 from .gateway import gateway_main
 from .gateway_options import GatewayOptions
-from .inference import DRAINED_FILE, READY_FILE, InferenceOptions, inference_main
+from .inference import InferenceOptions, drained_file, inference_main, ready_file
 from .outputs import OutputsOptions, outputs_main
+from .placement import assign, inference_roles
 from .process import ExitCode
 from .recorder import RecorderOptions, recorder_main
 from .ring import FrameRing, remove_stale_rings, ring_name
@@ -147,6 +151,11 @@ def source_options(config: Config, *, realtime: bool | None = None) -> SourceOpt
     return options_from(config.capture, SourceOptions, CAPTURE_KEYS_AS_SOURCE_OPTIONS, **changes)
 
 
+def inference_devices(config: Config) -> tuple[str, ...]:
+    """One entry per inference process: ``[model] devices``, else ``[model] device`` alone."""
+    return config.model.devices or (config.model.device,)
+
+
 def inference_options(
     config: Config, *, run_id: str, run_dir: str, streams: dict[str, str]
 ) -> InferenceOptions:
@@ -209,6 +218,13 @@ class LivePipeline:
         )
         self._stopped = False
         self._captures_started = False
+        devices = inference_devices(config)
+        # Role -> (device, its streams); a device that owns no stream still runs (and idles).
+        owned = assign([s.name for s in sources], len(devices))
+        self.inference = {
+            role: (device, streams)
+            for role, device, streams in zip(inference_roles(devices), devices, owned, strict=True)
+        }
 
     # -- start --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -229,12 +245,15 @@ class LivePipeline:
             self.supervisor.start(self._recorder_spec(self.store))
         if self.config.outputs:
             self.supervisor.start(self._outputs_spec())
-        self.supervisor.start(self._inference_spec())
+        for role in self.inference:
+            self.supervisor.start(self._inference_spec(role))
 
     def _start_captures_when_model_ready(self) -> None:
         """Captures start once the model is loaded: a file played as live would otherwise run ahead
         uncaptioned while the weights load (minutes for the real model)."""
-        if self._captures_started or not (self.run.run_dir / READY_FILE).exists():
+        if self._captures_started or not all(
+            (self.run.run_dir / ready_file(role)).exists() for role in self.inference
+        ):
             return
         self._captures_started = True
         for source in self.sources:
@@ -244,7 +263,9 @@ class LivePipeline:
         """The roles that publish on the bus (the gateway reads them all)."""
         recorder = ["recorder"] if self.store is not None else []
         outputs = ["outputs"] if self.config.outputs else []
-        return ["supervisor", "inference", *recorder, *outputs] + [f"capture:{s.name}" for s in self.sources]
+        return ["supervisor", *self.inference, *recorder, *outputs] + [
+            f"capture:{s.name}" for s in self.sources
+        ]
 
     def _gateway_spec(self) -> ChildSpec:
         g = self.config.gateway
@@ -253,7 +274,8 @@ class LivePipeline:
             target=gateway_main,
             kwargs={
                 "events_endpoints": [self.run.publisher_endpoint(role) for role in self._roles()],
-                "asks_endpoint": self.run.asks_endpoint,
+                "asks_endpoint": self.run.asks_endpoint_for(next(iter(self.inference))),
+                "ask_routes": self._ask_routes(),
                 "options": options_from(
                     g,
                     GatewayOptions,
@@ -266,6 +288,16 @@ class LivePipeline:
             },
             fatal_codes=(ExitCode.USAGE,),
         )
+
+    def _ask_routes(self) -> dict[str, str] | None:
+        """Stream -> the asks endpoint of the inference process that owns it (None: there is one)."""
+        if len(self.inference) == 1:
+            return None
+        return {
+            stream: self.run.asks_endpoint_for(role)
+            for role, (_, streams) in self.inference.items()
+            for stream in streams
+        }
 
     def _recorder_spec(self, store: Path) -> ChildSpec:
         options = RecorderOptions(
@@ -297,17 +329,21 @@ class LivePipeline:
         # Never fatal: a receiver that is down is retried inside; a crash is restarted with the backoff.
         return ChildSpec(role="outputs", target=outputs_main, kwargs={"options": options})
 
-    def _inference_spec(self) -> ChildSpec:
+    def _inference_spec(self, role: str) -> ChildSpec:
+        device, owned = self.inference[role]
+        # Several processes on the CPU split its cores: each taking every core only thrashes.
+        on_cpu = sum(1 for entry, _ in self.inference.values() if entry == "cpu")
+        threads = max(1, (os.cpu_count() or 1) // on_cpu) if device == "cpu" and on_cpu > 1 else 0
         options = inference_options(
             self.config,
             run_id=self.run.run_id,
             run_dir=str(self.run.run_dir),
-            streams={s.name: self.rings[s.name].name for s in self.sources},
+            streams={name: self.rings[name].name for name in owned},
         )
         return ChildSpec(
-            role="inference",
+            role=role,
             target=inference_main,
-            kwargs={"options": options},
+            kwargs={"options": dataclasses.replace(options, device=device, role=role, threads=threads)},
             fatal_codes=(ExitCode.CONFIG,),
         )
 
@@ -386,8 +422,8 @@ class LivePipeline:
         return states
 
     def drained(self) -> bool:
-        """The inference has published the last captions of every source (all of them ended)."""
-        return (self.run.run_dir / DRAINED_FILE).exists()
+        """Every inference process has published the last captions of its sources (all of them ended)."""
+        return all((self.run.run_dir / drained_file(role)).exists() for role in self.inference)
 
     def viewer_url(self, info: dict[str, Any]) -> str:
         host = self.config.gateway.host
@@ -401,7 +437,7 @@ class LivePipeline:
         self._stopped = True
         # The inference first: the end of every alert event still open is published as it stops,
         # and the recorder and the gateway must still be reading then.
-        self.supervisor.stop(first=("inference",))
+        self.supervisor.stop(first=tuple(self.inference))
         for ring in self.rings.values():
             ring.close()
             ring.unlink()

@@ -145,7 +145,7 @@ def check_file(target: str, what: str) -> None:
         raise ConfigError(str(exc)) from None  # it names the file and the reason already
 
 
-def check_model_available(name: str, device: str = "auto") -> None:
+def check_model_available(name: str, device: str = "auto", key: str = "model.device") -> None:
     """Fail before starting anything when the model cannot run: a device this machine lacks, no
     folder, no weights, a config that is not MiniCPM-V 2.6 (a hub id is downloaded here, in the
     foreground, if it can be). Reads only config and index files: the inference process loads weights."""
@@ -161,7 +161,7 @@ def check_model_available(name: str, device: str = "auto") -> None:
     try:
         resolve_device(None if device == "auto" else device)
     except ValueError as exc:
-        raise ConfigError(f"model.device: {exc}") from None
+        raise ConfigError(f"{key}: {exc}") from None
     if name == "tiny":
         return
     try:

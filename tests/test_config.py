@@ -52,6 +52,7 @@ def test_default_toml_documents_every_setting_with_its_default(tmp_path: Path) -
             assert key.name in documented, f"{section.name}.{key.name} missing from default.toml"
             value = getattr(values, key.name)
             value = asdict(value) if is_dataclass(value) else value  # a nested table: [model.remote]
+            value = list(value) if isinstance(value, tuple) else value  # a TOML array
             assert documented[key.name] == value, f"{section.name}.{key.name}"
     path = tmp_path / "default.toml"
     path.write_text(text)
@@ -429,3 +430,12 @@ def test_model_max_batch_defaults_to_16_reaches_the_inference_process_and_is_bou
         with pytest.raises(ConfigError) as info:
             apply_overrides(Config(), [f"model.max_batch={bad}"], "--set")
         assert str(info.value) == f"--set: model.max_batch: {bad} is out of range [1, 64]"
+
+
+def test_model_devices_takes_a_list_of_devices_and_names_the_key_when_one_is_bad() -> None:
+    config = apply_overrides(Config(), {"model.devices": ["cuda:0", "cuda:1", "cpu", "cpu"]}, "test")
+    assert config.model.devices == ("cuda:0", "cuda:1", "cpu", "cpu")
+    with pytest.raises(ConfigError, match=r"model\.devices: 'gpu0' is not"):
+        apply_overrides(Config(), {"model.devices": ["cpu", "gpu0"]}, "test")
+    with pytest.raises(ConfigError, match=r"model\.devices: expected an array of strings"):
+        apply_overrides(Config(), {"model.devices": "cpu"}, "test")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -334,3 +335,46 @@ def test_client_limit_counts_per_client() -> None:
     limits.start(3)
     limits.forget(3)
     assert len(limits) == 0 and not limits.full(3)
+
+
+def test_status_board_merges_the_reports_of_several_inference_processes() -> None:
+    """[model] devices: each inference process reports only its own streams; one's report must not
+    wipe the other's streams, and each stream says which process owns it."""
+    board = StatusBoard()
+
+    def report(role: str, streams: dict[str, Any], device: str = "cuda:0") -> messages.InferenceStatus:
+        return messages.InferenceStatus(
+            streams=streams, model="m", device=device, state=messages.ModelState.READY, wall=1.0, role=role
+        )
+
+    assert board.update(report("inference:0", {"yard": {"captions": 3}, "door": {"captions": 1}}), now=0.0)
+    assert board.update(report("inference:1", {"gate": {"captions": 5}}, device="cuda:1"), now=0.0)
+    assert not board.update(
+        report("inference:0", {"yard": {"captions": 4}, "door": {"captions": 2}}), now=1.0
+    )
+    status = board.snapshot(now=1.0, wall=1.0)
+    assert {name: (s["captions"], s["inference"]) for name, s in status.streams.items()} == {
+        "yard": (4, "inference:0"),
+        "door": (2, "inference:0"),
+        "gate": (5, "inference:1"),
+    }
+    assert status.device == "cuda:0, cuda:1"
+    # A restarted process reports its streams again (empty while loading): the other's stay.
+    board.update(report("inference:1", {}, device="cuda:1"), now=2.0)
+    assert set(board.snapshot(now=2.0, wall=2.0).streams) == {"yard", "door"}
+
+
+def test_status_board_with_one_inference_process_names_no_owner() -> None:
+    board = StatusBoard()
+    board.update(
+        messages.InferenceStatus(
+            streams={"cam0": {"captions": 1}},
+            model="m",
+            device="cpu",
+            state=messages.ModelState.READY,
+            wall=1.0,
+        ),
+        now=0.0,
+    )
+    status = board.snapshot(now=0.0, wall=0.0)
+    assert "inference" not in status.streams["cam0"] and status.device == "cpu"

@@ -985,3 +985,47 @@ def test_gateway_main_says_when_it_cannot_listen(run: RunPaths) -> None:
         assert (
             gateway_main([], None, GatewayOptions(port=port), stop_event=threading.Event()) == ExitCode.USAGE
         )
+
+
+def test_asks_go_to_the_inference_process_that_owns_their_stream(run: RunPaths) -> None:
+    """[model] devices: one inference process per device, each with its own asks endpoint; the
+    gateway sends each ask to its stream's owner (ask_routes), any other stream to asks_endpoint."""
+    sides = {role: InferenceSide(run) for role in ("inference:0", "inference:1")}
+    for role, side in sides.items():
+        side.asks_endpoint = run.asks_endpoint_for(role)
+        side.endpoint = run.publisher_endpoint(f"side-{role}")
+        side.start()
+        assert side.ready.wait(5.0)
+
+    async def scenario() -> None:
+        publisher = Publisher(run.publisher_endpoint("inference"))
+        gateway = Gateway(
+            [publisher.endpoint, *(side.endpoint for side in sides.values())],
+            run.asks_endpoint_for("inference:0"),
+            GatewayOptions(port=0),
+            {"yard": run.asks_endpoint_for("inference:0"), "gate": run.asks_endpoint_for("inference:1")},
+        )
+        await gateway.start()
+        try:
+            assert await asyncio.to_thread(publisher.wait_for_subscriber, 5.0)
+            for stream in ("yard", "gate", "door"):
+                publisher.send(caption(stream, 0))
+            await until(lambda: gateway.stats["bus_messages"] == 3, what="the streams to be known")
+            client = await subscribed_client(gateway, streams="*")
+            for stream in ("gate", "yard", "door"):
+                reply = await ask(client, stream, stream, "who?")
+                assert reply == {"type": "answer", "id": stream, "stream": stream, "text": f"{stream}: who?"}
+            await client.close()
+        finally:
+            await gateway.stop()
+            publisher.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for side in sides.values():
+            side.stop.set()
+            side.join(5.0)
+    assert all(side.error is None for side in sides.values())
+    assert {a.stream for a in sides["inference:1"].received} == {"gate"}
+    assert {a.stream for a in sides["inference:0"].received} == {"yard", "door"}  # door: the default

@@ -326,3 +326,19 @@ def test_family_names_are_what_a_scrape_of_every_report_shows() -> None:
     for name, kind in kinds.items():
         exposed = name + "_total" if kind == "counter" else name
         assert known.get(exposed) == kind, name
+
+
+def test_several_inference_processes_label_the_model_state_and_info_by_role() -> None:
+    fed = Fed()
+    fed.feed(inference({"yard": {"captions": 3}}, role="inference:0", device="cuda:0"))
+    fed.feed(
+        inference({"gate": {"captions": 5}}, role="inference:1", device="cuda:1", state=ModelState.LOADING)
+    )
+    _, samples = fed.scrape()
+    assert samples["vidnarrate_captions_total", (("stream", "yard"),)] == 3
+    assert samples["vidnarrate_captions_total", (("stream", "gate"),)] == 5
+    assert samples["vidnarrate_model_state", (("role", "inference:0"), ("state", "ready"))] == 1
+    assert samples["vidnarrate_model_state", (("role", "inference:1"), ("state", "loading"))] == 1
+    assert samples["vidnarrate_model_state", (("role", "inference:1"), ("state", "ready"))] == 0
+    info = (("device", "cuda:1"), ("model", "tiny"), ("role", "inference:1"))
+    assert samples["vidnarrate_model_info", info] == 1
