@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
 from . import change, messages
+from .actions import Action, Answer, Caption, Encode, EvaluateRules, Extend, run_captions
 from .alertrules import AlertRule
 from .alerts import AlertCore
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
@@ -58,7 +59,7 @@ from .errors import RingError
 from .placement import INFERENCE_ROLE, role_suffix
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Action, Answer, Caption, Encode, EvaluateRules, Extend, Scheduler, run_captions
+from .scheduler import Scheduler
 from .summaries import token_counter
 from .textwork import AnswerPast, Summarize, TextSettings, TextWork
 

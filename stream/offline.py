@@ -25,10 +25,11 @@ if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
 from . import change
+from .actions import Caption, Encode, Extend
 from .captioning import CaptionSettings
 from .errors import UnsupportedSource
 from .exports import CaptionWriter, open_writer
-from .scheduler import Caption, Encode, Extend, Scheduler
+from .scheduler import Scheduler
 from .sources import SourceOptions, open_source, parse_source
 from .timeline import Timeline
 

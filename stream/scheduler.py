@@ -18,10 +18,11 @@ The protocol, one stream or many:
    (both text-only: :mod:`stream.textwork`, handed out as :class:`~stream.textwork.AnswerPast` and
    :class:`~stream.textwork.Summarize`, reported with :meth:`Scheduler.past_answered` and
    :meth:`Scheduler.summarized`).
-3. **Actions.** :meth:`Scheduler.next_action` answers what to do next, as a frozen value:
-   :class:`Encode` these pixels (one batched vision call), :class:`Caption` this window with these
-   cached embeddings, prompt and context, :class:`Extend` the last caption over this window (its
-   scene did not change: no model call), :class:`Answer` this ask, :class:`Reply` with this message
+3. **Actions.** :meth:`Scheduler.next_action` answers what to do next, as a frozen value of
+   :mod:`stream.actions`: :class:`Encode` these pixels (one batched vision call), :class:`Caption`
+   this window with these cached embeddings, prompt and context, :class:`Extend` the last caption
+   over this window (its scene did not change: no model call), :class:`Answer` this ask,
+   :class:`Reply` with this message
    (an ask that cannot be answered), or None (nothing to do until more frames or asks come).
    With alert rules (an :class:`~stream.alerts.AlertCore`), each captioned window is then scored:
    :class:`EvaluateRules` (its question rules, one batched prefill over the same cached
@@ -47,7 +48,7 @@ meanwhile: its windows wait, and in live mode only its newest is taken once it i
 :class:`Encode` is still reported before anything else is handed out. With 1 (the default, one local
 model) every action is reported before the next, as above. The local model uses it to batch: the
 shell collects the Captions handed out (up to ``[model] max_batch``) and runs them in one generation
-(:func:`run_captions`).
+(:func:`~stream.actions.run_captions`).
 
 Order of work: asks first (a person is waiting; questions over the past with them), then a summary
 turn when one is due (never two in a row while a window is due), then the next window, streams
@@ -65,11 +66,12 @@ from __future__ import annotations
 import logging
 import re
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 from . import messages
+from .actions import Action, Answer, Caption, Encode, EncodeFrame, EvaluateRules, Extend, Reply
 from .alerts import AlertCore, Window
 from .captioning import CaptionSettings, Reference, StreamCaptions
 from .messages import AskId, ErrorCode
@@ -77,146 +79,7 @@ from .recordqueue import Thumbnails
 from .sampler import Job, SampledFrame
 from .textwork import AnswerPast, Summarize, TextWork
 
-if TYPE_CHECKING:
-    from model.backends import CaptionBackend
-
 log = logging.getLogger(__name__)
-
-
-# -- actions (what the caller should do next) ------------------------------------------------------
-@dataclass(frozen=True)
-class EncodeFrame:
-    """One frame to encode: its stream, ring seq and pixels (an RGB uint8 array)."""
-
-    stream: str
-    seq: int
-    pixels: Any
-
-
-@dataclass(frozen=True)
-class Encode:
-    """Encode these frames in one vision call (:meth:`run_on`), then report the embeddings, in order,
-    with :meth:`Scheduler.encoded`."""
-
-    frames: tuple[EncodeFrame, ...]
-    max_slice_nums: int
-
-    @property
-    def pixels(self) -> list[Any]:
-        return [f.pixels for f in self.frames]
-
-    def run_on(self, backend: CaptionBackend) -> list[Any]:
-        return list(backend.encode_frames(self.pixels, max_slice_nums=self.max_slice_nums))
-
-
-@dataclass(frozen=True)
-class Caption:
-    """Caption one window (:meth:`run_on`), then report the text with :meth:`Scheduler.captioned` (or
-    the model's refusal with :meth:`Scheduler.caption_failed`). ``frames``: the window's frames that
-    have embeddings (frames whose pixels were lost are left out); ``seq``: the caption's number (for
-    ``partial`` messages); ``encode_ms``: the vision call that encoded its newest frame."""
-
-    stream: str
-    seq: int
-    job: Job
-    frames: tuple[SampledFrame, ...]
-    embeddings: tuple[Any, ...]
-    prompt: str
-    context: str | None
-    max_new_tokens: int
-    decoding: str
-    encode_ms: float
-
-    def run_on(self, backend: CaptionBackend, on_text: Callable[[str], None] | None = None) -> str:
-        """The caption's text (``on_text`` gets it piece by piece as it is generated)."""
-        return backend.describe(
-            list(self.embeddings),
-            self.prompt,
-            context=self.context,
-            max_new_tokens=self.max_new_tokens,
-            decoding=self.decoding,
-            on_text=on_text,
-        )
-
-
-def run_captions(
-    captions: Sequence[Caption], backend: Any, on_text: Sequence[Callable[[str], None] | None]
-) -> list[str]:
-    """The texts of several Captions (of different streams, one ``max_new_tokens`` and ``decoding``)
-    from one batched call of a backend that has ``describe_batch`` (the local model); ``on_text[i]``
-    gets caption i's pieces."""
-    first = captions[0]
-    return list(
-        backend.describe_batch(
-            [(list(c.embeddings), c.prompt, c.context) for c in captions],
-            max_new_tokens=first.max_new_tokens,
-            decoding=first.decoding,
-            on_text=on_text,
-        )
-    )
-
-
-@dataclass(frozen=True)
-class Extend:
-    """A window whose frames did not change since the stream's last caption (see
-    :mod:`stream.change`): the model is not called. Report it with :meth:`Scheduler.extended`, which
-    returns the ``caption`` message with ``unchanged`` set, the last caption's ``text`` and
-    ``t_start`` and this window's ``t_end`` (the scene stayed as captioned from then to now).
-    ``change``: the share of the picture that changed (below the stream's threshold)."""
-
-    stream: str
-    seq: int
-    job: Job
-    frames: tuple[SampledFrame, ...]
-    change: float
-
-
-@dataclass(frozen=True)
-class Answer:
-    """Answer an ask from these frames (:meth:`run_on`), then report with :meth:`Scheduler.answered`
-    (or :meth:`Scheduler.answer_failed`)."""
-
-    id: AskId
-    stream: str
-    question: str
-    frames: tuple[SampledFrame, ...]
-    embeddings: tuple[Any, ...]
-    max_new_tokens: int
-    decoding: str
-
-    def run_on(self, backend: CaptionBackend) -> str:
-        return backend.ask(
-            list(self.embeddings), self.question, max_new_tokens=self.max_new_tokens, decoding=self.decoding
-        )
-
-
-@dataclass(frozen=True)
-class Reply:
-    """Publish this message (an ``answer`` with an error: no such stream, no frames yet, too many
-    asks); nothing to report back."""
-
-    message: messages.Answer
-
-
-@dataclass(frozen=True)
-class EvaluateRules:
-    """Score these question rules (their names, their questions) on a captioned window's cached
-    embeddings (:meth:`run_on`: P(yes) per question, one batched prefill), then report the scores
-    with :meth:`Scheduler.rules_evaluated` (or :meth:`Scheduler.rules_failed`)."""
-
-    stream: str
-    job: Job
-    frames: tuple[SampledFrame, ...]
-    embeddings: tuple[Any, ...]
-    rules: tuple[str, ...]
-    questions: tuple[str, ...]
-    window: Window
-
-    def run_on(self, backend: CaptionBackend) -> list[float]:
-        return list(backend.yes_probabilities(list(self.embeddings), list(self.questions)))
-
-
-Action: TypeAlias = Encode | Caption | Extend | Answer | Reply | EvaluateRules | Summarize | AnswerPast
 
 
 @dataclass(frozen=True)
