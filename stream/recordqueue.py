@@ -22,6 +22,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from .messages import Answer, BusMessage, Caption, Event, Summary, Thumbnail
+from .outputqueue import Backoff
 
 KEPT_TYPES = frozenset({"caption", "event", "answer", "summary"})
 READ_TYPES = KEPT_TYPES | {"thumbnail"}  # the bus messages the recorder decodes at all
@@ -197,7 +198,7 @@ class RecordQueue:
             self._attempts = 0
             self._retry_at = None
             return len(batch)
-        self._retry_at = now + min(self.backoff_max, self.backoff_initial * 2 ** (self._attempts - 1))
+        self._retry_at = now + Backoff(self.backoff_initial, self.backoff_max).delay(self._attempts)
         self._items.extendleft(reversed(batch))
         self._bytes += sum(item.size for _, item in batch)
         dropped = self._trim()
