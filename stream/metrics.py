@@ -72,7 +72,7 @@ CAPTURE_FIGURES: Final = (
     Figure(
         "fps", "capture_fps", G, "Frames per second the source delivers, as its capture process measures."
     ),
-    Figure("frames", "frames", C, "Frames read from the source."),
+    Figure("frames", "frames", C, "Frames written to the ring (with sampled decoding: only the samples)."),
     Figure("drops", "dropped_frames", C, "Frames the capture process dropped (the ring was full)."),
     Figure("decode_errors", "decode_errors", C, "Frames or packets the decoder could not decode."),
     Figure("reconnects", "reconnects", C, "Times the capture process reopened the source."),
