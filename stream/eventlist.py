@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .process import ExitCode
+from .storecli import check_streams, clock, open_store_for_reading, span_of
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
@@ -98,14 +99,12 @@ def add_events_command(commands: Any) -> None:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from .cli import _check_streams, _open_store_for_reading, _span
-
     if not 1 <= args.limit <= MAX_LIMIT:
         raise ConfigError(f"--limit {args.limit}: must be from 1 to {MAX_LIMIT}")
-    span = _span(args)
-    with _open_store_for_reading(args) as store:
+    span = span_of(args)
+    with open_store_for_reading(args) as store:
         if args.stream:
-            _check_streams(store, args.stream)
+            check_streams(store, args.stream)
         rows = (json.loads(row.json) for row in store.iter_events(args.stream, span.wall_from, span.wall_to))
         found = summarize(rows, rules=args.rule)[: args.limit]
     for event in found:
@@ -119,11 +118,6 @@ def cmd_events(args: argparse.Namespace) -> int:
 def event_line(event: EventSummary) -> str:
     """``start wall time  stream  rule  stream-time span  state  score  text``."""
     wall = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.wall_start))
-    span = f"{_clock(event.t_start)}-{_clock(event.t_end)}"
+    span = f"{clock(event.t_start)}-{clock(event.t_end)}"
     text = " ".join(event.text.split())
     return f"{wall}  {event.stream}  {event.rule}  {span}  {event.state}  {event.score:.2f}  {text}"
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(max(0, round(seconds)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
