@@ -4,7 +4,7 @@ A rule is a yes/no ``question`` the model answers about every captioned window (
 :meth:`model.backends.LocalBackend.yes_probabilities`) or a regex ``pattern`` on each caption's text
 (score 1.0 on a match, else 0.0; no model call). What the scores do (hysteresis, cooldown, events) is
 :mod:`stream.alerts`; this module only makes and checks the rules, with the same
-:func:`~stream.config.setting` machinery as every config section, so a bad rule is one line naming the
+:func:`~stream.settings.setting` machinery as every config section, so a bad rule is one line naming the
 rule and the key (``alerts.person_at_door.threshold: ...``) and exit code 2.
 """
 
@@ -15,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from .config import Config, check_settings, setting
+from .config import Config
 from .errors import ConfigError
+from .settings import check_settings, setting
 
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 RULE_NAME_RULE = "letters, digits, _ and -, 1 to 64 of them"

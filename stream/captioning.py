@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .change import window_change
-from .config import CaptionsConfig, ModelConfig, SamplerConfig, check_settings, setting_like
+from .config import CaptionsConfig, ModelConfig, SamplerConfig
 from .sampler import Job, SampledFrame, Sampler
+from .settings import check_settings, setting_like
 
 # Frames waiting to be encoded, per stream. Sampled at 1 fps, so this only fills when the model
 # cannot even keep up with encoding; then the oldest are dropped (and counted).
@@ -44,7 +45,7 @@ MAX_DUE_WINDOWS = 64
 @dataclass(frozen=True)
 class CaptionSettings:
     """How one stream is captioned (from the ``[sampler]``, ``[model]`` and ``[captions]`` config).
-    Checked when made, with the limits of those config keys (:func:`~stream.config.check_settings`):
+    Checked when made, with the limits of those config keys (:func:`~stream.settings.check_settings`):
     a bad value raises :class:`~stream.errors.ConfigError` naming ``captions.<field>``."""
 
     prompt: str  # the prompt text (a preset already resolved); ``{duration}`` is filled in

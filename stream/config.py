@@ -5,11 +5,11 @@ documents every key with the same values (a test keeps the two equal). A user fi
 keys it changes. Layers are applied in order (defaults, ``--config FILE``, the CLI's flags, ``--set``)
 by :func:`merge`, which rejects an unknown section or key and a value of the wrong type, naming the
 file (or "command line") and the key; :func:`check` then checks every range, choice and rule, declared
-next to each field with :func:`setting`. :func:`check_settings` is the one validator: the runtime
-option objects that code may also make directly (``GatewayOptions``, ``SourceOptions``) declare their
-fields with :func:`setting` too and call it when made, so a bad value gets the same message from a
-file, a flag or code. ``GatewayOptions`` extends :class:`GatewayConfig` (the ``[gateway]`` keys are
-its user-settable fields); :func:`options_from` makes an option object from a section.
+next to each field with :func:`~stream.settings.setting` (:mod:`stream.settings`, the one validator,
+which the runtime option objects that code may also make directly, such as ``GatewayOptions`` and
+``SourceOptions``, use too, so a bad value gets the same message from a file, a flag or code).
+``GatewayOptions`` extends :class:`GatewayConfig` (the ``[gateway]`` keys are its user-settable
+fields). The prompt presets the ``prompt`` keys name are :mod:`stream.prompts`.
 
 ``[sources.NAME]`` tables define sources by name (``url``) and give a source its own ``prompt``,
 ``window`` and ``stride``; a setting a source leaves out is the global one.
@@ -17,61 +17,27 @@ its user-settable fields); :func:`options_from` makes an option object from a se
 
 from __future__ import annotations
 
-import difflib
-import functools
 import os
 import re
 import tomllib
 import types
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
-from importlib import resources
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
+from .prompts import summary_preset_names
+from .settings import check_settings, setting
 
 if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+    pass
 
 # A source's name keys its ring, its captions and its status, and is a TOML key and a --set path
 # component, so it is kept plain.
 SOURCE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 SOURCE_NAME_RULE = "a letter, then letters, digits, _ or -, at most 64"
-
-Options = TypeVar("Options", bound="DataclassInstance")
-
-
-def packaged_text(name: str) -> str:
-    """A file of ``stream/defaults/`` (package data, so it is there however vidnarrate was installed)."""
-    return (resources.files(__package__) / "defaults" / name).read_text(encoding="utf-8")
-
-
-def setting(
-    default: Any,
-    *,
-    low: float | str | None = None,
-    above: float | None = None,
-    high: float | None = None,
-    choices: tuple[str, ...] = (),
-    rule: Callable[[Any], str | None] | None = None,
-) -> Any:
-    """A field with its checks: a range (``low`` inclusive, and it may name a sibling field that the
-    value must not be below; ``above`` exclusive, for "more than 0"; ``high`` inclusive), a set of
-    choices, or a rule that returns the reason a value is bad. A None value (an optional field left
-    unset) passes every check."""
-    return field(
-        default=default,
-        metadata={"low": low, "above": above, "high": high, "choices": choices, "rule": rule},
-    )
-
-
-def setting_like(section: type, name: str, default: Any = MISSING) -> Any:
-    """A field of another option object with the checks of ``section.name`` (and its default unless
-    given): a limit is declared once, where the config key is, whatever object carries the value."""
-    spec = {f.name: f for f in fields(section)}[name]
-    return field(default=spec.default if default is MISSING else default, metadata=spec.metadata)
 
 
 def _not_empty(what: str) -> Callable[[Any], str | None]:
@@ -95,18 +61,6 @@ def _devices_rule(devices: tuple[str, ...]) -> str | None:
 
 def _prompt_rule(prompt: str) -> str | None:
     return None if prompt.strip() else "must not be empty (a preset name or prompt text)"
-
-
-def preset_typo(prompt: str) -> str | None:
-    """Why a prompt looks like a mistyped preset name, or None. One word that is no preset ('ctv') is a
-    typo far more often than a prompt; it is still used as written (a user may mean it), so callers warn."""
-    text = prompt.strip()
-    names = prompt_preset_names()
-    if not text or text in names or any(ch.isspace() for ch in text):
-        return None
-    close = difflib.get_close_matches(text.lower(), names, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{prompt!r} is not a preset ({', '.join(names)}); it is used as the prompt text itself.{hint}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -399,54 +353,6 @@ def check(config: Config) -> Config:
     return config
 
 
-def check_settings(prefix: str, section: Any) -> None:
-    """Check the fields of one dataclass declared with :func:`setting`; errors name ``prefix.field``.
-    Any option object may declare its fields this way and be checked here, by the same rules."""
-    for spec in fields(section):
-        value = getattr(section, spec.name)
-        if value is None:
-            continue
-        key = f"{prefix}.{spec.name}"
-        if is_dataclass(value):  # a nested table such as [model.remote]
-            check_settings(key, value)
-            continue
-        meta = spec.metadata
-        low, above, high = meta.get("low"), meta.get("above"), meta.get("high")
-        if isinstance(low, str):
-            low = getattr(section, low)
-        # Written so that NaN fails every bound it meets.
-        if (
-            (low is not None and not value >= low)
-            or (above is not None and not value > above)
-            or (high is not None and not value <= high)
-        ):
-            raise ConfigError(f"{key}: {value!r} is out of range {_interval(low, above, high)}")
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(meta['choices'])}")
-        reason = meta["rule"](value) if meta.get("rule") else None
-        if reason:
-            raise ConfigError(f"{key}: {reason}")
-
-
-def _interval(low: float | None, above: float | None, high: float | None) -> str:
-    """``[0, 65535]``, ``(0, inf)``, ``[1, inf)``: the range a value must be in."""
-    start = f"[{low}" if low is not None else f"({above}" if above is not None else "(-inf"
-    end = f"{high}]" if high is not None else "inf)"
-    return f"{start}, {end}"
-
-
-def options_from(
-    section: Any, options: type[Options], renamed: Mapping[str, str] | None = None, **changes: Any
-) -> Options:
-    """The option object ``options`` (a dataclass) made from a checked config section: each key of the
-    section that is one of its fields (by the same name, or by the name ``renamed`` maps it to) is
-    carried over, ``changes`` are applied on top, and the object checks itself when made."""
-    renamed = renamed or {}
-    known = {spec.name for spec in fields(options)}
-    values = {renamed.get(spec.name, spec.name): getattr(section, spec.name) for spec in fields(section)}
-    return options(**{name: value for name, value in values.items() if name in known} | changes)
-
-
 def _coerce(key: str, value: Any, kind: Any) -> Any:
     """Check one TOML value against the field's type; ints are accepted where floats are expected.
     A ``T | None`` field takes a T (TOML has no null: None only means "not set")."""
@@ -617,62 +523,6 @@ def _split_override(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         value = raw
     return dotted.strip(), value
-
-
-@functools.cache
-def _packaged_prompts() -> tuple[tuple[str, str], ...]:
-    origin = "stream/defaults/prompts.toml"
-    try:
-        data = tomllib.loads(packaged_text("prompts.toml"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
-        raise ConfigError(f"prompt presets {origin}: {exc}") from None
-    presets = []
-    for name, table in data.items():
-        if not isinstance(table, dict) or not isinstance(table.get("text"), str):
-            raise ConfigError(f"{origin}: preset [{name}] needs a string 'text'")
-        presets.append((name, table["text"]))
-    return tuple(presets)
-
-
-def load_prompts() -> dict[str, str]:
-    """Prompt presets by name (``narration``, ``cctv``, ``screen``, and the ``context`` template)."""
-    return dict(_packaged_prompts())
-
-
-def prompt_preset_names() -> list[str]:
-    """The presets a prompt may name (``context`` is the template for earlier captions, not a prompt)."""
-    return [name for name, _ in _packaged_prompts() if name != "context"]
-
-
-def resolve_prompt(prompt: str, presets: dict[str, str]) -> str:
-    """A preset's text by name, or the prompt itself when it is not a preset name."""
-    return presets.get(prompt, prompt)
-
-
-@functools.cache
-def _packaged_summary_prompts() -> tuple[tuple[str, tuple[str, str]], ...]:
-    origin = "stream/defaults/summaries.toml"
-    try:
-        data = tomllib.loads(packaged_text("summaries.toml"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
-        raise ConfigError(f"summary presets {origin}: {exc}") from None
-    presets = []
-    for name, table in data.items():
-        keys = ("text", "text") if name == "question" else ("chunk", "combine")
-        if not isinstance(table, dict) or not all(isinstance(table.get(k), str) for k in keys):
-            raise ConfigError(f"{origin}: preset [{name}] needs the strings {' and '.join(set(keys))}")
-        presets.append((name, (table[keys[0]], table[keys[1]])))
-    return tuple(presets)
-
-
-def load_summary_prompts() -> dict[str, tuple[str, str]]:
-    """Summary presets by name: (chunk, combine) prompt templates; ``question`` is (text, text), the
-    template of questions over the past."""
-    return dict(_packaged_summary_prompts())
-
-
-def summary_preset_names() -> list[str]:
-    return [name for name, _ in _packaged_summary_prompts() if name != "question"]
 
 
 def summary_preset(config: Config, stream: str | None = None) -> str:

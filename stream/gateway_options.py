@@ -3,7 +3,7 @@
 Keyword-only and grouped by purpose, with safe limits on by default. :class:`GatewayOptions` is the
 ``[gateway]`` config section (:class:`~stream.config.GatewayConfig`: host, port, token, client_queue,
 replay, max_message_bytes) extended with the options only code sets; every limit is declared on its
-field and checked by :func:`~stream.config.check_settings`, so a bad value gets the same message as
+field and checked by :func:`~stream.settings.check_settings`, so a bad value gets the same message as
 in a config file. It is picklable, so ``vidnarrate run`` hands it as it is to the gateway's child
 process.
 """
@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import GatewayConfig, check_settings, setting
+from .config import GatewayConfig
 from .routes import DEFAULT_WEB_DIR
+from .settings import check_settings, setting
 
 
 @dataclass(frozen=True, kw_only=True)

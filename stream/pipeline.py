@@ -26,15 +26,7 @@ from typing import Any
 from .bus import RunPaths, remove_stale_runs
 from .captioning import CaptionSettings
 from .capture import capture_main
-from .config import (
-    SOURCE_NAME_RE,
-    SOURCE_NAME_RULE,
-    Config,
-    load_prompts,
-    options_from,
-    resolve_prompt,
-    summary_preset,
-)
+from .config import SOURCE_NAME_RE, SOURCE_NAME_RULE, Config, summary_preset
 from .errors import ConfigError
 from .gateway import gateway_main
 from .gateway_options import GatewayOptions
@@ -42,9 +34,11 @@ from .inference import InferenceOptions, drained_file, inference_main, ready_fil
 from .outputs import OutputsOptions, outputs_main
 from .placement import assign, inference_roles
 from .process import ExitCode
+from .prompts import load_prompts, resolve_prompt
 from .recorder import RecorderOptions, recorder_main
 from .ring import FrameRing, remove_stale_rings, ring_name
 from .runwatch import SourceState
+from .settings import options_from
 from .sources import SourceOptions, parse_source
 from .supervisor import ChildSpec, Supervisor
 from .textwork import TextSettings

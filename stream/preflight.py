@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import Config, is_remote_model, preset_typo
+from .config import Config, is_remote_model
 from .errors import ConfigError, SourceError
+from .prompts import preset_typo
 
 # Prompt tokens of one frame piece: 64 placeholder tokens and their <image>/</image> (or <slice>) pair.
 _TOKENS_PER_PIECE = 66

@@ -150,7 +150,7 @@ class Sampler:
     """Samples one stream at ``fps`` and cuts captioning jobs from a rolling window. See the module doc.
 
     Its settings are a stream's checked :class:`~stream.captioning.CaptionSettings` (the one validator,
-    :func:`~stream.config.check_settings`, has seen them): they are not checked again here."""
+    :func:`~stream.settings.check_settings`, has seen them): they are not checked again here."""
 
     def __init__(
         self,

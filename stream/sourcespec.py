@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from .config import DECODE_MODES, HWACCEL_CHOICES, check_settings, setting
+from .config import DECODE_MODES, HWACCEL_CHOICES
 from .errors import UnsupportedSource
+from .settings import check_settings, setting
 
 SourceKind = Literal["file", "network", "webcam", "screen"]
 
@@ -122,7 +123,7 @@ class SourceOptions:
     frame whatever it says). ``hwaccel``: the hardware decoder to try (:mod:`stream.hwdecode`); software
     unless asked, as for the checks and the offline command: ``[capture] hwaccel`` (default ``auto``)
     sets it for the capture processes.
-    The limits are checked by :func:`~stream.config.check_settings`, the config's validator; the
+    The limits are checked by :func:`~stream.settings.check_settings`, the config's validator; the
     ``[capture]`` section sets most of these (``stream.pipeline.source_options``).
     """
 

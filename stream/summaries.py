@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Final
 
-from .config import load_summary_prompts
+from .prompts import load_summary_prompts
 
 # Tokens kept free for the chat template around a prompt (role markers, the assistant's turn).
 TEMPLATE_TOKENS: Final = 64

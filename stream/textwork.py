@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from . import messages
-from .config import load_summary_prompts
 from .messages import AskId, ErrorCode
+from .prompts import load_summary_prompts
 from .summaries import (
     TEMPLATE_TOKENS,
     ChatRequest,

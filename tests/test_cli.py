@@ -16,7 +16,7 @@ from realparts import make_clip
 
 from stream import democlip
 from stream.cli import build_parser, resolve_config, resolve_sources
-from stream.config import load_config, load_prompts
+from stream.config import load_config
 from stream.errors import ConfigError
 from stream.pipeline import NamedSource, inference_options
 from stream.preflight import (
@@ -27,6 +27,7 @@ from stream.preflight import (
     warn_if_windows_too_long,
 )
 from stream.process import ExitCode
+from stream.prompts import load_prompts
 
 VIDNARRATE = Path(sys.executable).with_name("vidnarrate")
 

@@ -13,20 +13,7 @@ from pathlib import Path
 import pytest
 
 from stream.cli import build_parser, resolve_config
-from stream.config import (
-    Config,
-    MqttConfig,
-    SourceConfig,
-    WebhookConfig,
-    apply_overrides,
-    check,
-    load_config,
-    load_prompts,
-    packaged_text,
-    preset_typo,
-    prompt_preset_names,
-    resolve_prompt,
-)
+from stream.config import Config, MqttConfig, SourceConfig, WebhookConfig, apply_overrides, check, load_config
 from stream.errors import ConfigError, UnsupportedSource
 from stream.gateway_options import GatewayOptions
 from stream.pipeline import (
@@ -36,6 +23,7 @@ from stream.pipeline import (
     inference_options,
     source_options,
 )
+from stream.prompts import load_prompts, packaged_text, preset_typo, prompt_preset_names, resolve_prompt
 from stream.sourcespec import SourceOptions
 
 

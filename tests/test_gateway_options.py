@@ -6,9 +6,10 @@ from dataclasses import fields
 
 import pytest
 
-from stream.config import Config, GatewayConfig, apply_overrides, options_from
+from stream.config import Config, GatewayConfig, apply_overrides
 from stream.errors import ConfigError
 from stream.gateway_options import GatewayOptions
+from stream.settings import options_from
 
 
 @pytest.mark.parametrize(

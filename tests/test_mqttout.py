@@ -17,10 +17,11 @@ from conftest import require_executable, require_real_part
 from realparts import load_tool
 
 from stream.bus import Envelope
-from stream.config import MqttConfig, check_settings
+from stream.config import MqttConfig
 from stream.messages import Caption, Event, EventState
 from stream.mqttout import MqttOutput, mqtt_deliveries, topic_part
 from stream.outputqueue import Backoff, OutputState
+from stream.settings import check_settings
 
 pytestmark = pytest.mark.integration
 peers = load_tool("output_peers")

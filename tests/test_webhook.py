@@ -15,9 +15,10 @@ from conftest import require_executable
 from realparts import load_tool
 
 from stream.bus import Envelope
-from stream.config import WebhookConfig, check_settings
+from stream.config import WebhookConfig
 from stream.messages import Caption, Event, EventState
 from stream.outputqueue import Backoff, OutputState
+from stream.settings import check_settings
 from stream.webhook import WebhookOutput, public_target
 
 peers = load_tool("output_peers")
