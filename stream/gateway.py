@@ -9,9 +9,9 @@
 
 This module wires them: it reads the bus, forwards captions, partials, events, thumbnails and summaries
 as the bytes their publisher encoded, merges status reports, routes asks to the inference process and
-their answers back to the asker (an ask about the past with its stored captions), runs searches,
-histories, replays and stored thumbnails on a worker thread of its own (SQLite never blocks the event
-loop), and runs the status and ask timers.
+their answers back to the asker, hands every request that reads the caption store (a replay, a stored
+thumbnail, an ask about the past, searches and histories) to :mod:`stream.gatewaystore`, and runs the
+status and ask timers.
 
 Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as a child process
 (:func:`gateway_main`, picklable for ``multiprocessing`` "spawn").
@@ -20,14 +20,13 @@ Run it in-process (:class:`Gateway`, ``await start()`` / ``await stop()``) or as
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +36,9 @@ from .auth import RedactToken, TokenAuth
 from .bus import AskSender, AsyncSubscriber, Envelope
 from .clients import Client, Clients
 from .errors import ProtocolError
-from .fanout import ClientLimit, PendingAsk, PendingAsks, ReplayStore, StatusBoard
+from .fanout import PendingAsk, PendingAsks, ReplayStore, StatusBoard
 from .gateway_options import GatewayOptions
+from .gatewaystore import GatewayStore
 from .messages import (
     Answer,
     AskRequest,
@@ -53,16 +53,14 @@ from .messages import (
     Pong,
     Processes,
     RecorderStatus,
-    Results,
     Status,
     Subscribed,
 )
 from .metrics import CONTENT_TYPE, StatusMetrics
 from .process import ExitCode, write_ready_file
-from .requests import Ask, Ping, StoreRequest, Subscribe, parse_client_message
+from .requests import Ask, Ping, Subscribe, parse_client_message
 from .routes import WS_PATH, Routes
-from .storereader import PastCaptions, StoreReader
-from .storereplay import merge_replay
+from .storereader import StoreReader
 
 log = logging.getLogger(__name__)
 _ws_log = logging.getLogger(__name__ + ".websockets")
@@ -112,16 +110,20 @@ class Gateway:
             timeout=options.ask_timeout, per_client=options.asks_per_client, total=options.max_pending_asks
         )
         self._thumbnails: dict[str, bytes] = {}  # the latest of each stream, as published
-        self._reader = (
-            StoreReader(Path(options.store), run_id=options.run_id) if options.store is not None else None
+        self._store = (
+            GatewayStore(
+                StoreReader(Path(options.store), run_id=options.run_id),
+                options,
+                self._clients,
+                self._replay,
+                self._asks,
+                start_subscription=self._start_subscription,
+                sender_for=self._sender_for,
+                on_error_reply=self._count_error_reply,
+            )
+            if options.store is not None
+            else None
         )
-        self._queries = ClientLimit(options.queries_per_client)
-        self._query_tasks: set[asyncio.Task[None]] = set()
-        # Replay from the store needs the run id, to tell this run's captions from earlier runs'.
-        self._store_replay = self._reader is not None and options.run_id is not None
-        self._replaying: dict[int, Subscribe] = {}  # client -> its subscribe waiting for the store
-        # One thread: a Store is used by one thread at a time, and queries wait their turn there.
-        self._store_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._subscriber: AsyncSubscriber | None = None
         self._ask_sender: AskSender | None = None
         self._routed_senders: dict[str, AskSender] = {}  # endpoint -> its sender, per ask_routes
@@ -188,14 +190,11 @@ class Gateway:
             return
         server, self._server = self._server, None
         server.close(close_connections=False)
-        for task in [*self._loops, *self._query_tasks]:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, *self._query_tasks, return_exceptions=True)
-        if self._store_thread is not None and self._reader is not None:
-            # The reader is closed on its own thread, after a query that may still run there.
-            self._store_thread.submit(self._reader.close)
-            self._store_thread.shutdown(wait=False, cancel_futures=False)
-            self._store_thread = None
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._store is not None:
+            await self._store.close()
         await self._clients.close_all(CloseCode.GOING_AWAY, "server shutting down")
         grace = self.options.close_timeout + 2.0
         try:
@@ -258,7 +257,7 @@ class Gateway:
             if self._last_bus_wall is None
             else round(now - self._last_bus_wall, 3),
             "pending_asks": len(self._asks),
-            "queries_in_flight": len(self._queries),
+            "queries_in_flight": 0 if self._store is None else len(self._store.queries),
             "clients_behind": behind,
             "queued_messages": queued,
             **self.stats,
@@ -270,7 +269,8 @@ class Gateway:
 
     def _client_gone(self, client: Client) -> None:
         self._asks.drop_client(client.number)
-        self._replaying.pop(client.number, None)
+        if self._store is not None:
+            self._store.forget(client.number)
 
     def _on_client_message(self, client: Client, raw: str | bytes) -> None:
         try:
@@ -281,8 +281,14 @@ class Gateway:
                 self._ask(client, request)
             elif isinstance(request, Ping):
                 self._clients.send(client, Pong(id=request.id, t=request.t, wall=time.time()))
+            elif self._store is None:
+                raise MessageError(
+                    ErrorCode.STORE_UNAVAILABLE,
+                    "this server keeps no caption store (a run started with --no-store records nothing)",
+                    request.id,
+                )
             else:
-                self._query(client, request)
+                self._store.query(client, request)
         except MessageError as exc:
             self._counts["error_replies"] += 1
             self._clients.send(client, exc.to_reply())
@@ -290,45 +296,13 @@ class Gateway:
 
     def _subscribe(self, client: Client, request: Subscribe) -> None:
         count = min(request.replay, self.options.replay) if request.wants_type("caption") else 0
-        if self._store_replay and count > 0 and self._queries.start(client.number):
-            # The subscription starts once the store has answered: replay first, then live, as always.
-            self._replaying[client.number] = request
-            task = self._spawn(self._replay_from_store(client.number, request, count))
-            self._query_tasks.add(task)
-            task.add_done_callback(self._query_tasks.discard)
+        store = self._store
+        if store is not None and store.replays and count > 0 and store.subscribe(client, request, count):
             return
         # No store, or this client already has store reads running: this gateway's buffer only.
-        self._replaying.pop(client.number, None)
+        if store is not None:
+            store.forget(client.number)
         self._start_subscription(client, request, self._replay.recent(request, request.replay))
-
-    async def _replay_from_store(self, number: int, request: Subscribe, count: int) -> None:
-        assert self._reader is not None and self.options.run_id is not None
-        wanted = request.streams
-        if wanted is None and self.options.streams:
-            wanted = frozenset(self.options.streams)
-        read = self._on_store_thread(self._reader.recent, wanted, count, self.options.max_streams)
-        # Counted until the thread is done with it, even if the client stops waiting: a client cannot
-        # pile reads onto a stuck disk.
-        read.add_done_callback(lambda _: self._queries.finish(number))
-        try:
-            stored = await asyncio.wait_for(asyncio.shield(read), self.options.replay_timeout)
-        except TimeoutError:  # a slow or hung disk: live captions must not wait for it
-            log.warning(
-                "the store gave no replay within %g s; replaying this gateway's buffer alone",
-                self.options.replay_timeout,
-            )
-            stored = []
-        except Exception:  # a bug: the client still gets its subscription, from the buffer
-            log.exception("unexpected error reading the replay from the store")
-            stored = []
-        client = self._clients.get(number)
-        if client is None or self._replaying.get(number) is not request:
-            return  # gone, or subscribed again meanwhile (the newer subscribe answers)
-        del self._replaying[number]
-        # In the same step as the subscription starts: what the gateway heard until now is in its
-        # buffer (merged here), what it hears after goes live.
-        replay = merge_replay(stored, self._replay.entries(request), run_id=self.options.run_id, count=count)
-        self._start_subscription(client, request, replay)
 
     def _start_subscription(self, client: Client, request: Subscribe, replay: list[bytes]) -> None:
         client.subscription = request
@@ -352,14 +326,10 @@ class Gateway:
             self._clients.send(client, self._status_message())
 
     async def _stored_thumbnail(self, store_id: int) -> bytes | None:
-        if self._reader is None:
-            return None
-        return await self._on_store_thread(self._reader.thumbnail, store_id)
+        return None if self._store is None else await self._store.thumbnail(store_id)
 
-    def _on_store_thread(self, func: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        if self._store_thread is None:
-            self._store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gateway-store")
-        return asyncio.get_running_loop().run_in_executor(self._store_thread, func, *args)
+    def _count_error_reply(self) -> None:
+        self._counts["error_replies"] += 1
 
     def _ask(self, client: Client, request: Ask) -> None:
         if self._ask_sender is None:
@@ -367,7 +337,14 @@ class Gateway:
                 ErrorCode.ASK_UNAVAILABLE, "asking questions is not enabled on this server", request.id
             )
         if request.about_past:
-            self._ask_past(client, request)
+            if self._store is None:
+                raise MessageError(
+                    ErrorCode.STORE_UNAVAILABLE,
+                    "questions over the past need the caption store, and this server keeps none "
+                    "(a run started with --no-store records nothing)",
+                    request.id,
+                )
+            self._store.ask_past(client, request)
             return
         streams = self._board.streams() | set(self._replay.streams())
         if streams and request.stream not in streams:
@@ -399,118 +376,6 @@ class Gateway:
         endpoint = self._ask_routes.get(stream, self._asks_endpoint)
         return self._routed_senders.get(endpoint or "", self._ask_sender)
 
-    def _ask_past(self, client: Client, request: Ask) -> None:
-        """A question over the past: its stored captions are read on the store thread, then it goes
-        to the inference process with them (counted and timed out like any ask meanwhile)."""
-        if self._reader is None:
-            raise MessageError(
-                ErrorCode.STORE_UNAVAILABLE,
-                "questions over the past need the caption store, and this server keeps none "
-                "(a run started with --no-store records nothing)",
-                request.id,
-            )
-        pending = self._asks.add(client.number, request, time.monotonic())
-        now = time.time()
-        wall_from = now - request.since if request.since is not None else request.wall_from
-        wall_to = request.wall_to if request.wall_to is not None else now
-        task = self._spawn(
-            self._forward_past(client.number, pending, self._reader, request, wall_from, wall_to)
-        )
-        self._query_tasks.add(task)
-        task.add_done_callback(self._query_tasks.discard)
-
-    async def _forward_past(
-        self,
-        number: int,
-        pending: PendingAsk,
-        reader: StoreReader,
-        request: Ask,
-        wall_from: float | None,
-        wall_to: float,
-    ) -> None:
-        try:
-            found = await self._on_store_thread(
-                reader.past_captions,
-                request.id,
-                request.stream,
-                request.question,
-                wall_from,
-                wall_to,
-            )
-        except Exception:  # a bug, not a bad store (past_captions replies to those): the asker hears
-            log.exception("unexpected error reading the captions of an ask over the past")
-            found = ErrorReply(
-                error=ErrorCode.STORE_UNAVAILABLE,
-                message="the store could not be read (an error on the server; see its log)",
-                id=request.id,
-            )
-        sent = (
-            isinstance(found, PastCaptions)
-            and (sender := self._sender_for(request.stream)) is not None
-            and sender.send(
-                AskRequest(
-                    id=pending.key,
-                    stream=request.stream,
-                    question=request.question,
-                    wall=time.time(),
-                    client=number,
-                    captions=found.captions,
-                    from_=found.wall_from,
-                    to=found.wall_to,
-                )
-            )
-        )
-        if sent:
-            return
-        if self._asks.resolve(pending.key) is None:
-            return  # expired meanwhile: the asker was told
-        if not isinstance(found, ErrorReply):
-            found = ErrorReply(
-                error=ErrorCode.ASK_UNAVAILABLE,
-                message="the inference process is not running; try again later",
-                id=request.id,
-            )
-        client = self._clients.get(number)
-        if client is not None:
-            self._counts["error_replies"] += 1
-            self._clients.send(client, found)
-
-    def _query(self, client: Client, request: StoreRequest) -> None:
-        if self._reader is None:
-            raise MessageError(
-                ErrorCode.STORE_UNAVAILABLE,
-                "this server keeps no caption store (a run started with --no-store records nothing)",
-                request.id,
-            )
-        if not self._queries.start(client.number):
-            raise MessageError(
-                ErrorCode.TOO_MANY_QUERIES,
-                f"{self._queries.per_client} of your searches are still running; wait for their results",
-                request.id,
-            )
-        task = self._spawn(self._answer_query(client.number, self._reader, request))
-        self._query_tasks.add(task)
-        task.add_done_callback(self._query_tasks.discard)
-
-    async def _answer_query(self, number: int, reader: StoreReader, request: StoreRequest) -> None:
-        reply: Results | ErrorReply
-        try:
-            reply = await self._on_store_thread(reader.answer, request)
-        except Exception:  # a bug, not a bad store (answer() replies to those): the asker still hears
-            log.exception("unexpected error answering a %s request", type(request).__name__.lower())
-            reply = ErrorReply(
-                error=ErrorCode.STORE_UNAVAILABLE,
-                message="the store could not be read (an error on the server; see its log)",
-                id=request.id,
-            )
-        finally:
-            self._queries.finish(number)
-        client = self._clients.get(number)
-        if client is not None:  # else the client left while its query ran
-            if isinstance(reply, ErrorReply):
-                self._counts["error_replies"] += 1
-            self._clients.send(client, reply)
-
     # -- the bus ---------------------------------------------------------------------------------
     async def _read_bus(self) -> None:
         assert self._subscriber is not None
@@ -532,7 +397,8 @@ class Gateway:
             if stream is None:
                 raise ValueError(f"bus {kind!r} message without a 'stream' name")
             if kind == "caption":
-                seq, wall_end = _replay_key(envelope.body) if self._store_replay else (None, 0.0)
+                replays = self._store is not None and self._store.replays
+                seq, wall_end = _replay_key(envelope.body) if replays else (None, 0.0)
                 self._replay.add(stream, envelope.body, seq=seq, wall_end=wall_end)
                 self._metrics.observe_caption(stream, envelope.body)
             elif kind == "thumbnail":

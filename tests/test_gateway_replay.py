@@ -197,14 +197,14 @@ def test_a_store_that_hangs_delays_no_subscription_past_the_replay_timeout(
 
     async def scenario() -> None:
         async with gateway_on_bus(run, store_path, run_id=RUN, replay_timeout=0.5) as (gw, publisher):
-            assert gw._reader is not None
-            reader_recent = gw._reader.recent
+            assert gw._store is not None
+            reader_recent = gw._store.reader.recent
 
             def hung(*args: Any) -> Any:  # a disk that does not answer until released
                 release.wait(20)
                 return reader_recent(*args)
 
-            gw._reader.recent = hung  # type: ignore[method-assign]
+            gw._store.reader.recent = hung  # type: ignore[method-assign]
             publisher.send(caption("door", 0, 500.0))
             await buffered(gw, 1)
             started = time.monotonic()
