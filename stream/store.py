@@ -6,10 +6,10 @@ them, and ``synchronous=FULL``: each commit is fsynced to the WAL before :meth:`
 a commit survives a power cut as well as a SIGKILL (``NORMAL`` survives only the latter; the recorder
 commits a batch about twice a second, so the fsync costs little).
 
-The schema is versioned by ``PRAGMA user_version`` and upgraded by :data:`_MIGRATIONS`, one list of
-statements per version. A file that is not a SQLite database, is damaged, holds tables of some other
-program or comes from a newer vidnarrate is a :class:`~stream.errors.StoreError` naming it and the
-reason: it is never recreated or changed. Text is indexed by an FTS5 table over ``messages.text``
+The schema, its migrations and the checks made when a file is opened are :mod:`stream.storeschema`:
+a file that is not a SQLite database, is damaged, holds tables of some other program or comes from a
+newer vidnarrate is a :class:`~stream.errors.StoreError` naming it and the reason, never recreated or
+changed. Text is indexed by an FTS5 table over ``messages.text``
 (external content, kept in sync by triggers) and ranked by bm25; thumbnails are JPEG BLOBs deleted
 with their message. ``auto_vacuum=INCREMENTAL`` (set when the file is made) lets :meth:`Store.prune`
 give the space of deleted rows back to the file system.
@@ -32,77 +32,14 @@ from typing import Any, Final
 from . import messages
 from .errors import StoreError, StoreQueryError
 from .storequery import any_word_expression, match_expression
+from .storeschema import prepare, sqlite_reason
 
-SCHEMA_VERSION: Final = 1
 MIB: Final = 1024 * 1024
 PRUNE_CHUNK: Final = 2000  # rows deleted per statement
 PRUNE_MAX_ROWS: Final = 20_000  # rows deleted per prune() call: bounded work, however much is due
 HISTORY_PAGE: Final = 1000
 MAX_LIMIT: Final = 10_000
 SEARCH_CANDIDATES: Final = 2000  # matches ranked per search, those stored last (see Store.search)
-
-# One tuple of statements per schema version: _MIGRATIONS[v] takes a file from version v to v + 1.
-_MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
-    (
-        """CREATE TABLE messages(
-            id INTEGER PRIMARY KEY,
-            kind TEXT NOT NULL,
-            run_id TEXT NOT NULL,
-            stream TEXT NOT NULL,
-            seq INTEGER,
-            t_start REAL, t_end REAL,
-            wall_start REAL, wall_end REAL NOT NULL,
-            text TEXT NOT NULL,
-            model TEXT,
-            json TEXT NOT NULL
-        )""",
-        "CREATE INDEX messages_stream_wall ON messages(stream, wall_end)",
-        "CREATE INDEX messages_wall ON messages(wall_end)",
-        # A caption replayed to the recorder (a restarted subscriber, a resent batch) is kept once.
-        "CREATE UNIQUE INDEX messages_once ON messages(run_id, kind, stream, seq) WHERE seq IS NOT NULL",
-        "CREATE VIRTUAL TABLE messages_fts USING fts5(text, content='messages', content_rowid='id', "
-        "tokenize='porter unicode61 remove_diacritics 2')",
-        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
-            INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
-        END""",
-        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
-        END""",
-        """CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
-            INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
-        END""",
-        """CREATE TABLE thumbnails(
-            message_id INTEGER PRIMARY KEY REFERENCES messages(id) ON DELETE CASCADE,
-            jpeg BLOB NOT NULL
-        )""",
-    ),
-)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-# The tables of the current schema (FTS5 keeps its index in shadow tables named after it).
-_TABLES: Final = frozenset(
-    {
-        "messages",
-        "thumbnails",
-        "messages_fts",
-        "messages_fts_data",
-        "messages_fts_idx",
-        "messages_fts_docsize",
-        "messages_fts_config",
-    }
-)
-
-_REASONS: Final = {
-    "SQLITE_NOTADB": "not a SQLite database",
-    "SQLITE_CORRUPT": "the file is damaged (corrupt)",
-    "SQLITE_FULL": "the disk is full",
-    "SQLITE_READONLY": "the file or its folder is read-only",
-    "SQLITE_CANTOPEN": "the file cannot be opened (a folder, or no permission)",
-    "SQLITE_PERM": "permission denied",
-    "SQLITE_BUSY": "another process holds it locked",
-    "SQLITE_IOERR": "an I/O error",
-}
 
 
 @dataclass(frozen=True)
@@ -150,14 +87,6 @@ def default_store_path() -> Path:
     return root / "vidnarrate" / "vidnarrate.db"
 
 
-def _reason(exc: sqlite3.Error) -> str:
-    name = getattr(exc, "sqlite_errorname", "")
-    for prefix, reason in _REASONS.items():
-        if name.startswith(prefix):
-            return reason
-    return str(exc)
-
-
 _COLUMNS: Final = "id, kind, run_id, stream, seq, t_start, t_end, wall_start, wall_end, text, model, json"
 
 
@@ -199,88 +128,14 @@ class Store:
                 connect[0], uri=connect[1], timeout=10.0, isolation_level=None, check_same_thread=False
             )
         except sqlite3.Error as exc:
-            raise StoreError(f"store {path}: cannot open it: {_reason(exc)}") from None
+            raise StoreError(f"store {path}: cannot open it: {sqlite_reason(exc)}") from None
         store = cls(path, db, readonly=readonly)
         try:
-            store._prepare()
+            prepare(db, path, readonly=readonly)
         except BaseException:
             db.close()
             raise
         return store
-
-    def _prepare(self) -> None:
-        try:
-            self._db.execute("BEGIN")  # one snapshot: another process may be making the schema now
-            try:
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                tables = self._tables()
-            finally:
-                self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.path}: schema version {version} is newer than this vidnarrate's "
-                f"({SCHEMA_VERSION}); use a newer vidnarrate, or another --store"
-            )
-        if version == 0 and tables:
-            raise StoreError(
-                f"store {self.path}: not a vidnarrate store (it holds the tables {', '.join(sorted(tables))})"
-            )
-        if version == SCHEMA_VERSION:
-            self._check_tables(tables)  # before anything is written, the journal mode included
-        elif self.readonly:
-            what = "empty" if version == 0 else f"of schema version {version}"
-            raise StoreError(
-                f"store {self.path}: it is {what}; a vidnarrate run recording into it upgrades it"
-            )
-        if not self.readonly:
-            try:
-                self._upgrade(version)
-                self._check_tables(self._tables())
-            except sqlite3.Error as exc:
-                raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
-        try:
-            self._db.execute("PRAGMA foreign_keys = ON")  # thumbnails go with their message
-            if not self.readonly:
-                self._db.execute("PRAGMA synchronous = FULL")
-                self._db.execute("PRAGMA journal_size_limit = 67108864")  # the WAL shrinks back after bursts
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: cannot set it up: {_reason(exc)}") from None
-
-    def _check_tables(self, tables: set[str]) -> None:
-        if tables != _TABLES:
-            odd = sorted(tables - _TABLES) or sorted(_TABLES - tables)
-            kind = "unexpected tables" if tables - _TABLES else "missing tables"
-            raise StoreError(f"store {self.path}: not a vidnarrate store ({kind} {', '.join(odd)})")
-
-    def _tables(self) -> set[str]:
-        rows = self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        )
-        return {name for (name,) in rows}
-
-    def _upgrade(self, version: int) -> None:
-        if version == 0:
-            # Only possible before the first table exists; later the file would need a full VACUUM.
-            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError(f"store {self.path}: cannot use WAL journaling here (the journal is {mode})")
-        while version < SCHEMA_VERSION:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                # Read again under the write lock: another process may have just made or upgraded it.
-                version = self._db.execute("PRAGMA user_version").fetchone()[0]
-                if version < SCHEMA_VERSION:
-                    for statement in _MIGRATIONS[version]:
-                        self._db.execute(statement)
-                    version += 1
-                    self._db.execute(f"PRAGMA user_version = {version}")
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
 
     def close(self) -> None:
         self._db.close()
@@ -321,7 +176,7 @@ class Store:
                 raise
         except sqlite3.Error as exc:
             raise StoreError(
-                f"store {self.path}: cannot write {len(records)} messages: {_reason(exc)}"
+                f"store {self.path}: cannot write {len(records)} messages: {sqlite_reason(exc)}"
             ) from None
 
     def prune(
@@ -356,7 +211,7 @@ class Store:
                 # execute() would run it one step, freeing one page; executescript() runs it to the end.
                 self._db.executescript("PRAGMA incremental_vacuum")
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: cannot delete old messages: {_reason(exc)}") from None
+            raise StoreError(f"store {self.path}: cannot delete old messages: {sqlite_reason(exc)}") from None
         return deleted
 
     def _used_mb(self) -> float:
@@ -371,7 +226,7 @@ class Store:
             pages = self._db.execute("PRAGMA page_count").fetchone()[0]
             size = self._db.execute("PRAGMA page_size").fetchone()[0]
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
+            raise StoreError(f"store {self.path}: cannot read it: {sqlite_reason(exc)}") from None
         return float(pages * size) / MIB
 
     # -- reading ------------------------------------------------------------------------------
@@ -551,7 +406,7 @@ class Store:
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path}: cannot read it: {_reason(exc)}") from None
+            raise StoreError(f"store {self.path}: cannot read it: {sqlite_reason(exc)}") from None
 
     def _query(self, sql: str, params: tuple[Any, ...]) -> list[StoredMessage]:
         return [StoredMessage(*row) for row in self._fetch(sql, params)]

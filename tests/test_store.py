@@ -18,7 +18,8 @@ from conftest import REPO_ROOT
 from stream import messages
 from stream import store as store_module
 from stream.errors import StoreError, StoreQueryError
-from stream.store import SCHEMA_VERSION, Record, Store, StoredMessage, default_store_path
+from stream.store import Record, Store, StoredMessage, default_store_path
+from stream.storeschema import SCHEMA_VERSION
 
 WALL0 = 1_780_000_000.0
 
