@@ -68,6 +68,10 @@ _ws_log = logging.getLogger(__name__ + ".websockets")
 _FORWARDED = frozenset({"caption", "partial", "event", "thumbnail", "summary"})  # bus bytes go to clients
 _REPORTS = frozenset({"capture_status", "inference_status", "processes", "recorder_status", "outputs_status"})
 _STATUS_MIN_GAP = 0.2  # seconds between two "on change" status messages
+# Stopping a run: the bus is drained once it has been quiet this long, or after the most (as the
+# recorder does; the supervisor kills a child only after its stop_timeout).
+_DRAIN_QUIET = 0.5
+_DRAIN_MAX = 2.0
 _TICK = 0.1
 T = TypeVar("T")
 
@@ -134,6 +138,7 @@ class Gateway:
         self._last_status = 0.0
         self._status_handle: asyncio.TimerHandle | None = None
         self._last_bus_wall: float | None = None
+        self._last_bus_at = 0.0  # monotonic
         self._bad_bus_logged = 0.0
         self._counts = {"bus_messages": 0, "bad_bus_messages": 0, "error_replies": 0}
 
@@ -210,6 +215,18 @@ class Gateway:
         if self._redactor is not None:
             _ws_log.removeFilter(self._redactor)
         log.info("gateway stopped")
+
+    async def drain(self) -> None:
+        """Keep forwarding until the bus has been quiet for a moment. A run is stopped inference
+        first: by the time the gateway is told, the inference process has exited, and what it
+        published last (the ``end`` of every event still open, its last captions) may still be on its
+        way; clients get it before they are closed."""
+        began = time.monotonic()
+        while (now := time.monotonic()) - began < _DRAIN_MAX:
+            quiet = now - max(self._last_bus_at, began)
+            if quiet >= _DRAIN_QUIET:
+                return
+            await asyncio.sleep(min(_DRAIN_QUIET - quiet, _DRAIN_MAX - (now - began)))
 
     def connect(self, endpoint: str) -> None:
         """Also read the publisher bound at ``endpoint`` (zmq retries until it exists)."""
@@ -392,6 +409,7 @@ class Gateway:
     def _on_bus_message(self, envelope: Envelope) -> None:
         self._counts["bus_messages"] += 1
         self._last_bus_wall = time.time()
+        self._last_bus_at = time.monotonic()
         kind, stream = envelope.type, envelope.stream
         if kind in _FORWARDED:
             if stream is None:
@@ -540,6 +558,7 @@ async def _run(gateway: Gateway, ready_file: str | None, ready_event: Any, stop_
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
+        await gateway.drain()
     finally:
         await gateway.stop()
     return ExitCode.OK

@@ -5,14 +5,18 @@ so the plumbing is tested with a rule that always fires (threshold 0) and one th
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import json
 import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+import websockets
 from liverun import VIDNARRATE, LiveRun, collect, short_run_root
 from realparts import make_clip
 
@@ -31,6 +35,23 @@ streams = ["door"]
 question = "Is a person at the door?"
 threshold = 1.0
 """
+
+
+def events_until_closed(ws_url: str, started: threading.Event) -> list[dict[str, Any]]:
+    """Every event an events-only client receives until the server closes the connection; ``started``
+    is set once an event has started."""
+
+    async def run() -> list[dict[str, Any]]:
+        got: list[dict[str, Any]] = []
+        async with websockets.connect(ws_url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "subscribe", "types": ["event"]}))
+            async for raw in ws:  # ends when the gateway closes (1001 on stop)
+                got.append(json.loads(raw))
+                if got[-1].get("state") == "start":
+                    started.set()
+        return got
+
+    return asyncio.run(run())
 
 
 def stored_events(path: Path) -> list[dict[str, Any]]:
@@ -104,7 +125,7 @@ def test_a_rule_that_always_fires_starts_an_event_and_ends_it_when_the_file_ends
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_an_event_open_when_the_run_is_stopped_gets_its_end_in_the_store(tmp_path: Path) -> None:
+def test_an_event_open_when_the_run_is_stopped_gets_its_end_in_the_store_and_at_its_clients(tmp_path: Path) -> None:
     clip = make_clip(tmp_path / "door.mp4", seconds=6.0, fps=10.0)
     config = tmp_path / "alerts.toml"
     config.write_text(
@@ -129,16 +150,19 @@ def test_an_event_open_when_the_run_is_stopped_gets_its_end_in_the_store(tmp_pat
         )
         try:
             live.start()
-            got = collect(
-                live.ws_url,
-                lambda m: any(e.get("state") == "start" for e in m),
-                timeout=180,
-                subscribe={"type": "subscribe", "types": ["event"]},
-            )
+            started = threading.Event()
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                listening = pool.submit(events_until_closed, live.ws_url, started)
+                assert started.wait(180), live.log()
+                assert live.stop(signal.SIGINT) == 0, live.log()
+                got = listening.result(timeout=60)
             (start,) = [e for e in got if e.get("state") == "start"]
-            assert live.stop(signal.SIGINT) == 0, live.log()
         finally:
             live.kill()
     kept = [(e["event_id"], e["state"]) for e in stored_events(store)]
     assert kept[0] == (start["event_id"], "start") and kept[-1] == (start["event_id"], "end"), kept
     assert {state for _, state in kept[1:-1]} <= {"update"}
+    # The connected client heard the end too: the gateway forwards what the inference process
+    # published last before it closes its clients.
+    heard = [(e["event_id"], e["state"]) for e in got if e.get("type") == "event"]
+    assert heard[-1] == (start["event_id"], "end"), heard
