@@ -125,7 +125,9 @@ def test_a_rule_that_always_fires_starts_an_event_and_ends_it_when_the_file_ends
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_an_event_open_when_the_run_is_stopped_gets_its_end_in_the_store_and_at_its_clients(tmp_path: Path) -> None:
+def test_an_event_open_when_the_run_is_stopped_gets_its_end_in_the_store_and_at_its_clients(
+    tmp_path: Path,
+) -> None:
     clip = make_clip(tmp_path / "door.mp4", seconds=6.0, fps=10.0)
     config = tmp_path / "alerts.toml"
     config.write_text(
