@@ -226,12 +226,20 @@ def test_lossless_ring_gets_every_frame_with_stream_time(clip: Path, decode: str
 
 
 def test_stop_while_a_lossless_writer_waits_for_readers(clip: Path, decode: str) -> None:
-    with new_ring(lossless=True, slots=2) as ring:  # no reader ever registers: the writer waits
+    """No reader ever registers, so the writer waits for one forever unless it sees the stop."""
+    with new_ring(lossless=True, slots=2) as ring:
         stop = threading.Event()
-        threading.Timer(0.5, stop.set).start()
-        started = time.monotonic()
+        stopped_at: list[float] = []
+
+        def stop_later() -> None:
+            stopped_at.append(time.monotonic())
+            stop.set()
+
+        threading.Timer(0.5, stop_later).start()
         cap, statuses = capture(clip, ring, stop, options=opts(decode, realtime=False, max_side=320))
-        assert time.monotonic() - started < 2.0
+        # Counted from the stop, not from the start: opening the file takes what the machine's load
+        # makes it; the writer checks the stop between waits of a fraction of a second.
+        assert stopped_at and time.monotonic() - stopped_at[0] < 3.0
         assert cap.error is None and not ring.ended  # a stop is not the source ending
 
 
