@@ -24,10 +24,13 @@ RTSP_SERVER = REPO_ROOT / "tools" / "rtsp_server.py"
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` (tools/ is a folder of scripts, not a package)."""
+    """Import ``tools/<name>.py`` (tools/ is a folder of scripts, not a package; they import their
+    siblings, such as ``benchrun``, as a script run from there would)."""
     module = sys.modules.get(f"tools_{name}")
     if module is not None:
         return module
+    if str(REPO_ROOT / "tools") not in sys.path:
+        sys.path.append(str(REPO_ROOT / "tools"))
     spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO_ROOT / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -30,7 +30,6 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,8 @@ import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchrun import free_port, start_run  # noqa: E402
 
 from stream.democlip import make_video  # noqa: E402
 from stream.ring import remove_stale_rings  # noqa: E402
@@ -129,14 +130,6 @@ def make_clips(folder: Path, count: int) -> list[Path]:
     return [clip] * count
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie waiting for its parent's wait() is dead)."""
     try:
@@ -183,19 +176,7 @@ def crash_round(
     args += ["--set", "captions.max_new_tokens=6", "--set", "captions.thumbnail_side=160"]
     for i, clip in enumerate(clips):
         args += ["--source", f"cam{i}={clip}"]
-    env = {**os.environ, "VIDNARRATE_RUN_ROOT": str(run_root)}
-    proc = subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
-            if b"viewer at" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    proc, ready = start_run(args, run_root)
     client: Client | None = None
     try:
         deadline = time.monotonic() + timeout

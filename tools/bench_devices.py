@@ -22,11 +22,8 @@ import asyncio
 import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,13 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchrun import free_port, start_run, stop_run  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_clip(path: Path) -> Path:
@@ -67,19 +59,7 @@ def measure(devices: list[str], sources: int, seconds: float, clip: Path) -> dic
     cmd += ["--loop", "--no-store", "--window", "8", "--stride", "2", "--log-level", "WARNING"]
     cmd += ["--set", "captions.max_new_tokens=16", "--set", "captions.thumbnails=false"]
     cmd += ["--set", "captions.unchanged_threshold=0", "--set", f"model.devices={json.dumps(devices)}"]
-    env = {**os.environ, "VIDNARRATE_RUN_ROOT": str(work)}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
-            if b"viewer at" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    proc, ready = start_run(cmd, work)
     lags: list[float] = []
     try:
         if not ready.wait(300):
@@ -101,11 +81,7 @@ def measure(devices: list[str], sources: int, seconds: float, clip: Path) -> dic
 
         asyncio.run(client())
     finally:
-        os.killpg(proc.pid, 2)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+        stop_run(proc)
     return {
         "devices": devices,
         "sources": sources,

@@ -23,11 +23,8 @@ import asyncio
 import importlib.util
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchrun import free_port, start_run, stop_run  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 from model.backends import load_backend  # noqa: E402
@@ -57,14 +55,6 @@ def make_sample(path: Path, seconds: float) -> Path:
     spec.loader.exec_module(module)
     module.make_video(path, width=640, height=360, fps=25.0, seconds=seconds)
     return path
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def latency_run(seconds: float, tokens: int) -> dict[str, Any]:
@@ -96,19 +86,7 @@ def latency_run(seconds: float, tokens: int) -> dict[str, Any]:
         "--log-level",
         "WARNING",
     ]
-    env = {**os.environ, "VIDNARRATE_RUN_ROOT": str(work)}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    ready = threading.Event()
-
-    def watch() -> None:
-        assert proc.stdout is not None
-        for line in iter(proc.stdout.readline, b""):
-            if b"viewer at" in line:
-                ready.set()
-
-    threading.Thread(target=watch, daemon=True).start()
+    proc, ready = start_run(cmd, work)
     rows: list[dict[str, float]] = []
     try:
         if not ready.wait(180):
@@ -145,11 +123,7 @@ def latency_run(seconds: float, tokens: int) -> dict[str, Any]:
 
         asyncio.run(client())
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_run(proc, 20)
     rows = rows[1:]  # the first caption includes warm-up
     return {
         "captions": len(rows),
