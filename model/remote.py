@@ -19,8 +19,10 @@ replica and its caches).
   and not at all again (vLLM's documented "skip sending media if you expect cache hits"). A request
   the server refuses while it holds such parts is sent once more in full (evicted, another replica);
   after 3 such misses in a row the ids are given up.
-* **Failures.** Unreachable, timeouts, 5xx and 429 mark the backend ``unreachable`` and the request is
-  retried with backoff until it goes through (or the interrupt check says stop); any other 4xx is a
+* **Failures.** Unreachable, timeouts and 5xx mark the backend ``unreachable`` and the request is
+  retried with backoff until it goes through (or the interrupt check says stop). A 429 is no outage:
+  the backend shows ``rate_limited`` and the request is retried after the server's ``Retry-After``
+  (seconds or an HTTP date; capped), else with the same backoff. Any other 4xx is a
   :class:`~model.errors.RequestRefused` naming the server's reason, for that request only.
 
 Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one backend.
@@ -29,6 +31,7 @@ Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one ba
 from __future__ import annotations
 
 import copy
+import email.utils
 import logging
 import threading
 import time
@@ -56,6 +59,9 @@ TextCallback = Callable[[str], None]
 
 _BACKOFF_INITIAL_S = 0.5
 _BACKOFF_MAX_S = 10.0
+# A server's Retry-After is honoured up to this: a bogus or hours-long one must not park captions
+# beyond what an operator would notice and fix (the wait still ends at once on a stop).
+_RETRY_AFTER_MAX_S = 120.0
 _CONNECT_TIMEOUT_S = 5.0
 _SENT_IDS = 4096  # frame ids the server is known to hold (vLLM media caching), newest kept
 # Cache misses in a row after which the server is taken not to honour media uuids at all (a vLLM
@@ -73,6 +79,7 @@ class BackendState(StrEnum):
 
     OK = "ok"
     UNREACHABLE = "unreachable"
+    RATE_LIMITED = "rate_limited"  # the server answers, with 429: it asks us to slow down
 
 
 class Health:
@@ -87,6 +94,7 @@ class Health:
         self.in_flight = 0
         self.failures = 0  # requests that failed and were retried (outages)
         self.refused = 0  # requests the server refused (4xx)
+        self.rate_limited = 0  # 429 answers (each retried)
         self.bytes_sent = 0
         self.media_cache_misses = 0
 
@@ -112,6 +120,11 @@ class Health:
             self.failures += 1
             self.state, self.error = BackendState.UNREACHABLE, reason
 
+    def limited(self, reason: str) -> None:
+        with self._lock:
+            self.rate_limited += 1
+            self.state, self.error = BackendState.RATE_LIMITED, reason
+
     def was_refused(self, reason: str) -> None:
         with self._lock:
             self.refused += 1
@@ -131,6 +144,7 @@ class Health:
                 "in_flight": self.in_flight,
                 "failures": self.failures,
                 "refused": self.refused,
+                "rate_limited": self.rate_limited,
                 "bytes_sent": self.bytes_sent,
                 "media_cache_misses": self.media_cache_misses,
             }
@@ -305,7 +319,8 @@ class RemoteBackend:
         self._interrupt = check
 
     def status(self) -> dict[str, Any]:
-        """``state`` (ok / unreachable), the last ``error`` and request counts, for ``status``."""
+        """``state`` (ok / unreachable / rate_limited), the last ``error`` and request counts, for
+        ``status``."""
         return self.health.snapshot()
 
     # -- CaptionBackend -------------------------------------------------------------------------
@@ -465,9 +480,14 @@ class RemoteBackend:
         try:
             while True:
                 held = [f.uuid for f in frames if self.media_cache and f.uuid in self._media]
+                wait = None  # the server's Retry-After, when it says
                 try:
                     result = attempt()
-                except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
+                except openai.RateLimitError as exc:
+                    wait = retry_after(exc.response.headers, time.time())
+                    after = "" if wait is None else f"; retrying after {wait:g} s"
+                    self.health.limited(f"rate limited (429): {server_reason(exc)}{after}")
+                except (openai.APIConnectionError, openai.InternalServerError) as exc:
                     self.health.failed(_outage(exc))
                 except httpx2.TransportError as exc:  # the connection broke mid-stream
                     self.health.failed(f"connection lost: {exc}")
@@ -494,9 +514,11 @@ class RemoteBackend:
                     if self.media_cache:
                         self._media.add(f.uuid for f in frames)
                     return result
-                if not self._wait(backoff):
+                # Retry-After when given (at least the first backoff step: a "0" must not spin).
+                if not self._wait(backoff if wait is None else max(wait, _BACKOFF_INITIAL_S)):
                     return stopped
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                if wait is None:
+                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
         finally:
             self.health.end()
 
@@ -529,3 +551,27 @@ def _outage(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"server error {exc.status_code}: {server_reason(exc)}"
     return str(exc)
+
+
+def retry_after(headers: Any, now: float) -> float | None:
+    """Seconds to wait that a 429's headers ask for: ``retry-after-ms`` (OpenAI's), else
+    ``Retry-After`` as seconds or an HTTP date (RFC 9110), at most ``_RETRY_AFTER_MAX_S``; None when
+    neither is there or readable (the caller's backoff applies)."""
+    seconds: float | None = None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            seconds = float(ms) / 1000
+        except ValueError:
+            seconds = None
+    value = headers.get("retry-after")
+    if seconds is None and value is not None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+            except (TypeError, ValueError):
+                return None
+    if seconds is None or seconds != seconds:  # absent, or NaN
+        return None
+    return min(max(seconds, 0.0), _RETRY_AFTER_MAX_S)

@@ -9,6 +9,7 @@ the spec says. The backend talks to it through the real openai client, the CLI t
 
 from __future__ import annotations
 
+import email.utils
 import math
 import os
 import subprocess
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import numpy as np
 import openai
 import pytest
@@ -36,7 +38,7 @@ from model.chatwire import (
     yes_probability,
 )
 from model.errors import RequestRefused, ServerSetupError
-from model.remote import RemoteBackend
+from model.remote import RemoteBackend, retry_after
 from stream.bus import RunPaths, Subscriber
 from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
 from stream.errors import ConfigError
@@ -316,6 +318,63 @@ def test_an_outage_is_retried_until_the_server_is_back(standin: StandIn) -> None
     assert result == ["A person walks."] and backend.status()["state"] == "ok"
 
 
+def test_retry_after_is_read_as_seconds_an_http_date_or_openai_s_milliseconds() -> None:
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert retry_after(httpx2.Headers({"Retry-After": "7"}), now) == 7.0
+    assert retry_after(httpx2.Headers({"retry-after": date}), now) == pytest.approx(30.0)
+    assert retry_after(httpx2.Headers({"retry-after-ms": "250", "Retry-After": "7"}), now) == 0.25
+    assert (
+        retry_after(httpx2.Headers({"Retry-After": email.utils.formatdate(now - 5, usegmt=True)}), now) == 0
+    )
+    assert retry_after(httpx2.Headers({"Retry-After": "86400"}), now) == 120.0, "capped"
+    assert retry_after(httpx2.Headers({"Retry-After": "soon"}), now) is None
+    assert retry_after(httpx2.Headers({"Retry-After": "nan"}), now) is None
+    assert retry_after(httpx2.Headers({}), now) is None
+
+
+def test_a_429_is_rate_limited_not_unreachable_and_waits_the_server_s_retry_after(standin: StandIn) -> None:
+    backend = connect(standin.url, timeout=5.0)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(429, "Rate limit reached for requests", times=1, headers={"Retry-After": "2"})
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(backend.describe(encoded, "Describe.")))
+    worker.start()
+    wait_for(lambda: backend.status()["state"] == "rate_limited", 30, "the backend to show the 429")
+    assert "Rate limit reached" in str(backend.status()["error"]) and "after 2 s" in str(
+        backend.status()["error"]
+    )
+    worker.join(60)
+    assert result == ["A person walks."], "the request went through by itself"
+    limited, retried = standin.chat_records()
+    assert retried.at - limited.at >= 1.9, "waited the 2 s Retry-After (the backoff would be 0.5 s)"
+    # An HTTP-date Retry-After, 3 s ahead (whole seconds: at least 2 s from now).
+    standin.fail(
+        429, "slow down", headers={"Retry-After": email.utils.formatdate(time.time() + 3, usegmt=True)}
+    )
+    assert backend.describe(encoded, "Describe.") == "A person walks."
+    limited, retried = standin.chat_records()[-2:]
+    assert retried.at - limited.at >= 1.9
+    status = backend.status()
+    assert (status["state"], status["rate_limited"], status["failures"], status["refused"]) == ("ok", 2, 0, 0)
+
+
+def test_a_429_without_retry_after_backs_off_and_shows_rate_limited(standin: StandIn) -> None:
+    backend = connect(standin.url, timeout=5.0)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(429, "Too Many Requests", times=3)  # retried after 0.5, 1 and 2 s
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(backend.describe(encoded, "Describe.")))
+    worker.start()
+    wait_for(lambda: backend.status()["state"] == "rate_limited", 30, "the backend to show the 429")
+    worker.join(60)
+    assert result == ["A person walks."] and backend.status()["state"] == "ok"
+    at = [r.at for r in standin.chat_records()]
+    gaps = np.diff(at)
+    assert len(gaps) == 3 and gaps[0] >= 0.45 and gaps[1] >= 0.95 and gaps[2] >= 1.95, gaps
+    assert backend.status()["rate_limited"] == 3 and backend.status()["failures"] == 0
+
+
 def test_an_answer_cut_mid_stream_is_asked_again_without_repeating_a_piece(standin: StandIn) -> None:
     backend = connect(standin.url)
     standin.cut_streams = 1
@@ -548,4 +607,52 @@ def test_ctrl_c_does_not_wait_for_a_slow_server(clips: dict[str, Path]) -> None:
             finally:
                 run.kill()
     finally:
+        server.down()
+
+
+def _is_rule(record: Any) -> bool:
+    return bool(record.max_tokens == 1 and record.texts and record.texts[-1].endswith("yes or no."))
+
+
+def _is_summary(record: Any) -> bool:
+    return not record.images and not _is_rule(record)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_slow_rule_and_summary_requests_hold_no_other_stream_s_captions(
+    tmp_path: Path, clips: dict[str, Path]
+) -> None:
+    """A server that sits on alert-rule and summary requests: those go to the request pool like
+    captions, so while both kinds are held the other stream's captions keep coming; once they are
+    answered the stream the rule was for captions again."""
+    config = tmp_path / "rules.toml"
+    config.write_text('[[alerts]]\nname = "visitor"\nstreams = ["door"]\nquestion = "Is someone there?"\n')
+    server = StandIn(answer="fixed", text="A yard.").start()
+    server.hold = lambda record: _is_rule(record) or _is_summary(record)
+    try:
+        with short_run_root() as root:
+            extra = ["--model", server.url, "--config", str(config), "--set", "summaries.every=4"]
+            run = LiveRun([f"yard={clips['yard']}", f"door={clips['door']}"], root, extra=extra + REMOTE_RUN)
+            try:
+                run.start()
+
+                def both_held() -> bool:
+                    held = list(server.holding)
+                    return any(_is_rule(r) and r.user == "door" for r in held) and any(map(_is_summary, held))
+
+                wait_for(both_held, 180, "a rule request and a summary request held by the server")
+                got = collect(run.ws_url, lambda g: len(of_type(g, "caption", "yard")) >= 2, timeout=120)
+                assert len(of_type(got, "caption", "yard")) >= 2, run.log()
+                assert both_held(), "the captions came while both requests were still held"
+                server.release.set()
+                got = collect(run.ws_url, lambda g: bool(of_type(g, "caption", "door")), timeout=120)
+                assert of_type(got, "caption", "door"), "door captions again once its rule is answered"
+                assert run.stop() == 0, run.log()
+            finally:
+                server.release.set()
+                run.kill()
+    finally:
+        server.release.set()
         server.down()
