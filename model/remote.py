@@ -309,6 +309,7 @@ class RemoteBackend:
         jpeg_quality: int = 85,
         media_cache: bool = False,
         reprobe_after: float = _REPROBE_AFTER_S,
+        quiet: QuietRequests | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -322,8 +323,7 @@ class RemoteBackend:
         self.user: str | None = None
         self._media = MediaCache(media_cache, reprobe_after=reprobe_after)  # shared by every for_user view
         self._interrupt: Callable[[], bool] | None = None
-        self._quiet = QuietRequests(url)
-        _HTTP_LOG.addFilter(self._quiet)
+        self._quiet = quiet  # removed from the HTTP library's logger on close
 
     @property
     def media_cache(self) -> bool:
@@ -347,10 +347,13 @@ class RemoteBackend:
         :class:`ServerSetupError` in one line when it is unreachable, refuses the key, or lacks it."""
         health = Health(url)
         client = make_client(url, api_key, timeout, health.sent)
+        quiet = QuietRequests(url)
+        _HTTP_LOG.addFilter(quiet)
         try:
             served = list_models(client, url)
             chosen = choose_model(url, [m.id for m in served], model)
         except ServerSetupError:
+            _HTTP_LOG.removeFilter(quiet)
             client.close()
             raise
         owner = next((str(getattr(m, "owned_by", "")) for m in served if m.id == chosen), "")
@@ -364,6 +367,7 @@ class RemoteBackend:
             image_side=image_side,
             jpeg_quality=jpeg_quality,
             media_cache=owner == "vllm",
+            quiet=quiet,
         )
 
     def for_user(self, user: str) -> RemoteBackend:
@@ -373,7 +377,8 @@ class RemoteBackend:
         return view
 
     def close(self) -> None:
-        _HTTP_LOG.removeFilter(self._quiet)
+        if self._quiet is not None:
+            _HTTP_LOG.removeFilter(self._quiet)
         self.client.close()
 
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:

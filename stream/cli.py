@@ -35,6 +35,7 @@ from .preflight import (
     check_port_free,
     check_remote_server,
     choose_token,
+    connect_remote_server,
     is_loopback,
     live_windows,
     warn_about_prompt_typos,
@@ -446,15 +447,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if store is not None:
         check_store(store)
     warn_about_prompt_typos(config)
-    check_model_available(config.model.name, config.model.device)
-    warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
-    from model.backends import load_backend
-
-    device = None if config.model.device == "auto" else config.model.device
-    dtype = None if config.model.dtype == "auto" else config.model.dtype
-    backend = load_backend(
-        config.model.name, device=device, dtype=dtype, max_inp_length=config.model.max_inp_length
-    )
+    if not is_remote_model(config.model.name):  # a server's request holds at most max_images frames
+        warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
+    backend = _open_backend(config)
     duration = probe_duration(str(path))
     bar = None
     if args.progress:
@@ -642,8 +637,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return ExitCode.FAILED
-        check_model_available(config.model.name, config.model.device)
-        maker = SummaryMaker(_load_backend(config), config, progress=args.progress)
+        maker = SummaryMaker(_open_backend(config), config, progress=args.progress)
         sections = stored_sections(store, counts, span, maker)
     document = render(sections, model=config.model.name)
     if args.out is None:
@@ -654,7 +648,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def _load_backend(config: Config) -> Any:
+def _open_backend(config: Config) -> Any:
+    """The model of ``caption`` and ``summarize``: a server's (``--model URL``, asked for its models
+    now), else the local one, checked before it loads; either way a ConfigError in one line."""
+    if is_remote_model(config.model.name):
+        return connect_remote_server(config)
+    check_model_available(config.model.name, config.model.device)
     from model.backends import load_backend
 
     device = None if config.model.device == "auto" else config.model.device

@@ -10,6 +10,7 @@ the spec says. The backend talks to it through the real openai client, the CLI t
 from __future__ import annotations
 
 import email.utils
+import json
 import logging
 import math
 import os
@@ -723,4 +724,55 @@ def test_slow_rule_and_summary_requests_hold_no_other_stream_s_captions(
                 run.kill()
     finally:
         server.release.set()
+        server.down()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_caption_and_summarize_through_a_server(tmp_path: Path) -> None:
+    """``vidnarrate caption FILE --model URL``: every window of the file captioned by the server (the
+    same backend as ``run``: its frames as data URIs, ``user`` the file's stream name), the summary
+    from it too, and ``summarize --model URL`` over the stored captions; a server that cannot be used
+    is one line and exit 2 before anything is written."""
+    clip = make_clip(tmp_path / "walk.mp4", size="320x240", fps=10.0, seconds=20.0)
+    out, summary, store = tmp_path / "walk.jsonl", tmp_path / "walk.md", tmp_path / "store.db"
+    server = StandIn(answer="fixed", text="Someone walks past.").start()
+    try:
+        argv = [str(VIDNARRATE), "caption", str(clip), "--model", server.url, "--out", str(out)]
+        done = subprocess.run(
+            [*argv, "--summary", str(summary), "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        captions = [json.loads(line) for line in out.read_text().splitlines()]
+        assert captions and all(c["text"] == "Someone walks past." for c in captions)
+        assert all(c["model"] == server.model for c in captions) and captions[-1]["t_end"] == 20.0
+        records = server.chat_records()
+        windows = [r for r in records if r.images]
+        assert len(windows) == len(captions) - sum(1 for c in captions if c.get("unchanged"))
+        assert {r.user for r in windows} == {"walk"}
+        assert any(not r.images for r in records), "the summary is a text-only turn"
+        assert "Someone walks past." in summary.read_text()
+        asked = len(server.chat_records())
+        summarize = [
+            str(VIDNARRATE),
+            "summarize",
+            "--store",
+            str(store),
+            "--model",
+            server.url,
+            "--no-progress",
+        ]
+        done = subprocess.run(summarize, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0 and "Someone walks past." in done.stdout, done.stderr[-3000:]
+        assert any(not r.images for r in server.chat_records()[asked:]), "summarised by the server"
+        server.down()
+        out.unlink()
+        down = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+        assert "unreachable" in down.stderr and not out.exists()
+    finally:
         server.down()
