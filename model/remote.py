@@ -308,7 +308,6 @@ class RemoteBackend:
         image_side: int = 448,
         jpeg_quality: int = 85,
         media_cache: bool = False,
-        reprobe_after: float = _REPROBE_AFTER_S,
         quiet: QuietRequests | None = None,
     ) -> None:
         self.client = client
@@ -321,7 +320,7 @@ class RemoteBackend:
         self.image_side = image_side
         self.jpeg_quality = jpeg_quality
         self.user: str | None = None
-        self._media = MediaCache(media_cache, reprobe_after=reprobe_after)  # shared by every for_user view
+        self._media = MediaCache(media_cache)  # shared by every for_user view
         self._interrupt: Callable[[], bool] | None = None
         self._quiet = quiet  # removed from the HTTP library's logger on close
 
