@@ -18,9 +18,14 @@ replica and its caches).
   ``uuid``; a frame the server has already received is then sent as ``{"image_url": null, "uuid"}``
   and not at all again (vLLM's documented "skip sending media if you expect cache hits"). A request
   the server refuses while it holds such parts is sent once more in full (evicted, another replica);
-  after 3 such misses in a row the ids are given up.
-* **Failures.** Unreachable, timeouts, 5xx and 429 mark the backend ``unreachable`` and the request is
-  retried with backoff until it goes through (or the interrupt check says stop); any other 4xx is a
+  after 3 such misses in a row the ids are given up for 10 minutes, then tried again (the server
+  may have been upgraded or replaced meanwhile). A request that goes through after an outage
+  forgets every id the server was thought to hold and tries ids again at once: a restarted or
+  replaced server holds nothing, and its misses must not count against it.
+* **Failures.** Unreachable, timeouts and 5xx mark the backend ``unreachable`` and the request is
+  retried with backoff until it goes through (or the interrupt check says stop). A 429 is no outage:
+  the backend shows ``rate_limited`` and the request is retried after the server's ``Retry-After``
+  (seconds or an HTTP date; capped), else with the same backoff. Any other 4xx is a
   :class:`~model.errors.RequestRefused` naming the server's reason, for that request only.
 
 Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one backend.
@@ -29,6 +34,7 @@ Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one ba
 from __future__ import annotations
 
 import copy
+import email.utils
 import logging
 import threading
 import time
@@ -56,13 +62,20 @@ TextCallback = Callable[[str], None]
 
 _BACKOFF_INITIAL_S = 0.5
 _BACKOFF_MAX_S = 10.0
+# A server's Retry-After is honoured up to this: a bogus or hours-long one must not park captions
+# beyond what an operator would notice and fix (the wait still ends at once on a stop).
+_RETRY_AFTER_MAX_S = 120.0
 _CONNECT_TIMEOUT_S = 5.0
 _SENT_IDS = 4096  # frame ids the server is known to hold (vLLM media caching), newest kept
 # Cache misses in a row after which the server is taken not to honour media uuids at all (a vLLM
 # too old for them, a router spreading one camera over replicas): frames are then always sent.
 _MISSES_TO_GIVE_UP = 3
+# How long media ids stay off after that, before they are tried again: a few wasted resends per
+# period against the bytes saved once a server that honours them is back.
+_REPROBE_AFTER_S = 600.0
 
 log = logging.getLogger(__name__)
+_HTTP_LOG = logging.getLogger("httpx2")  # the openai client's HTTP library (see QuietRequests)
 # A yes/no answer: one token, and enough alternatives to find both "yes" and "no" among them.
 _TOP_LOGPROBS = 5
 _YES_NO = " Answer yes or no."
@@ -73,6 +86,7 @@ class BackendState(StrEnum):
 
     OK = "ok"
     UNREACHABLE = "unreachable"
+    RATE_LIMITED = "rate_limited"  # the server answers, with 429: it asks us to slow down
 
 
 class Health:
@@ -87,6 +101,7 @@ class Health:
         self.in_flight = 0
         self.failures = 0  # requests that failed and were retried (outages)
         self.refused = 0  # requests the server refused (4xx)
+        self.rate_limited = 0  # 429 answers (each retried)
         self.bytes_sent = 0
         self.media_cache_misses = 0
 
@@ -112,6 +127,11 @@ class Health:
             self.failures += 1
             self.state, self.error = BackendState.UNREACHABLE, reason
 
+    def limited(self, reason: str) -> None:
+        with self._lock:
+            self.rate_limited += 1
+            self.state, self.error = BackendState.RATE_LIMITED, reason
+
     def was_refused(self, reason: str) -> None:
         with self._lock:
             self.refused += 1
@@ -131,6 +151,7 @@ class Health:
                 "in_flight": self.in_flight,
                 "failures": self.failures,
                 "refused": self.refused,
+                "rate_limited": self.rate_limited,
                 "bytes_sent": self.bytes_sent,
                 "media_cache_misses": self.media_cache_misses,
             }
@@ -138,16 +159,53 @@ class Health:
 
 class MediaCache:
     """What this client has learnt of the server, shared by every ``for_user`` view: whether vLLM's
-    media caching is used, the frame ids the server has received in a request that went through
-    (bounded, newest kept), cache misses in a row, and whether it takes ``logprobs``."""
+    media caching is used (``supported``: the server said it is vLLM; off for ``reprobe_after``
+    seconds after :data:`_MISSES_TO_GIVE_UP` misses in a row), the frame ids the server has received
+    in a request that went through (bounded, newest kept), and whether it takes ``logprobs``. No
+    clock of its own: times are passed in."""
 
-    def __init__(self, enabled: bool, limit: int = _SENT_IDS) -> None:
-        self.enabled = enabled
+    def __init__(
+        self, supported: bool, limit: int = _SENT_IDS, reprobe_after: float = _REPROBE_AFTER_S
+    ) -> None:
+        self.supported = supported
         self.misses = 0
+        self.off_until: float | None = None  # given up until then (monotonic seconds)
+        self.reprobe_after = reprobe_after
         self.logprobs = True
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.limit = limit
+
+    def enabled(self, now: float) -> bool:
+        """Whether frames go with their ids at ``now`` (given up ids come back once their time is up)."""
+        if not self.supported:
+            return False
+        with self._lock:
+            if self.off_until is not None and now >= self.off_until:
+                self.off_until, self.misses = None, 0
+                log.info("media uuids are tried again")
+            return self.off_until is None
+
+    def missed(self, now: float) -> bool:
+        """A request relied on ids the server did not hold; True when that gives ids up (now)."""
+        with self._lock:
+            self.misses += 1
+            if self.misses < _MISSES_TO_GIVE_UP or self.off_until is not None:
+                return False
+            self.off_until = now + self.reprobe_after
+            self._ids.clear()
+            return True
+
+    def found(self) -> None:
+        """A request that relied on held ids went through: the misses in a row end."""
+        with self._lock:
+            self.misses = 0
+
+    def reset(self) -> None:
+        """The server may be another one now (after an outage): nothing is held, ids are tried again."""
+        with self._lock:
+            self._ids.clear()
+            self.misses, self.off_until = 0, None
 
     def __contains__(self, uuid: object) -> bool:
         with self._lock:
@@ -201,12 +259,25 @@ def choose_model(url: str, served: Sequence[str], wanted: str) -> str:
     return served[0]
 
 
+class QuietRequests(logging.Filter):
+    """Drops the HTTP library's INFO line per request ("HTTP Request: POST ...") for requests to one
+    server: several a second per camera would drown the log, and what matters of them (failures,
+    refusals) our own log says. Set on the library's logger while the backend is open, so other users
+    of the library in the process keep their lines and their levels."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.prefix = url.rstrip("/") + "/"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        ours = len(args) > 1 and str(args[1]).startswith(self.prefix)
+        return not (ours and record.levelno == logging.INFO and str(record.msg).startswith("HTTP Request:"))
+
+
 def make_client(url: str, api_key: str, timeout: float, on_request: Callable[[int], None]) -> openai.OpenAI:
     """The ``openai`` client: no retries of its own (ours mark the backend unreachable meanwhile)
     and a hook that counts the bytes of every request body."""
-
-    # The HTTP library logs every request at INFO: several a second per camera would drown the log.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     def count(request: httpx2.Request) -> None:
         on_request(len(request.content))
@@ -237,6 +308,7 @@ class RemoteBackend:
         image_side: int = 448,
         jpeg_quality: int = 85,
         media_cache: bool = False,
+        quiet: QuietRequests | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -250,11 +322,12 @@ class RemoteBackend:
         self.user: str | None = None
         self._media = MediaCache(media_cache)  # shared by every for_user view
         self._interrupt: Callable[[], bool] | None = None
+        self._quiet = quiet  # removed from the HTTP library's logger on close
 
     @property
     def media_cache(self) -> bool:
         """Whether frames go with their ``uuid`` and, once the server has them, as the uuid only."""
-        return self._media.enabled
+        return self._media.enabled(time.monotonic())
 
     @classmethod
     def connect(
@@ -273,10 +346,13 @@ class RemoteBackend:
         :class:`ServerSetupError` in one line when it is unreachable, refuses the key, or lacks it."""
         health = Health(url)
         client = make_client(url, api_key, timeout, health.sent)
+        quiet = QuietRequests(url)
+        _HTTP_LOG.addFilter(quiet)
         try:
             served = list_models(client, url)
             chosen = choose_model(url, [m.id for m in served], model)
         except ServerSetupError:
+            _HTTP_LOG.removeFilter(quiet)
             client.close()
             raise
         owner = next((str(getattr(m, "owned_by", "")) for m in served if m.id == chosen), "")
@@ -290,6 +366,7 @@ class RemoteBackend:
             image_side=image_side,
             jpeg_quality=jpeg_quality,
             media_cache=owner == "vllm",
+            quiet=quiet,
         )
 
     def for_user(self, user: str) -> RemoteBackend:
@@ -299,13 +376,16 @@ class RemoteBackend:
         return view
 
     def close(self) -> None:
+        if self._quiet is not None:
+            _HTTP_LOG.removeFilter(self._quiet)
         self.client.close()
 
     def set_interrupt(self, check: Callable[[], bool] | None) -> None:
         self._interrupt = check
 
     def status(self) -> dict[str, Any]:
-        """``state`` (ok / unreachable), the last ``error`` and request counts, for ``status``."""
+        """``state`` (ok / unreachable / rate_limited), the last ``error`` and request counts, for
+        ``status``."""
         return self.health.snapshot()
 
     # -- CaptionBackend -------------------------------------------------------------------------
@@ -347,7 +427,7 @@ class RemoteBackend:
     ) -> str:
         """A text-only turn (summaries, questions over the past)."""
         params = sampling_params(decoding)
-        build = lambda: [{"role": "user", "content": text}]  # noqa: E731
+        build = lambda _ids: [{"role": "user", "content": text}]  # noqa: E731
         return self._streamed(build, (), max_new_tokens, params, on_text)
 
     def yes_probabilities(
@@ -370,22 +450,24 @@ class RemoteBackend:
         params = sampling_params(decoding)
         chosen = subsample(frames, self.max_images)
         return self._streamed(
-            lambda: [self._message(chosen, text, context)], chosen, max_new_tokens, params, on_text
+            lambda ids: [self._message(chosen, text, context, ids)], chosen, max_new_tokens, params, on_text
         )
 
-    def _message(self, frames: Sequence[RemoteFrame], text: str, context: str | None) -> dict[str, Any]:
+    def _message(
+        self, frames: Sequence[RemoteFrame], text: str, context: str | None, ids: bool
+    ) -> dict[str, Any]:
         return window_message(
             frames,
             text,
             context=context,
             max_images=self.max_images,
-            with_uuid=self.media_cache,
+            with_uuid=ids,
             held=self._media.__contains__,
         )
 
     def _streamed(
         self,
-        build: Callable[[], list[dict[str, Any]]],
+        build: Callable[[bool], list[dict[str, Any]]],
         frames: Sequence[RemoteFrame],
         max_new_tokens: int,
         params: dict[str, Any],
@@ -395,10 +477,10 @@ class RemoteBackend:
         nothing ``on_text`` has already had."""
         told = 0
 
-        def attempt() -> str:
+        def attempt(ids: bool) -> str:
             nonlocal told
             pieces: list[str] = []
-            request = {"messages": build(), "max_tokens": max_new_tokens, "stream": True, **params}
+            request = {"messages": build(ids), "max_tokens": max_new_tokens, "stream": True, **params}
             stream: openai.Stream[ChatCompletionChunk] = self._create(request)
             with stream:
                 for chunk in stream:
@@ -419,9 +501,9 @@ class RemoteBackend:
     def _yes(self, frames: Sequence[Any], question: str, context: str | None) -> float:
         chosen = subsample(frames, self.max_images)
 
-        def attempt() -> float:
+        def attempt(ids: bool) -> float:
             request: dict[str, Any] = {
-                "messages": [self._message(chosen, question + _YES_NO, context)],
+                "messages": [self._message(chosen, question + _YES_NO, context, ids)],
                 "max_tokens": 1,
                 "temperature": 0.0,
             }
@@ -454,26 +536,38 @@ class RemoteBackend:
     def _interrupted(self) -> bool:
         return self._interrupt is not None and self._interrupt()
 
-    def _with_retries(self, attempt: Callable[[], Any], frames: Sequence[RemoteFrame], stopped: Any) -> Any:
-        """Run ``attempt`` until it goes through: outages are retried with backoff (the backend
-        shows ``unreachable`` meanwhile); a refusal is raised, after one full resend when the
-        request relied on frames the server was thought to hold. ``stopped`` is returned when the
-        interrupt check says stop while waiting."""
+    def _with_retries(
+        self, attempt: Callable[[bool], Any], frames: Sequence[RemoteFrame], stopped: Any
+    ) -> Any:
+        """Run ``attempt(ids)`` (``ids``: send media uuids) until it goes through: outages are
+        retried with backoff (the backend shows ``unreachable`` meanwhile); a refusal is raised, after
+        one full resend when the request relied on frames the server was thought to hold.
+        ``stopped`` is returned when the interrupt check says stop while waiting."""
         backoff = _BACKOFF_INITIAL_S
         resent = False
+        outage = False  # this request met one: the server that answers may be another one
         self.health.begin()
         try:
             while True:
-                held = [f.uuid for f in frames if self.media_cache and f.uuid in self._media]
+                ids = self.media_cache
+                held = [f.uuid for f in frames if ids and f.uuid in self._media]
+                wait = None  # the server's Retry-After, when it says
                 try:
-                    result = attempt()
-                except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
+                    result = attempt(ids)
+                except openai.RateLimitError as exc:
+                    wait = retry_after(exc.response.headers, time.time())
+                    after = "" if wait is None else f"; retrying after {wait:g} s"
+                    self.health.limited(f"rate limited (429): {server_reason(exc)}{after}")
+                except (openai.APIConnectionError, openai.InternalServerError) as exc:
                     self.health.failed(_outage(exc))
+                    outage = True
                 except httpx2.TransportError as exc:  # the connection broke mid-stream
                     self.health.failed(f"connection lost: {exc}")
+                    outage = True
                 except openai.APIStatusError as exc:
                     if exc.status_code >= 500:
                         self.health.failed(_outage(exc))
+                        outage = True
                     elif held and not resent:
                         self._media.forget(held)  # evicted, or a replica that never had them
                         self._missed()
@@ -489,27 +583,30 @@ class RemoteBackend:
                     raise RequestRefused(reason) from None
                 else:
                     self.health.succeeded()
-                    if held and not resent:
-                        self._media.misses = 0
-                    if self.media_cache:
+                    if outage:
+                        self._media.reset()
+                    elif held and not resent:
+                        self._media.found()
+                    if ids:
                         self._media.add(f.uuid for f in frames)
                     return result
-                if not self._wait(backoff):
+                # Retry-After when given (at least the first backoff step: a "0" must not spin).
+                if not self._wait(backoff if wait is None else max(wait, _BACKOFF_INITIAL_S)):
                     return stopped
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                if wait is None:
+                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
         finally:
             self.health.end()
 
     def _missed(self) -> None:
         self.health.missed()
-        self._media.misses += 1
-        if self._media.misses >= _MISSES_TO_GIVE_UP and self._media.enabled:
+        if self._media.missed(time.monotonic()):
             log.warning(
-                "model server %s: media uuids missed %d times in a row: frames go in full",
+                "model server %s: media uuids missed %d times in a row: frames go in full for %g s",
                 self.url,
-                self._media.misses,
+                _MISSES_TO_GIVE_UP,
+                self._media.reprobe_after,
             )
-            self._media.enabled = False
 
     def _wait(self, seconds: float) -> bool:
         """Sleep ``seconds`` unless interrupted first; False when interrupted."""
@@ -529,3 +626,27 @@ def _outage(exc: openai.APIError) -> str:
     if isinstance(exc, openai.APIStatusError):
         return f"server error {exc.status_code}: {server_reason(exc)}"
     return str(exc)
+
+
+def retry_after(headers: Any, now: float) -> float | None:
+    """Seconds to wait that a 429's headers ask for: ``retry-after-ms`` (OpenAI's), else
+    ``Retry-After`` as seconds or an HTTP date (RFC 9110), at most ``_RETRY_AFTER_MAX_S``; None when
+    neither is there or readable (the caller's backoff applies)."""
+    seconds: float | None = None
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            seconds = float(ms) / 1000
+        except ValueError:
+            seconds = None
+    value = headers.get("retry-after")
+    if seconds is None and value is not None:
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - now
+            except (TypeError, ValueError):
+                return None
+    if seconds is None or seconds != seconds:  # absent, or NaN
+        return None
+    return min(max(seconds, 0.0), _RETRY_AFTER_MAX_S)

@@ -40,7 +40,7 @@ from .preflight import (
     warn_if_windows_too_long,
 )
 from .process import ExitCode
-from .storecli import add_store_commands, cmd_export, cmd_search, cmd_summarize, store_path
+from .storecli import add_store_commands, cmd_export, cmd_search, cmd_summarize, open_backend, store_path
 
 log = logging.getLogger("vidnarrate")
 
@@ -399,15 +399,9 @@ def cmd_caption(args: argparse.Namespace) -> int:
     if store is not None:
         check_store(store)
     warn_about_prompt_typos(config)
-    check_model_available(config.model.name, config.model.device)
-    warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
-    from model.backends import load_backend
-
-    device = None if config.model.device == "auto" else config.model.device
-    dtype = None if config.model.dtype == "auto" else config.model.dtype
-    backend = load_backend(
-        config.model.name, device=device, dtype=dtype, max_inp_length=config.model.max_inp_length
-    )
+    if not is_remote_model(config.model.name):  # a server's request holds at most max_images frames
+        warn_if_windows_too_long(config, config.offline.window, config.offline.max_slice_nums)
+    backend = open_backend(config)
     duration = probe_duration(str(path))
     bar = None
     if args.progress:

@@ -17,8 +17,10 @@ the one lock and the publishing.
 
 Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
 A backend that serves several requests at once (a remote server: ``max_concurrency`` above 1) gets
-its captions and answers run on a pool of that many threads, so windows of different streams are in
-flight together (the core keeps one per stream); encodes still run on the model loop itself. The
+its model calls (captions, answers, alert-rule scoring, summary turns, questions over the past: the
+core's :data:`~stream.scheduler.IN_FLIGHT`) run on a pool of that many threads, so a slow request holds
+only its own stream (the core keeps one per stream) and never the model loop; encodes still run on the
+model loop itself. The
 local model instead captions the due windows of up to ``max_batch`` streams in one batched
 generation (:meth:`ModelLoop._caption_batch`).
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
@@ -59,7 +61,7 @@ from .errors import RingError
 from .placement import INFERENCE_ROLE, role_suffix
 from .process import ExitCode, signal_handled, write_ready_file
 from .ring import FrameRing
-from .scheduler import Scheduler
+from .scheduler import IN_FLIGHT, Scheduler
 from .summaries import token_counter
 from .textwork import AnswerPast, Summarize, TextSettings, TextWork
 
@@ -422,7 +424,7 @@ class ModelLoop:
                     idle_and_drained = action is None and not drained and core.drained() and not self.running
                 for event in events:
                     self.bus.send(event)
-                if action is not None and self.pool is not None and isinstance(action, Caption | Answer):
+                if action is not None and self.pool is not None and isinstance(action, IN_FLIGHT):
                     future = self.pool.submit(self._perform, action)
                     self.running.add(future)
                     future.add_done_callback(self._done)
@@ -456,12 +458,12 @@ class ModelLoop:
         return ExitCode.OK
 
     def _done(self, future: Future[None]) -> None:
-        """A pooled caption or answer finished: the model loop may hand out the next (or, on a bug,
-        stop the process as a failure of the model loop itself would)."""
+        """A pooled model call finished: the model loop may hand out the next (or, on a bug, stop
+        the process as a failure of the model loop itself would)."""
         self.running.discard(future)
         error = future.exception() if not future.cancelled() else None
         if error is not None and not self.stop_event.is_set():
-            log.error("caption or answer failed", exc_info=error)
+            log.error("a model call on the request pool failed", exc_info=error)
             self.error = error
             self.tap_stop.set()
         self.wake.set()

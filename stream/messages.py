@@ -400,8 +400,9 @@ class InferenceStatus(ServerMessage):
     state: ModelState
     wall: float
     error: str | None = None  # why the model could not be loaded (state "failed")
-    # A remote model server (``--model URL``): ``url``, ``state`` ("ok" / "unreachable"), ``error``,
-    # ``requests``, ``in_flight``, ``failures``, ``refused``, ``bytes_sent``; absent for a local model.
+    # A remote model server (``--model URL``): ``url``, ``state`` ("ok" / "unreachable" /
+    # "rate_limited"), ``error``, ``requests``, ``in_flight``, ``failures``, ``refused``,
+    # ``rate_limited``, ``bytes_sent``; absent for a local model.
     backend: Message | None = None
     # Which inference process reports: ``inference``, or ``inference:I`` of several ([model] devices),
     # each reporting only the streams it owns.

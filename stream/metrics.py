@@ -118,6 +118,7 @@ BACKEND_FIGURES: Final = (
     Figure(
         "refused", "backend_refused_requests", C, "Requests the server refused (4xx), each a caption error."
     ),
+    Figure("rate_limited", "backend_rate_limited", C, "429 answers (rate limited), each retried."),
     Figure("in_flight", "backend_requests_in_flight", G, "Requests to the server in flight."),
     Figure("bytes_sent", "backend_sent_bytes", C, "Request bytes sent to the server."),
     Figure("media_cache_misses", "backend_media_cache_misses", C, "Frames the server's media cache lacked."),
@@ -127,7 +128,7 @@ BACKEND_STATES: Final = (
         "state",
         "backend_state",
         "The remote model server's state: 1 for the current one.",
-        ("ok", "unreachable"),
+        ("ok", "unreachable", "rate_limited"),
     ),
 )
 # Per process (label ``role``: gateway, inference, recorder, capture:NAME), from the supervisor.

@@ -91,6 +91,8 @@ def caption_file(
             f"caption: {spec.label!r} is not a file (use `vidnarrate run` for live sources)"
         )
     name = stream or Path(spec.target).stem
+    for_user = getattr(backend, "for_user", None)  # a server's requests name the stream, as in `run`
+    backend = for_user(name) if for_user is not None else backend
     core = Scheduler(settings, model=backend.name)
     core.add_stream(name, hold_last=True)  # the last window ends where the video ends
     timeline = Timeline(max_jump=None, name=name)  # stamped as capture stamps a file

@@ -155,9 +155,9 @@ def check_model_available(name: str, device: str = "auto", key: str = "model.dev
     from model.loading import resolve_checkpoint, resolve_device, weight_files
     from model.processing import ProcessorConfig
 
-    if is_remote_model(name):  # `run` checks a server with check_remote_server instead
+    if is_remote_model(name):  # a server is checked by asking it: connect_remote_server
         raise ConfigError(
-            f"model {name}: a model server serves `vidnarrate run` only; `caption` needs a local model"
+            f"model {name}: a server's URL, not a local model (ask it with connect_remote_server)"
         )
     try:
         resolve_device(None if device == "auto" else device)
@@ -181,12 +181,18 @@ def check_remote_server(config: Config) -> None:
     """``--model http://HOST:PORT/v1``: the server is asked for its models now, so that one that is
     down, refuses the key or does not serve ``model.remote.model`` is one line and exit 2, before
     anything starts."""
+    connect_remote_server(config).close()
+
+
+def connect_remote_server(config: Config) -> Any:
+    """The :class:`~model.remote.RemoteBackend` of ``--model URL`` (``caption`` and ``summarize`` use
+    it as their model), or the one line of :func:`check_remote_server` as a ``ConfigError``."""
     from model.errors import ServerSetupError
 
     from .inference import connect_remote
 
     try:
-        connect_remote(config.model.name, config.model.remote).close()
+        return connect_remote(config.model.name, config.model.remote)
     except ServerSetupError as exc:
         raise ConfigError(str(exc)) from None
 

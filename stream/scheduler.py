@@ -41,14 +41,17 @@ The protocol, one stream or many:
    Frames and asks may keep coming while an action runs (the inference process does that from another
    thread, under its lock).
 
-In flight: with ``max_in_flight`` above 1 (a remote server that serves many requests at once), a
-:class:`Caption` or :class:`Answer` handed out need not be reported before the next action is asked
-for: up to ``max_in_flight`` of them run at once, at most one per stream (its stream is *busy*
-meanwhile: its windows wait, and in live mode only its newest is taken once it is free). An
-:class:`Encode` is still reported before anything else is handed out. With 1 (the default, one local
-model) every action is reported before the next, as above. The local model uses it to batch: the
-shell collects the Captions handed out (up to ``[model] max_batch``) and runs them in one generation
-(:func:`~stream.actions.run_captions`).
+In flight: with ``max_in_flight`` above 1 (a remote server that serves many requests at once), the
+model calls of :data:`IN_FLIGHT` (a :class:`Caption`, :class:`Answer`, :class:`EvaluateRules`,
+:class:`~stream.textwork.Summarize` or :class:`~stream.textwork.AnswerPast`) handed out need not be
+reported before the next action is asked for: up to ``max_in_flight`` of them run at once. A window,
+an ask or a window's rule scoring keeps its stream *busy* (at most one per stream: its windows wait,
+and in live mode only its newest is taken once it is free), so a stream's rules are scored in window
+order while other streams' captions go on; text turns keep no stream busy, and one summary turn runs
+at a time. An :class:`Encode` is still reported before anything else is handed out. With 1 (the
+default, one local model) every action is reported before the next, as above. The local model uses
+it to batch: the shell collects the Captions handed out (up to ``[model] max_batch``) and runs them
+in one generation (:func:`~stream.actions.run_captions`).
 
 Order of work: asks first (a person is waiting; questions over the past with them), then a summary
 turn when one is due (never two in a row while a window is due), then the next window, streams
@@ -80,6 +83,10 @@ from .sampler import Job, SampledFrame
 from .textwork import AnswerPast, Summarize, TextWork
 
 log = logging.getLogger(__name__)
+
+# The model calls that may run in flight together (``max_in_flight`` above 1: see the module doc).
+IN_FLIGHT = (Caption, Answer, EvaluateRules, Summarize, AnswerPast)
+InFlight = Caption | Answer | EvaluateRules | Summarize | AnswerPast
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ class Scheduler:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.settings = settings
         self.max_in_flight = max_in_flight
-        self._in_flight: dict[int, Caption | Answer] = {}  # id(action) -> action, when max_in_flight > 1
+        self._in_flight: dict[int, InFlight] = {}  # id(action) -> action, when max_in_flight > 1
         self.alerts = alerts
         self._rules_due: deque[EvaluateRules] = deque()  # at most one per captioned window
         self._events: list[messages.Event] = []  # the outbox of take_events
@@ -184,8 +191,11 @@ class Scheduler:
         )
 
     def busy(self) -> set[str]:
-        """Streams with a caption or answer in flight (only with ``max_in_flight`` above 1)."""
-        return {action.stream for action in self._in_flight.values()}
+        """Streams with a caption, answer or rule scoring in flight (only with ``max_in_flight`` above 1)."""
+        return {a.stream for a in self._in_flight.values() if isinstance(a, Caption | Answer | EvaluateRules)}
+
+    def _room(self) -> bool:
+        return len(self._in_flight) < self.max_in_flight
 
     def submit_ask(self, id: AskId, stream: str, question: str, max_new_tokens: int | None = None) -> None:
         """Queue a question about what ``stream`` shows now (answered before any caption; the gateway
@@ -214,7 +224,7 @@ class Scheduler:
             )
         if self.alerts is not None:
             self._close_ended_streams()
-        if self._rules_due:  # the window just captioned: its alerts before anything else
+        if self._rules_due and self._room():  # the window just captioned: its alerts before anything else
             return self._start(self._rules_due.popleft())
         while True:
             if self._held is None:
@@ -241,7 +251,7 @@ class Scheduler:
     def _start(self, action: Action | None) -> Action | None:
         if isinstance(action, Caption | Summarize):
             self._summary_waits = isinstance(action, Summarize)
-        if self.max_in_flight > 1 and isinstance(action, Caption | Answer):
+        if self.max_in_flight > 1 and isinstance(action, IN_FLIGHT):
             self._in_flight[id(action)] = action
         else:
             self._current = action
@@ -258,11 +268,19 @@ class Scheduler:
             if stream.ended and not stream.due and stream.name not in busy | self._text_ended:
                 self._text_ended.add(stream.name)
                 self.text.end_stream(stream.name)
+        if not self._room():
+            return None
         past = self.text.next_past_ask()
         if isinstance(past, messages.Answer):
             return Reply(past)
         turn: Summarize | AnswerPast | None = past
-        if turn is None and not self._asks and not (windows_first and self._summary_waits):
+        summarizing = any(isinstance(a, Summarize) for a in self._in_flight.values())
+        if (
+            turn is None
+            and not self._asks
+            and not (windows_first and self._summary_waits)
+            and not summarizing
+        ):
             turn = self.text.next_summary()  # after the asks about now
         self._start(turn)
         return turn

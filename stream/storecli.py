@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config
+from .config import Config, apply_overrides, is_remote_model, load_config
 from .errors import ConfigError, StoreError
-from .preflight import check_model_available
+from .preflight import check_model_available, connect_remote_server
 from .process import ExitCode
 
 
@@ -192,8 +192,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return ExitCode.FAILED
-        check_model_available(config.model.name, config.model.device)
-        maker = SummaryMaker(backend_for(config), config, progress=args.progress)
+        maker = SummaryMaker(open_backend(config), config, progress=args.progress)
         sections = stored_sections(store, counts, span, maker)
     document = render(sections, model=config.model.name)
     if args.out is None:
@@ -204,7 +203,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def backend_for(config: Config) -> Any:
+def open_backend(config: Config) -> Any:
+    """The model of ``caption`` and ``summarize``: a server's (``--model URL``, asked for its models
+    now), else the local one, checked before it loads; either way a ConfigError in one line."""
+    if is_remote_model(config.model.name):
+        return connect_remote_server(config)
+    check_model_available(config.model.name, config.model.device)
     from model.backends import load_backend
 
     device = None if config.model.device == "auto" else config.model.device

@@ -16,10 +16,13 @@ cores. It is a real HTTP/1.1 server on a real port, built to the protocol the re
 * ``logprobs``/``top_logprobs`` on a one-token answer (P(yes) is :attr:`StandIn.yes_p`), unless it
   plays a server that has none (``logprobs=False``).
 * Faults on demand: a bearer key (401 otherwise), an image limit (vLLM's ``--limit-mm-per-prompt``
-  400), :meth:`StandIn.fail` (the next requests answered with a status and message), :meth:`down` /
+  400), :meth:`StandIn.fail` (the next requests answered with a status, message and headers, e.g. a
+  429 with ``Retry-After``), :meth:`down` /
   :meth:`up` (the port closed, open connections cut, then listening again on the same port),
   ``cut_streams`` (answers broken off mid-stream), ``keep_media=False`` (media ids taken but never
-  found again), ``refuse_logprobs`` (a 400 for ``logprobs``).
+  found again), ``refuse_logprobs`` (a 400 for ``logprobs``), :attr:`StandIn.hold` (requests it
+  picks are held, listed in :attr:`StandIn.holding`, until :attr:`StandIn.release` is set: a server
+  slow on exactly those).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ import math
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -45,9 +49,16 @@ _KEYS = set(CompletionCreateParamsBase.__annotations__) | {"stream"}
 
 
 class Refused(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind = status, message, kind
+        self.headers = headers or {}
 
 
 @dataclass
@@ -63,6 +74,7 @@ class Record:
     order: list[str]  # content part types, in order
     max_tokens: int | None
     logprobs: bool
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
 
 @dataclass
@@ -70,6 +82,7 @@ class Fault:
     status: int
     message: str
     times: int
+    headers: dict[str, str]
 
 
 def _consume(value: Any) -> Any:
@@ -112,6 +125,9 @@ class StandIn:
         self.faults: list[Fault] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hold: Callable[[Record], bool] | None = None
+        self.release = threading.Event()
+        self.holding: list[Record] = []  # the held requests, while they are held
         self._lock = threading.Lock()
         self._media: dict[str, str] = {}  # uuid -> data URI (vLLM's media cache)
         self._backend: Any = None
@@ -160,10 +176,20 @@ class StandIn:
 
     stop = down
 
-    def fail(self, status: int, message: str, times: int = 1) -> None:
-        """Answer the next ``times`` chat requests with ``status`` and ``message``."""
+    def fail(self, status: int, message: str, times: int = 1, headers: dict[str, str] | None = None) -> None:
+        """Answer the next ``times`` chat requests with ``status``, ``message`` and ``headers`` (a 429's
+        ``Retry-After``, as rate-limiting servers and proxies send it)."""
         with self._lock:
-            self.faults.append(Fault(status, message, times))
+            self.faults.append(Fault(status, message, times, headers or {}))
+
+    def held(self, record: Record) -> None:
+        with self._lock:
+            self.holding.append(record)
+        try:
+            self.release.wait()
+        finally:
+            with self._lock:
+                self.holding.remove(record)
 
     def chat_records(self) -> list[Record]:
         with self._lock:
@@ -355,13 +381,19 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.records.append(record)
             fault = owner.take_fault()
             if fault is not None:
+                kind = {429: "rate_limit_exceeded"}.get(fault.status, "BadRequest")
                 raise Refused(
-                    fault.status, fault.message, "server_error" if fault.status >= 500 else "BadRequest"
+                    fault.status,
+                    fault.message,
+                    "server_error" if fault.status >= 500 else kind,
+                    fault.headers,
                 )
             with owner._lock:
                 owner.in_flight += 1
                 owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
             try:
+                if owner.hold is not None and owner.hold(record):
+                    owner.held(record)
                 if record.stream:
                     self._stream(record, urls, request)
                 else:
@@ -436,9 +468,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
+    def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -448,6 +482,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(
             exc.status,
             {"error": {"message": exc.message, "type": exc.kind, "param": None, "code": exc.status}},
+            exc.headers,
         )
 
 

@@ -197,6 +197,7 @@ def test_a_remote_servers_figures_are_exposed_when_the_report_has_them() -> None
         "in_flight": 3,
         "failures": 4,
         "refused": 1,
+        "rate_limited": 5,
         "bytes_sent": 123456,
         "media_cache_misses": 2,
     }
@@ -213,9 +214,11 @@ def test_a_remote_servers_figures_are_exposed_when_the_report_has_them() -> None
     kinds, samples = fed.scrape()
     assert samples["vidnarrate_backend_state", (("state", "unreachable"),)] == 1
     assert samples["vidnarrate_backend_state", (("state", "ok"),)] == 0
+    assert samples["vidnarrate_backend_state", (("state", "rate_limited"),)] == 0
     assert samples["vidnarrate_backend_requests_total", ()] == 40
     assert samples["vidnarrate_backend_request_errors_total", ()] == 4
     assert samples["vidnarrate_backend_refused_requests_total", ()] == 1
+    assert samples["vidnarrate_backend_rate_limited_total", ()] == 5
     assert samples["vidnarrate_backend_requests_in_flight", ()] == 3
     assert kinds["vidnarrate_backend_sent_bytes"] == "counter"
     assert samples["vidnarrate_backend_sent_bytes_total", ()] == 123456

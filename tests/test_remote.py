@@ -9,6 +9,9 @@ the spec says. The backend talks to it through the real openai client, the CLI t
 
 from __future__ import annotations
 
+import email.utils
+import json
+import logging
 import math
 import os
 import subprocess
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import numpy as np
 import openai
 import pytest
@@ -36,7 +40,7 @@ from model.chatwire import (
     yes_probability,
 )
 from model.errors import RequestRefused, ServerSetupError
-from model.remote import RemoteBackend
+from model.remote import MediaCache, RemoteBackend, retry_after
 from stream.bus import RunPaths, Subscriber
 from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
 from stream.errors import ConfigError
@@ -248,6 +252,70 @@ def test_media_ids_are_given_up_on_a_server_that_never_finds_them(caplog: pytest
         server.down()
 
 
+def test_given_up_media_ids_come_back_after_their_time_or_at_once_after_an_outage() -> None:
+    cache = MediaCache(True, reprobe_after=600.0)
+    assert cache.enabled(0.0) and not MediaCache(False).enabled(0.0)
+    cache.add(["u1"])
+    assert [cache.missed(t) for t in (1.0, 2.0, 3.0)] == [False, False, True], "3 in a row give up"
+    assert not cache.enabled(3.0) and not cache.enabled(602.9) and "u1" not in cache
+    assert cache.enabled(603.0), "tried again 600 s later"
+    cache.missed(604.0)
+    cache.found()  # a hit ends the misses in a row
+    assert [cache.missed(t) for t in (605.0, 606.0, 607.0)] == [False, False, True]
+    cache.add(["u2"])
+    cache.reset()  # a request went through after an outage: maybe another server
+    assert cache.enabled(607.0) and "u2" not in cache and cache.misses == 0
+
+
+def test_media_ids_are_tried_again_when_the_server_is_back_from_an_outage() -> None:
+    server = StandIn(answer="fixed", text="A person walks.", owned_by="vllm", keep_media=False).start()
+    try:
+        backend = connect(server.url, timeout=5.0).for_user("cam")
+        encoded = backend.encode_frames(frames(6))
+        for start in range(4):
+            backend.describe(encoded[start : start + 3], "Describe.")
+        assert not backend.media_cache, "given up on a server that never finds them"
+        server.down()  # replaced by one that keeps them (an upgraded vLLM, say)
+        server.keep_media = True
+        result: list[str] = []
+        worker = threading.Thread(target=lambda: result.append(backend.describe(encoded[:3], "Describe.")))
+        worker.start()
+        wait_for(lambda: backend.status()["state"] == "unreachable", 30, "the outage")
+        server.up()
+        worker.join(60)
+        assert result == ["A person walks."] and backend.media_cache, "ids on again after the outage"
+        backend.describe(encoded[2:5], "Describe.")
+        backend.describe(encoded[3:6], "Describe.")
+        with_ids, reused = server.chat_records()[-2:]
+        assert all(uuid is not None and size > 0 for uuid, size in with_ids.images)
+        assert [size > 0 for _, size in reused.images] == [False, False, True], "held frames by uuid only"
+    finally:
+        server.down()
+
+
+def test_the_per_request_log_line_is_quiet_for_our_server_only(
+    standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = StandIn(answer="fixed").start()
+    try:
+        backend = RemoteBackend.connect(standin.url)
+        assert logging.getLogger("httpx2").level == logging.NOTSET, "no level set process-wide"
+        caplog.set_level(logging.INFO, logger="httpx2")
+        backend.chat("Hello.")
+        with httpx2.Client() as client:
+            client.get(other.url + "/models")
+        lines = [r.getMessage() for r in caplog.records if r.name == "httpx2"]
+        assert not any("chat/completions" in line for line in lines), lines
+        assert any(other.url in line for line in lines), "another client of the library keeps its line"
+        backend.close()
+        caplog.clear()
+        with httpx2.Client() as client:
+            client.get(standin.url + "/models")
+        assert any(standin.url in r.getMessage() for r in caplog.records), "the filter left with the backend"
+    finally:
+        other.down()
+
+
 def test_yes_probabilities_by_logprobs_or_by_the_first_word(standin: StandIn) -> None:
     backend = connect(standin.url).for_user("door")
     encoded = backend.encode_frames(frames(2))
@@ -314,6 +382,63 @@ def test_an_outage_is_retried_until_the_server_is_back(standin: StandIn) -> None
     standin.up()
     worker.join(60)
     assert result == ["A person walks."] and backend.status()["state"] == "ok"
+
+
+def test_retry_after_is_read_as_seconds_an_http_date_or_openai_s_milliseconds() -> None:
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 30, usegmt=True)
+    assert retry_after(httpx2.Headers({"Retry-After": "7"}), now) == 7.0
+    assert retry_after(httpx2.Headers({"retry-after": date}), now) == pytest.approx(30.0)
+    assert retry_after(httpx2.Headers({"retry-after-ms": "250", "Retry-After": "7"}), now) == 0.25
+    assert (
+        retry_after(httpx2.Headers({"Retry-After": email.utils.formatdate(now - 5, usegmt=True)}), now) == 0
+    )
+    assert retry_after(httpx2.Headers({"Retry-After": "86400"}), now) == 120.0, "capped"
+    assert retry_after(httpx2.Headers({"Retry-After": "soon"}), now) is None
+    assert retry_after(httpx2.Headers({"Retry-After": "nan"}), now) is None
+    assert retry_after(httpx2.Headers({}), now) is None
+
+
+def test_a_429_is_rate_limited_not_unreachable_and_waits_the_server_s_retry_after(standin: StandIn) -> None:
+    backend = connect(standin.url, timeout=5.0)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(429, "Rate limit reached for requests", times=1, headers={"Retry-After": "2"})
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(backend.describe(encoded, "Describe.")))
+    worker.start()
+    wait_for(lambda: backend.status()["state"] == "rate_limited", 30, "the backend to show the 429")
+    assert "Rate limit reached" in str(backend.status()["error"]) and "after 2 s" in str(
+        backend.status()["error"]
+    )
+    worker.join(60)
+    assert result == ["A person walks."], "the request went through by itself"
+    limited, retried = standin.chat_records()
+    assert retried.at - limited.at >= 1.9, "waited the 2 s Retry-After (the backoff would be 0.5 s)"
+    # An HTTP-date Retry-After, 3 s ahead (whole seconds: at least 2 s from now).
+    standin.fail(
+        429, "slow down", headers={"Retry-After": email.utils.formatdate(time.time() + 3, usegmt=True)}
+    )
+    assert backend.describe(encoded, "Describe.") == "A person walks."
+    limited, retried = standin.chat_records()[-2:]
+    assert retried.at - limited.at >= 1.9
+    status = backend.status()
+    assert (status["state"], status["rate_limited"], status["failures"], status["refused"]) == ("ok", 2, 0, 0)
+
+
+def test_a_429_without_retry_after_backs_off_and_shows_rate_limited(standin: StandIn) -> None:
+    backend = connect(standin.url, timeout=5.0)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(429, "Too Many Requests", times=3)  # retried after 0.5, 1 and 2 s
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(backend.describe(encoded, "Describe.")))
+    worker.start()
+    wait_for(lambda: backend.status()["state"] == "rate_limited", 30, "the backend to show the 429")
+    worker.join(60)
+    assert result == ["A person walks."] and backend.status()["state"] == "ok"
+    at = [r.at for r in standin.chat_records()]
+    gaps = np.diff(at)
+    assert len(gaps) == 3 and gaps[0] >= 0.45 and gaps[1] >= 0.95 and gaps[2] >= 1.95, gaps
+    assert backend.status()["rate_limited"] == 3 and backend.status()["failures"] == 0
 
 
 def test_an_answer_cut_mid_stream_is_asked_again_without_repeating_a_piece(standin: StandIn) -> None:
@@ -482,9 +607,12 @@ def test_a_refusal_is_a_caption_error_and_an_outage_heals_by_itself(clips: dict[
 
                 assert unreachable(collect(run.ws_url, unreachable, timeout=120)), run.log()
                 server.up()
-                healed = collect(run.ws_url, lambda g: len(captions(g)) >= 2, timeout=120)
-                assert len(captions(healed)) >= 2, "captions resume by themselves"
-                assert of_type(healed, "status")[-1]["backend"]["state"] == "ok"
+
+                def healed(got: list[dict[str, Any]]) -> bool:  # a status at ~1 Hz may trail the captions
+                    ok = any((s.get("backend") or {}).get("state") == "ok" for s in of_type(got, "status"))
+                    return len(captions(got)) >= 2 and ok
+
+                assert healed(collect(run.ws_url, healed, timeout=120)), "captions resume by themselves"
                 assert run.stop() == 0
             finally:
                 run.kill()
@@ -547,5 +675,104 @@ def test_ctrl_c_does_not_wait_for_a_slow_server(clips: dict[str, Path]) -> None:
                 assert "killed" not in run.log().lower(), run.log()
             finally:
                 run.kill()
+    finally:
+        server.down()
+
+
+def _is_rule(record: Any) -> bool:
+    return bool(record.max_tokens == 1 and record.texts and record.texts[-1].endswith("yes or no."))
+
+
+def _is_summary(record: Any) -> bool:
+    return not record.images and not _is_rule(record)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_slow_rule_and_summary_requests_hold_no_other_stream_s_captions(
+    tmp_path: Path, clips: dict[str, Path]
+) -> None:
+    """A server that sits on alert-rule and summary requests: those go to the request pool like
+    captions, so while both kinds are held the other stream's captions keep coming; once they are
+    answered the stream the rule was for captions again."""
+    config = tmp_path / "rules.toml"
+    config.write_text('[[alerts]]\nname = "visitor"\nstreams = ["door"]\nquestion = "Is someone there?"\n')
+    server = StandIn(answer="fixed", text="A yard.").start()
+    server.hold = lambda record: _is_rule(record) or _is_summary(record)
+    try:
+        with short_run_root() as root:
+            extra = ["--model", server.url, "--config", str(config), "--set", "summaries.every=4"]
+            run = LiveRun([f"yard={clips['yard']}", f"door={clips['door']}"], root, extra=extra + REMOTE_RUN)
+            try:
+                run.start()
+
+                def both_held() -> bool:
+                    held = list(server.holding)
+                    return any(_is_rule(r) and r.user == "door" for r in held) and any(map(_is_summary, held))
+
+                wait_for(both_held, 180, "a rule request and a summary request held by the server")
+                got = collect(run.ws_url, lambda g: len(of_type(g, "caption", "yard")) >= 2, timeout=120)
+                assert len(of_type(got, "caption", "yard")) >= 2, run.log()
+                assert both_held(), "the captions came while both requests were still held"
+                server.release.set()
+                got = collect(run.ws_url, lambda g: bool(of_type(g, "caption", "door")), timeout=120)
+                assert of_type(got, "caption", "door"), "door captions again once its rule is answered"
+                assert run.stop() == 0, run.log()
+            finally:
+                server.release.set()
+                run.kill()
+    finally:
+        server.release.set()
+        server.down()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_caption_and_summarize_through_a_server(tmp_path: Path) -> None:
+    """``vidnarrate caption FILE --model URL``: every window of the file captioned by the server (the
+    same backend as ``run``: its frames as data URIs, ``user`` the file's stream name), the summary
+    from it too, and ``summarize --model URL`` over the stored captions; a server that cannot be used
+    is one line and exit 2 before anything is written."""
+    clip = make_clip(tmp_path / "walk.mp4", size="320x240", fps=10.0, seconds=20.0)
+    out, summary, store = tmp_path / "walk.jsonl", tmp_path / "walk.md", tmp_path / "store.db"
+    server = StandIn(answer="fixed", text="Someone walks past.").start()
+    try:
+        argv = [str(VIDNARRATE), "caption", str(clip), "--model", server.url, "--out", str(out)]
+        done = subprocess.run(
+            [*argv, "--summary", str(summary), "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        captions = [json.loads(line) for line in out.read_text().splitlines()]
+        assert captions and all(c["text"] == "Someone walks past." for c in captions)
+        assert all(c["model"] == server.model for c in captions) and captions[-1]["t_end"] == 20.0
+        records = server.chat_records()
+        windows = [r for r in records if r.images]
+        assert len(windows) == len(captions) - sum(1 for c in captions if c.get("unchanged"))
+        assert {r.user for r in windows} == {"walk"}
+        assert any(not r.images for r in records), "the summary is a text-only turn"
+        assert "Someone walks past." in summary.read_text()
+        asked = len(server.chat_records())
+        summarize = [
+            str(VIDNARRATE),
+            "summarize",
+            "--store",
+            str(store),
+            "--model",
+            server.url,
+            "--no-progress",
+        ]
+        done = subprocess.run(summarize, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0 and "Someone walks past." in done.stdout, done.stderr[-3000:]
+        assert any(not r.images for r in server.chat_records()[asked:]), "summarised by the server"
+        server.down()
+        out.unlink()
+        down = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+        assert "unreachable" in down.stderr and not out.exists()
     finally:
         server.down()

@@ -759,3 +759,56 @@ def test_in_flight_results_are_checked_and_the_default_stays_one_at_a_time() -> 
         drive.run(action)
     with pytest.raises(RuntimeError, match="not reported yet"):
         one.next_action()
+
+
+def test_rule_scoring_in_flight_holds_only_its_stream_and_keeps_window_order() -> None:
+    from stream.alertrules import AlertRule
+    from stream.alerts import AlertCore
+    from stream.scheduler import EvaluateRules
+
+    rules = [AlertRule(name="person", question="Is a person in view?", streams=("a",))]
+    core = Scheduler(settings(skip_stale=True), alerts=AlertCore(rules, run_id="r"), max_in_flight=2)
+    for name in ("a", "b"):
+        core.add_stream(name)
+    drive = Driver(core)
+    for i in range(3):
+        for name in ("a", "b"):
+            drive.frame(name, i, float(i))
+    captions = {c.stream: c for c in _handed_out(drive, Caption)}
+    drive.run(captions["a"])
+    (rules_a,) = _handed_out(drive, EvaluateRules)
+    assert rules_a.stream == "a" and core.busy() == {"a", "b"}, "a's scoring keeps a busy"
+    drive.run(captions["b"])
+    for i in range(3, 5):
+        for name in ("a", "b"):
+            drive.frame(name, i, float(i))
+    (next_b,) = _handed_out(drive, Caption)
+    assert next_b.stream == "b", "b's windows go on while a's rules are in flight; a's wait"
+    assert _handed_out(drive, Caption) == [], "both slots taken (max_in_flight)"
+    core.rules_evaluated(rules_a, [0.9], model_ms=5.0)
+    drive.run(next_b)
+    (later,) = _handed_out(drive, Caption)
+    assert later.stream == "a" and later.job.t_end == 4.0, "scored: a's newest window goes"
+    assert core.take_events()[0].rule == "person", "the scores came in"
+
+
+def test_a_summary_turn_in_flight_holds_no_stream_and_no_second_turn_starts() -> None:
+    from stream.textwork import Summarize, TextSettings, TextWork
+
+    text = TextWork(TextSettings(every=2.0, preset="cctv"), lambda s: len(s.split()), 4000)
+    core = Scheduler(settings(skip_stale=False, window=2.0, stride=2.0), text=text, max_in_flight=3)
+    core.add_stream("cam")
+    drive = Driver(core)
+    turns: list[Summarize] = []
+    for i in range(12):  # a summary comes due every 2 s of captions; none is reported meanwhile
+        drive.frame("cam", i, float(i))
+        while (action := core.next_action()) is not None:
+            if isinstance(action, Summarize):
+                turns.append(action)
+            else:
+                drive.run(action)  # captions in flight are reported at once here
+    assert len(turns) == 1, "one summary turn at a time"
+    assert len(drive.captions) >= 5, "the stream's windows went on while its summary was in flight"
+    assert not text.idle and not core.drained()
+    core.summarized(turns[0], "a summary")
+    assert isinstance(core.next_action(), Summarize), "the next summary, due meanwhile, starts now"
