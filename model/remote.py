@@ -21,7 +21,10 @@ replica and its caches).
   after 3 such misses in a row the ids are given up.
 * **Failures.** Unreachable, timeouts, 5xx and 429 mark the backend ``unreachable`` and the request is
   retried with backoff until it goes through (or the interrupt check says stop); any other 4xx is a
-  :class:`~model.errors.RequestRefused` naming the server's reason, for that request only.
+  :class:`~model.errors.RequestRefused` naming the server's reason, for that request only. So is a
+  plain 500, or a streamed answer that ends without a ``finish_reason``, 3 times in a row for the
+  same request: llama.cpp's server answers a prompt beyond its context that way (a 500, or, streaming,
+  a stream it just stops), which retrying never heals.
 
 Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one backend.
 """
@@ -61,6 +64,9 @@ _SENT_IDS = 4096  # frame ids the server is known to hold (vLLM media caching), 
 # Cache misses in a row after which the server is taken not to honour media uuids at all (a vLLM
 # too old for them, a router spreading one camera over replicas): frames are then always sent.
 _MISSES_TO_GIVE_UP = 3
+# A 500 (not 502-504: gateways, overload) or an unfinished stream this many times in a row for one
+# request is the server's answer to that request, not an outage.
+_INTERNAL_ERRORS_TO_REFUSE = 3
 
 log = logging.getLogger(__name__)
 # A yes/no answer: one token, and enough alternatives to find both "yes" and "no" among them.
@@ -113,9 +119,9 @@ class Health:
             self.state, self.error = BackendState.UNREACHABLE, reason
 
     def was_refused(self, reason: str) -> None:
-        with self._lock:
+        with self._lock:  # a refusal is an answer: the server is up
             self.refused += 1
-            self.error = reason
+            self.state, self.error = BackendState.OK, reason
 
     def missed(self) -> None:
         with self._lock:
@@ -400,10 +406,12 @@ class RemoteBackend:
             pieces: list[str] = []
             request = {"messages": build(), "max_tokens": max_new_tokens, "stream": True, **params}
             stream: openai.Stream[ChatCompletionChunk] = self._create(request)
+            finished = False
             with stream:
                 for chunk in stream:
                     if self._interrupted():
-                        break
+                        return "".join(pieces)
+                    finished = finished or bool(chunk.choices and chunk.choices[0].finish_reason)
                     piece = chunk.choices[0].delta.content if chunk.choices else None
                     if not piece:
                         continue
@@ -412,6 +420,8 @@ class RemoteBackend:
                     if new and on_text is not None:
                         on_text(new)
                         told += len(new)
+            if not finished:
+                raise _Unfinished("model server ended the streamed answer unfinished (no finish_reason)")
             return "".join(pieces)
 
         return self._with_retries(attempt, frames, "")
@@ -439,10 +449,16 @@ class RemoteBackend:
         except RequestRefused:
             if not self._media.logprobs:
                 raise
-            # A server that refuses logprobs (rather than leaving them out) is asked by the word.
-            log.warning("model server %s refused a request with logprobs: yes/no goes by the word", self.url)
+            # A server that refuses logprobs (rather than leaving them out) is asked by the word; one
+            # that refuses the question either way (too long) keeps being asked with them.
             self._media.logprobs = False
-            return float(self._with_retries(attempt, chosen, 0.0))
+            try:
+                score = float(self._with_retries(attempt, chosen, 0.0))
+            except RequestRefused:
+                self._media.logprobs = True
+                raise
+            log.warning("model server %s refused a request with logprobs: yes/no goes by the word", self.url)
+            return score
 
     def _create(self, request: dict[str, Any]) -> Any:
         """One chat completion of this backend's model, with its ``user``. The messages are plain
@@ -461,13 +477,23 @@ class RemoteBackend:
         interrupt check says stop while waiting."""
         backoff = _BACKOFF_INITIAL_S
         resent = False
+        internal_errors = 0
         self.health.begin()
         try:
             while True:
                 held = [f.uuid for f in frames if self.media_cache and f.uuid in self._media]
                 try:
                     result = attempt()
-                except (openai.APIConnectionError, openai.InternalServerError, openai.RateLimitError) as exc:
+                except (openai.InternalServerError, _Unfinished) as exc:
+                    reason = str(exc) if isinstance(exc, _Unfinished) else _outage(exc)
+                    plain = isinstance(exc, _Unfinished) or exc.status_code == 500
+                    internal_errors = internal_errors + 1 if plain else 0
+                    if internal_errors >= _INTERNAL_ERRORS_TO_REFUSE:
+                        self.health.was_refused(reason)
+                        raise RequestRefused(reason) from None
+                    self.health.failed(reason)
+                except (openai.APIConnectionError, openai.RateLimitError) as exc:
+                    internal_errors = 0
                     self.health.failed(_outage(exc))
                 except httpx2.TransportError as exc:  # the connection broke mid-stream
                     self.health.failed(f"connection lost: {exc}")
@@ -519,6 +545,10 @@ class RemoteBackend:
                 return False
             time.sleep(min(left, 0.05))
         return not self._interrupted()
+
+
+class _Unfinished(Exception):
+    """A streamed answer that ended without saying it was done (no ``finish_reason``)."""
 
 
 def _outage(exc: openai.APIError) -> str:

@@ -274,6 +274,16 @@ def test_a_server_that_refuses_logprobs_is_asked_by_the_word() -> None:
         server.down()
 
 
+def test_a_question_refused_with_and_without_logprobs_leaves_them_on(standin: StandIn) -> None:
+    backend = connect(standin.url)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(400, "This model's maximum context length is 8192 tokens.", times=2)
+    with pytest.raises(RequestRefused, match="maximum context length"):
+        backend.yes_probabilities(encoded, ["Is it open?"])
+    assert backend.yes_probabilities(encoded, ["Is it open?"]) == [pytest.approx(0.8)], "by logprobs"
+    assert [r.logprobs for r in standin.chat_records()] == [True, False, True]
+
+
 def test_chat_is_a_text_only_turn(standin: StandIn) -> None:
     backend = connect(standin.url)
     pieces: list[str] = []
@@ -314,6 +324,30 @@ def test_an_outage_is_retried_until_the_server_is_back(standin: StandIn) -> None
     standin.up()
     worker.join(60)
     assert result == ["A person walks."] and backend.status()["state"] == "ok"
+
+
+def test_a_500_or_an_unfinished_stream_that_keeps_coming_for_one_request_is_its_refusal(
+    standin: StandIn,
+) -> None:
+    """llama.cpp's server answers a prompt beyond its context with a 500, or, streaming, with an
+    answer that just ends (seen with the real one, tests/test_llamacpp_server.py): retrying it
+    forever would stall its stream."""
+    backend = connect(standin.url)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(500, "Prompt exceeds n_ctx: 8200 > 8192", times=3)
+    with pytest.raises(RequestRefused, match=r"server error 500: Prompt exceeds n_ctx"):
+        backend.describe(encoded, "Describe.")
+    assert backend.status()["failures"] == 2 and backend.status()["refused"] == 1
+    assert backend.status()["state"] == "ok", "the server answered"
+    standin.fail(500, "a hiccup", times=2)
+    assert backend.describe(encoded, "Describe.") == "A person walks.", "fewer in a row: retried"
+    # Streaming, llama.cpp just ends the answer before its first chunk instead.
+    standin.unfinished_streams = 3
+    with pytest.raises(RequestRefused, match=r"ended the streamed answer unfinished"):
+        backend.describe(encoded, "Describe.")
+    standin.unfinished_streams = 2
+    assert backend.describe(encoded, "Describe.") == "A person walks.", "fewer in a row: retried"
+    assert backend.status()["refused"] == 2 and backend.status()["state"] == "ok"
 
 
 def test_an_answer_cut_mid_stream_is_asked_again_without_repeating_a_piece(standin: StandIn) -> None:
