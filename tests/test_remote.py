@@ -1,10 +1,11 @@
 """model/remote.py and model/chatwire.py: the backend for OpenAI-compatible servers, from request
 building to real runs.
 
-No real server runs here (vLLM, SGLang and LMDeploy need a GPU, Ollama is not installable, llama.cpp
-is too slow to build on these cores): the server is the stand-in of tests/openai_standin.py, a real
-HTTP server that validates every request against the openai package's own types and streams SSE as
-the spec says. The backend talks to it through the real openai client, the CLI through real processes.
+vLLM, SGLang and LMDeploy need a GPU and Ollama is not installable here; llama.cpp's server runs in
+tests/test_llamacpp_server.py when it has been built. Here the server is the stand-in of
+tests/openai_standin.py, a real HTTP server that validates every request against the openai package's
+own types and streams SSE as the spec says. The backend talks to it through the real openai client,
+the CLI through real processes.
 """
 
 from __future__ import annotations
