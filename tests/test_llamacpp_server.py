@@ -10,11 +10,13 @@ the project's environment. The tests run where two things are given, and are ski
 * ``VIDNARRATE_LLAMACPP_SRC``: llama.cpp's source tree (``vendor/llama.cpp`` of the llama-cpp-python
   sdist), whose converters write the GGUF files.
 
-tools/check_llamacpp.sh sets both up from scratch and runs these tests.
+tools/check_llamacpp.sh sets both up from scratch and runs these tests. tools/make_gguf.py's refusals
+are tested without them.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +34,7 @@ from realparts import free_port, kill_group, make_clip
 
 from model.errors import RequestRefused
 from model.remote import RemoteBackend
+from model.tiny import TINY_CONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = os.environ.get("VIDNARRATE_LLAMACPP_PYTHON", "")
@@ -50,7 +53,40 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(bool(_why_not()), reason=str(_why_not()))
+needs_llamacpp = pytest.mark.skipif(bool(_why_not()), reason=str(_why_not()))
+
+
+def make_gguf(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_gguf.py"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+
+# -- tools/make_gguf.py's refusals (no llama.cpp needed) ------------------------------------------------
+def test_make_gguf_names_what_is_missing_in_one_line(tmp_path: Path) -> None:
+    not_a_tree = make_gguf("--tiny", str(tmp_path / "out"), "--llama-cpp", str(tmp_path))
+    assert not_a_tree.returncode == 2 and len(not_a_tree.stderr.strip().splitlines()) == 1, not_a_tree.stderr
+    assert "not a llama.cpp source tree" in not_a_tree.stderr and "convert_hf_to_gguf.py" in not_a_tree.stderr
+    tree = tmp_path / "llama.cpp"
+    (tree / "tools/mtmd/legacy-models").mkdir(parents=True)
+    (tree / "gguf-py").mkdir()
+    (tree / "convert_hf_to_gguf.py").touch()
+    (tree / "tools/mtmd/legacy-models/minicpmv-convert-image-encoder-to-gguf.py").touch()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_config = make_gguf(str(empty), str(tmp_path / "out"), "--llama-cpp", str(tree))
+    assert no_config.returncode == 2 and "no config.json: not a checkpoint folder" in no_config.stderr
+    (empty / "config.json").write_text("{}", encoding="utf-8")
+    not_minicpmv = make_gguf(str(empty), str(tmp_path / "out"), "--llama-cpp", str(tree))
+    assert not_minicpmv.returncode == 2 and "expected 'minicpmv'" in not_minicpmv.stderr, not_minicpmv.stderr
+    (empty / "config.json").write_text(json.dumps(TINY_CONFIG.to_dict()), encoding="utf-8")
+    no_weights = make_gguf(str(empty), str(tmp_path / "out"), "--llama-cpp", str(tree))
+    assert no_weights.returncode == 2 and "no weights" in no_weights.stderr, no_weights.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing half-written"
 
 
 class LlamaServer:
@@ -108,13 +144,7 @@ class LlamaServer:
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("gguf")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "make_gguf.py"), "--tiny", str(out), "--llama-cpp", SRC],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    done = make_gguf("--tiny", str(out), "--llama-cpp", SRC)
     assert done.returncode == 0, done.stderr
     model, mmproj = (Path(line) for line in done.stdout.split())
     return model, mmproj
@@ -137,6 +167,7 @@ def flat(colour: tuple[int, int, int]) -> np.ndarray:
 
 
 # -- the backend, request by request ------------------------------------------------------------------
+@needs_llamacpp
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_llama_cpp_answers_our_window_requests_from_the_frames(server: LlamaServer) -> None:
@@ -169,6 +200,7 @@ def test_llama_cpp_answers_our_window_requests_from_the_frames(server: LlamaServ
         backend.close()
 
 
+@needs_llamacpp
 @pytest.mark.integration
 @pytest.mark.timeout(900)
 def test_a_window_beyond_the_server_s_context_is_a_refusal_not_an_outage(server: LlamaServer) -> None:
@@ -195,6 +227,7 @@ threshold = 0.0     # every scored window is positive: the event shows the rule 
 """
 
 
+@needs_llamacpp
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
