@@ -166,6 +166,54 @@ def flat(colour: tuple[int, int, int]) -> np.ndarray:
     return np.broadcast_to(np.array(colour, dtype=np.uint8), (360, 640, 3)).copy()
 
 
+# -- the conversion --------------------------------------------------------------------------------------
+GREEDY_IN_LLAMA_CPP = """
+import json, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, verbose=False)
+ids = llm.tokenize(sys.argv[2].encode(), add_bos=False, special=True)
+llm.eval(ids)
+out = []
+for _ in range(12):
+    out.append(llm.sample(temp=0.0, top_k=1))
+    llm.eval([out[-1]])
+print(json.dumps({"ids": ids, "out": out}))
+"""
+
+
+@needs_llamacpp
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_the_gguf_language_model_is_ours_token_for_token(tmp_path: Path) -> None:
+    """The float32 GGUF in llama.cpp tokenizes a chat turn as our tokenizer does and decodes greedily
+    the same 12 tokens as our model: weights, tokenizer and the named pre-tokenizer came through."""
+    import torch
+
+    from model.tiny import build_tiny_model
+
+    done = make_gguf("--tiny", str(tmp_path), "--llama-cpp", SRC, "--outtype", "f32")
+    assert done.returncode == 0, done.stderr
+    text = "<|im_start|>user\nDescribe the yard, then the door.<|im_end|>\n<|im_start|>assistant\n"
+    ran = subprocess.run(
+        [PYTHON, "-c", GREEDY_IN_LLAMA_CPP, str(tmp_path / "model-f32.gguf"), text],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    theirs = json.loads(ran.stdout.strip().splitlines()[-1])
+    model = build_tiny_model()
+    assert theirs["ids"] == model.tokenizer.encode(text)
+    ids = torch.tensor([theirs["ids"]])
+    ours = []
+    with torch.no_grad():
+        for _ in range(12):
+            ours.append(int(model.llm(input_ids=ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[ours[-1]]])], dim=1)
+    assert theirs["out"] == ours
+
+
 # -- the backend, request by request ------------------------------------------------------------------
 @needs_llamacpp
 @pytest.mark.integration
