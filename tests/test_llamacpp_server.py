@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,10 @@ def test_make_gguf_names_what_is_missing_in_one_line(tmp_path: Path) -> None:
 
 class LlamaServer:
     """``python -m llama_cpp.server`` in a process group of its own, on a fixed port (a restart comes
-    back where the client looks)."""
+    back where the client looks). ``interrupt`` is its ``--interrupt_requests``: by default a request
+    that has to wait for the model cuts the streamed answer in progress short."""
 
-    def __init__(self, model: Path, mmproj: Path, log: Path) -> None:
+    def __init__(self, model: Path, mmproj: Path, log: Path, *, interrupt: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.args = [
@@ -112,6 +114,8 @@ class LlamaServer:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--interrupt_requests",
+            str(interrupt),
         ]
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -231,21 +235,58 @@ def test_llama_cpp_answers_our_window_requests_from_the_frames(server: LlamaServ
         assert red and "".join(pieces) == red and len(pieces) > 1, pieces
         again = backend.describe(four, "Describe.", context="Earlier: a yard.")
         assert again == red, "greedy"
-        other = backend.describe(backend.encode_frames([flat((20, 200, 40))] * 4), "Describe.")
+        green = backend.encode_frames([flat((20, 200, 40))] * 4)
+        other = backend.describe(green, "Describe.", context="Earlier: a yard.")
         assert other != red, "other frames, another answer"
         # Yes/no questions with logprobs: llama.cpp gives them (no refusal, so no first-word fallback).
         scores = backend.yes_probabilities(four[:2], ["Is the door open?", "Is it dark?"])
         assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
         # A text-only turn (summaries, questions over the past).
         told: list[str] = []
-        assert backend.chat("Summarise: 10:00 a cat sat.", max_new_tokens=8, on_text=told.append) == "".join(
-            told
-        )
+        summary = backend.chat("Summarise: 10:00 a cat sat.", max_new_tokens=8, on_text=told.append)
+        assert summary and summary == "".join(told)
+
+        # Two streams' windows at once: the server takes one at a time, the other waits its turn.
+        def window(user: str) -> str:
+            return backend.for_user(user).describe(four, "Describe.", context="Earlier: a yard.")
+
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(window, ["a", "b"])) == [red, red]
         status = backend.status()
         assert status["state"] == "ok" and status["refused"] == 0 and status["failures"] == 0, status
-        assert status["requests"] == 6
+        assert status["requests"] == 8
     finally:
         backend.close()
+
+
+@needs_llamacpp
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_by_default_llama_cpp_python_cuts_an_answer_short_for_the_next_request(
+    gguf: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Without ``--interrupt_requests False`` an answer streaming while another request waits ends
+    early with ``[DONE]`` and no ``finish_reason``: the client must not take it for a caption."""
+    default = LlamaServer(*gguf, tmp_path / "server.log", interrupt=True).start()
+    backend = RemoteBackend.connect(default.url)
+    try:
+        four = backend.encode_frames(frames(4))
+
+        def window(user: str) -> str:
+            try:
+                return backend.for_user(user).describe(four, "Describe.")
+            except RequestRefused as exc:
+                return str(exc)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(window, ["a", "b"]))
+        assert backend.status()["failures"] >= 1, "a cut answer was noticed and asked again"
+        finished = RemoteBackend.connect(default.url).describe(four, "Describe.")
+        for answer in answers:
+            assert answer == finished or "ended the streamed answer unfinished" in answer, answers
+    finally:
+        backend.close()
+        default.kill()
 
 
 @needs_llamacpp

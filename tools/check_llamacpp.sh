@@ -10,7 +10,7 @@
 #   LLAMACPP_VERSION    llama-cpp-python version (default 0.3.36, the one checked)
 #   LLAMACPP_WHEEL      an already built llama-cpp-python wheel (else built from the sdist: about
 #                       6 minutes on a 2 vCPU Intel Xeon VM; kept in WORK_DIR/wheels for reruns)
-#   BENCH_SECONDS       seconds of the bench (default 60; 0 skips it)
+#   BENCH_SECONDS       seconds of each bench row (default 60; 0 skips the bench)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${1:-/tmp/vidnarrate-llamacpp}"
@@ -52,12 +52,12 @@ step "4/5 tests/test_llamacpp_server.py (the real server, the real CLI)"
 "$venv/bin/python" -m pytest -q -rs -p no:cacheprovider tests/test_llamacpp_server.py
 
 if [[ "$seconds" != 0 ]]; then
-    step "5/5 tools/bench_remote.py --url against the server ($seconds s, 1 stream)"
+    step "5/5 tools/bench_remote.py --url against the server (1 and 4 streams, $seconds s each)"
     "$venv/bin/python" tools/make_gguf.py --tiny "$work/gguf" --llama-cpp "$VIDNARRATE_LLAMACPP_SRC" >/dev/null
     port="$("$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     "$work/venv/bin/python" -m llama_cpp.server --model "$work/gguf/model-f16.gguf" \
         --clip_model_path "$work/gguf/mmproj-model-f16.gguf" --chat_format minicpm-v-2.6 \
-        --n_ctx 4096 --host 127.0.0.1 --port "$port" >"$work/bench-server.log" 2>&1 &
+        --n_ctx 4096 --interrupt_requests False --host 127.0.0.1 --port "$port" >"$work/bench-server.log" 2>&1 &
     server=$!
     trap 'kill "$server" 2>/dev/null || true' EXIT
     for _ in $(seq 240); do
@@ -66,7 +66,7 @@ if [[ "$seconds" != 0 ]]; then
         kill -0 "$server" || { tail -20 "$work/bench-server.log"; exit 1; }
         sleep 0.5
     done
-    "$venv/bin/python" tools/bench_remote.py --url "http://127.0.0.1:$port/v1" --streams 1 --seconds "$seconds"
+    "$venv/bin/python" tools/bench_remote.py --url "http://127.0.0.1:$port/v1" --streams 1 4 --seconds "$seconds"
     grep -E "image slice encoded in|image decoded" "$work/bench-server.log" | tail -4 || true
 fi
 echo
