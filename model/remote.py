@@ -26,7 +26,12 @@ replica and its caches).
   retried with backoff until it goes through (or the interrupt check says stop). A 429 is no outage:
   the backend shows ``rate_limited`` and the request is retried after the server's ``Retry-After``
   (seconds or an HTTP date; capped), else with the same backoff. Any other 4xx is a
-  :class:`~model.errors.RequestRefused` naming the server's reason, for that request only.
+  :class:`~model.errors.RequestRefused` naming the server's reason, for that request only. So is a
+  plain 500, or a streamed answer that ends without a ``finish_reason``, 3 times in a row for the
+  same request: llama.cpp's server answers a prompt beyond its context that way (a 500, or, streaming,
+  a stream it just stops), which retrying never heals. A server that fails every request that way
+  (3 requests in a row refused so, none answered between) is shown ``unreachable`` until one goes
+  through: each request is still refused rather than held.
 
 Thread-safe: the shell runs up to ``max_concurrency`` requests at once on one backend.
 """
@@ -73,6 +78,9 @@ _MISSES_TO_GIVE_UP = 3
 # How long media ids stay off after that, before they are tried again: a few wasted resends per
 # period against the bytes saved once a server that honours them is back.
 _REPROBE_AFTER_S = 600.0
+# A 500 (not 502-504: gateways, overload) or an unfinished stream this many times in a row for one
+# request is the server's answer to that request, not an outage.
+_INTERNAL_ERRORS_TO_REFUSE = 3
 
 log = logging.getLogger(__name__)
 _HTTP_LOG = logging.getLogger("httpx2")  # the openai client's HTTP library (see QuietRequests)
@@ -104,6 +112,7 @@ class Health:
         self.rate_limited = 0  # 429 answers (each retried)
         self.bytes_sent = 0
         self.media_cache_misses = 0
+        self._internal_in_row = 0  # requests refused by internal errors since one was answered
 
     def begin(self) -> None:
         with self._lock:
@@ -120,6 +129,7 @@ class Health:
     def succeeded(self) -> None:
         with self._lock:
             self.requests += 1
+            self._internal_in_row = 0
             self.state, self.error = BackendState.OK, None
 
     def failed(self, reason: str) -> None:
@@ -132,10 +142,17 @@ class Health:
             self.rate_limited += 1
             self.state, self.error = BackendState.RATE_LIMITED, reason
 
-    def was_refused(self, reason: str) -> None:
+    def was_refused(self, reason: str, *, internal: bool = False) -> None:
+        """A refusal is an answer: the server is up. But requests refused one after another by
+        internal errors (``internal``), none answered between, are a server that fails everything
+        (a dead engine behind a live HTTP front): shown ``unreachable``."""
         with self._lock:
             self.refused += 1
-            self.error = reason
+            self._internal_in_row = self._internal_in_row + 1 if internal else 0
+            if self._internal_in_row >= _INTERNAL_ERRORS_TO_REFUSE:
+                self.state, self.error = BackendState.UNREACHABLE, f"the server fails every request: {reason}"
+            else:
+                self.state, self.error = BackendState.OK, reason
 
     def missed(self) -> None:
         with self._lock:
@@ -482,10 +499,12 @@ class RemoteBackend:
             pieces: list[str] = []
             request = {"messages": build(ids), "max_tokens": max_new_tokens, "stream": True, **params}
             stream: openai.Stream[ChatCompletionChunk] = self._create(request)
+            finished = False
             with stream:
                 for chunk in stream:
                     if self._interrupted():
-                        break
+                        return "".join(pieces)
+                    finished = finished or bool(chunk.choices and chunk.choices[0].finish_reason)
                     piece = chunk.choices[0].delta.content if chunk.choices else None
                     if not piece:
                         continue
@@ -494,6 +513,8 @@ class RemoteBackend:
                     if new and on_text is not None:
                         on_text(new)
                         told += len(new)
+            if not finished:
+                raise _Unfinished("model server ended the streamed answer unfinished (no finish_reason)")
             return "".join(pieces)
 
         return self._with_retries(attempt, frames, "")
@@ -521,10 +542,16 @@ class RemoteBackend:
         except RequestRefused:
             if not self._media.logprobs:
                 raise
-            # A server that refuses logprobs (rather than leaving them out) is asked by the word.
-            log.warning("model server %s refused a request with logprobs: yes/no goes by the word", self.url)
+            # A server that refuses logprobs (rather than leaving them out) is asked by the word; one
+            # that refuses the question either way (too long) keeps being asked with them.
             self._media.logprobs = False
-            return float(self._with_retries(attempt, chosen, 0.0))
+            try:
+                score = float(self._with_retries(attempt, chosen, 0.0))
+            except RequestRefused:
+                self._media.logprobs = True
+                raise
+            log.warning("model server %s refused a request with logprobs: yes/no goes by the word", self.url)
+            return score
 
     def _create(self, request: dict[str, Any]) -> Any:
         """One chat completion of this backend's model, with its ``user``. The messages are plain
@@ -546,6 +573,7 @@ class RemoteBackend:
         backoff = _BACKOFF_INITIAL_S
         resent = False
         outage = False  # this request met one: the server that answers may be another one
+        internal_errors = 0
         self.health.begin()
         try:
             while True:
@@ -555,10 +583,21 @@ class RemoteBackend:
                 try:
                     result = attempt(ids)
                 except openai.RateLimitError as exc:
+                    internal_errors = 0
                     wait = retry_after(exc.response.headers, time.time())
                     after = "" if wait is None else f"; retrying after {wait:g} s"
                     self.health.limited(f"rate limited (429): {server_reason(exc)}{after}")
-                except (openai.APIConnectionError, openai.InternalServerError) as exc:
+                except (openai.InternalServerError, _Unfinished) as exc:
+                    reason = str(exc) if isinstance(exc, _Unfinished) else _outage(exc)
+                    plain = isinstance(exc, _Unfinished) or exc.status_code == 500
+                    internal_errors = internal_errors + 1 if plain else 0
+                    if internal_errors >= _INTERNAL_ERRORS_TO_REFUSE:
+                        self.health.was_refused(reason, internal=True)
+                        raise RequestRefused(reason) from None
+                    self.health.failed(reason)
+                    outage = True
+                except openai.APIConnectionError as exc:
+                    internal_errors = 0
                     self.health.failed(_outage(exc))
                     outage = True
                 except httpx2.TransportError as exc:  # the connection broke mid-stream
@@ -616,6 +655,10 @@ class RemoteBackend:
                 return False
             time.sleep(min(left, 0.05))
         return not self._interrupted()
+
+
+class _Unfinished(Exception):
+    """A streamed answer that ended without saying it was done (no ``finish_reason``)."""
 
 
 def _outage(exc: openai.APIError) -> str:

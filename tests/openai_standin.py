@@ -19,10 +19,11 @@ cores. It is a real HTTP/1.1 server on a real port, built to the protocol the re
   400), :meth:`StandIn.fail` (the next requests answered with a status, message and headers, e.g. a
   429 with ``Retry-After``), :meth:`down` /
   :meth:`up` (the port closed, open connections cut, then listening again on the same port),
-  ``cut_streams`` (answers broken off mid-stream), ``keep_media=False`` (media ids taken but never
-  found again), ``refuse_logprobs`` (a 400 for ``logprobs``), :attr:`StandIn.hold` (requests it
-  picks are held, listed in :attr:`StandIn.holding`, until :attr:`StandIn.release` is set: a server
-  slow on exactly those).
+  ``cut_streams`` (answers broken off mid-stream), ``unfinished_streams`` (answers that end
+  with no chunk at all: llama.cpp's server on a prompt beyond its context), ``keep_media=False``
+  (media ids taken but never found again), ``refuse_logprobs`` (a 400 for ``logprobs``),
+  :attr:`StandIn.hold` (requests it picks are held, listed in :attr:`StandIn.holding`, until
+  :attr:`StandIn.release` is set: a server slow on exactly those).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class StandIn:
         self.keep_media = keep_media  # False: a server that takes uuids but never finds them again
         self.refuse_logprobs = refuse_logprobs  # a 400 for logprobs rather than answering without
         self.cut_streams = 0  # the next streamed answers break off after their first piece
+        self.unfinished_streams = 0  # the next streamed answers end cleanly before their first chunk
         self.yes_p = 0.8
         self.records: list[Record] = []
         self.faults: list[Fault] = []
@@ -434,6 +436,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         created = int(time.time())
+        with self.owner._lock:
+            unfinished = self.owner.unfinished_streams > 0
+            self.owner.unfinished_streams -= unfinished
+        if unfinished:
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+            return
 
         def event(delta: dict[str, Any], finish: str | None = None) -> None:
             chunk = ChatCompletionChunk.model_validate(

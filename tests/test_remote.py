@@ -1,10 +1,11 @@
 """model/remote.py and model/chatwire.py: the backend for OpenAI-compatible servers, from request
 building to real runs.
 
-No real server runs here (vLLM, SGLang and LMDeploy need a GPU, Ollama is not installable, llama.cpp
-is too slow to build on these cores): the server is the stand-in of tests/openai_standin.py, a real
-HTTP server that validates every request against the openai package's own types and streams SSE as
-the spec says. The backend talks to it through the real openai client, the CLI through real processes.
+vLLM, SGLang and LMDeploy need a GPU and Ollama is not installable here; llama.cpp's server runs in
+tests/test_llamacpp_server.py when it has been built. Here the server is the stand-in of
+tests/openai_standin.py, a real HTTP server that validates every request against the openai package's
+own types and streams SSE as the spec says. The backend talks to it through the real openai client,
+the CLI through real processes.
 """
 
 from __future__ import annotations
@@ -342,6 +343,16 @@ def test_a_server_that_refuses_logprobs_is_asked_by_the_word() -> None:
         server.down()
 
 
+def test_a_question_refused_with_and_without_logprobs_leaves_them_on(standin: StandIn) -> None:
+    backend = connect(standin.url)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(400, "This model's maximum context length is 8192 tokens.", times=2)
+    with pytest.raises(RequestRefused, match="maximum context length"):
+        backend.yes_probabilities(encoded, ["Is it open?"])
+    assert backend.yes_probabilities(encoded, ["Is it open?"]) == [pytest.approx(0.8)], "by logprobs"
+    assert [r.logprobs for r in standin.chat_records()] == [True, False, True]
+
+
 def test_chat_is_a_text_only_turn(standin: StandIn) -> None:
     backend = connect(standin.url)
     pieces: list[str] = []
@@ -439,6 +450,40 @@ def test_a_429_without_retry_after_backs_off_and_shows_rate_limited(standin: Sta
     gaps = np.diff(at)
     assert len(gaps) == 3 and gaps[0] >= 0.45 and gaps[1] >= 0.95 and gaps[2] >= 1.95, gaps
     assert backend.status()["rate_limited"] == 3 and backend.status()["failures"] == 0
+
+
+def test_a_500_or_an_unfinished_stream_that_keeps_coming_for_one_request_is_its_refusal(
+    standin: StandIn,
+) -> None:
+    """llama.cpp's server answers a prompt beyond its context with a 500, or, streaming, with an
+    answer that just ends (seen with the real one, tests/test_llamacpp_server.py): retrying it
+    forever would stall its stream."""
+    backend = connect(standin.url)
+    encoded = backend.encode_frames(frames(1))
+    standin.fail(500, "Prompt exceeds n_ctx: 8200 > 8192", times=3)
+    with pytest.raises(RequestRefused, match=r"server error 500: Prompt exceeds n_ctx"):
+        backend.describe(encoded, "Describe.")
+    assert backend.status()["failures"] == 2 and backend.status()["refused"] == 1
+    assert backend.status()["state"] == "ok", "the server answered"
+    standin.fail(500, "a hiccup", times=2)
+    assert backend.describe(encoded, "Describe.") == "A person walks.", "fewer in a row: retried"
+    # Streaming, llama.cpp just ends the answer before its first chunk instead.
+    standin.unfinished_streams = 3
+    with pytest.raises(RequestRefused, match=r"ended the streamed answer unfinished"):
+        backend.describe(encoded, "Describe.")
+    standin.unfinished_streams = 2
+    assert backend.describe(encoded, "Describe.") == "A person walks.", "fewer in a row: retried"
+    assert backend.status()["refused"] == 2 and backend.status()["state"] == "ok"
+    # A server that fails every request so (a dead engine behind a live HTTP front) is shown as
+    # down, while each request is still refused rather than held.
+    standin.fail(500, "engine dead", times=9)
+    for _ in range(3):
+        with pytest.raises(RequestRefused, match="engine dead"):
+            backend.describe(encoded, "Describe.")
+    status = backend.status()
+    assert status["state"] == "unreachable" and "fails every request" in str(status["error"]), status
+    assert backend.describe(encoded, "Describe.") == "A person walks."
+    assert backend.status()["state"] == "ok", "one answer: up again"
 
 
 def test_an_answer_cut_mid_stream_is_asked_again_without_repeating_a_piece(standin: StandIn) -> None:

@@ -3,6 +3,7 @@
 
     python tools/bench_remote.py                    # 1, 8 and 32 streams, 20 s each (about 2 minutes)
     python tools/bench_remote.py --seconds 10 --streams 1 8
+    python tools/bench_remote.py --url http://127.0.0.1:8000/v1 --streams 1 --seconds 60   # a real server
 
 The stand-in runs in a process of its own and answers every window with a fixed short text after a
 fixed ``--delay`` (a server's time per window), streamed as SSE. This process is the client: the
@@ -16,6 +17,9 @@ as the inference process drives them, fed synthetic 640x360 frames at 1 fps per 
   p50/p95), at each stream count; windows skipped to stay real-time;
 * the client's CPU per caption (this process's CPU time over captions: JPEG encoding, requests,
   SSE parsing, scheduling).
+
+With ``--url`` the same client measures a running server instead (no stand-in; media ids only if it
+says it is vLLM): tools/check_llamacpp.sh does that with llama.cpp's server and the tiny model.
 
 Prints a table, then one JSON line with the figures and the machine they were measured on.
 """
@@ -87,10 +91,13 @@ def start_standin(delay: float, owned_by: str) -> tuple[subprocess.Popen[str], s
     return proc, proc.stdout.readline().strip()
 
 
-def run(streams: int, seconds: float, delay: float, media_cache: bool, concurrency: int) -> dict[str, Any]:
-    proc, url = start_standin(delay, "vllm" if media_cache else "standin")
+def run(
+    streams: int, seconds: float, delay: float, media_cache: bool, concurrency: int, url: str | None = None
+) -> dict[str, Any]:
+    proc, url = (None, url) if url else start_standin(delay, "vllm" if media_cache else "standin")
     try:
         backend = RemoteBackend.connect(url, max_concurrency=concurrency)
+        media_cache = backend.media_cache
         settings = CaptionSettings(
             prompt="Describe.", window=8.0, stride=2.0, max_new_tokens=32, context_captions=1
         )
@@ -164,8 +171,9 @@ def run(streams: int, seconds: float, delay: float, media_cache: bool, concurren
             "cpu_ms_per_caption": round(cpu * 1000 / max(1, captions), 1),
         }
     finally:
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> None:
@@ -174,17 +182,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--delay", type=float, default=1.0, help="the stand-in's seconds per window")
     parser.add_argument("--concurrency", type=int, default=8, help="model.remote.max_concurrency")
+    parser.add_argument("--url", help="a running OpenAI-compatible server's /v1 address (no stand-in)")
     args = parser.parse_args()
-    results = [run(n, args.seconds, args.delay, True, args.concurrency) for n in args.streams]
-    uncached = run(
-        args.streams[min(1, len(args.streams) - 1)], args.seconds, args.delay, False, args.concurrency
-    )
-    print(f"remote backend vs the stand-in: {args.delay:g} s per window, max_concurrency {args.concurrency}")
+    results = [run(n, args.seconds, args.delay, True, args.concurrency, args.url) for n in args.streams]
+    if args.url:
+        uncached = []
+        print(f"remote backend vs {args.url}: max_concurrency {args.concurrency}")
+    else:
+        streams = args.streams[min(1, len(args.streams) - 1)]
+        uncached = [run(streams, args.seconds, args.delay, False, args.concurrency)]
+        print(
+            f"remote backend vs the stand-in: {args.delay:g} s per window, max_concurrency {args.concurrency}"
+        )
     print(f"window 8 s, stride 2 s, 1 fps, 640x360 frames as 448x252 JPEG q85; {args.seconds:g} s per row")
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs")
     header = f"{'streams':>7} {'uuid':>5} {'captions':>8} {'skipped':>7} {'B/frame':>8} {'inflight':>8} "
     print(header + f"{'max':>4} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/cap':>10}")
-    for r in [*results, uncached]:
+    for r in [*results, *uncached]:
         print(
             f"{r['streams']:7d} {('yes' if r['media_cache'] else 'no'):>5} "
             f"{r['captions']:8d} {r['skipped']:7d} "
@@ -194,9 +208,10 @@ def main() -> None:
     figures = {
         "machine": cpu_model(),
         "cpus": os.cpu_count(),
-        "delay_s": args.delay,
+        "server": args.url or "stand-in",
+        "delay_s": None if args.url else args.delay,
         "max_concurrency": args.concurrency,
-        "runs": [*results, uncached],
+        "runs": [*results, *uncached],
     }
     print(json.dumps(figures))
 
