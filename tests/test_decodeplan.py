@@ -224,3 +224,18 @@ def test_a_long_looped_stream_keeps_the_same_frames_at_every_seam(
     sampled = looped("sampled", 120.0)
     assert len(reference) == 119
     assert sampled == reference
+
+
+def test_a_looped_file_continues_from_its_own_end_when_its_first_frames_are_not_kept(clips: Path) -> None:
+    """A 3.6-s clip looped under "sampled": later passes start between grid times, so their first
+    written frame is not the file's first; the stream still goes on from the file's true end (each
+    sample carries the pixels of the frame its time names), never overlapping or stopping."""
+    clip = make(clips / "loop36.mp4", gop=10, seconds=3.6, x264_params="bframes=0:scenecut=0")
+    stop = threading.Event()
+    ring = Collect(stop, limit=30)
+    options = SourceOptions(realtime=False, max_side=0, loop=True, sample_fps=1.0)
+    Capture("cam", parse_source(str(clip)), ring, options=options).run(stop)
+    times = [t for t, _ in ring.frames[:30]]
+    assert times == sorted(times) and times[-1] > 28.0
+    assert all(stamp == round(t * 25) % 90 for t, stamp in ring.frames[:30])
+    assert all(abs(t - round(t)) <= 0.2 + 1e-6 for t in times)  # keyframes, half a GOP at most away

@@ -3,6 +3,8 @@
 
     python tools/bench_capture.py --decode                 # CPU-seconds per stream-minute, both modes
     python tools/bench_capture.py --cameras 4,8,16 --camera-seconds 30
+    python tools/bench_capture.py --cameras 8,40 --rtsp     # cameras over RTSP from GStreamer's server
+    python tools/bench_capture.py --fidelity-minutes 10     # same frames under "sampled" as "all"?
 
 **--decode**: each clip (1080p, made here and cached in ``--workdir``: 20-30 s each) is captured as fast
 as it decodes (``realtime = false``, looped to a minute of stream, the default ``max_side`` 1344, a real
@@ -19,11 +21,21 @@ same frames). Goal: sampled at least 10x cheaper at a 1-s interval, 2x at 2 s, n
 1-s-GOP clip as live (paced, looped) into its own ring, and one reader here doing what the inference
 process's frame tap does (headers of every frame, a :class:`~stream.sampler.Sampler` per stream,
 pixels of the kept frames copied out). A count is sustained when, over the measured window, no
-stream missed a sampled second and none fell behind real time by a second or more (its stream time
+stream missed a sampled second, none fell behind real time by a second or more (its stream time
 advanced at least as fast as the wall clock, less 1 s: a capture that cannot keep up re-anchors its
-pacing, which shows as stream time lost). Memory per camera is the capture process's PSS (shared
-libraries split among the processes that map them) plus its ring. Prints a table per figure, then
-one JSON line.
+pacing, which shows as stream time lost) and no sampled frame reached the reader a second or more
+after it left the decoder ("lag"). With ``--rtsp`` the cameras are RTSP clients of one real GStreamer
+server (``tools/rtsp_server.py --mounts N``), each at its own mount point playing the clip, remuxed
+to a long file, as is (parse and packetise only: a server that encoded per client would eat the
+CPU the cameras are measured on); the server's own CPU is given separately. Memory per camera is
+the capture process's PSS (shared libraries split among the processes that map them) plus its ring.
+Prints a table per figure, then one JSON line.
+
+**--fidelity-minutes M**: each 1080p clip (1-s and 10-s GOPs with and without B-frames, the CCTV-like
+one, and any ``--input``) looped to M minutes of stream through the real capture path (``Capture`` from
+the file, as fast as it decodes, into a real ring) under both modes; for every second, whether the
+frame written under "sampled" is the frame the sampler keeps of everything "all" writes (same pts),
+and where not, by how much it moved.
 """
 
 from __future__ import annotations
@@ -228,10 +240,11 @@ def fidelity_report(every: list[float], sampled: list[float], end: float, fps: f
     them): the frame the sampler keeps of every frame (``every``, what ``"all"`` writes) against what
     ``"sampled"`` wrote for the same moment: how many are the same frame (same pts), how many moved
     and by how much, and moments one side has and the other lacks."""
+    last = (end - 1 / fps) * fps  # grid times before it are reached by both runs
     grid = SampleGrid(fps)
-    chosen = {b: t for t in every if (b := grid.offer(t)) is not None and t < end - 1 / fps}
+    chosen = {b: t for t in every if (b := grid.offer(t)) is not None and b < last}
     grid = SampleGrid(fps)
-    got = {b: t for t in sampled if (b := grid.offer(t, keep=True)) is not None and t < end - 1 / fps}
+    got = {b: t for t in sampled if (b := grid.offer(t, keep=True)) is not None and b < last}
     common = [b for b in chosen if b in got]
     moved = [abs(got[b] - chosen[b]) for b in common]
     different = [m for m in moved if m > 1e-6]
