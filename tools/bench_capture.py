@@ -59,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_sample_video  # noqa: E402
 from bench_breakdown import breakdown_main  # noqa: E402
-from bench_decode import cameras_main, decode_main, fidelity_main  # noqa: E402
+from bench_decode import FIDELITY_CLIPS, cameras_main, decode_main, fidelity_main  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 from stream.capture import Capture  # noqa: E402
@@ -162,6 +162,11 @@ def main() -> int:
         default=0.0,
         help='sampled-frame fidelity: "all" vs "sampled" over this many minutes of stream per clip',
     )
+    parser.add_argument(
+        "--fidelity-clips",
+        default=",".join(FIDELITY_CLIPS),
+        help="built-in clips for --fidelity-minutes (comma-separated; empty: only --input)",
+    )
     parser.add_argument("--cameras", default="", help="cameras per box: comma-separated counts to try")
     parser.add_argument("--camera-seconds", type=float, default=30.0, help="how long each count runs")
     parser.add_argument("--modes", default="all,sampled", help="decode modes for --cameras")
@@ -173,7 +178,8 @@ def main() -> int:
     if args.decode:
         return decode_main(args.workdir, rounds=args.rounds)
     if args.fidelity_minutes:
-        return fidelity_main(args.workdir, args.fidelity_minutes, args.input)
+        names = [name for name in args.fidelity_clips.split(",") if name]
+        return fidelity_main(args.workdir, args.fidelity_minutes, args.input, names)
     if args.breakdown:
         return breakdown_main(args.workdir, rounds=args.rounds)
     if args.cameras:

@@ -259,11 +259,13 @@ def fidelity_report(every: list[float], sampled: list[float], end: float, fps: f
     }
 
 
-def fidelity_main(workdir: Path, minutes: float, inputs: list[Path]) -> int:
+FIDELITY_CLIPS = ("h264_gop1_b3", "h264_gop1_b0", "h264_gop10_b3", "h264_gop10_b0", "cctv_10fps_gop25")
+
+
+def fidelity_main(workdir: Path, minutes: float, inputs: list[Path], names: list[str]) -> int:
     """``--fidelity-minutes``: each clip looped to ``minutes`` of stream through the real capture path
     (``Capture`` from the file, as fast as it decodes, into a real ring) under both modes."""
     workdir.mkdir(parents=True, exist_ok=True)
-    names = ["h264_gop1_b3", "h264_gop1_b0", "h264_gop10_b3", "h264_gop10_b0", "cctv_10fps_gop25"]
     clips: list[tuple[str, Path]] = []
     for name in names:
         codec, fps, seconds, gop_s, bframes, cctv = CLIPS[name]
