@@ -426,6 +426,7 @@ def camera_run(
         buckets: list[list[int]] = [[] for _ in rings]
         cpu_before = sum(_cpu_s(p.pid or 0) for p in procs)
         server_before = _cpu_s(server.proc.pid) if server else 0.0
+        reader_before = time.process_time()  # this process: the frame tap's work
         lags: list[float] = []  # wall time from decode to the reader, of the sampled frames
         started = time.monotonic()
         while time.monotonic() - started < seconds:
@@ -449,6 +450,7 @@ def camera_run(
                 time.sleep(0.01)
         cpu = sum(_cpu_s(p.pid or 0) for p in procs) - cpu_before
         server_cpu = (_cpu_s(server.proc.pid) - server_before) if server else 0.0
+        reader_cpu = time.process_time() - reader_before
         load = os.getloadavg()[0]
         pss = [_pss_kib(p.pid or 0) for p in procs]
         ring_mib = (Path("/dev/shm") / rings[0].name).stat().st_size / 2**20
@@ -476,6 +478,7 @@ def camera_run(
         "worst_behind_s": round(max(behind), 2),
         "cpu_share": round(cpu / seconds / (os.cpu_count() or 1), 3),
         "server_cpu_share": round(server_cpu / seconds / (os.cpu_count() or 1), 3),
+        "reader_cpu_share": round(reader_cpu / seconds / (os.cpu_count() or 1), 3),
         "worst_lag_s": round(max(lags, default=float("inf")), 3),
         "load_average": round(load, 2),
         "pss_mib_per_camera": round(statistics.median(pss) / 1024, 1),
@@ -507,7 +510,8 @@ def cameras_main(
     )
     print(
         f"{'decode':8} {'cameras':>7} {'sustained':>9} {'missed':>6} {'behind s':>8} {'lag s':>6} "
-        f"{'cpu share':>9} {'server cpu':>10} {'PSS MiB/cam':>11} {'ring MiB/cam':>12} {'load':>5}"
+        f"{'cpu share':>9} {'server cpu':>10} {'reader cpu':>10} {'PSS MiB/cam':>11} {'ring MiB/cam':>12} "
+        f"{'load':>5}"
     )
     results = []
     for decode in modes:
@@ -522,7 +526,8 @@ def cameras_main(
             print(
                 f"{decode:8} {count:>7} {str(result['sustained']):>9} {result['missed_samples']:>6} "
                 f"{result['worst_behind_s']:>8.2f} {result['worst_lag_s']:>6.2f} {result['cpu_share']:>9.0%} "
-                f"{result['server_cpu_share']:>10.0%} {result['pss_mib_per_camera']:>11.1f} "
+                f"{result['server_cpu_share']:>10.0%} {result['reader_cpu_share']:>10.0%} "
+                f"{result['pss_mib_per_camera']:>11.1f} "
                 f"{result['ring_mib_per_camera']:>12.1f} {result['load_average']:>5.1f}",
                 flush=True,
             )
