@@ -429,8 +429,11 @@ def camera_run(
         reader_before = time.process_time()  # this process: the frame tap's work
         lags: list[float] = []  # wall time from decode to the reader, of the sampled frames
         started = time.monotonic()
+        looked = started  # when the reader last looked at the rings: a long gap is the reader's lag
+        reader_gap = 0.0
         while time.monotonic() - started < seconds:
             idle = True
+            reader_gap, looked = max(reader_gap, time.monotonic() - looked), time.monotonic()
             for i, ring in enumerate(rings):
                 head = ring.head_seq
                 for seq in range(max(cursors[i] + 1, head - ring.slots + 1), head + 1):
@@ -479,6 +482,7 @@ def camera_run(
         "cpu_share": round(cpu / seconds / (os.cpu_count() or 1), 3),
         "server_cpu_share": round(server_cpu / seconds / (os.cpu_count() or 1), 3),
         "reader_cpu_share": round(reader_cpu / seconds / (os.cpu_count() or 1), 3),
+        "reader_longest_gap_s": round(reader_gap, 3),
         "worst_lag_s": round(max(lags, default=float("inf")), 3),
         "load_average": round(load, 2),
         "pss_mib_per_camera": round(statistics.median(pss) / 1024, 1),
@@ -531,6 +535,7 @@ def cameras_main(
                 f"{result['ring_mib_per_camera']:>12.1f} {result['load_average']:>5.1f}",
                 flush=True,
             )
+            print(f"         reader's longest gap between looks: {result['reader_longest_gap_s']:.2f} s")
             if not result["sustained"]:
                 break  # more cameras will not do better
     best = {
