@@ -11,6 +11,8 @@ second of stream, best of the rounds:
   (``skip_frame = NONKEY``: FFmpeg parses and drops them), on top of demux;
 * **keyframe decode**: decoding the one keyframe a second, single-threaded and with PyAV's
   ``thread_type = "AUTO"`` (frame threads, what capture uses);
+* **keyframe decode without deblocking** (FFmpeg ``skip_loop_filter``): what the one lossy shortcut
+  would save, with its picture difference (PSNR against the true decode, worst keyframe); not used;
 * **RGB conversion**: the keyframe to RGB straight into a buffer (``DirectRGB``), then the default
   downscale to ``max_side`` 1344 (OpenCV), as capture does into its ring slot;
 * **idle**: a capture whose source delivers nothing: its watchdog and status loop alone;
