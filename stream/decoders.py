@@ -89,6 +89,9 @@ class _PyAVSource(VideoSource):
         self._plan: DecodePlan | None = None
         self._pts_shift = 0.0  # added to the stream's pts (a looped file's), in packets and frames alike
         self._packet_end: float | None = None  # the latest packet time seen (frames may be skipped)
+        # The earliest packet time of this pass over a file, unshifted: where a looped file starts
+        # again, whether or not its first frames were decoded.
+        self._packet_start: float | None = None
         self.frames_decoded = 0  # frames out of the decoder (skipped ones never are)
         self._open()
 
@@ -146,6 +149,10 @@ class _PyAVSource(VideoSource):
                 when = self._packet_time(packet)
                 if when is not None:
                     self._packet_end = when if self._packet_end is None else max(when, self._packet_end)
+                    start = when - self._pts_shift
+                    self._packet_start = (
+                        start if self._packet_start is None else min(start, self._packet_start)
+                    )
                 wanted = plan.packet(when, packet.is_keyframe)
                 if wanted is not skip:
                     skip = wanted
@@ -255,6 +262,7 @@ class FileSource(_PyAVSource):
             last: float | None = None
             pacer = RealTimePacer(self.spec.label) if self.options.realtime else None
             self._pts_shift = offset
+            self._packet_start = None
             for frame, wall in self._decoded():
                 raw = self._pts(frame, None if last is None else last - offset)
                 first = raw if first is None else first
@@ -263,11 +271,15 @@ class FileSource(_PyAVSource):
                     wall = pacer.wait(pts, wall)
                 last = pts
                 yield self._pending(frame, pts, wall)
+            # The file's first and last frames, decoded or not: under decode = "sampled" a pass may
+            # write no frame at all, and its first written frame need not be the file's first.
+            if self._packet_start is not None:
+                first = self._packet_start if first is None else min(first, self._packet_start)
+            if last is None or self._packet_end is not None and self._packet_end > last:
+                last = self._packet_end
             if not self.options.loop or last is None or first is None:
                 return
-            # The file's last frame, decoded or not (skipped frames end it too)
-            end = last if self._packet_end is None else max(last, self._packet_end)
-            offset = end + self._frame_step() - first
+            offset = last + self._frame_step() - first
             self.close()
             self._open()
 

@@ -187,3 +187,55 @@ def test_plain_iteration_of_a_source_decodes_every_frame(clips: Path) -> None:
         assert sum(1 for _ in source.pending()) == 500
     with av.open(str(clip)) as container:
         assert container.streams.video[0].frames == 500
+
+
+@pytest.mark.parametrize(("gop", "bframes"), [(25, 3), (250, 0)])
+def test_a_long_looped_stream_keeps_the_same_frames_at_every_seam(
+    clips: Path, gop: int, bframes: int
+) -> None:
+    """The short form of ``tools/bench_capture.py --fidelity-minutes``: a clip looped to two minutes
+    of stream (a seam every 12 s), captured under both modes; every second's frame is the same frame
+    (pts and burnt-in index) under "sampled" as the rule keeps of every frame under "all"."""
+
+    def looped(decode: str, seconds: float) -> list[tuple[float, int]]:
+        """What capture writes until a frame at ``seconds`` of stream, less the last second (the
+        two modes stop at different frames)."""
+        stop = threading.Event()
+        ring = Collect()
+        write = ring.write
+
+        def until(image: np.ndarray, pts: float, wall: float, *, timeout: float | None = None) -> int:
+            if pts >= seconds:
+                stop.set()
+            return write(image, pts, wall, timeout=timeout)
+
+        ring.write = until  # type: ignore[method-assign]
+        options = SourceOptions(realtime=False, max_side=0, loop=True, decode=decode, sample_fps=1.0)
+        Capture("cam", parse_source(str(clip)), ring, options=options).run(stop)
+        return [f for f in ring.frames if f[0] < seconds - 1.0]
+
+    clip = make(
+        clips / f"loop_g{gop}_b{bframes}.mp4",
+        gop=gop,
+        seconds=12.0,
+        x264_params=f"bframes={bframes}:scenecut=0",
+    )
+    reference = kept(looped("all", 120.0))
+    sampled = looped("sampled", 120.0)
+    assert len(reference) == 119
+    assert sampled == reference
+
+
+def test_a_looped_file_continues_from_its_own_end_when_its_first_frames_are_not_kept(clips: Path) -> None:
+    """A 3.6-s clip looped under "sampled": later passes start between grid times, so their first
+    written frame is not the file's first; the stream still goes on from the file's true end (each
+    sample carries the pixels of the frame its time names), never overlapping or stopping."""
+    clip = make(clips / "loop36.mp4", gop=10, seconds=3.6, x264_params="bframes=0:scenecut=0")
+    stop = threading.Event()
+    ring = Collect(stop, limit=30)
+    options = SourceOptions(realtime=False, max_side=0, loop=True, sample_fps=1.0)
+    Capture("cam", parse_source(str(clip)), ring, options=options).run(stop)
+    times = [t for t, _ in ring.frames[:30]]
+    assert times == sorted(times) and times[-1] > 28.0
+    assert all(stamp == round(t * 25) % 90 for t, stamp in ring.frames[:30])
+    assert all(abs(t - round(t)) <= 0.2 + 1e-6 for t in times)  # keyframes, half a GOP at most away

@@ -5,7 +5,10 @@
     python tools/bench_capture.py --seconds 4 --rounds 2
     python tools/bench_capture.py --input some_real_clip.mp4
     python tools/bench_capture.py --decode  # decode = "all" vs "sampled": CPU per stream-minute
+    python tools/bench_capture.py --fidelity-minutes 10  # same frames under "sampled" as under "all"?
+    python tools/bench_capture.py --breakdown  # where a "sampled" camera's CPU goes at a 1-s GOP
     python tools/bench_capture.py --cameras 4,8,16,24 --camera-seconds 30  # cameras per box
+    python tools/bench_capture.py --cameras 8,40 --rtsp  # the same over RTSP from GStreamer's server
 
 For each clip, in the same run and interleaved round by round (so both see the same machine load):
 
@@ -55,7 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_sample_video  # noqa: E402
-from bench_decode import cameras_main, decode_main  # noqa: E402
+from bench_breakdown import breakdown_main  # noqa: E402
+from bench_decode import FIDELITY_CLIPS, cameras_main, decode_main, fidelity_main  # noqa: E402
 from machine_info import cpu_model  # noqa: E402
 
 from stream.capture import Capture  # noqa: E402
@@ -149,16 +153,38 @@ def main() -> int:
     parser.add_argument(
         "--decode", action="store_true", help='decode = "all" vs "sampled": CPU-seconds per stream-minute'
     )
+    parser.add_argument(
+        "--breakdown", action="store_true", help='where a "sampled" camera\'s CPU goes at a 1-s GOP'
+    )
+    parser.add_argument(
+        "--fidelity-minutes",
+        type=float,
+        default=0.0,
+        help='sampled-frame fidelity: "all" vs "sampled" over this many minutes of stream per clip',
+    )
+    parser.add_argument(
+        "--fidelity-clips",
+        default=",".join(FIDELITY_CLIPS),
+        help="built-in clips for --fidelity-minutes (comma-separated; empty: only --input)",
+    )
     parser.add_argument("--cameras", default="", help="cameras per box: comma-separated counts to try")
     parser.add_argument("--camera-seconds", type=float, default=30.0, help="how long each count runs")
     parser.add_argument("--modes", default="all,sampled", help="decode modes for --cameras")
+    parser.add_argument(
+        "--rtsp", action="store_true", help="--cameras over RTSP from a real GStreamer server, not files"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.decode:
         return decode_main(args.workdir, rounds=args.rounds)
+    if args.fidelity_minutes:
+        names = [name for name in args.fidelity_clips.split(",") if name]
+        return fidelity_main(args.workdir, args.fidelity_minutes, args.input, names)
+    if args.breakdown:
+        return breakdown_main(args.workdir, rounds=args.rounds)
     if args.cameras:
         counts = [int(n) for n in args.cameras.split(",")]
-        return cameras_main(args.workdir, counts, args.camera_seconds, args.modes.split(","))
+        return cameras_main(args.workdir, counts, args.camera_seconds, args.modes.split(","), args.rtsp)
 
     clips: list[tuple[str, Path]] = []
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -6,10 +6,13 @@ not in our virtualenv); ``tools/install_test_system_deps.sh`` installs what it n
 
     /usr/bin/python3 tools/rtsp_server.py --port 8554                      # endless live test pattern
     /usr/bin/python3 tools/rtsp_server.py --file clip.mp4 --port 8554      # re-serve an H.264 mp4 as is
+    /usr/bin/python3 tools/rtsp_server.py --file clip.mp4 --mounts 40      # 40 cameras: /cam0 ... /cam39
 
 It prints one line ``READY rtsp://127.0.0.1:PORT/PATH`` on stdout once it accepts connections (port 0
 picks a free port; the line tells which), then serves until killed. The media is shared: every client
-sees the same live stream, as with a real camera.
+sees the same live stream, as with a real camera. ``--mounts N`` serves N cameras from one server, each
+mount point its own media playing the file from its first client on (``PATH0`` ... ``PATH{N-1}``; the
+READY line then names ``PATH0``): a re-served file costs the server packetising only, never an encode.
 """
 
 from __future__ import annotations
@@ -50,23 +53,26 @@ def main() -> int:
     parser.add_argument("--fps", type=int, default=30, help="test pattern frame rate")
     parser.add_argument("--gop", type=int, default=15, help="key frame interval in frames")
     parser.add_argument("--pattern", default="ball", help="videotestsrc pattern (ball, smpte, ...)")
+    parser.add_argument("--mounts", type=int, default=0, help="serve N cameras at PATH0 ... PATH{N-1}")
     args = parser.parse_args()
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(args.port))
-    factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(launch_line(args))
-    factory.set_shared(True)
-    server.get_mount_points().add_factory(args.path, factory)
+    paths = [f"{args.path}{index}" for index in range(args.mounts)] if args.mounts else [args.path]
+    for path in paths:
+        factory = GstRtspServer.RTSPMediaFactory()
+        factory.set_launch(launch_line(args))
+        factory.set_shared(True)
+        server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
         print(f"rtsp_server: cannot listen on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
         return 1
     loop = GLib.MainLoop()
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGTERM, loop.quit)
     GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signal.SIGINT, loop.quit)
-    print(f"READY rtsp://127.0.0.1:{server.get_bound_port()}{args.path}", flush=True)
+    print(f"READY rtsp://127.0.0.1:{server.get_bound_port()}{paths[0]}", flush=True)
     loop.run()
     return 0
 
