@@ -309,11 +309,15 @@ class LocalBackend:
             ]
         preps = [self._prepare(frames, prompt, context) for frames, prompt, context in items]
         request = self._request(preps, max_new_tokens, decoding)
-        rows = _RowStreamer(self.model.decode, callbacks, set(request.eos_token_ids))
-        kwargs = {**request.call_kwargs(ragged_prefill(self.model.llm, request)), "streamer": rows}
+        kwargs = request.call_kwargs(ragged_prefill(self.model.llm, request))
+        rows = None
+        if any(c is not None for c in callbacks):  # else no per-step copy of the tokens to the host
+            rows = _RowStreamer(self.model.decode, callbacks, set(request.eos_token_ids))
+            kwargs["streamer"] = rows
         ids = run_generate(self.model.llm, kwargs)
         texts = [self.model.decode(row.tolist()) for row in ids]
-        rows.finish()
+        if rows is not None:
+            rows.finish()
         return texts
 
     def _prepare(self, frames: Sequence[FrameEmbedding], text: str, context: str | None) -> Prepared:
