@@ -24,7 +24,9 @@ newest frame it saw), p50/p95 over the run after a warm-up of one window plus tw
 windows are shorter); "call ms" is one caption call (with batching: the whole batch); "frames/encode"
 is the frames each vision call carried (several streams' new frames share one). Torch runs one thread
 (``--threads``): on a shared 2-core machine two threads make single rows swing tenfold. The 1-minute
-load average is recorded with each row (the machine is shared).
+load average is recorded with each row (the machine is shared): where other work takes a varying share
+of the cores, "per CPU-s" (captions per second of this process's CPU time, every thread) compares the
+two modes' work per caption, which that share does not change.
 
     python tools/bench_batch.py                 # about 9 minutes on 2 cores
     python tools/bench_batch.py --loads capacity --streams 8 --seconds 20
@@ -143,12 +145,15 @@ def measure(
     warm = started + args.warmup
     end = warm + args.seconds
     encodes_at_warm: tuple[int, int] | None = None
+    cpu_at_warm = time.process_time()
     while time.time() < end:
         message = subscriber.recv(0.2)
         if time.time() >= warm and encodes_at_warm is None:
             encodes_at_warm = (counting.calls, counting.frames)
+            cpu_at_warm = time.process_time()
         if isinstance(message, Caption) and time.time() >= warm and not message.unchanged:
             captions.append(message)
+    cpu_s = time.process_time() - cpu_at_warm
     encode_calls = counting.calls - (encodes_at_warm or (0, 0))[0]
     encode_frames = counting.frames - (encodes_at_warm or (0, 0))[1]
     stop.set()
@@ -175,6 +180,7 @@ def measure(
         "max_batch": max_batch,
         "captions": len(captions),
         "captions_per_s": round(len(captions) / args.seconds, 2),
+        "captions_per_cpu_s": round(len(captions) / cpu_s, 2) if cpu_s > 0 else None,
         "lag_p50_ms": p(lags, 50),
         "lag_p95_ms": p(lags, 95),
         "streams_captioned": len({c.stream for c in captions}),
@@ -242,6 +248,7 @@ def main() -> int:
         "demand/s",
         "max_batch",
         "captions/s",
+        "per CPU-s",
         "lag p50 ms",
         "lag p95 ms",
         "call ms p50",
@@ -255,6 +262,7 @@ def main() -> int:
         "demand_windows_per_s",
         "max_batch",
         "captions_per_s",
+        "captions_per_cpu_s",
         "lag_p50_ms",
         "lag_p95_ms",
         "call_ms_p50",
@@ -263,18 +271,15 @@ def main() -> int:
     )
     for r in rows:
         print(" ".join(f"{r[k]!s:>{max(8, len(h))}}" for k, h in zip(keys, header, strict=True)))
-    speedup = {}
-    for load in args.loads.split(","):
-        for n in counts[load].split(","):
-            by = {
-                r["max_batch"]: r["captions_per_s"]
-                for r in rows
-                if r["streams"] == int(n) and r["load"] == load
-            }
-            if len(by) == 2 and min(by.values()) > 0:
-                low, high = sorted(by)
-                speedup[f"{load} {n}"] = round(by[high] / by[low], 2)
-    print("captions/s batched / one at a time:", speedup)
+    speedup: dict[str, dict[str, float]] = {"captions_per_s": {}, "captions_per_cpu_s": {}}
+    for key, ratios in speedup.items():
+        for load in args.loads.split(","):
+            for n in counts[load].split(","):
+                by = {r["max_batch"]: r[key] for r in rows if r["streams"] == int(n) and r["load"] == load}
+                if len(by) == 2 and min(by.values()) > 0:
+                    low, high = sorted(by)
+                    ratios[f"{load} {n}"] = round(by[high] / by[low], 2)
+    print("batched / one at a time:", speedup)
     print(
         json.dumps(
             {
