@@ -29,7 +29,8 @@ of the cores, "per CPU-s" (captions per second of this process's CPU time, every
 two modes' work per caption, which that share does not change.
 
     python tools/bench_batch.py                 # about 9 minutes on 2 cores
-    python tools/bench_batch.py --loads capacity --streams 8 --seconds 20
+    python tools/bench_batch.py --loads capacity --capacity-streams 8 --seconds 20
+    python tools/bench_batch.py --loads "" --components   # one caption's parts only
 
 Prints a table, then one JSON line with the figures.
 """
@@ -190,6 +191,47 @@ def measure(
     }
 
 
+def components(backend: Any, settings: CaptionSettings, args: argparse.Namespace) -> dict[str, float]:
+    """The model's share of one caption at these settings, outside the pipeline (best of 3): what
+    batching can and cannot divide. A capacity-bound caption costs one new frame's encode (stride 1 s),
+    its window's prefill and its share of the decode; only the decode is shared by a batch."""
+
+    def best(work: Any) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - started)
+        return min(times) * 1000
+
+    size = int(settings.window * settings.fps)
+    pixels = args.pictures[:8]
+    frames = backend.encode_frames(args.pictures[:PICTURES] * 3, settings.max_slice_nums)[:size]
+    context = settings.context_template.format(previous="A grey picture with a coloured square. " * 3)
+    items = [(frames[i % 3 :][: size - 2] if i % 2 else frames, settings.prompt, context) for i in range(8)]
+    tokens = settings.max_new_tokens
+    alone = best(lambda: [backend.describe(f, p, context=c, max_new_tokens=tokens) for f, p, c in items])
+    figures = {
+        "encode_ms_per_frame_alone": best(
+            lambda: [backend.encode_frames([f], settings.max_slice_nums) for f in pixels]
+        )
+        / len(pixels),
+        "encode_ms_per_frame_in_8": best(lambda: backend.encode_frames(pixels, settings.max_slice_nums))
+        / len(pixels),
+        "caption_ms_alone": alone / len(items),
+        "caption_ms_in_batch_of_8": best(lambda: backend.describe_batch(items, max_new_tokens=tokens))
+        / len(items),
+        "prefill_ms_alone": best(
+            lambda: backend.describe(frames, settings.prompt, context=context, max_new_tokens=1)
+        ),
+    }
+    per_frame = figures["encode_ms_per_frame_in_8"]
+    figures["ceiling_8_capacity"] = (per_frame + figures["caption_ms_alone"]) / (
+        per_frame + figures["caption_ms_in_batch_of_8"]
+    )
+    return {k: round(v, 2) for k, v in figures.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -208,6 +250,9 @@ def main() -> int:
         "--capacity-stride", type=float, default=1.0, help="stride of the capacity rows, seconds"
     )
     parser.add_argument("--size", default="1280x720", help="frame size written to the rings (a 720p camera)")
+    parser.add_argument(
+        "--components", action="store_true", help="also time one caption's parts outside the pipeline"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: steady figures on a shared 2-core machine)"
     )
@@ -229,9 +274,10 @@ def main() -> int:
     warm = backend.encode_frames(args.pictures[:2], max_slice_nums=live.max_slice_nums)
     backend.describe_batch([(warm, "Describe.", None)] * 2, max_new_tokens=4)  # first-call costs out of row 1
     counts = {"live": args.streams, "capacity": args.capacity_streams}
+    parts = components(backend, live, args) if args.components else {}
     rows = [
         measure(int(n), int(b), load, loads[load], args, backend)
-        for load in args.loads.split(",")
+        for load in filter(None, args.loads.split(","))
         for n in counts[load].split(",")
         for b in args.batches.split(",")
     ]
@@ -273,13 +319,15 @@ def main() -> int:
         print(" ".join(f"{r[k]!s:>{max(8, len(h))}}" for k, h in zip(keys, header, strict=True)))
     speedup: dict[str, dict[str, float]] = {"captions_per_s": {}, "captions_per_cpu_s": {}}
     for key, ratios in speedup.items():
-        for load in args.loads.split(","):
+        for load in filter(None, args.loads.split(",")):
             for n in counts[load].split(","):
                 by = {r["max_batch"]: r[key] for r in rows if r["streams"] == int(n) and r["load"] == load}
                 if len(by) == 2 and min(by.values()) > 0:
                     low, high = sorted(by)
                     ratios[f"{load} {n}"] = round(by[high] / by[low], 2)
     print("batched / one at a time:", speedup)
+    if parts:
+        print("one caption's parts (ms, tiny model, best of 3):", parts)
     print(
         json.dumps(
             {
@@ -289,6 +337,7 @@ def main() -> int:
                 "window_s": live.window,
                 "rows": rows,
                 "speedup": speedup,
+                "components": parts,
             }
         )
     )
