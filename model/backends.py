@@ -23,7 +23,14 @@ from PIL import Image
 from transformers import DynamicCache
 from transformers.generation.streamers import BaseStreamer
 
-from model.generation import GenerationRequest, TextPieces, generate_ids, run_generate, stream_text
+from model.generation import (
+    GenerationRequest,
+    TextPieces,
+    generate_ids,
+    ragged_prefill,
+    run_generate,
+    stream_text,
+)
 from model.modeling import FrameEmbedding, MiniCPMV
 from model.processing import Prepared
 from model.prompting import neutralize_image_tags
@@ -285,8 +292,10 @@ class LocalBackend:
     ) -> list[str]:
         """Captions of several windows (of different streams) in one batched generation: each item is
         ``(frames, prompt, context)`` as :meth:`describe` takes them, ``on_text[i]`` gets item i's
-        pieces as they are generated. The prompts are left-padded to one length (the padding masked,
-        positions counted over the real tokens); a row that ends waits padded while the others go on.
+        pieces as they are generated. Each prompt is prefilled alone (no padding computed:
+        :func:`~model.generation.ragged_prefill`), then the rows decode together, left-padded to one
+        length (the padding masked, positions counted over the real tokens); a row that ends waits
+        padded while the others go on.
         Greedy gives each window the text :meth:`describe` would. Beam search is not batched (three
         beams per row): its items run one after another. A prompt the model refuses raises before
         anything is generated (callers may then run the items alone to learn which one it was)."""
@@ -300,11 +309,15 @@ class LocalBackend:
             ]
         preps = [self._prepare(frames, prompt, context) for frames, prompt, context in items]
         request = self._request(preps, max_new_tokens, decoding)
-        rows = _RowStreamer(self.model.decode, callbacks, set(request.eos_token_ids))
-        kwargs = {**request.call_kwargs(), "streamer": rows}
+        kwargs = request.call_kwargs(ragged_prefill(self.model.llm, request))
+        rows = None
+        if any(c is not None for c in callbacks):  # else no per-step copy of the tokens to the host
+            rows = _RowStreamer(self.model.decode, callbacks, set(request.eos_token_ids))
+            kwargs["streamer"] = rows
         ids = run_generate(self.model.llm, kwargs)
         texts = [self.model.decode(row.tolist()) for row in ids]
-        rows.finish()
+        if rows is not None:
+            rows.finish()
         return texts
 
     def _prepare(self, frames: Sequence[FrameEmbedding], text: str, context: str | None) -> Prepared:

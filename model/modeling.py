@@ -146,7 +146,9 @@ class MiniCPMV(nn.Module):
         """uint8 ``(H, W, 3)`` -> normalised ``[3, H, W]`` on the device, through a 256-entry table.
 
         The table is the processor's own arithmetic applied to every uint8 value, so it is exact; only
-        uint8 crosses to the device.
+        uint8 crosses to an accelerator. On the CPU numpy's ``take`` reads the table with the uint8
+        values as they are (torch's indexing first widens them to int64: four times slower, a fifth
+        of a small model's encode).
         """
         device = self.device
         lut = self._pixel_lut.get(device)
@@ -158,6 +160,12 @@ class MiniCPMV(nn.Module):
             self._pixel_lut[device] = lut
         if piece.dtype != np.uint8 or piece.ndim != 3 or piece.shape[2] != 3:
             raise ValueError(f"a piece must be uint8 (H, W, 3), got {piece.dtype} {piece.shape}")
+        if device.type == "cpu":
+            table = lut.numpy()
+            out = np.empty((3, *piece.shape[:2]), dtype=np.float32)
+            for channel in range(3):
+                np.take(table[channel], piece[..., channel], out=out[channel])
+            return torch.from_numpy(out)
         pixels = torch.from_numpy(np.require(piece, requirements=("C", "W"))).to(device, non_blocking=True)
         channels = torch.arange(3, device=device)[:, None, None]
         return lut[channels, pixels.permute(2, 0, 1).long()]

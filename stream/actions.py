@@ -6,6 +6,7 @@ through the :class:`~stream.scheduler.Scheduler` methods each action names.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -18,6 +19,8 @@ from .textwork import AnswerPast, Summarize
 
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
+
+log = logging.getLogger(__name__)
 
 
 # -- actions (what the caller should do next) ------------------------------------------------------
@@ -32,8 +35,8 @@ class EncodeFrame:
 
 @dataclass(frozen=True)
 class Encode:
-    """Encode these frames in one vision call (:meth:`run_on`), then report the embeddings, in order,
-    with :meth:`Scheduler.encoded`."""
+    """Encode these frames in one vision call (:meth:`run_on`, or :meth:`run_each_on`), then report the
+    embeddings, in order, with :meth:`Scheduler.encoded`."""
 
     frames: tuple[EncodeFrame, ...]
     max_slice_nums: int
@@ -44,6 +47,21 @@ class Encode:
 
     def run_on(self, backend: CaptionBackend) -> list[Any]:
         return list(backend.encode_frames(self.pixels, max_slice_nums=self.max_slice_nums))
+
+    def run_each_on(self, backend: CaptionBackend) -> list[Any | None]:
+        """As :meth:`run_on` (one vision call for every frame, of whichever stream), but a batch the
+        model refuses is retried frame by frame, so one bad frame loses only itself: its place holds
+        None (reported as lost with :meth:`Scheduler.encoded`), the others their embeddings. Torch's
+        own errors (a device out of memory among them) count as refusals: one frame may still fit."""
+        try:
+            return self.run_on(backend)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            if len(self.frames) == 1:
+                frame = self.frames[0]
+                log.error("stream %s: frame %d not encoded: %s", frame.stream, frame.seq, exc)
+                return [None]
+            log.warning("an encode of %d frames failed (%s); encoding them one by one", len(self.frames), exc)
+        return [Encode((frame,), self.max_slice_nums).run_each_on(backend)[0] for frame in self.frames]
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,7 @@ class ModelLoop:
         """Run one action on the model, outside the lock, and report its result to the core."""
         if isinstance(action, Encode):
             started = time.monotonic()
-            embeddings = action.run_on(self.backend)
+            embeddings = action.run_each_on(self.backend)  # one bad frame loses only itself
             with self.shared.use() as core:
                 core.encoded(action, embeddings, ms=(time.monotonic() - started) * 1000)
         elif isinstance(action, Caption):

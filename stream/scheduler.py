@@ -396,13 +396,18 @@ class Scheduler:
             raise RuntimeError(f"{type(action).__name__} reported, but it is not the action handed out")
         self._current = None
 
-    def encoded(self, action: Encode, embeddings: Sequence[Any], *, ms: float) -> None:
-        """The embeddings of ``action.frames``, in order; ``ms``: how long the vision call took."""
+    def encoded(self, action: Encode, embeddings: Sequence[Any | None], *, ms: float) -> None:
+        """The embeddings of ``action.frames``, in order; ``ms``: how long the vision call took. None
+        for a frame the model could not encode: it is lost, as if its pixels were (counted, left out
+        of its windows)."""
         if len(embeddings) != len(action.frames):
             raise ValueError(f"encoded: {len(embeddings)} embeddings for {len(action.frames)} frames")
         self._finish(action)
         for frame, embedding in zip(action.frames, embeddings, strict=True):
-            self.streams[frame.stream].store(frame.seq, embedding, round(ms, 1))
+            if embedding is None:
+                self.streams[frame.stream].counters.missing_frames += 1
+            else:
+                self.streams[frame.stream].store(frame.seq, embedding, round(ms, 1))
 
     def captioned(self, action: Caption, text: str, *, model_ms: float, wall: float) -> messages.Caption:
         """The caption ``text`` of ``action``, made in ``model_ms`` and published at ``wall`` (Unix

@@ -812,3 +812,25 @@ def test_a_summary_turn_in_flight_holds_no_stream_and_no_second_turn_starts() ->
     assert not text.idle and not core.drained()
     core.summarized(turns[0], "a summary")
     assert isinstance(core.next_action(), Summarize), "the next summary, due meanwhile, starts now"
+
+
+def test_a_frame_the_model_could_not_encode_is_lost_alone_and_its_batch_mates_are_used() -> None:
+    core = Scheduler(settings(window=2.0, stride=2.0))
+    core.add_stream("cam")
+    core.add_stream("door")
+    for seq, t in enumerate([0.0, 1.0, 2.0]):
+        for stream in ("cam", "door"):
+            assert core.offer(stream, seq, t, 1000.0 + t)
+            core.add_pixels(stream, seq, f"{stream}:{seq}")
+    encode = core.next_action()
+    assert isinstance(encode, Encode)
+    assert {(f.stream, f.seq) for f in encode.frames} == {(s, q) for s in ("cam", "door") for q in range(3)}
+    core.encoded(
+        encode, [None if f.pixels == "cam:2" else Embedding(f.pixels) for f in encode.frames], ms=5.0
+    )
+    drive = Driver(core)
+    drive.drain()
+    by_stream = {c["stream"]: c["frame_times"] for c in drive.captions}
+    assert by_stream == {"cam": [1.0], "door": [1.0, 2.0]}  # the window (0, 2]: only cam's 2 is gone
+    assert not any(isinstance(a, Encode) for a in drive.calls)  # no frame is encoded twice
+    assert core.status()["cam"]["missing_frames"] == 1 and core.status()["door"]["missing_frames"] == 0
