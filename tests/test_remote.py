@@ -41,7 +41,8 @@ from model.chatwire import (
     yes_probability,
 )
 from model.errors import RequestRefused, ServerSetupError
-from model.remote import MediaCache, RemoteBackend, retry_after
+from model.remote import RemoteBackend
+from model.remotestate import MediaCache, retry_after
 from stream.bus import RunPaths, Subscriber
 from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
 from stream.errors import ConfigError
