@@ -10,6 +10,7 @@ import difflib
 import functools
 import tomllib
 from importlib import resources
+from typing import Any
 
 from .errors import ConfigError
 
@@ -31,13 +32,18 @@ def preset_typo(prompt: str) -> str | None:
     return f"{prompt!r} is not a preset ({', '.join(names)}); it is used as the prompt text itself.{hint}"
 
 
+def _presets_file(name: str, what: str) -> tuple[str, dict[str, Any]]:
+    """``stream/defaults/<name>`` read as TOML, with the origin its errors name."""
+    origin = f"stream/defaults/{name}"
+    try:
+        return origin, tomllib.loads(packaged_text(name))
+    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
+        raise ConfigError(f"{what} {origin}: {exc}") from None
+
+
 @functools.cache
 def _packaged_prompts() -> tuple[tuple[str, str], ...]:
-    origin = "stream/defaults/prompts.toml"
-    try:
-        data = tomllib.loads(packaged_text("prompts.toml"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
-        raise ConfigError(f"prompt presets {origin}: {exc}") from None
+    origin, data = _presets_file("prompts.toml", "prompt presets")
     presets = []
     for name, table in data.items():
         if not isinstance(table, dict) or not isinstance(table.get("text"), str):
@@ -63,11 +69,7 @@ def resolve_prompt(prompt: str, presets: dict[str, str]) -> str:
 
 @functools.cache
 def _packaged_summary_prompts() -> tuple[tuple[str, tuple[str, str]], ...]:
-    origin = "stream/defaults/summaries.toml"
-    try:
-        data = tomllib.loads(packaged_text("summaries.toml"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:  # a broken install, not a user mistake
-        raise ConfigError(f"summary presets {origin}: {exc}") from None
+    origin, data = _presets_file("summaries.toml", "summary presets")
     presets = []
     for name, table in data.items():
         keys = ("text", "text") if name == "question" else ("chunk", "combine")

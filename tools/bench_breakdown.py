@@ -39,7 +39,7 @@ from typing import Any
 import av
 import cv2
 import numpy as np
-from bench_decode import CLIPS, SIZE, capture_cost, make_clip
+from bench_decode import capture_cost, gop1_clip
 from machine_info import cpu_model
 
 from stream.capture import Capture
@@ -160,16 +160,7 @@ def idle(seconds: float) -> float:
 
 def breakdown_main(workdir: Path, rounds: int = 3, stream_s: float = 60.0) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
-    codec, fps, clip_s, gop_s, bframes, cctv = CLIPS["h264_gop1_b3"]
-    path = make_clip(
-        workdir / f"decode_h264_gop1_b3_{SIZE[0]}x{SIZE[1]}_{clip_s:g}s.mp4",
-        codec,
-        fps,
-        clip_s,
-        gop_s,
-        bframes,
-        cctv,
-    )
+    path = gop1_clip(workdir)
     packets, seconds = _demux(path)
     load = os.getloadavg()[0]
     best: dict[str, float] = {}

@@ -490,12 +490,10 @@ def camera_run(
     }
 
 
-def cameras_main(
-    workdir: Path, counts: list[int], seconds: float, modes: list[str], rtsp: bool = False
-) -> int:
-    workdir.mkdir(parents=True, exist_ok=True)
+def gop1_clip(workdir: Path) -> Path:
+    """The 1080p 25-fps H.264 clip with a 1-s GOP and B-frames: what a typical IP camera sends."""
     codec, fps, clip_s, gop_s, bframes, cctv = CLIPS["h264_gop1_b3"]
-    clip = make_clip(
+    return make_clip(
         workdir / f"decode_h264_gop1_b3_{SIZE[0]}x{SIZE[1]}_{clip_s:g}s.mp4",
         codec,
         fps,
@@ -504,6 +502,13 @@ def cameras_main(
         bframes,
         cctv,
     )
+
+
+def cameras_main(
+    workdir: Path, counts: list[int], seconds: float, modes: list[str], rtsp: bool = False
+) -> int:
+    workdir.mkdir(parents=True, exist_ok=True)
+    clip = gop1_clip(workdir)
     # The served file outlasts the slowest start (the live deadline in camera_run) plus the window.
     served = looped_copy(clip, 60 + 5 * max(counts) + seconds + 10) if rtsp else clip
     how = "RTSP from one GStreamer server (one mount each, the file re-served as is)" if rtsp else "files"
