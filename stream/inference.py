@@ -5,17 +5,18 @@ The shell around the scheduling core (:class:`~stream.scheduler.Scheduler`, whic
 do and keeps every per-stream figure): this module owns the threads, the ring reads, the model calls,
 the one lock and the publishing.
 
-* The **frame tap** (a thread) polls every source's shared-memory ring (headers only: pixels are
-  copied out only for the frames the core keeps), gives the core each frame's stream time and, for a
-  kept frame, its pixels and change signature (:mod:`stream.change`), publishes thumbnails, and
-  tells the core when a source ended.
+* The **frame tap** (a thread, :mod:`stream.frametap`) polls every source's shared-memory ring
+  (headers only: pixels are copied out only for the frames the core keeps), gives the core each
+  frame's stream time and, for a kept frame, its pixels and change signature (:mod:`stream.change`),
+  publishes thumbnails, and tells the core when a source ended.
 * The **model loop** (main thread) hands the core the asks that came in, then asks it for the next
   action and runs it on the model (encode a batch, caption a window, answer an ask, a turn of a live
   summary, answer a question over the past from the stored captions its ask carries), outside the lock,
   so the tap never waits for the model and sampling stays on time while a caption is generated. It
   publishes ``caption``/``partial``/``answer``/``summary`` and, at ~1 Hz, ``inference_status``.
 
-Both threads use the core only through :class:`SharedScheduler`, the one place its lock is taken.
+Both threads use the core only through :class:`~stream.frametap.SharedScheduler`, the one place its
+lock is taken.
 A backend that serves several requests at once (a remote server: ``max_concurrency`` above 1) gets
 its model calls (captions, answers, alert-rule scoring, summary turns, questions over the past: the
 core's :data:`~stream.scheduler.IN_FLIGHT`) run on a pool of that many threads, so a slow request holds
@@ -30,37 +31,30 @@ restarting it forever.
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from PIL import Image
-
 if TYPE_CHECKING:
     from model.backends import CaptionBackend
 
-from . import change, messages
+from . import messages
 from .actions import Action, Answer, Caption, Encode, EvaluateRules, Extend, run_captions
 from .alertrules import AlertRule
 from .alerts import AlertCore
 from .bus import AskReceiver, LockedPublisher, Publisher, RunPaths
 from .captioning import CaptionSettings
 from .config import RemoteConfig, is_remote_model
-from .errors import RingError
+from .frametap import FrameTap, SharedScheduler
 from .placement import INFERENCE_ROLE, role_suffix
 from .process import ExitCode, signal_handled, write_ready_file
-from .ring import FrameRing
 from .scheduler import IN_FLIGHT, Scheduler
 from .summaries import token_counter
 from .textwork import AnswerPast, Summarize, TextSettings, TextWork
@@ -84,11 +78,9 @@ def drained_file(role: str) -> str:
     return DRAINED_FILE.replace("inference", f"inference{role_suffix(role)}", 1)
 
 
-_TAP_IDLE_S = 0.01
 _IDLE_WAIT_S = 0.05  # the model loop with nothing to do waits this long for the tap (or an ask)
 _STATUS_EVERY_S = 1.0
 _PARTIAL_EVERY_S = 0.1
-_THUMBNAIL_EVERY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,145 +107,6 @@ class InferenceOptions:
     role: str = INFERENCE_ROLE
     # CPU threads of the model (0: torch's default, every core); set when several processes share the CPU.
     threads: int = 0
-
-
-def thumbnail_jpeg(image: np.ndarray, side: int, quality: int = 70) -> str:
-    """A small JPEG of an RGB frame, base64-encoded for a JSON message."""
-    picture = Image.fromarray(image)
-    picture.thumbnail((side, side), Image.Resampling.BILINEAR)
-    out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=quality)
-    return base64.b64encode(out.getvalue()).decode("ascii")
-
-
-class SharedScheduler:
-    """The scheduling core and the one lock both threads take to use it (see the module doc)."""
-
-    def __init__(self, core: Scheduler) -> None:
-        self._core = core
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def use(self) -> Iterator[Scheduler]:
-        """The core, for as long as the ``with`` block runs (keep it short: no model calls inside)."""
-        with self._lock:
-            yield self._core
-
-
-class FrameTap(threading.Thread):
-    """Feeds ring frames to the scheduling core (see the module docstring)."""
-
-    def __init__(
-        self,
-        shared: SharedScheduler,
-        ring_names: dict[str, str],
-        bus: LockedPublisher,
-        options: InferenceOptions,
-        wake: threading.Event,
-        stop: threading.Event,
-    ) -> None:
-        super().__init__(name="frame-tap", daemon=True)
-        self.shared = shared
-        self.ring_names = ring_names
-        self.bus = bus
-        self.options = options
-        self.wake = wake
-        self.stop = stop
-        self.rings: dict[str, FrameRing | None] = dict.fromkeys(ring_names)
-        self.cursor: dict[str, int] = dict.fromkeys(ring_names, -1)
-        self.ended: set[str] = set()
-        self.unattached: set[str] = set()  # rings we could not attach to yet (warned once each)
-        self.last_thumbnail: dict[str, float] = dict.fromkeys(ring_names, 0.0)
-        self.gated = {  # streams whose unchanged windows are gated: their frames need a signature
-            name: options.stream_captions.get(name, options.captions).unchanged_threshold > 0
-            for name in ring_names
-        }
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set():
-                if not any([self._poll(name) for name in self.ring_names]):
-                    self.stop.wait(_TAP_IDLE_S)
-        except BaseException as exc:  # surfaced by the model loop, which exits with an error
-            self.error = exc
-            log.exception("frame tap failed")
-            self.stop.set()
-        finally:
-            for ring in self.rings.values():
-                if ring is not None:
-                    ring.close()
-
-    def _ring(self, name: str) -> FrameRing | None:
-        ring = self.rings[name]
-        if ring is None:
-            try:
-                ring = FrameRing.attach(self.ring_names[name])
-            except RingError as exc:  # the supervisor creates rings first; retried on every poll
-                if name not in self.unattached:
-                    self.unattached.add(name)
-                    log.warning("stream %s: no frames yet: %s", name, exc)
-                return None
-            self.rings[name] = ring
-        return ring
-
-    def _poll(self, name: str) -> bool:
-        """Take the new frames of one stream; True if there were any."""
-        ring = self._ring(name)
-        if ring is None:
-            return False
-        head = ring.head_seq
-        cursor = self.cursor[name]
-        if head <= cursor:
-            if ring.ended and head == cursor and name not in self.ended:
-                self.ended.add(name)
-                with self.shared.use() as core:
-                    core.end_stream(name, ring.end_time)
-                self.wake.set()
-            return False
-        for seq in range(max(cursor + 1, head - ring.slots + 1), head + 1):
-            info = ring.info(seq)
-            if info is None:
-                continue  # overwritten before we looked: the sampler sees a gap
-            frame = None
-            with self.shared.use() as core:
-                if core.offer(name, seq, info.pts, info.wall):
-                    frame = ring.read(seq)
-                    if frame is None:
-                        core.pixels_lost(name, seq)
-                    else:
-                        signature = change.signature(frame.image) if self.gated[name] else None
-                        core.add_pixels(name, seq, frame.image, signature)
-            if frame is not None:
-                self._thumbnail(name, info.pts, info.wall, frame.image)
-        self.cursor[name] = head
-        self.wake.set()
-        return True
-
-    def _thumbnail(self, name: str, t: float, wall: float, image: np.ndarray) -> None:
-        alerts = bool(self.options.alerts)  # an event's start carries its window's newest thumbnail
-        if not self.options.thumbnails and not alerts:
-            return
-        now = time.monotonic()
-        if now - self.last_thumbnail[name] < _THUMBNAIL_EVERY_S:
-            return
-        self.last_thumbnail[name] = now
-        jpeg = thumbnail_jpeg(image, self.options.thumbnail_side)
-        if alerts:
-            with self.shared.use() as core:
-                core.add_thumbnail(name, t, jpeg)
-        if not self.options.thumbnails:
-            return
-        self.bus.send(
-            messages.Thumbnail(
-                stream=name,
-                t=round(t, 3),
-                wall=wall,
-                jpeg=jpeg,
-                width=int(image.shape[1]),
-                height=int(image.shape[0]),
-            )
-        )
 
 
 class PartialPublisher:

@@ -21,7 +21,8 @@ import pytest
 
 from stream.bus import AskReceiver, AskSender, LockedPublisher, Publisher, RunPaths, Subscriber
 from stream.captioning import CaptionSettings
-from stream.inference import DRAINED_FILE, FrameTap, InferenceOptions, ModelLoop, SharedScheduler
+from stream.frametap import FrameTap, SharedScheduler
+from stream.inference import DRAINED_FILE, InferenceOptions, ModelLoop
 from stream.messages import Answer, AskRequest, BusMessage, Caption, InferenceStatus, Thumbnail
 from stream.ring import FrameRing, ring_name
 from stream.scheduler import Scheduler
