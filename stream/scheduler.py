@@ -24,7 +24,8 @@ The protocol, one stream or many:
    over this window (its scene did not change: no model call), :class:`Answer` this ask,
    :class:`Reply` with this message
    (an ask that cannot be answered), or None (nothing to do until more frames or asks come).
-   With alert rules (an :class:`~stream.alerts.AlertCore`), each captioned window is then scored:
+   With alert rules (an :class:`~stream.alerts.AlertCore`, kept by :mod:`stream.rulework`), each
+   captioned window is then scored:
    :class:`EvaluateRules` (its question rules, one batched prefill over the same cached
    embeddings, handed out before anything else) and its pattern rules at once on the caption's text.
 4. **Results.** The caller runs the action and reports back before asking for the next one (but
@@ -67,7 +68,6 @@ The per-stream rules (encode once, the bounded cache, context captions, status f
 from __future__ import annotations
 
 import logging
-import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,10 +75,10 @@ from typing import Any
 
 from . import messages
 from .actions import Action, Answer, Caption, Encode, EncodeFrame, EvaluateRules, Extend, Reply
-from .alerts import AlertCore, Window
+from .alerts import AlertCore
 from .captioning import CaptionSettings, Reference, StreamCaptions
 from .messages import AskId, ErrorCode
-from .recordqueue import Thumbnails
+from .rulework import RuleWork
 from .sampler import Job, SampledFrame
 from .textwork import AnswerPast, Summarize, TextWork
 
@@ -132,11 +132,7 @@ class Scheduler:
         self.max_in_flight = max_in_flight
         self._in_flight: dict[int, InFlight] = {}  # id(action) -> action, when max_in_flight > 1
         self.alerts = alerts
-        self._rules_due: deque[EvaluateRules] = deque()  # at most one per captioned window
-        self._events: list[messages.Event] = []  # the outbox of take_events
-        self._closed: set[str] = set()  # ended streams whose events were ended
-        self._thumbnails = Thumbnails(per_stream=16)  # for an event's start (base64 JPEG as bytes)
-        self._rule_figures: dict[str, dict[str, Any]] = {}
+        self._rules = RuleWork(alerts) if alerts is not None else None  # stream.rulework
         self.text = text  # live summaries and questions over the past (stream.textwork)
         self._summary_waits = False  # a summary turn ran: a due window goes before the next one
         self._text_ended: set[str] = set()  # ended streams whose tail summary was started
@@ -184,9 +180,8 @@ class Scheduler:
         return (
             self._held is None
             and not self._in_flight
-            and not self._rules_due
             and all(s.ended and not s.due for s in self.streams.values())
-            and (self.alerts is None or len(self._closed) == len(self.streams))
+            and (self._rules is None or (not self._rules.due and self._rules.all_closed(len(self.streams))))
             and (self.text is None or (self.text.idle and self._text_ended >= self.streams.keys()))
         )
 
@@ -222,10 +217,11 @@ class Scheduler:
             raise RuntimeError(
                 f"next_action: the result of {type(self._current).__name__} is not reported yet"
             )
-        if self.alerts is not None:
-            self._close_ended_streams()
-        if self._rules_due and self._room():  # the window just captioned: its alerts before anything else
-            return self._start(self._rules_due.popleft())
+        if self._rules is not None:
+            taken = set() if self._held is None else {self._held.stream.name}
+            self._rules.close_ended(self.streams, taken | self.busy())
+            if self._rules.due and self._room():  # the window just captioned: its alerts before anything else
+                return self._start(self._rules.due.popleft())
         while True:
             if self._held is None:
                 text = self._text_action(windows_first=True)
@@ -451,8 +447,8 @@ class Scheduler:
         )
         if self.text is not None:
             self.text.caption(caption)
-        if self.alerts is not None:
-            self._score_window(caption, action.job, action.frames, action.embeddings)
+        if self._rules is not None:
+            self._rules.window_out(caption, action.job, action.frames, action.embeddings)
         return caption
 
     def extended(self, action: Extend, *, wall: float) -> messages.Caption:
@@ -482,11 +478,11 @@ class Scheduler:
             frames=len(frames),
             unchanged=True,
         )
-        if self.alerts is not None:
+        if self._rules is not None:
             # Rules with on_unchanged: the scene is the one already captioned, so the window's frames
             # that are encoded by now stand for it (an Extend never waits for an encode).
             used, embeddings = stream.embeddings_for(frames)
-            self._score_window(caption, action.job, tuple(used), tuple(embeddings))
+            self._rules.window_out(caption, action.job, tuple(used), tuple(embeddings))
         if self.text is not None:
             self.text.caption(caption)
         stream.sweep()
@@ -553,94 +549,35 @@ class Scheduler:
             ask, ErrorCode.NO_FRAMES, f"stream {ask.stream} has no frames to look at yet"
         )
 
-    # -- alert rules ------------------------------------------------------------------------------
+    # -- alert rules (stream.rulework) -------------------------------------------------------------
     def add_thumbnail(self, stream: str, t: float, jpeg: str) -> None:
         """A base64 JPEG of ``stream``'s frame at stream time ``t``: an event's ``start`` carries the
         one of its window's newest frame (the last few per stream are kept)."""
-        self._thumbnails.add(stream, t, jpeg.encode("ascii"))
-
-    def _score_window(
-        self,
-        caption: messages.Caption,
-        job: Job,
-        frames: tuple[SampledFrame, ...],
-        embeddings: tuple[Any, ...],
-    ) -> None:
-        """A window whose ``caption`` is out (made by the model, or ``unchanged``): its pattern rules
-        on the caption's text now, its question rules queued as one EvaluateRules over ``embeddings``
-        (none: the window has no frame to ask about). Unchanged windows only for rules that want them."""
-        assert self.alerts is not None
-        rules = self.alerts.rules_for_window(caption.stream, bool(caption.unchanged))
-        if not rules:
-            return
-        thumbnail = self._thumbnails.at_or_before(caption.stream, job.t_end)
-        window = Window(
-            stream=caption.stream,
-            t_start=caption.t_start,
-            t_end=caption.t_end,
-            wall_start=caption.wall_start,
-            wall_end=caption.wall_end,
-            text=caption.text,
-            thumbnail=None if thumbnail is None else thumbnail.decode("ascii"),
-        )
-        patterns = [r for r in rules if r.pattern is not None]
-        if patterns:
-            scores = [(r.name, 1.0 if re.search(r.pattern or "", caption.text) else 0.0) for r in patterns]
-            self._events.extend(self.alerts.observe(window, scores))
-        questions = [r for r in rules if r.question is not None]
-        if questions and embeddings:
-            self._rules_due.append(
-                EvaluateRules(
-                    stream=caption.stream,
-                    job=job,
-                    frames=frames,
-                    embeddings=embeddings,
-                    rules=tuple(r.name for r in questions),
-                    questions=tuple(r.question or "" for r in questions),
-                    window=window,
-                )
-            )
+        if self._rules is not None:
+            self._rules.add_thumbnail(stream, t, jpeg)
 
     def rules_evaluated(self, action: EvaluateRules, scores: Sequence[float], *, model_ms: float) -> None:
         """P(yes) of each of ``action.rules``, in order, from one model call of ``model_ms``."""
+        assert self._rules is not None
         if len(scores) != len(action.rules):
             raise ValueError(f"rules_evaluated: {len(scores)} scores for {len(action.rules)} rules")
         self._finish(action)
-        assert self.alerts is not None
-        figures = self._rule_figures.setdefault(action.stream, {"rule_windows": 0, "rule_errors": 0})
-        figures["rule_windows"] += 1
-        figures["rules_model_ms"] = round(model_ms, 1)
-        figures["rules_ms"] = round(model_ms / len(action.rules), 1)  # per rule, of the batched pass
-        self._events.extend(self.alerts.observe(action.window, zip(action.rules, scores, strict=True)))
+        self._rules.evaluated(action, scores, model_ms=model_ms)
 
     def rules_failed(self, action: EvaluateRules) -> int:
         """The model refused to score the window (e.g. over its input limit): the rules' state stays
         as it was. Returns the stream's ``rule_errors`` (the caller logs the first loudly)."""
+        assert self._rules is not None
         self._finish(action)
-        figures = self._rule_figures.setdefault(action.stream, {"rule_windows": 0, "rule_errors": 0})
-        figures["rule_errors"] += 1
-        return int(figures["rule_errors"])
-
-    def _close_ended_streams(self) -> None:
-        assert self.alerts is not None
-        held = None if self._held is None else self._held.stream.name
-        pending = {action.stream for action in self._rules_due} | self.busy()
-        for name, stream in self.streams.items():
-            if stream.ended and not stream.due and name != held and name not in pending:
-                if name not in self._closed:
-                    self._closed.add(name)
-                    self._events.extend(self.alerts.end_stream(name))
+        return self._rules.failed(action)
 
     def take_events(self) -> list[messages.Event]:
         """The ``event`` messages made since the last call, in order (to publish)."""
-        events, self._events = self._events, []
-        return events
+        return [] if self._rules is None else self._rules.take_events()
 
     def stop_alerts(self) -> list[messages.Event]:
         """The run stops: the ``end`` of every event still open (with what the outbox still held)."""
-        if self.alerts is not None:
-            self._events.extend(self.alerts.stop())
-        return self.take_events()
+        return [] if self._rules is None else self._rules.stop()
 
     # -- status -----------------------------------------------------------------------------------
     def status(self) -> dict[str, dict[str, Any]]:
@@ -648,8 +585,6 @@ class Scheduler:
         ``rules_ms`` per rule and ``rules_model_ms`` of the last batched pass, ``rule_windows``
         scored, ``rule_errors``, and ``open_events``)."""
         figures = {name: stream.status() for name, stream in self.streams.items()}
-        if self.alerts is not None:
-            for name, entry in figures.items():
-                entry.update(self._rule_figures.get(name, {}))
-                entry["open_events"] = self.alerts.open_events(name)
+        if self._rules is not None:
+            self._rules.add_status(figures)
         return figures
