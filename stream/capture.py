@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing.synchronize
+import os
 import signal
 import threading
 import time
@@ -456,6 +457,21 @@ def _install_signal_handlers(stop_event: Any) -> None:
         signal.signal(signum, lambda _sig, _frame: stop_event.set())
 
 
+def _yield_cpu(nice: int) -> None:
+    """Run the whole process at ``nice``. On Linux a thread's niceness is its own: the threads that
+    exist already (the libraries' pools started at import) are set one by one, and the threads started
+    later (the decoder's, the watchdog) inherit it from the thread that makes them."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # no procfs: the calling thread, and those it starts
+        threads = [0]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except ProcessLookupError:  # a thread that has just ended
+            pass
+
+
 def capture_main(
     name: str,
     source: str,
@@ -477,6 +493,8 @@ def capture_main(
     a restart later may succeed. The last status message's ``error`` says why.
     """
     _install_signal_handlers(stop_event)
+    if options.nice:
+        _yield_cpu(options.nice)
     publisher = Publisher(status_endpoint, own_context=True) if status_endpoint else None
     if publisher is not None:
         publisher.wait_for_subscriber(1.0)

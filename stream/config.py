@@ -116,6 +116,7 @@ class CaptureConfig:
     screen_fps: float = setting(5.0, low=0.1, high=120)
     decode: str = setting("sampled", choices=DECODE_MODES)
     hwaccel: str = setting("auto", choices=HWACCEL_CHOICES)
+    nice: int = setting(0, low=0, high=19)
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ class SourceOptions:
     frame whatever it says). ``hwaccel``: the hardware decoder to try (:mod:`stream.hwdecode`); software
     unless asked, as for the checks and the offline command: ``[capture] hwaccel`` (default ``auto``)
     sets it for the capture processes.
+    ``nice``: the capture process's CPU priority (Unix nice, set when it starts; 0 keeps it).
     The limits are checked by :func:`~stream.settings.check_settings`, the config's validator; the
     ``[capture]`` section sets most of these (``stream.pipeline.source_options``).
     """
@@ -137,6 +138,7 @@ class SourceOptions:
     decode: str = setting("sampled", choices=DECODE_MODES)
     sample_fps: float = setting(1.0, above=0)
     hwaccel: str = setting("none", choices=HWACCEL_CHOICES)
+    nice: int = setting(0, low=0, high=19)
 
     def __post_init__(self) -> None:
         check_settings("source", self)

@@ -580,6 +580,41 @@ def test_capture_process_sigterm_is_a_clean_stop(
     assert 0 < messages[-1].frames < 240 and not ring.ended
 
 
+def test_a_capture_process_runs_every_thread_at_its_nice(
+    clips: Path, ring: FrameRing, bus: tuple[str, Subscriber]
+) -> None:
+    """``[capture] nice``: the whole capture process yields the CPU to the rest of the run, its
+    decoder's and watchdog's threads included (on Linux a thread's niceness is its own)."""
+    endpoint, subscriber = bus
+    clip = make_clip(clips / "long.mp4", size="320x180", fps=30, seconds=8.0)
+    stop = _spawn.Event()
+    proc = _spawn.Process(
+        target=_exit_code_main,
+        kwargs={
+            "name": "cam0",
+            "source": str(clip),
+            "ring_name": ring.name,
+            "status_endpoint": endpoint,
+            "options": SourceOptions(realtime=True, nice=7),
+            "stop_event": stop,
+        },
+    )
+    proc.start()
+    try:
+        message = subscriber.recv(30)
+        while message is not None and message.state != "live":
+            message = subscriber.recv(30)
+        assert message is not None, "no live status"
+        threads = [int(tid) for tid in os.listdir(f"/proc/{proc.pid}/task")]
+        assert len(threads) > 1, "the reader and watchdog threads run beside the main one"
+        assert {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == dict.fromkeys(threads, 7)
+        assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == 0, "the test's own process is untouched"
+    finally:
+        stop.set()
+        proc.join(30)
+    assert proc.exitcode == 0
+
+
 def capture_main_in_thread(source: str, ring: str, endpoint: str, **kwargs: Any) -> int:
     """capture_main called directly (in a thread, so it installs no signal handlers in pytest): the
     error paths need no new process; the spawned-process tests above cover what spawning adds."""

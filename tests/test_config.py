@@ -272,12 +272,13 @@ def test_every_source_option_a_user_may_set_is_fed_from_the_capture_section() ->
         "capture.screen_fps": 12.0,
         "capture.decode": "all",
         "capture.hwaccel": "auto",  # the capture processes' default; a bare SourceOptions decodes in software
+        "capture.nice": 10,
         "sampler.fps": 2.0,  # what capture samples at under decode = "sampled"
     }
     options = source_options(apply_overrides(Config(), changed))
     unchanged = {f.name for f in fields(SourceOptions) if getattr(options, f.name) == f.default}
     assert unchanged == {"rtsp_transport"}, "a SourceOptions field the [capture] section does not reach"
-    assert (options.loop, options.fps_hint, options.open_timeout) == (True, 12.0, 3.0)
+    assert (options.loop, options.fps_hint, options.open_timeout, options.nice) == (True, 12.0, 3.0, 10)
 
 
 def test_a_bad_value_gets_one_message_from_a_file_a_flag_set_and_code(tmp_path: Path) -> None:

@@ -169,6 +169,9 @@ def main() -> int:
     )
     parser.add_argument("--cameras", default="", help="cameras per box: comma-separated counts to try")
     parser.add_argument("--camera-seconds", type=float, default=30.0, help="how long each count runs")
+    parser.add_argument(
+        "--capture-nice", type=int, default=0, help="[capture] nice of the cameras (0-19; default 0)"
+    )
     parser.add_argument("--modes", default="all,sampled", help="decode modes for --cameras")
     parser.add_argument(
         "--rtsp", action="store_true", help="--cameras over RTSP from a real GStreamer server, not files"
@@ -184,7 +187,9 @@ def main() -> int:
         return breakdown_main(args.workdir, rounds=args.rounds)
     if args.cameras:
         counts = [int(n) for n in args.cameras.split(",")]
-        return cameras_main(args.workdir, counts, args.camera_seconds, args.modes.split(","), args.rtsp)
+        return cameras_main(
+            args.workdir, counts, args.camera_seconds, args.modes.split(","), args.rtsp, args.capture_nice
+        )
 
     clips: list[tuple[str, Path]] = []
     args.workdir.mkdir(parents=True, exist_ok=True)

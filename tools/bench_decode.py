@@ -392,7 +392,7 @@ class RtspCameras:
 
 
 def camera_run(
-    clip: Path, count: int, decode: str, seconds: float, server: RtspCameras | None = None
+    clip: Path, count: int, decode: str, seconds: float, server: RtspCameras | None = None, nice: int = 0
 ) -> dict[str, Any]:
     """``count`` live cameras for ``seconds`` after all are live: the clip paced and looped, or the
     RTSP ``server``'s mount points."""
@@ -402,7 +402,7 @@ def camera_run(
         FrameRing.create(ring_name(uuid.uuid4().hex, f"cam{i}"), slots=8, max_height=1344, max_width=1344)
         for i in range(count)
     ]
-    options = SourceOptions(loop=True, decode=decode, sample_fps=1.0)
+    options = SourceOptions(loop=True, decode=decode, sample_fps=1.0, nice=nice)
     procs = [
         spawn.Process(
             target=capture_main,
@@ -505,7 +505,7 @@ def gop1_clip(workdir: Path) -> Path:
 
 
 def cameras_main(
-    workdir: Path, counts: list[int], seconds: float, modes: list[str], rtsp: bool = False
+    workdir: Path, counts: list[int], seconds: float, modes: list[str], rtsp: bool = False, nice: int = 0
 ) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     clip = gop1_clip(workdir)
@@ -514,7 +514,8 @@ def cameras_main(
     how = "RTSP from one GStreamer server (one mount each, the file re-served as is)" if rtsp else "files"
     load = os.getloadavg()[0]
     print(
-        f"cameras per box: 1080p 25-fps H.264 (1-s GOP, B-frames) {how} played as live, 1-fps sampling; "
+        f"cameras per box: 1080p 25-fps H.264 (1-s GOP, B-frames) {how} played as live, 1-fps sampling, "
+        f"captures at nice {nice}; "
         f"{cpu_model()}, {os.cpu_count()} CPUs; load average {load:.1f} before; {seconds:g} s each"
     )
     print(
@@ -527,11 +528,11 @@ def cameras_main(
         for count in counts:
             server = RtspCameras(served, count) if rtsp else None
             try:
-                result = camera_run(clip, count, decode, seconds, server)
+                result = camera_run(clip, count, decode, seconds, server, nice)
             finally:
                 if server is not None:
                     server.close()
-            results.append(result | {"rtsp": rtsp})
+            results.append(result | {"rtsp": rtsp, "capture_nice": nice})
             print(
                 f"{decode:8} {count:>7} {str(result['sustained']):>9} {result['missed_samples']:>6} "
                 f"{result['worst_behind_s']:>8.2f} {result['worst_lag_s']:>6.2f} {result['cpu_share']:>9.0%} "
