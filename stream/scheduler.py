@@ -131,7 +131,6 @@ class Scheduler:
         self.settings = settings
         self.max_in_flight = max_in_flight
         self._in_flight: dict[int, InFlight] = {}  # id(action) -> action, when max_in_flight > 1
-        self.alerts = alerts
         self._rules = RuleWork(alerts) if alerts is not None else None  # stream.rulework
         self.text = text  # live summaries and questions over the past (stream.textwork)
         self._summary_waits = False  # a summary turn ran: a due window goes before the next one
