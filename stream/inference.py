@@ -23,7 +23,10 @@ core's :data:`~stream.scheduler.IN_FLIGHT`) run on a pool of that many threads, 
 only its own stream (the core keeps one per stream) and never the model loop; encodes still run on the
 model loop itself. The
 local model instead captions the due windows of up to ``max_batch`` streams in one batched
-generation (:meth:`ModelLoop._caption_batch`).
+generation (:meth:`ModelLoop._caption_batch`), on a thread of its own: meanwhile the model loop
+encodes the frames that come in (:meth:`~stream.scheduler.Scheduler.next_encode`), so the vision
+model runs beside the language model instead of between its batches; windows and asks wait for the
+batch, and are then taken newest, their frames ready.
 A model that cannot be loaded (no weights, bad checkpoint) is a configuration error: the process
 exits with :attr:`~stream.process.ExitCode.CONFIG` and the supervisor stops the run instead of
 restarting it forever.
@@ -232,13 +235,13 @@ class ModelLoop:
         self.asks = asks
         self.stop_event = stop_event
         self.status_base = status_base
-        backend.set_interrupt(stop_event.is_set)  # Ctrl-C ends a caption mid-generation
         alerts = AlertCore(options.alerts, run_id=options.run_id) if options.alerts else None
         text = TextWork(options.text, token_counter(backend), options.max_inp_length)
         self.workers = max(1, int(getattr(backend, "max_concurrency", 1)))
-        # A local model captions several streams' due windows in one batched generation: the core
-        # hands out up to max_batch of them before their results come back (see _caption_batch).
-        self.max_batch = options.max_batch if hasattr(backend, "describe_batch") and self.workers == 1 else 1
+        # A local model captions several streams' due windows in one batched generation (up to
+        # max_batch; 1: one at a time) on a thread of its own, encoding beside it (see _caption_batch).
+        local = hasattr(backend, "describe_batch") and self.workers == 1
+        self.max_batch = options.max_batch if local else 1
         core = Scheduler(
             options.captions,
             stream_settings=options.stream_captions,
@@ -246,15 +249,21 @@ class ModelLoop:
             alerts=alerts,
             text=text,
             max_in_flight=max(self.workers, self.max_batch),
+            pipelined=local,
         )
         for name in options.streams:
             core.add_stream(name)
         self.shared = SharedScheduler(core)
         self.wake = threading.Event()
-        self.tap_stop = threading.Event()
+        self.tap_stop = threading.Event()  # set as the model loop stops, for any reason
+        backend.set_interrupt(self._stopping)  # Ctrl-C ends a caption mid-generation
         self.tap = FrameTap(self.shared, options.streams, bus, options, self.wake, self.tap_stop)
         self._last_status = 0.0
         self.pool = ThreadPoolExecutor(self.workers, "remote") if self.workers > 1 else None
+        # The local model's batched generation runs on a thread of its own, so that the frames coming
+        # in meanwhile are encoded beside it (see _caption_batch).
+        self.generation = ThreadPoolExecutor(1, "batch") if local else None
+        self.generating: Future[None] | None = None
         self.running: set[Future[None]] = set()  # pooled actions whose messages are not all sent yet
         self.error: BaseException | None = None
 
@@ -272,7 +281,9 @@ class ModelLoop:
                             core.submit_past_ask(ask)
                         else:
                             core.submit_ask(ask.id, ask.stream, ask.question)
-                    action = core.next_action()
+                    # While a batch generates, only the frames that came in are encoded: windows and
+                    # asks wait for it, and are then taken newest with their frames ready.
+                    action = core.next_encode() if self.generating is not None else core.next_action()
                     events = core.take_events()
                     idle_and_drained = action is None and not drained and core.drained() and not self.running
                 for event in events:
@@ -281,7 +292,7 @@ class ModelLoop:
                     future = self.pool.submit(self._perform, action)
                     self.running.add(future)
                     future.add_done_callback(self._done)
-                elif isinstance(action, Caption) and self.max_batch > 1:
+                elif isinstance(action, Caption) and self.generation is not None:
                     self._caption_batch(action)
                 elif action is not None:
                     self._perform(action)
@@ -306,6 +317,8 @@ class ModelLoop:
                 # check runs between pieces), and its result is not published after a stop anyway;
                 # the process leaves with os._exit, which waits for no thread.
                 self.pool.shutdown(wait=False, cancel_futures=True)
+            if self.generation is not None:  # a batch in progress ends at its next token: waited for
+                self.generation.shutdown(wait=True, cancel_futures=True)
         if self.tap.error is not None or self.error is not None:
             return ExitCode.FAILED
         return ExitCode.OK
@@ -320,6 +333,13 @@ class ModelLoop:
             self.error = error
             self.tap_stop.set()
         self.wake.set()
+
+    def _stopping(self) -> bool:
+        return self.stop_event.is_set() or self.tap_stop.is_set()
+
+    def _generated(self, future: Future[None]) -> None:
+        self.generating = None  # before the wake: the model loop may take windows again
+        self._done(future)
 
     def _backend_for(self, stream: str) -> CaptionBackend:
         """The backend, sending ``stream`` as the request's ``user`` where it can (a remote server's
@@ -396,7 +416,7 @@ class ModelLoop:
         model_ms = (time.monotonic() - started) * 1000
         with self.shared.use() as core:
             message = core.captioned(action, text, model_ms=model_ms, wall=time.time())
-        if not self.stop_event.is_set():  # else cut short by shutdown
+        if not self._stopping():  # else cut short by shutdown
             self.bus.send(message)
 
     def _caption_batch(self, first: Caption) -> None:
@@ -417,6 +437,14 @@ class ModelLoop:
                 batch.append(action)
             else:
                 self._perform(action)
+        assert self.generation is not None
+        future = self.generation.submit(self._generate, batch)
+        self.generating = future
+        self.running.add(future)
+        future.add_done_callback(self._generated)
+
+    def _generate(self, batch: list[Caption]) -> None:
+        """Caption ``batch`` (on the generation thread): one generation per decoding setting."""
         groups: dict[tuple[int, str], list[Caption]] = {}
         for action in batch:
             groups.setdefault((action.max_new_tokens, action.decoding), []).append(action)
@@ -441,7 +469,7 @@ class ModelLoop:
                     core.captioned(a, t, model_ms=model_ms, wall=time.time())
                     for a, t in zip(group, texts, strict=True)
                 ]
-            if not self.stop_event.is_set():
+            if not self._stopping():  # else cut short
                 for message in done:
                     self.bus.send(message)
 

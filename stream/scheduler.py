@@ -52,7 +52,8 @@ order while other streams' captions go on; text turns keep no stream busy, and o
 at a time. An :class:`Encode` is still reported before anything else is handed out. With 1 (the
 default, one local model) every action is reported before the next, as above. The local model uses
 it to batch: the shell collects the Captions handed out (up to ``[model] max_batch``) and runs them
-in one generation (:func:`~stream.actions.run_captions`).
+in one generation (:func:`~stream.actions.run_captions`) on another thread, asking meanwhile only
+:meth:`Scheduler.next_encode` (the frames that came in; no window or ask until the batch is reported).
 
 Order of work: asks first (a person is waiting; questions over the past with them), then a summary
 turn when one is due (never two in a row while a window is due), then the next window, streams
@@ -124,13 +125,17 @@ class Scheduler:
         alerts: AlertCore | None = None,
         text: TextWork | None = None,
         max_in_flight: int = 1,
+        pipelined: bool = False,
     ) -> None:
-        """``alerts``: the alert rules' core, when the run has rules (see :class:`EvaluateRules`)."""
+        """``alerts``: the alert rules' core, when the run has rules (see :class:`EvaluateRules`);
+        ``pipelined``: captions are run on another thread while encodes go on (the local model, see
+        :meth:`next_encode`), so they are in flight even at one at a time."""
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.settings = settings
         self.max_in_flight = max_in_flight
-        self._in_flight: dict[int, InFlight] = {}  # id(action) -> action, when max_in_flight > 1
+        self._tracked = max_in_flight > 1 or pipelined  # IN_FLIGHT actions are in flight, not current
+        self._in_flight: dict[int, InFlight] = {}  # id(action) -> action, when tracked
         self._rules = RuleWork(alerts) if alerts is not None else None  # stream.rulework
         self.text = text  # live summaries and questions over the past (stream.textwork)
         self._summary_waits = False  # a summary turn ran: a due window goes before the next one
@@ -243,10 +248,22 @@ class Scheduler:
             idle = self._idle_encode(min_batch)
             return self._start(idle) if idle is not None else self._text_action(windows_first=False)
 
+    def next_encode(self) -> Encode | None:
+        """The frames waiting as pixels, encoded while a batch of captions is in flight (the local
+        model's batched generation, :mod:`stream.inference`): no window, ask or text turn is handed
+        out, so each waits for the batch and is then taken newest, its frames already encoded."""
+        if self._current is not None:
+            raise RuntimeError(
+                f"next_encode: the result of {type(self._current).__name__} is not reported yet"
+            )
+        encode = self._idle_encode(1)
+        self._start(encode)
+        return encode
+
     def _start(self, action: Action | None) -> Action | None:
         if isinstance(action, Caption | Summarize):
             self._summary_waits = isinstance(action, Summarize)
-        if self.max_in_flight > 1 and isinstance(action, IN_FLIGHT):
+        if self._tracked and isinstance(action, IN_FLIGHT):
             self._in_flight[id(action)] = action
         else:
             self._current = action

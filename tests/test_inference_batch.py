@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from liverun import short_run_root
 
 from model.backends import LocalBackend, load_backend
 from stream.bus import AskReceiver, LockedPublisher, Publisher, RunPaths, Subscriber
@@ -53,6 +55,14 @@ class CountingBackend:
         return self.real.describe_batch(items, **kwargs)
 
 
+@pytest.fixture
+def run_root() -> Iterator[Path]:
+    """A run root short enough for zmq ipc socket paths (pytest's tmp paths, longer under xdist, may
+    not be)."""
+    with short_run_root() as root:
+        yield root
+
+
 @contextlib.contextmanager
 def new_rings() -> Iterator[dict[str, FrameRing]]:
     made = {
@@ -69,7 +79,7 @@ def new_rings() -> Iterator[dict[str, FrameRing]]:
 
 def run_loop(
     rings: dict[str, FrameRing],
-    tmp_path: Path,
+    root: Path,
     max_batch: int,
     partials: list[Partial] | None = None,
     **more: Any,
@@ -82,7 +92,7 @@ def run_loop(
             image[: 8 * (index + 1)] = 255 - image[: 8 * (index + 1)]  # each stream looks its own way
             assert ring.write(image, seq / 2, 1000.0 + seq / 2) == seq
         ring.mark_ended()
-    run = RunPaths.create(root=tmp_path / f"batch{max_batch}")
+    run = RunPaths.create(root=root)
     subscriber = Subscriber([run.publisher_endpoint("inference")])
     publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
     assert publisher.wait_for_subscriber(10.0)
@@ -135,17 +145,17 @@ def run_loop(
 
 
 def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_they_get_alone(
-    tmp_path: Path,
+    run_root: Path,
 ) -> None:
     partials: list[Partial] = []
     with new_rings() as rings:
-        batched, calls = run_loop(rings, tmp_path, max_batch=4, partials=partials)
+        batched, calls = run_loop(rings, run_root, max_batch=4, partials=partials)
     assert calls == [4, 4, 4]  # each round of windows, one of every stream: one generation
     assert sorted((c.stream, c.seq) for c in batched) == [(s, q) for s in STREAMS for q in range(3)]
     for name in STREAMS:  # per stream in order, the tail last
         assert [c.t_end for c in batched if c.stream == name] == [2.0, 4.0, 5.5]
     with new_rings() as rings:  # the same frames again, one window at a time
-        alone, calls = run_loop(rings, tmp_path, max_batch=1)
+        alone, calls = run_loop(rings, run_root, max_batch=1)
     assert calls == [1] * 12
     texts = {(c.stream, c.seq): c.text for c in alone}
     assert {(c.stream, c.seq): c.text for c in batched} == texts
@@ -156,14 +166,91 @@ def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_t
 
 
 def test_a_window_the_model_refuses_fails_alone_and_the_rest_of_its_batch_is_captioned(
-    tmp_path: Path,
+    run_root: Path,
 ) -> None:
     """cam3's prompt is over the input limit: each batch holding it is refused before any text, its
     windows then run alone, so cam3's are counted as refused and the others' captioned."""
     too_long = replace(SETTINGS, prompt="Describe every word here. " * 120)
     with new_rings() as rings:
         captions, calls = run_loop(
-            rings, tmp_path, max_batch=4, stream_captions={"cam3": too_long}, max_inp_length=512
+            rings, run_root, max_batch=4, stream_captions={"cam3": too_long}, max_inp_length=512
         )
     assert calls == [4, 1, 1, 1, 1] * 3
     assert sorted((c.stream, c.seq) for c in captions) == [(s, q) for s in STREAMS[:3] for q in range(3)]
+
+
+class BlockingBackend:
+    """The real tiny model, whose first caption call (a batch, or one window alone) holds until the
+    test has seen a frame encoded beside it, or gives up after ``DEADLINE_S / 4``: the model loop
+    must go on encoding while a generation runs."""
+
+    def __init__(self, real: LocalBackend) -> None:
+        self.real, self.name = real, real.name
+        self.generating = threading.Event()
+        self.encoded_beside = threading.Event()
+        self.first_done = threading.Event()
+
+    def set_interrupt(self, check: Callable[[], bool] | None) -> None:
+        self.real.set_interrupt(check)
+
+    def encode_frames(self, frames: Sequence[np.ndarray], max_slice_nums: int) -> list[Any]:
+        if self.generating.is_set() and not self.first_done.is_set():
+            self.encoded_beside.set()
+        return self.real.encode_frames(frames, max_slice_nums)
+
+    def _hold(self) -> None:
+        if not self.first_done.is_set():
+            self.generating.set()
+            self.encoded_beside.wait(DEADLINE_S / 4)
+            self.first_done.set()
+
+    def describe(self, frames: Sequence[Any], prompt: str, **kwargs: Any) -> str:
+        self._hold()
+        return self.real.describe(frames, prompt, **kwargs)
+
+    def describe_batch(self, items: Sequence[Any], **kwargs: Any) -> list[str]:
+        self._hold()
+        return self.real.describe_batch(items, **kwargs)
+
+
+@pytest.mark.parametrize("max_batch", [4, 1])
+def test_frames_that_come_in_while_a_batch_generates_are_encoded_beside_it(
+    run_root: Path, max_batch: int
+) -> None:
+    """The generation (a batch, or one window at a time) runs on a thread of its own: a frame written
+    after it started is encoded before it ends (on the model loop's thread, the encode would wait)."""
+    with new_rings() as rings:
+        for index, ring in enumerate(rings.values()):
+            for seq in range(5):  # 0 .. 2 s: every stream's first window is due
+                ring.write(np.full((48, 64, 3), seq * 20 + index * 50, np.uint8), seq / 2, 1000.0 + seq / 2)
+        run = RunPaths.create(root=run_root)
+        publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
+        asks = AskReceiver(run.asks_endpoint)
+        options = InferenceOptions(
+            run_id=run.run_id,
+            run_dir=str(run.run_dir),
+            streams={name: ring.name for name, ring in rings.items()},
+            captions=SETTINGS,
+            thumbnails=False,
+            max_batch=max_batch,
+        )
+        backend = BlockingBackend(load_backend("tiny", max_inp_length=options.max_inp_length))
+        stop = threading.Event()
+        loop = ModelLoop(
+            options, backend, LockedPublisher(publisher), asks, stop, {"model": "tiny", "device": "cpu"}
+        )  # type: ignore[arg-type]
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(loop.run()), name="model-loop")
+        thread.start()
+        try:
+            assert backend.generating.wait(DEADLINE_S), "no caption was ever generated"
+            rings["cam0"].write(np.full((48, 64, 3), 222, np.uint8), 3.0, 1003.0)  # a new second
+            assert backend.first_done.wait(DEADLINE_S)
+            assert backend.encoded_beside.is_set(), "the new frame waited for the generation to end"
+        finally:
+            stop.set()
+            thread.join(30)
+            asks.close()
+            publisher.close()
+            run.remove()
+        assert result == [0]

@@ -761,6 +761,50 @@ def test_in_flight_results_are_checked_and_the_default_stays_one_at_a_time() -> 
         one.next_action()
 
 
+def test_while_a_batch_is_in_flight_only_the_frames_that_came_in_are_encoded() -> None:
+    """The local model's batched generation runs beside the model loop, which meanwhile asks
+    :meth:`Scheduler.next_encode`: the new frames are encoded, but no window or ask is handed out
+    until the batch is reported; then each stream's newest window goes, its frames already encoded."""
+    core = Scheduler(settings(skip_stale=True), max_in_flight=4)
+    for name in ("a", "b"):
+        core.add_stream(name)
+    drive = Driver(core)
+    for i in range(3):
+        for name in ("a", "b"):
+            drive.frame(name, i, float(i))
+    batch = _handed_out(drive, Caption)
+    assert sorted(c.stream for c in batch) == ["a", "b"]
+    for i in range(3, 6):  # each stream's next windows come due while the batch generates
+        for name in ("a", "b"):
+            drive.frame(name, i, float(i))
+    core.submit_ask("q", "a", "what now?")
+    encode = core.next_encode()
+    assert isinstance(encode, Encode) and sorted(f.seq for f in encode.frames) == [3, 3, 4, 4, 5, 5]
+    with pytest.raises(RuntimeError, match="Encode is not reported yet"):
+        core.next_encode()
+    drive.run(encode)
+    assert core.next_encode() is None, "nothing else is handed out while the batch is in flight"
+    for caption in batch:
+        drive.run(caption)
+    after = []
+    while (action := core.next_action()) is not None:
+        assert not isinstance(action, Encode), "the new windows' frames were encoded beside the batch"
+        after.append(action)
+    assert isinstance(after[0], Answer) and after[0].id == "q"
+    newest = [a for a in after if isinstance(a, Caption)]
+    assert [(c.stream, c.job.t_end) for c in newest] == [("b", 4.0)], "a is busy answering the ask"
+    # One at a time on the same thread: the caption is in flight too, so frames are encoded beside it.
+    one = Scheduler(settings(skip_stale=True), pipelined=True)
+    one.add_stream("a")
+    drive = Driver(one)
+    for i in range(3):
+        drive.frame("a", i, float(i))
+    (caption,) = _handed_out(drive, Caption)
+    drive.frame("a", 3, 3.0)
+    encode = one.next_encode()
+    assert isinstance(encode, Encode) and [f.seq for f in encode.frames] == [3]
+
+
 def test_rule_scoring_in_flight_holds_only_its_stream_and_keeps_window_order() -> None:
     from stream.alertrules import AlertRule
     from stream.alerts import AlertCore

@@ -22,8 +22,9 @@ Each row reports its demand (windows/s) beside captions/s, so a reader sees whic
 demand and which by capacity. Lag is a caption's ``latency_ms`` (publish time minus the wall time of the
 newest frame it saw), p50/p95 over the run after a warm-up of one window plus two seconds (the first
 windows are shorter); "call ms" is one caption call (with batching: the whole batch); "frames/encode"
-is the frames each vision call carried (several streams' new frames share one). Torch runs one thread
-(``--threads``): on a shared 2-core machine two threads make single rows swing tenfold. The 1-minute
+is the frames each vision call carried (several streams' new frames share one). Torch runs as
+``vidnarrate run`` leaves it, every core (``--threads 1``: one thread, steadier where other work shares
+the machine; the tiny model's single-row steps gain nothing from a second thread). The 1-minute
 load average is recorded with each row (the machine is shared): where other work takes a varying share
 of the cores, "per CPU-s" (captions per second of this process's CPU time, every thread) compares the
 two modes' work per caption, which that share does not change.
@@ -255,12 +256,17 @@ def main() -> int:
         "--components", action="store_true", help="also time one caption's parts outside the pipeline"
     )
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads (1: steady figures on a shared 2-core machine)"
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default, every core, as `vidnarrate run` leaves it; 1: steadier "
+        "figures on a shared machine)",
     )
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.config = load_config(None)
     live = caption_settings(args.config)
     loads = {"live": live, "capacity": dataclasses.replace(live, stride=args.capacity_stride)}
