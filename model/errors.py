@@ -11,6 +11,7 @@ only where it is about a missing file, etc.)::
     ├── PromptTooLongError (ValueError)       prompt exceeds max_inp_length; says what to lower
     └── RemoteError                           an OpenAI-compatible server (model.remote)
         ├── ServerSetupError (ValueError)     unreachable, 401 or unknown model when first asked
+        │   └── ServerNotReady                a 503 (loading) or 429 (rate limit) when first asked
         └── RequestRefused (ValueError)       a 4xx for one request (too many images, too long)
 """
 
@@ -43,6 +44,15 @@ class RemoteError(ModelError):
 
 class ServerSetupError(RemoteError, ValueError):
     """At start: the server cannot be reached, refuses the key, or does not serve the model."""
+
+
+class ServerNotReady(ServerSetupError):
+    """At start: the server answered but is not ready yet (a 503 while it loads its model, a 429);
+    ``wait``: the seconds its ``Retry-After`` asks for, None when it gives none."""
+
+    def __init__(self, message: str, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.wait = wait
 
 
 class RequestRefused(RemoteError, ValueError):

@@ -57,7 +57,7 @@ from model.chatwire import (
     window_message,
     yes_probability,
 )
-from model.errors import RequestRefused, ServerSetupError
+from model.errors import RequestRefused, ServerNotReady, ServerSetupError
 from model.remotestate import (
     INTERNAL_ERRORS_TO_REFUSE,
     MISSES_TO_GIVE_UP,
@@ -71,6 +71,9 @@ TextCallback = Callable[[str], None]
 _BACKOFF_INITIAL_S = 0.5
 _BACKOFF_MAX_S = 10.0
 _CONNECT_TIMEOUT_S = 5.0
+# A server that answers but is not ready (llama.cpp's 503 "Loading model", a 429 rate limit) is asked
+# again at start-up for this long, its Retry-After honoured, before the run gives up on it.
+STARTUP_WAIT_S = 300.0
 
 log = logging.getLogger(__name__)
 _HTTP_LOG = logging.getLogger("httpx2")  # the openai client's HTTP library (see QuietRequests)
@@ -92,9 +95,36 @@ def list_models(client: openai.OpenAI, url: str) -> list[Any]:
         cause = exc.__cause__ or exc
         raise ServerSetupError(f"model server {url}: unreachable ({cause})") from None
     except openai.APIStatusError as exc:
-        raise ServerSetupError(
-            f"model server {url}: GET /models answered {exc.status_code}: {server_reason(exc)}"
-        ) from None
+        message = f"model server {url}: GET /models answered {exc.status_code}: {server_reason(exc)}"
+        if exc.status_code in (429, 503):
+            raise ServerNotReady(message, retry_after(exc.response.headers, time.time())) from None
+        raise ServerSetupError(message) from None
+
+
+def wait_for_models(
+    client: openai.OpenAI,
+    url: str,
+    wait_s: float = STARTUP_WAIT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Any]:
+    """:func:`list_models`, asked again while the server says it is not ready (503, 429) for up to
+    ``wait_s`` seconds (its Retry-After, else a backoff); then the last answer is the error."""
+    deadline = time.monotonic() + wait_s
+    delay = _BACKOFF_INITIAL_S
+    warned = False
+    while True:
+        try:
+            return list_models(client, url)
+        except ServerNotReady as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServerNotReady(f"{exc} (still, after waiting {wait_s:g} s)", exc.wait) from None
+            if not warned:  # once: the log is no heartbeat
+                log.warning("%s; asking again for up to %g s", exc, wait_s)
+                warned = True
+            pause = exc.wait if exc.wait is not None else delay
+            sleep(min(max(pause, _BACKOFF_INITIAL_S), left))
+            delay = min(delay * 2, _BACKOFF_MAX_S)
 
 
 def choose_model(url: str, served: Sequence[str], wanted: str) -> str:
@@ -195,15 +225,17 @@ class RemoteBackend:
         max_images: int = 16,
         image_side: int = 448,
         jpeg_quality: int = 85,
+        startup_wait: float = STARTUP_WAIT_S,
     ) -> RemoteBackend:
         """Ask the server for its models and pick ``model`` (or the one it serves): a
-        :class:`ServerSetupError` in one line when it is unreachable, refuses the key, or lacks it."""
+        :class:`ServerSetupError` in one line when it is unreachable, refuses the key, or lacks it;
+        one not ready yet (503 while loading, 429) is asked again for up to ``startup_wait`` seconds."""
         health = Health(url)
         client = make_client(url, api_key, timeout, health.sent)
         quiet = QuietRequests(url)
         _HTTP_LOG.addFilter(quiet)
         try:
-            served = list_models(client, url)
+            served = wait_for_models(client, url, startup_wait)
             chosen = choose_model(url, [m.id for m in served], model)
         except ServerSetupError:
             _HTTP_LOG.removeFilter(quiet)

@@ -17,7 +17,8 @@ cores. It is a real HTTP/1.1 server on a real port, built to the protocol the re
   plays a server that has none (``logprobs=False``).
 * Faults on demand: a bearer key (401 otherwise), an image limit (vLLM's ``--limit-mm-per-prompt``
   400), :meth:`StandIn.fail` (the next requests answered with a status, message and headers, e.g. a
-  429 with ``Retry-After``), :meth:`down` /
+  429 with ``Retry-After``), :meth:`StandIn.fail_models` (the same for ``GET /models``: a server
+  still loading), :meth:`down` /
   :meth:`up` (the port closed, open connections cut, then listening again on the same port),
   ``cut_streams`` (answers broken off mid-stream), ``unfinished_streams`` (answers that end
   with no chunk at all: llama.cpp's server on a prompt beyond its context), ``keep_media=False``
@@ -125,6 +126,7 @@ class StandIn:
         self.yes_p = 0.8
         self.records: list[Record] = []
         self.faults: list[Fault] = []
+        self.model_faults: list[Fault] = []  # answers to GET /models (a server still loading: 503)
         self.in_flight = 0
         self.max_in_flight = 0
         self.hold: Callable[[Record], bool] | None = None
@@ -183,6 +185,14 @@ class StandIn:
         ``Retry-After``, as rate-limiting servers and proxies send it)."""
         with self._lock:
             self.faults.append(Fault(status, message, times, headers or {}))
+
+    def fail_models(
+        self, status: int, message: str, times: int = 1, headers: dict[str, str] | None = None
+    ) -> None:
+        """Answer the next ``times`` ``GET /models`` with ``status`` (llama.cpp's server answers 503
+        "Loading model" until its model is loaded)."""
+        with self._lock:
+            self.model_faults.append(Fault(status, message, times, headers or {}))
 
     def held(self, record: Record) -> None:
         with self._lock:
@@ -279,14 +289,16 @@ class StandIn:
             images.append((uuid, len(image["url"])))
         urls.append(part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else "")
 
-    def take_fault(self) -> Fault | None:
+    def take_fault(self, faults: list[Fault] | None = None) -> Fault | None:
+        """The next fault of ``faults`` (default: the chat requests' ones), counted down."""
+        faults = self.faults if faults is None else faults
         with self._lock:
-            if not self.faults:
+            if not faults:
                 return None
-            fault = self.faults[0]
+            fault = faults[0]
             fault.times -= 1
             if fault.times <= 0:
-                self.faults.pop(0)
+                faults.pop(0)
             return fault
 
     def generate(self, record: Record, urls: list[str], on_piece: Any) -> str:
@@ -361,6 +373,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner.check_key(self.headers.get("Authorization"))
             if self.path.rstrip("/") != "/v1/models":
                 raise Refused(404, f"no route {self.path}")
+            fault = self.owner.take_fault(self.owner.model_faults)
+            if fault is not None:
+                kind = "unavailable_error" if fault.status == 503 else "rate_limit_exceeded"
+                raise Refused(fault.status, fault.message, kind, fault.headers)
             self._json(200, self.owner.models())
         except Refused as exc:
             self._error(exc)

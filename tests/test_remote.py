@@ -40,8 +40,8 @@ from model.chatwire import (
     window_message,
     yes_probability,
 )
-from model.errors import RequestRefused, ServerSetupError
-from model.remote import RemoteBackend
+from model.errors import RequestRefused, ServerNotReady, ServerSetupError
+from model.remote import RemoteBackend, make_client, wait_for_models
 from model.remotestate import MediaCache, retry_after
 from stream.bus import RunPaths, Subscriber
 from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
@@ -527,6 +527,38 @@ def test_connect_says_in_one_line_why_a_server_cannot_be_used() -> None:
         server.down()
     with pytest.raises(ServerSetupError, match="unreachable"):
         RemoteBackend.connect(f"http://127.0.0.1:{free_port()}/v1")
+
+
+def test_a_server_still_loading_is_waited_for_at_start_and_one_that_stays_so_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """llama.cpp's server answers 503 "Loading model" until its model is loaded, a proxy may answer
+    429: connecting asks again (the Retry-After honoured) instead of giving up on the first answer."""
+    server = StandIn().start()
+    slept: list[float] = []
+    try:
+        server.fail_models(429, "slow down", times=1)
+        server.fail_models(503, "Loading model", times=2, headers={"Retry-After": "2"})
+        client = make_client(server.url, "", 10.0, lambda n: None)
+        with caplog.at_level(logging.WARNING, logger="model.remote"):
+            served = wait_for_models(client, server.url, 60.0, sleep=slept.append)
+        assert [m.id for m in served] == [server.model]
+        assert slept == [0.5, 2.0, 2.0], "the backoff (a 429 without Retry-After), then the 503s' own"
+        waiting = [r.getMessage() for r in caplog.records if "asking again" in r.getMessage()]
+        assert len(waiting) == 1 and "answered 429: slow down" in waiting[0]
+        server.fail_models(503, "Loading model", times=1000)
+        with pytest.raises(
+            ServerNotReady, match=r"answered 503: Loading model \(still, after waiting 1\.5 s\)"
+        ):
+            RemoteBackend.connect(server.url, startup_wait=1.5)
+        server.model_faults.clear()
+        server.fail_models(500, "engine died")  # not a wait: the server is broken
+        with pytest.raises(ServerSetupError, match="answered 500: engine died") as refused:
+            RemoteBackend.connect(server.url)
+        assert not isinstance(refused.value, ServerNotReady)
+        client.close()
+    finally:
+        server.down()
 
 
 # -- through the real CLI ---------------------------------------------------------------------------
