@@ -8,4 +8,10 @@ cd "$root"
 bash tools/install_test_system_deps.sh
 EXTRAS=test bash tools/bootstrap.sh
 bash tools/lint.sh
-exec .venv/bin/python -m pytest "$@"
+# Two workers, each taking whole test files (module fixtures stay shared within a file); set
+# VIDNARRATE_TEST_WORKERS=0 to run in this process (pdb, -s).
+workers="${VIDNARRATE_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
