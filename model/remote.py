@@ -204,7 +204,7 @@ class RemoteBackend:
         self.image_side = image_side
         self.jpeg_quality = jpeg_quality
         self.user: str | None = None
-        self._media = MediaCache(media_cache)  # shared by every for_user view
+        self._media = MediaCache(media_cache, url=url)  # shared by every for_user view
         self._interrupt: Callable[[], bool] | None = None
         self._quiet = quiet  # removed from the HTTP library's logger on close
 

@@ -128,9 +128,14 @@ class MediaCache:
     clock of its own: times are passed in."""
 
     def __init__(
-        self, supported: bool, limit: int = SENT_IDS, reprobe_after: float = REPROBE_AFTER_S
+        self,
+        supported: bool,
+        limit: int = SENT_IDS,
+        reprobe_after: float = REPROBE_AFTER_S,
+        url: str = "",
     ) -> None:
         self.supported = supported
+        self.url = url  # the server's, for the log
         self.misses = 0
         self.off_until: float | None = None  # given up until then (monotonic seconds)
         self.reprobe_after = reprobe_after
@@ -146,7 +151,7 @@ class MediaCache:
         with self._lock:
             if self.off_until is not None and now >= self.off_until:
                 self.off_until, self.misses = None, 0
-                log.info("media uuids are tried again")
+                log.info("model server %s: media uuids are tried again", self.url)
             return self.off_until is None
 
     def missed(self, now: float) -> bool:

@@ -254,13 +254,17 @@ def test_media_ids_are_given_up_on_a_server_that_never_finds_them(caplog: pytest
         server.down()
 
 
-def test_given_up_media_ids_come_back_after_their_time_or_at_once_after_an_outage() -> None:
-    cache = MediaCache(True, reprobe_after=600.0)
+def test_given_up_media_ids_come_back_after_their_time_or_at_once_after_an_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = MediaCache(True, reprobe_after=600.0, url="http://gpu-3:8000/v1")
     assert cache.enabled(0.0) and not MediaCache(False).enabled(0.0)
     cache.add(["u1"])
     assert [cache.missed(t) for t in (1.0, 2.0, 3.0)] == [False, False, True], "3 in a row give up"
     assert not cache.enabled(3.0) and not cache.enabled(602.9) and "u1" not in cache
-    assert cache.enabled(603.0), "tried again 600 s later"
+    with caplog.at_level(logging.INFO, logger="model.remote"):
+        assert cache.enabled(603.0), "tried again 600 s later"
+    assert "model server http://gpu-3:8000/v1: media uuids are tried again" in caplog.text
     cache.missed(604.0)
     cache.found()  # a hit ends the misses in a row
     assert [cache.missed(t) for t in (605.0, 606.0, 607.0)] == [False, False, True]
