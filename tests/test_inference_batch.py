@@ -77,6 +77,54 @@ def new_rings() -> Iterator[dict[str, FrameRing]]:
             ring.unlink()
 
 
+@contextlib.contextmanager
+def model_loop(
+    rings: dict[str, FrameRing],
+    root: Path,
+    backend_for: Callable[[LocalBackend], Any],
+    *,
+    subscribe: bool = False,
+    **options: Any,
+) -> Iterator[tuple[ModelLoop, Any, RunPaths, Subscriber | None]]:
+    """A model loop over ``rings`` on a thread of its own, publishing on a real bus (a subscriber
+    connected first with ``subscribe``), its backend ``backend_for(the tiny model)``; ``options``: the
+    inference options beyond these tests' settings. Stopped and closed on leaving; it must have ended
+    with 0."""
+    run = RunPaths.create(root=root)
+    subscriber = Subscriber([run.publisher_endpoint("inference")]) if subscribe else None
+    publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
+    if subscriber is not None:
+        assert publisher.wait_for_subscriber(10.0)
+    asks = AskReceiver(run.asks_endpoint)
+    inference = InferenceOptions(
+        run_id=run.run_id,
+        run_dir=str(run.run_dir),
+        streams={name: ring.name for name, ring in rings.items()},
+        captions=SETTINGS,
+        thumbnails=False,
+        **options,
+    )
+    backend = backend_for(load_backend("tiny", max_inp_length=inference.max_inp_length))
+    stop = threading.Event()
+    loop = ModelLoop(
+        inference, backend, LockedPublisher(publisher), asks, stop, {"model": "tiny", "device": "cpu"}
+    )
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(loop.run()), name="model-loop")
+    thread.start()
+    try:
+        yield loop, backend, run, subscriber
+    finally:
+        stop.set()
+        thread.join(30)
+        asks.close()
+        if subscriber is not None:
+            subscriber.close()
+        publisher.close()
+        run.remove()
+    assert result == [0]
+
+
 def run_loop(
     rings: dict[str, FrameRing],
     root: Path,
@@ -92,32 +140,18 @@ def run_loop(
             image[: 8 * (index + 1)] = 255 - image[: 8 * (index + 1)]  # each stream looks its own way
             assert ring.write(image, seq / 2, 1000.0 + seq / 2) == seq
         ring.mark_ended()
-    run = RunPaths.create(root=root)
-    subscriber = Subscriber([run.publisher_endpoint("inference")])
-    publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
-    assert publisher.wait_for_subscriber(10.0)
-    asks = AskReceiver(run.asks_endpoint)
-    options = InferenceOptions(
-        run_id=run.run_id,
-        run_dir=str(run.run_dir),
-        streams={name: ring.name for name, ring in rings.items()},
-        captions=SETTINGS,
-        thumbnails=False,
+    all_read = threading.Event()
+    captions: list[Caption] = []
+    with model_loop(
+        rings,
+        root,
+        lambda real: CountingBackend(real, all_read),
+        subscribe=True,
         stream_tokens=partials is not None,
         max_batch=max_batch,
         **more,
-    )
-    all_read = threading.Event()
-    backend = CountingBackend(load_backend("tiny", max_inp_length=options.max_inp_length), all_read)
-    stop = threading.Event()
-    loop = ModelLoop(
-        options, backend, LockedPublisher(publisher), asks, stop, {"model": "tiny", "device": "cpu"}
-    )  # type: ignore[arg-type]
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(loop.run()), name="model-loop")
-    thread.start()
-    captions: list[Caption] = []
-    try:
+    ) as (loop, backend, run, subscriber):
+        assert subscriber is not None
         deadline = time.monotonic() + DEADLINE_S
         while not all_read.is_set():
             with loop.shared.use() as core:
@@ -133,14 +167,6 @@ def run_loop(
                 captions.append(message)
             elif isinstance(message, Partial) and partials is not None:
                 partials.append(message)
-    finally:
-        stop.set()
-        thread.join(30)
-        asks.close()
-        subscriber.close()
-        publisher.close()
-        run.remove()
-    assert result == [0]
     return captions, backend.calls
 
 
@@ -223,34 +249,8 @@ def test_frames_that_come_in_while_a_batch_generates_are_encoded_beside_it(
         for index, ring in enumerate(rings.values()):
             for seq in range(5):  # 0 .. 2 s: every stream's first window is due
                 ring.write(np.full((48, 64, 3), seq * 20 + index * 50, np.uint8), seq / 2, 1000.0 + seq / 2)
-        run = RunPaths.create(root=run_root)
-        publisher = Publisher(run.publisher_endpoint("inference"), own_context=True)
-        asks = AskReceiver(run.asks_endpoint)
-        options = InferenceOptions(
-            run_id=run.run_id,
-            run_dir=str(run.run_dir),
-            streams={name: ring.name for name, ring in rings.items()},
-            captions=SETTINGS,
-            thumbnails=False,
-            max_batch=max_batch,
-        )
-        backend = BlockingBackend(load_backend("tiny", max_inp_length=options.max_inp_length))
-        stop = threading.Event()
-        loop = ModelLoop(
-            options, backend, LockedPublisher(publisher), asks, stop, {"model": "tiny", "device": "cpu"}
-        )  # type: ignore[arg-type]
-        result: list[int] = []
-        thread = threading.Thread(target=lambda: result.append(loop.run()), name="model-loop")
-        thread.start()
-        try:
+        with model_loop(rings, run_root, BlockingBackend, max_batch=max_batch) as (_, backend, _, _):
             assert backend.generating.wait(DEADLINE_S), "no caption was ever generated"
             rings["cam0"].write(np.full((48, 64, 3), 222, np.uint8), 3.0, 1003.0)  # a new second
             assert backend.first_done.wait(DEADLINE_S)
             assert backend.encoded_beside.is_set(), "the new frame waited for the generation to end"
-        finally:
-            stop.set()
-            thread.join(30)
-            asks.close()
-            publisher.close()
-            run.remove()
-        assert result == [0]
