@@ -32,6 +32,7 @@ two modes' work per caption, which that share does not change.
     python tools/bench_batch.py                 # about 9 minutes on 2 cores
     python tools/bench_batch.py --loads capacity --capacity-streams 8 --seconds 20
     python tools/bench_batch.py --loads "" --components   # one caption's parts only
+    python tools/bench_batch.py --loads capacity --capacity-streams 8 --rules 2   # with alert rules
 
 Prints a table, then one JSON line with the figures.
 """
@@ -58,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 from machine_info import cpu_model  # noqa: E402
 
 from model.backends import load_backend  # noqa: E402
+from stream.alertrules import AlertRule  # noqa: E402
 from stream.bus import AskReceiver, LockedPublisher, Publisher, RunPaths, Subscriber  # noqa: E402
 from stream.captioning import CaptionSettings  # noqa: E402
 from stream.config import load_config  # noqa: E402
@@ -67,6 +69,7 @@ from stream.pipeline import caption_settings  # noqa: E402
 from stream.ring import FrameRing, ring_name  # noqa: E402
 
 PICTURES = 7  # distinct noise pictures each stream cycles through
+RULE_QUESTIONS = ("Is a person at the door?", "Is there smoke or fire?", "Is a vehicle in the driveway?")
 
 
 class CountingEncodes:
@@ -129,6 +132,10 @@ def measure(
         thumbnail_side=config.captions.thumbnail_side,
         max_inp_length=config.model.max_inp_length,
         max_batch=max_batch,
+        alerts=tuple(
+            AlertRule(name=f"rule{i}", question=RULE_QUESTIONS[i % len(RULE_QUESTIONS)])
+            for i in range(args.rules)
+        ),
     )
     stop, writer_stop = threading.Event(), threading.Event()
     counting = CountingEncodes(backend)
@@ -253,6 +260,9 @@ def main() -> int:
     )
     parser.add_argument("--size", default="1280x720", help="frame size written to the rings (a 720p camera)")
     parser.add_argument(
+        "--rules", type=int, default=0, help="question alert rules scored on every captioned window (0)"
+    )
+    parser.add_argument(
         "--components", action="store_true", help="also time one caption's parts outside the pipeline"
     )
     parser.add_argument(
@@ -293,7 +303,7 @@ def main() -> int:
         f"defaults: window {live.window:g} s, stride {live.stride:g} s (capacity rows: "
         f"{args.capacity_stride:g} s), {live.max_new_tokens} tokens, {live.decoding}, "
         f"max_slice_nums {live.max_slice_nums}; {args.width}x{args.height} frames at {live.fps:g} fps; "
-        f"{args.seconds:g} s per row after {args.warmup:g} s"
+        f"{args.seconds:g} s per row after {args.warmup:g} s; {args.rules} question alert rules"
     )
     header = (
         "load",
@@ -342,6 +352,8 @@ def main() -> int:
                 "cpu": cpu_model(),
                 "size": args.size,
                 "window_s": live.window,
+                "torch_threads": torch.get_num_threads(),
+                "rules": args.rules,
                 "rows": rows,
                 "speedup": speedup,
                 "components": parts,
