@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,36 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+_SHORT_BASETEMP = pytest.StashKey[Path]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """A short folder for the session's tmp paths. Tests make run directories under them, and a zmq
+    ipc socket path may have 107 bytes at most: pytest's own (``/tmp/pytest-of-USER/pytest-N/
+    popen-gwK/<test name>0/``) leave a run directory 2 bytes of room as root under xdist, none with a
+    longer user name or a ten-thousandth session. Removed after a run that passed; kept (and named)
+    after one that failed. Not in xdist's workers (they get a folder below this one) nor when
+    ``--basetemp`` is given."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        folder = Path(tempfile.mkdtemp(prefix="vnt-"))
+        config.option.basetemp = str(folder)
+        config.stash[_SHORT_BASETEMP] = folder
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    folder = session.config.stash.get(_SHORT_BASETEMP, None)
+    if folder is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(f"the tests' temporary files are kept in {folder}")
 
 
 def require_real_part(ok: bool, what: str) -> None:
