@@ -60,8 +60,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def utc(wall: float) -> str:
-    return time.strftime("%H:%M:%S", time.gmtime(wall))
+# The door's span is dated when it is not of one day: run between 00:21 and 01:00 UTC, it crosses midnight.
+DAY = time.gmtime(START)[:3] != time.gmtime(START + 60 * 39)[:3]
+LABEL = r"(?:\d{4}-\d{2}-\d{2} )?\d{2}:\d{2}:\d{2}"  # a wall-clock label, dated or not
+
+
+def utc(wall: float, day: bool = False) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S" if day else "%H:%M:%S", time.gmtime(wall))
 
 
 def test_summarize_writes_a_markdown_summary_of_the_span_with_its_parts_and_times(
@@ -74,11 +79,11 @@ def test_summarize_writes_a_markdown_summary_of_the_span_with_its_parts_and_time
     assert "40/40" in done.stderr and "captions" in done.stderr, "the progress bar"
     text = out.read_text()
     first, last = START - 8, START + 60 * 39
-    assert text.startswith(f"# door, {utc(first)}-{utc(last)}\n\n")
-    parts = re.findall(r"^### (\S+)-(\S+)$", text, flags=re.MULTILINE)
+    assert text.startswith(f"# door, {utc(first, DAY)}-{utc(last, DAY)}\n\n")
+    parts = re.findall(rf"^### ({LABEL})-({LABEL})$", text, flags=re.MULTILINE)
     assert len(parts) >= 3, text
     # The parts tile the span in order: each starts where a caption starts and ends where one ends.
-    assert parts[0][0] == utc(first) and parts[-1][1] == utc(last)
+    assert parts[0][0] == utc(first, DAY) and parts[-1][1] == utc(last, DAY)
     assert [p[0] for p in parts] == sorted(p[0] for p in parts)
     footer = re.search(r"_40 captions summarised in (\d+) model calls \((\d+) parts\) by tiny._", text)
     assert footer is not None and int(footer[2]) == len(parts) and int(footer[1]) > len(parts)
