@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,15 +39,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     folder = session.config.stash.get(_SHORT_BASETEMP, None)
-    if folder is None:
-        return
-    if exitstatus == 0:
+    if folder is not None and exitstatus == 0:
         shutil.rmtree(folder, ignore_errors=True)
-        return
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.ensure_newline()
-        reporter.write_line(f"the tests' temporary files are kept in {folder}")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    folder = config.stash.get(_SHORT_BASETEMP, None)
+    if folder is not None and exitstatus != 0:
+        terminalreporter.write_line(f"the tests' temporary files are kept in {folder}")
 
 
 def require_real_part(ok: bool, what: str) -> None:
