@@ -59,17 +59,17 @@ from model.chatwire import (
 )
 from model.errors import RequestRefused, ServerNotReady, ServerSetupError
 from model.remotestate import (
+    BACKOFF_INITIAL_S,
     INTERNAL_ERRORS_TO_REFUSE,
     MISSES_TO_GIVE_UP,
     Health,
     MediaCache,
+    next_pause,
     retry_after,
 )
 
 TextCallback = Callable[[str], None]
 
-_BACKOFF_INITIAL_S = 0.5
-_BACKOFF_MAX_S = 10.0
 _CONNECT_TIMEOUT_S = 5.0
 # A server that answers but is not ready (llama.cpp's 503 "Loading model", a 429 rate limit) is asked
 # again at start-up for this long, its Retry-After honoured, before the run gives up on it.
@@ -110,7 +110,7 @@ def wait_for_models(
     """:func:`list_models`, asked again while the server says it is not ready (503, 429) for up to
     ``wait_s`` seconds (its Retry-After, else a backoff); then the last answer is the error."""
     deadline = time.monotonic() + wait_s
-    delay = _BACKOFF_INITIAL_S
+    backoff = BACKOFF_INITIAL_S
     warned = False
     while True:
         try:
@@ -122,9 +122,8 @@ def wait_for_models(
             if not warned:  # once: the log is no heartbeat
                 log.warning("%s; asking again for up to %g s", exc, wait_s)
                 warned = True
-            pause = exc.wait if exc.wait is not None else delay
-            sleep(min(max(pause, _BACKOFF_INITIAL_S), left))
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+            pause, backoff = next_pause(backoff, exc.wait)
+            sleep(min(pause, left))
 
 
 def choose_model(url: str, served: Sequence[str], wanted: str) -> str:
@@ -439,7 +438,7 @@ class RemoteBackend:
         retried with backoff (the backend shows ``unreachable`` meanwhile); a refusal is raised, after
         one full resend when the request relied on frames the server was thought to hold.
         ``stopped`` is returned when the interrupt check says stop while waiting."""
-        backoff = _BACKOFF_INITIAL_S
+        backoff = BACKOFF_INITIAL_S
         resent = False
         outage = False  # this request met one: the server that answers may be another one
         internal_errors = 0
@@ -498,11 +497,9 @@ class RemoteBackend:
                     if ids:
                         self._media.add(f.uuid for f in frames)
                     return result
-                # Retry-After when given (at least the first backoff step: a "0" must not spin).
-                if not self._wait(backoff if wait is None else max(wait, _BACKOFF_INITIAL_S)):
+                pause, backoff = next_pause(backoff, wait)
+                if not self._wait(pause):
                     return stopped
-                if wait is None:
-                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
         finally:
             self.health.end()
 

@@ -3,7 +3,8 @@
 Its health as ``status`` shows it (:class:`BackendState`, :class:`Health`: one lock, since several
 requests report at once), the media ids the server holds (:class:`MediaCache`: vLLM's per-media
 ``uuid`` caching, given up after misses in a row and tried again later), and how long a 429 asks the
-client to wait (:func:`retry_after`). No I/O and no clock of its own: times are passed in.
+client to wait (:func:`retry_after`, :func:`next_pause`). No I/O and no clock of its own: times are
+passed in.
 :mod:`model.remote` makes the requests and reports to these.
 """
 
@@ -23,6 +24,9 @@ log = logging.getLogger("model.remote")
 # A server's Retry-After is honoured up to this: a bogus or hours-long one must not park captions
 # beyond what an operator would notice and fix (the wait still ends at once on a stop).
 RETRY_AFTER_MAX_S = 120.0
+# A request that failed for want of the server is tried again after this, doubling up to the max.
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 10.0
 SENT_IDS = 4096  # frame ids the server is known to hold (vLLM media caching), newest kept
 # Cache misses in a row after which the server is taken not to honour media uuids at all (a vLLM
 # too old for them, a router spreading one camera over replicas): frames are then always sent.
@@ -215,3 +219,12 @@ def retry_after(headers: Any, now: float) -> float | None:
     if seconds is None or seconds != seconds:  # absent, or NaN
         return None
     return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
+
+
+def next_pause(backoff: float, wait: float | None) -> tuple[float, float]:
+    """How long to wait before asking the server again, and the backoff after that: its Retry-After
+    ``wait`` when it gave one (at least :data:`BACKOFF_INITIAL_S`: a "0" must not spin; the backoff
+    stays), else ``backoff``, doubled for the next time up to :data:`BACKOFF_MAX_S`."""
+    if wait is not None:
+        return max(wait, BACKOFF_INITIAL_S), backoff
+    return backoff, min(backoff * 2, BACKOFF_MAX_S)

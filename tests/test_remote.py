@@ -42,7 +42,7 @@ from model.chatwire import (
 )
 from model.errors import RequestRefused, ServerNotReady, ServerSetupError
 from model.remote import RemoteBackend, make_client, wait_for_models
-from model.remotestate import MediaCache, retry_after
+from model.remotestate import MediaCache, next_pause, retry_after
 from stream.bus import RunPaths, Subscriber
 from stream.config import RemoteConfig, apply_overrides, is_remote_model, load_config
 from stream.errors import ConfigError
@@ -252,6 +252,14 @@ def test_media_ids_are_given_up_on_a_server_that_never_finds_them(caplog: pytest
         assert all(uuid is None and size > 0 for uuid, size in last.images), "no ids once given up"
     finally:
         server.down()
+
+
+def test_the_pause_before_asking_again_is_the_retry_after_else_a_doubling_backoff() -> None:
+    assert next_pause(0.5, None) == (0.5, 1.0)
+    assert next_pause(8.0, None) == (8.0, 10.0), "doubling stops at 10 s"
+    assert next_pause(10.0, None) == (10.0, 10.0)
+    assert next_pause(2.0, 7.0) == (7.0, 2.0), "the server's wait, the backoff kept for later"
+    assert next_pause(2.0, 0.0) == (0.5, 2.0), "a Retry-After of 0 must not spin"
 
 
 def test_given_up_media_ids_come_back_after_their_time_or_at_once_after_an_outage(
