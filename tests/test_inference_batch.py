@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from liverun import short_run_root
 
 from model.backends import LocalBackend, load_backend
 from stream.bus import AskReceiver, LockedPublisher, Publisher, RunPaths, Subscriber
@@ -53,14 +52,6 @@ class CountingBackend:
     def describe_batch(self, items: Sequence[Any], **kwargs: Any) -> list[str]:
         self.calls.append(len(items))
         return self.real.describe_batch(items, **kwargs)
-
-
-@pytest.fixture
-def run_root() -> Iterator[Path]:
-    """A run root short enough for zmq ipc socket paths (pytest's tmp paths, longer under xdist, may
-    not be)."""
-    with short_run_root() as root:
-        yield root
 
 
 @contextlib.contextmanager
@@ -171,17 +162,17 @@ def run_loop(
 
 
 def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_they_get_alone(
-    run_root: Path,
+    tmp_path: Path,
 ) -> None:
     partials: list[Partial] = []
     with new_rings() as rings:
-        batched, calls = run_loop(rings, run_root, max_batch=4, partials=partials)
+        batched, calls = run_loop(rings, tmp_path, max_batch=4, partials=partials)
     assert calls == [4, 4, 4]  # each round of windows, one of every stream: one generation
     assert sorted((c.stream, c.seq) for c in batched) == [(s, q) for s in STREAMS for q in range(3)]
     for name in STREAMS:  # per stream in order, the tail last
         assert [c.t_end for c in batched if c.stream == name] == [2.0, 4.0, 5.5]
     with new_rings() as rings:  # the same frames again, one window at a time
-        alone, calls = run_loop(rings, run_root, max_batch=1)
+        alone, calls = run_loop(rings, tmp_path, max_batch=1)
     assert calls == [1] * 12
     texts = {(c.stream, c.seq): c.text for c in alone}
     assert {(c.stream, c.seq): c.text for c in batched} == texts
@@ -192,14 +183,14 @@ def test_due_windows_of_four_streams_are_captioned_in_one_batch_with_the_texts_t
 
 
 def test_a_window_the_model_refuses_fails_alone_and_the_rest_of_its_batch_is_captioned(
-    run_root: Path,
+    tmp_path: Path,
 ) -> None:
     """cam3's prompt is over the input limit: each batch holding it is refused before any text, its
     windows then run alone, so cam3's are counted as refused and the others' captioned."""
     too_long = replace(SETTINGS, prompt="Describe every word here. " * 120)
     with new_rings() as rings:
         captions, calls = run_loop(
-            rings, run_root, max_batch=4, stream_captions={"cam3": too_long}, max_inp_length=512
+            rings, tmp_path, max_batch=4, stream_captions={"cam3": too_long}, max_inp_length=512
         )
     assert calls == [4, 1, 1, 1, 1] * 3
     assert sorted((c.stream, c.seq) for c in captions) == [(s, q) for s in STREAMS[:3] for q in range(3)]
@@ -241,7 +232,7 @@ class BlockingBackend:
 
 @pytest.mark.parametrize("max_batch", [4, 1])
 def test_frames_that_come_in_while_a_batch_generates_are_encoded_beside_it(
-    run_root: Path, max_batch: int
+    tmp_path: Path, max_batch: int
 ) -> None:
     """The generation (a batch, or one window at a time) runs on a thread of its own: a frame written
     after it started is encoded before it ends (on the model loop's thread, the encode would wait)."""
@@ -249,7 +240,7 @@ def test_frames_that_come_in_while_a_batch_generates_are_encoded_beside_it(
         for index, ring in enumerate(rings.values()):
             for seq in range(5):  # 0 .. 2 s: every stream's first window is due
                 ring.write(np.full((48, 64, 3), seq * 20 + index * 50, np.uint8), seq / 2, 1000.0 + seq / 2)
-        with model_loop(rings, run_root, BlockingBackend, max_batch=max_batch) as (_, backend, _, _):
+        with model_loop(rings, tmp_path, BlockingBackend, max_batch=max_batch) as (_, backend, _, _):
             assert backend.generating.wait(DEADLINE_S), "no caption was ever generated"
             rings["cam0"].write(np.full((48, 64, 3), 222, np.uint8), 3.0, 1003.0)  # a new second
             assert backend.first_done.wait(DEADLINE_S)
